@@ -1,0 +1,198 @@
+//! What a statement does to the client's session, for a pooler that multiplexes
+//! sessions over shared origin connections.
+//!
+//! Settings (`SET`, `RESET`) are tracked and replayed on whichever connection serves
+//! the client next; `DISCARD ALL` and `DEALLOCATE` are answered for the client alone;
+//! state that cannot move between connections (LISTEN, session advisory locks,
+//! SQL-level PREPARE, temporary objects, WITH HOLD cursors, variables warpdrive cannot
+//! replay) pins the client to its connection.
+
+use serde::Serialize;
+use sqlparser::ast::{
+    ContextModifier, DiscardObject, Expr, ObjectName, Reset, Set, SetSessionAuthorizationParamKind,
+    Statement,
+};
+
+use super::{Dialect, NameSet};
+
+/// One effect on the session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "effect", rename_all = "snake_case")]
+pub enum SessionEffect {
+    /// A session-level setting: `SET name TO value` (value as SQL).
+    Set {
+        /// Lower-case setting name.
+        name: String,
+        /// The value as SQL text, ready to be replayed after `SET name TO`.
+        value: String,
+    },
+    /// `RESET name` or `SET name TO DEFAULT`.
+    Reset {
+        /// Lower-case setting name.
+        name: String,
+    },
+    /// `RESET ALL`.
+    ResetAll,
+    /// `DISCARD ALL`.
+    DiscardAll,
+    /// `DEALLOCATE name`, or `DEALLOCATE ALL` (`name` is `None`).
+    Deallocate {
+        /// The statement, or `None` for ALL.
+        name: Option<String>,
+    },
+    /// Session state that stays on the origin connection: the client must keep it.
+    Pin {
+        /// What it is, for messages and metrics.
+        feature: String,
+    },
+}
+
+/// Session-level advisory lock functions (the `_xact_` variants end with the
+/// transaction and need nothing).
+const SESSION_LOCK_FUNCTIONS: [&str; 5] = [
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    "get_lock",
+];
+
+fn pin(feature: &str) -> SessionEffect {
+    SessionEffect::Pin {
+        feature: feature.to_owned(),
+    }
+}
+
+fn setting_name(name: &ObjectName) -> String {
+    name.to_string().to_lowercase()
+}
+
+fn values_sql(values: &[Expr]) -> String {
+    values
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn assignment(dialect: Dialect, name: String, value: String) -> SessionEffect {
+    if dialect == Dialect::Mysql && name.starts_with('@') {
+        return pin("MySQL user variables");
+    }
+    if value.eq_ignore_ascii_case("default") {
+        SessionEffect::Reset { name }
+    } else {
+        SessionEffect::Set { name, value }
+    }
+}
+
+fn set_effects(dialect: Dialect, set: &Set) -> Vec<SessionEffect> {
+    match set {
+        Set::SingleAssignment {
+            scope: Some(ContextModifier::Local),
+            ..
+        }
+        | Set::SetTransaction { session: false, .. } => Vec::new(),
+        Set::SingleAssignment {
+            scope: Some(ContextModifier::Global),
+            ..
+        } => vec![pin("SET GLOBAL")],
+        Set::SingleAssignment {
+            variable, values, ..
+        } => vec![assignment(
+            dialect,
+            setting_name(variable),
+            values_sql(values),
+        )],
+        Set::SetTimeZone { local: true, .. } => Vec::new(),
+        Set::SetTimeZone { value, .. } => vec![assignment(
+            dialect,
+            "timezone".to_owned(),
+            value.to_string(),
+        )],
+        Set::SetRole {
+            context_modifier: Some(ContextModifier::Local),
+            ..
+        } => Vec::new(),
+        Set::SetRole { role_name, .. } => vec![match role_name {
+            Some(role) => SessionEffect::Set {
+                name: "role".to_owned(),
+                value: role.to_string(),
+            },
+            None => SessionEffect::Reset {
+                name: "role".to_owned(),
+            },
+        }],
+        Set::SetSessionAuthorization(param) => vec![match &param.kind {
+            SetSessionAuthorizationParamKind::Default => SessionEffect::Reset {
+                name: "session_authorization".to_owned(),
+            },
+            other => SessionEffect::Set {
+                name: "session_authorization".to_owned(),
+                value: other.to_string(),
+            },
+        }],
+        Set::SetNames { charset_name, .. } if dialect == Dialect::Postgres => {
+            vec![SessionEffect::Set {
+                name: "client_encoding".to_owned(),
+                value: format!("'{}'", charset_name.value.replace('\'', "''")),
+            }]
+        }
+        Set::MultipleAssignments { assignments } => assignments
+            .iter()
+            .map(|a| assignment(dialect, setting_name(&a.name), a.value.to_string()))
+            .collect(),
+        _ => vec![pin("a SET form warpdrive does not track")],
+    }
+}
+
+/// The session effects of one parsed statement, given the functions it calls.
+pub(crate) fn effects(
+    dialect: Dialect,
+    statement: &Statement,
+    functions: &NameSet,
+) -> Vec<SessionEffect> {
+    let mut found = match statement {
+        Statement::Set(set) => set_effects(dialect, set),
+        Statement::Reset(reset) => vec![match &reset.reset {
+            Reset::ALL => SessionEffect::ResetAll,
+            Reset::SessionAuthorization => SessionEffect::Reset {
+                name: "session_authorization".to_owned(),
+            },
+            Reset::ConfigurationParameter(name) => SessionEffect::Reset {
+                name: setting_name(name),
+            },
+        }],
+        Statement::Discard { object_type } => match object_type {
+            DiscardObject::ALL => vec![SessionEffect::DiscardAll],
+            DiscardObject::TEMP => Vec::new(),
+            _ => Vec::new(),
+        },
+        Statement::Deallocate { name, .. } => vec![SessionEffect::Deallocate {
+            name: (!(name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all")))
+                .then(|| name.value.clone()),
+        }],
+        Statement::Prepare { .. } => vec![pin("SQL-level PREPARE")],
+        Statement::LISTEN { .. } => vec![pin("LISTEN")],
+        Statement::CreateTable(create) if create.temporary => vec![pin("temporary tables")],
+        Statement::CreateView(view) if view.temporary => vec![pin("temporary views")],
+        Statement::CreateSequence {
+            temporary: true, ..
+        } => vec![pin("temporary sequences")],
+        Statement::Declare { stmts } if stmts.iter().any(|d| d.hold == Some(true)) => {
+            vec![pin("WITH HOLD cursors")]
+        }
+        Statement::Query(query) => match query.body.as_select().and_then(|s| s.into.as_ref()) {
+            Some(into) if into.temporary => vec![pin("temporary tables")],
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    if SESSION_LOCK_FUNCTIONS
+        .iter()
+        .any(|f| functions.contains(*f))
+    {
+        found.push(pin("session-level advisory locks"));
+    }
+    found
+}

@@ -1,0 +1,545 @@
+//! Tokens before parsing: dialect fix-ups, the nesting guard, statement boundaries.
+//!
+//! warpdrive tokenizes the text itself (with sqlparser's tokenizer) and hands the tokens
+//! to the parser, so that it can, in one pass and without parsing twice:
+//!
+//! - run MariaDB's executable comments (`/*M!100100 … */`): MariaDB executes their
+//!   content, sqlparser treats them as plain comments. MySQL's `/*! … */` sqlparser
+//!   already expands;
+//! - rewrite the few constructs sqlparser 0.63 cannot parse but whose meaning is plain,
+//!   into an equivalent it can: PostgreSQL `FOR NO KEY UPDATE` / `FOR KEY SHARE` (still a
+//!   locking clause), MySQL `LOCK IN SHARE MODE` (`FOR SHARE`), MariaDB
+//!   `NEXT VALUE FOR s` / `PREVIOUS VALUE FOR s` (`nextval(s)` / `lastval(s)`), and a
+//!   statement-leading PostgreSQL `TABLE t` (`SELECT * FROM t`);
+//! - refuse text whose expressions chain deeper than [`MAX_EXPRESSION_DEPTH`] operators:
+//!   sqlparser builds `1+1+…+1` as a left-deep tree without a recursion check, and
+//!   walking or dropping a tree a million levels deep would overflow the stack;
+//! - find the statement boundaries and each statement's leading words, which classify a
+//!   statement sqlparser cannot parse.
+
+use sqlparser::dialect::{Dialect as SqlDialect, MySqlDialect, PostgreSqlDialect};
+use sqlparser::keywords::Keyword;
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace, Word};
+
+use super::{Analysis, Dialect, Kind, Reason, Status};
+
+/// Longest chain of operators (summed over enclosing parentheses) the analyzer accepts.
+/// Release builds walk chains ten times deeper on a 2 MiB stack; debug builds about
+/// three times; real queries stay far below.
+pub(crate) const MAX_EXPRESSION_DEPTH: usize = 1500;
+
+static POSTGRES: PostgreSqlDialect = PostgreSqlDialect {};
+static MYSQL: MySqlDialect = MySqlDialect {};
+
+/// The sqlparser dialect for a warpdrive dialect.
+pub(crate) fn sqlparser_dialect(dialect: Dialect) -> &'static dyn SqlDialect {
+    match dialect {
+        Dialect::Postgres => &POSTGRES,
+        Dialect::Mysql => &MYSQL,
+    }
+}
+
+/// Why the text was refused before parsing.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// The tokenizer refused it (unterminated string or comment, bad escape, …).
+    Tokenizer(String),
+    /// Expressions nest deeper than [`MAX_EXPRESSION_DEPTH`].
+    TooDeep,
+}
+
+impl Refusal {
+    pub(crate) fn into_analysis(self) -> Analysis {
+        let reason = match self {
+            Refusal::Tokenizer(message) => format!("could not tokenize the query: {message}"),
+            Refusal::TooDeep => format!(
+                "expressions nest more than {MAX_EXPRESSION_DEPTH} operators deep; not parsed"
+            ),
+        };
+        Analysis::verdict(Status::ParseError, Kind::Unknown, 1, Reason::new(reason))
+    }
+}
+
+/// The first two words of a statement, upper case ("" when absent), used to classify a
+/// statement that sqlparser could not parse. A leading parenthesis reads as "(".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Lead {
+    pub first: String,
+    pub second: String,
+}
+
+/// The query's tokens, ready for the parser, with its statement boundaries.
+pub(crate) struct Lexed {
+    tokens: Vec<TokenWithSpan>,
+    leads: Vec<Lead>,
+}
+
+impl Lexed {
+    /// Number of non-empty statements, by top-level semicolons.
+    pub(crate) fn statement_count(&self) -> usize {
+        self.leads.len()
+    }
+
+    /// The leading words of each non-empty statement.
+    pub(crate) fn statement_leads(&self) -> Vec<Lead> {
+        self.leads.clone()
+    }
+
+    pub(crate) fn into_tokens(self) -> Vec<TokenWithSpan> {
+        self.tokens
+    }
+}
+
+/// Tokenizes `sql`, applies the fix-ups and checks the nesting bound.
+pub(crate) fn lex(dialect: Dialect, sql: &str) -> Result<Lexed, Refusal> {
+    let raw = Tokenizer::new(sqlparser_dialect(dialect), sql)
+        .with_unescape(false)
+        .tokenize_with_location()
+        .map_err(|error| Refusal::Tokenizer(error.to_string()))?;
+    let raw = match dialect {
+        Dialect::Mysql => expand_mariadb_comments(raw)?,
+        Dialect::Postgres => raw,
+    };
+    let tokens = rewrite(dialect, raw);
+    let leads = scan(&tokens)?;
+    Ok(Lexed { tokens, leads })
+}
+
+/// Splices the content of MariaDB's `/*M!NNNNNN … */` comments into the token stream.
+fn expand_mariadb_comments(raw: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan>, Refusal> {
+    let mut out = Vec::with_capacity(raw.len());
+    for token in raw {
+        match &token.token {
+            Token::Whitespace(Whitespace::MultiLineComment(body)) if body.starts_with("M!") => {
+                let content = body["M!".len()..].trim_start_matches(|c: char| c.is_ascii_digit());
+                let inner = Tokenizer::new(&MYSQL, content)
+                    .with_unescape(false)
+                    .tokenize_with_location()
+                    .map_err(|error| Refusal::Tokenizer(error.to_string()))?;
+                out.extend(inner.into_iter().map(|mut inner_token| {
+                    inner_token.span = token.span;
+                    inner_token
+                }));
+            }
+            _ => out.push(token),
+        }
+    }
+    Ok(out)
+}
+
+fn is_significant(token: &TokenWithSpan) -> bool {
+    !matches!(token.token, Token::Whitespace(_))
+}
+
+fn keyword(token: &TokenWithSpan) -> Option<Keyword> {
+    match &token.token {
+        Token::Word(Word {
+            keyword,
+            quote_style: None,
+            ..
+        }) => Some(*keyword),
+        _ => None,
+    }
+}
+
+/// A cursor over the significant tokens of a token vector.
+struct Significant<'a> {
+    tokens: &'a [TokenWithSpan],
+    indices: Vec<usize>,
+}
+
+impl<'a> Significant<'a> {
+    fn new(tokens: &'a [TokenWithSpan]) -> Significant<'a> {
+        let indices = (0..tokens.len())
+            .filter(|&i| is_significant(&tokens[i]))
+            .collect();
+        Significant { tokens, indices }
+    }
+
+    fn get(&self, position: usize) -> Option<&'a TokenWithSpan> {
+        self.indices.get(position).map(|&i| &self.tokens[i])
+    }
+
+    /// Whether the significant tokens from `position` are exactly these keywords.
+    fn keywords_at(&self, position: usize, expected: &[Keyword]) -> bool {
+        expected
+            .iter()
+            .enumerate()
+            .all(|(offset, want)| self.get(position + offset).and_then(keyword) == Some(*want))
+    }
+
+    /// Whether `position` starts a statement (first token, or right after a `;`).
+    fn starts_statement(&self, position: usize) -> bool {
+        position == 0
+            || self
+                .get(position - 1)
+                .is_some_and(|t| t.token == Token::SemiColon)
+    }
+
+    /// End (exclusive position) of a dotted name starting at `position`.
+    fn dotted_name_end(&self, position: usize) -> Option<usize> {
+        let mut end = position;
+        loop {
+            match self.get(end).map(|t| &t.token) {
+                Some(Token::Word(_)) => end += 1,
+                _ => return None,
+            }
+            match self.get(end).map(|t| &t.token) {
+                Some(Token::Period) => end += 1,
+                _ => return Some(end),
+            }
+        }
+    }
+}
+
+/// A rewrite found at a significant position: replace `consumed` significant tokens with
+/// `replacement`, then copy `keep` significant tokens and close with `suffix`.
+struct Rewrite {
+    consumed: usize,
+    replacement: Vec<Token>,
+    keep: usize,
+    suffix: Vec<Token>,
+}
+
+fn find_rewrite(dialect: Dialect, sig: &Significant<'_>, position: usize) -> Option<Rewrite> {
+    use Keyword::*;
+    let simple = |consumed: usize, replacement: Vec<Token>| Rewrite {
+        consumed,
+        replacement,
+        keep: 0,
+        suffix: Vec::new(),
+    };
+    match dialect {
+        Dialect::Postgres => {
+            if sig.keywords_at(position, &[FOR, NO, KEY, UPDATE]) {
+                return Some(simple(4, vec![word("FOR"), word("UPDATE")]));
+            }
+            if sig.keywords_at(position, &[FOR, KEY, SHARE]) {
+                return Some(simple(3, vec![word("FOR"), word("SHARE")]));
+            }
+            if sig.keywords_at(position, &[TABLE]) && sig.starts_statement(position) {
+                let end = sig.dotted_name_end(position + 1)?;
+                return Some(Rewrite {
+                    consumed: 1,
+                    replacement: vec![word("SELECT"), Token::Mul, word("FROM")],
+                    keep: end - position - 1,
+                    suffix: Vec::new(),
+                });
+            }
+            None
+        }
+        Dialect::Mysql => {
+            if sig.keywords_at(position, &[LOCK, IN, SHARE, MODE]) {
+                return Some(simple(4, vec![word("FOR"), word("SHARE")]));
+            }
+            let sequence_function = if sig.keywords_at(position, &[NEXT, VALUE, FOR]) {
+                "nextval"
+            } else if sig.get(position).is_some_and(|t| is_word(t, "PREVIOUS"))
+                && sig.keywords_at(position + 1, &[VALUE, FOR])
+            {
+                "lastval"
+            } else {
+                return None;
+            };
+            let end = sig.dotted_name_end(position + 3)?;
+            Some(Rewrite {
+                consumed: 3,
+                replacement: vec![word(sequence_function), Token::LParen],
+                keep: end - position - 3,
+                suffix: vec![Token::RParen],
+            })
+        }
+    }
+}
+
+fn is_word(token: &TokenWithSpan, upper: &str) -> bool {
+    matches!(&token.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(upper))
+}
+
+fn word(text: &str) -> Token {
+    Token::make_word(text, None)
+}
+
+/// Applies the dialect fix-ups; whitespace tokens are dropped, which the parser ignores.
+fn rewrite(dialect: Dialect, raw: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
+    let sig = Significant::new(&raw);
+    let mut out = Vec::with_capacity(sig.indices.len());
+    let mut position = 0;
+    while let Some(token) = sig.get(position) {
+        let Some(rewrite) = find_rewrite(dialect, &sig, position) else {
+            out.push(token.clone());
+            position += 1;
+            continue;
+        };
+        let span = token.span;
+        let synthesised = |token: Token| TokenWithSpan { token, span };
+        out.extend(rewrite.replacement.into_iter().map(synthesised));
+        position += rewrite.consumed;
+        for _ in 0..rewrite.keep {
+            if let Some(kept) = sig.get(position) {
+                out.push(kept.clone());
+            }
+            position += 1;
+        }
+        out.extend(rewrite.suffix.into_iter().map(synthesised));
+    }
+    out
+}
+
+/// Whether a token continues an operator chain that sqlparser builds left-deep.
+fn is_chain_operator(token: &Token) -> bool {
+    use Keyword::*;
+    match token {
+        Token::Word(word) => {
+            word.quote_style.is_none()
+                && matches!(
+                    word.keyword,
+                    AND | OR
+                        | XOR
+                        | NOT
+                        | IS
+                        | LIKE
+                        | ILIKE
+                        | BETWEEN
+                        | COLLATE
+                        | DIV
+                        | MOD
+                        | REGEXP
+                        | RLIKE
+                        | SIMILAR
+                        | IN
+                        | AT
+                )
+        }
+        Token::Comma
+        | Token::LParen
+        | Token::RParen
+        | Token::SemiColon
+        | Token::Period
+        | Token::Placeholder(_)
+        | Token::Number(..)
+        | Token::EOF
+        | Token::Whitespace(_) => false,
+        token => !is_literal(token),
+    }
+}
+
+fn is_literal(token: &Token) -> bool {
+    matches!(
+        token,
+        Token::SingleQuotedString(_)
+            | Token::DoubleQuotedString(_)
+            | Token::TripleSingleQuotedString(_)
+            | Token::TripleDoubleQuotedString(_)
+            | Token::DollarQuotedString(_)
+            | Token::SingleQuotedByteStringLiteral(_)
+            | Token::DoubleQuotedByteStringLiteral(_)
+            | Token::TripleSingleQuotedByteStringLiteral(_)
+            | Token::TripleDoubleQuotedByteStringLiteral(_)
+            | Token::SingleQuotedRawStringLiteral(_)
+            | Token::DoubleQuotedRawStringLiteral(_)
+            | Token::TripleSingleQuotedRawStringLiteral(_)
+            | Token::TripleDoubleQuotedRawStringLiteral(_)
+            | Token::NationalStringLiteral(_)
+            | Token::QuoteDelimitedStringLiteral(_)
+            | Token::NationalQuoteDelimitedStringLiteral(_)
+            | Token::EscapedStringLiteral(_)
+            | Token::UnicodeStringLiteral(_)
+            | Token::HexStringLiteral(_)
+            | Token::Char(_)
+    )
+}
+
+/// Finds statement boundaries and leading words, and enforces [`MAX_EXPRESSION_DEPTH`]:
+/// the bound is the number of chain operators at each parenthesis level, summed over the
+/// enclosing levels, reset by commas.
+fn scan(tokens: &[TokenWithSpan]) -> Result<Vec<Lead>, Refusal> {
+    let mut leads = Vec::new();
+    let mut current: Option<Lead> = None;
+    let mut paren_depth = 0usize;
+    let mut enclosing: Vec<usize> = Vec::new();
+    let mut chain = 0usize;
+    let mut enclosing_sum = 0usize;
+    for token in tokens {
+        match &token.token {
+            Token::SemiColon if paren_depth == 0 => {
+                leads.extend(current.take());
+                chain = 0;
+                continue;
+            }
+            Token::LParen => {
+                paren_depth += 1;
+                enclosing.push(chain);
+                enclosing_sum += chain;
+                chain = 0;
+            }
+            Token::RParen => {
+                paren_depth = paren_depth.saturating_sub(1);
+                chain = enclosing.pop().unwrap_or(0);
+                enclosing_sum = enclosing_sum.saturating_sub(chain);
+            }
+            Token::Comma => chain = 0,
+            other if is_chain_operator(other) => {
+                chain += 1;
+                if chain + enclosing_sum > MAX_EXPRESSION_DEPTH {
+                    return Err(Refusal::TooDeep);
+                }
+            }
+            _ => {}
+        }
+        let lead = current.get_or_insert_with(Lead::default);
+        if lead.second.is_empty() {
+            let text = match &token.token {
+                Token::Word(word) => word.value.to_ascii_uppercase(),
+                Token::LParen => "(".to_owned(),
+                other => other.to_string(),
+            };
+            if lead.first.is_empty() {
+                lead.first = text;
+            } else {
+                lead.second = text;
+            }
+        }
+    }
+    leads.extend(current);
+    Ok(leads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn significant_text(dialect: Dialect, sql: &str) -> String {
+        let lexed = lex(dialect, sql).expect("lexes");
+        lexed
+            .into_tokens()
+            .iter()
+            .map(|t| t.token.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn postgres_locking_variants_become_parseable() {
+        assert_eq!(
+            significant_text(Dialect::Postgres, "SELECT 1 FROM t FOR NO KEY UPDATE"),
+            "SELECT 1 FROM t FOR UPDATE"
+        );
+        assert_eq!(
+            significant_text(Dialect::Postgres, "select 1 from t for key share nowait"),
+            "select 1 from t FOR SHARE nowait"
+        );
+    }
+
+    #[test]
+    fn table_statement_becomes_select_star() {
+        assert_eq!(
+            significant_text(Dialect::Postgres, "TABLE public.users"),
+            "SELECT * FROM public . users"
+        );
+        assert_eq!(
+            significant_text(Dialect::Postgres, "SELECT 1; TABLE t"),
+            "SELECT 1 ; SELECT * FROM t"
+        );
+        assert_eq!(
+            significant_text(Dialect::Postgres, "LOCK TABLE t"),
+            "LOCK TABLE t"
+        );
+    }
+
+    #[test]
+    fn mysql_share_lock_and_sequences_become_parseable() {
+        assert_eq!(
+            significant_text(Dialect::Mysql, "SELECT a FROM t LOCK IN SHARE MODE"),
+            "SELECT a FROM t FOR SHARE"
+        );
+        assert_eq!(
+            significant_text(
+                Dialect::Mysql,
+                "SELECT NEXT VALUE FOR db.s, previous value for s"
+            ),
+            "SELECT nextval ( db . s ) , lastval ( s )"
+        );
+    }
+
+    #[test]
+    fn mariadb_executable_comments_are_expanded() {
+        assert_eq!(
+            significant_text(Dialect::Mysql, "SELECT 1 /*M!100100 , RAND() */"),
+            "SELECT 1 , RAND ( )"
+        );
+        assert_eq!(
+            significant_text(Dialect::Mysql, "SELECT 1 /* M! not executable */"),
+            "SELECT 1"
+        );
+    }
+
+    #[test]
+    fn rewrites_ignore_strings_and_quoted_words() {
+        assert_eq!(
+            significant_text(Dialect::Postgres, "SELECT 'FOR KEY SHARE' FROM \"table\""),
+            "SELECT 'FOR KEY SHARE' FROM \"table\""
+        );
+    }
+
+    #[test]
+    fn statements_are_counted_at_top_level_only() {
+        let lexed = lex(Dialect::Postgres, " ; SELECT ';' ; ; select (1;2) ;").expect("lexes");
+        let leads = lexed.statement_leads();
+        assert_eq!(leads.len(), 2);
+        assert_eq!(leads[0].first, "SELECT");
+        assert_eq!(leads[1].first, "SELECT");
+        assert_eq!(
+            lex(Dialect::Postgres, "/* only */ -- comments\n")
+                .expect("lexes")
+                .statement_count(),
+            0
+        );
+    }
+
+    #[test]
+    fn leads_hold_two_words() {
+        let lexed = lex(Dialect::Postgres, "prepare transaction 'x'").expect("lexes");
+        assert_eq!(
+            lexed.statement_leads(),
+            vec![Lead {
+                first: "PREPARE".into(),
+                second: "TRANSACTION".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn long_operator_chains_are_refused_before_parsing() {
+        let ok = format!("SELECT 1{}", "+1".repeat(MAX_EXPRESSION_DEPTH - 1));
+        assert!(lex(Dialect::Postgres, &ok).is_ok());
+        let deep = format!("SELECT 1{}", "+1".repeat(MAX_EXPRESSION_DEPTH + 1));
+        assert!(matches!(
+            lex(Dialect::Postgres, &deep),
+            Err(Refusal::TooDeep)
+        ));
+        let parenthesised = format!("SELECT 1{}", "+(1)".repeat(MAX_EXPRESSION_DEPTH + 1));
+        assert!(matches!(
+            lex(Dialect::Postgres, &parenthesised),
+            Err(Refusal::TooDeep)
+        ));
+    }
+
+    #[test]
+    fn long_lists_are_not_chains() {
+        let list = (0..20_000)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("SELECT * FROM t WHERE id IN ({list})");
+        assert!(lex(Dialect::Postgres, &sql).is_ok());
+    }
+
+    #[test]
+    fn unterminated_strings_are_refused() {
+        assert!(matches!(
+            lex(Dialect::Postgres, "SELECT 'open"),
+            Err(Refusal::Tokenizer(_))
+        ));
+    }
+}

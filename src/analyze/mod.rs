@@ -1,0 +1,433 @@
+//! The SQL analyzer: classify a query and decide whether its result may be cached.
+//!
+//! [`Analyzer::analyze`] takes the dialect and the SQL text a client sent and returns an
+//! [`Analysis`]: how many statements, what kind of statement, which tables it reads and
+//! writes, which functions it calls, and a [`Status`] named after Cloudflare Hyperdrive's
+//! cache statuses. It is a default-deny classifier: a statement is cacheable only when it
+//! is a plain read that the walk fully understood; anything the analyzer cannot classify
+//! is refused.
+//!
+//! Pipeline: size check → [`lex`] (tokens, dialect fix-ups, nesting guard) → sqlparser →
+//! [`statement`] (what kind of statement) → [`walk`] (every expression, relation and
+//! function in it) → verdict. When sqlparser refuses the text, [`statement`] still
+//! classifies it by its leading keyword, so `VACUUM (ANALYZE) t` is `uncacheable` rather
+//! than a parse error; a would-be read that does not parse is `parseerror`.
+//!
+//! The analyzer never touches a socket, a clock or global state, and never panics on any
+//! input; [`memo::AnalysisMemo`] puts a bounded memo in front of it for the hot path.
+//! What it deliberately does not know: transaction state (the session knows), the
+//! current database or search_path (part of the cache key, not of the verdict), and
+//! per-deployment policy, which is applied by [`Analysis::status_under`].
+
+pub mod effects;
+mod lex;
+pub mod memo;
+pub mod rules;
+mod statement;
+mod walk;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use sqlparser::parser::{Parser, ParserOptions};
+
+pub use effects::SessionEffect;
+pub use memo::AnalysisMemo;
+pub use rules::{Rules, RulesError, Volatility};
+
+/// The SQL dialect of a deployment's origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// PostgreSQL (protocol 3.0 origins).
+    Postgres,
+    /// MySQL 8 and MariaDB.
+    Mysql,
+}
+
+impl Dialect {
+    /// The name used in configuration, rules files and output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "postgres",
+            Dialect::Mysql => "mysql",
+        }
+    }
+}
+
+impl fmt::Display for Dialect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The analyzer's decision, spelled as Hyperdrive's cache statuses.
+///
+/// `Cacheable` is the analyzer's "yes"; the cache later reports it as `hit` or `miss`.
+/// The statuses that need runtime state (`disabled`, `transaction`, `oversizedresult`)
+/// are decided by the session and the cache, not here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// A plain read of deterministic data: its result may be cached.
+    Cacheable,
+    /// A write, DDL, locking read, or any statement that is not a plain read.
+    Uncacheable,
+    /// More than one statement in one query string.
+    MultipleStatements,
+    /// Session, transaction-control and informational statements (SET, BEGIN, SHOW, …).
+    NotAQuery,
+    /// The text could not be parsed as a statement the analyzer knows.
+    ParseError,
+    /// A read whose answer can change without a write: volatile functions, volatile
+    /// relations, variables, random sampling, unknown functions.
+    Volatile,
+    /// The text is longer than the configured limit; it was not parsed.
+    OversizedQuery,
+}
+
+impl Status {
+    /// The status name as Hyperdrive and warpdrive's metrics spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Cacheable => "cacheable",
+            Status::Uncacheable => "uncacheable",
+            Status::MultipleStatements => "multiplestatements",
+            Status::NotAQuery => "notaquery",
+            Status::ParseError => "parseerror",
+            Status::Volatile => "volatile",
+            Status::OversizedQuery => "oversizedquery",
+        }
+    }
+
+    /// Parses a status name as [`Status::name`] spells it.
+    pub fn from_name(name: &str) -> Option<Status> {
+        [
+            Status::Cacheable,
+            Status::Uncacheable,
+            Status::MultipleStatements,
+            Status::NotAQuery,
+            Status::ParseError,
+            Status::Volatile,
+            Status::OversizedQuery,
+        ]
+        .into_iter()
+        .find(|status| status.name() == name)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What kind of statement the text is. For several statements, the weightiest kind
+/// (in declaration order, `Ddl` first) describes the whole text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// CREATE, ALTER, DROP, GRANT, COMMENT, …
+    Ddl,
+    /// INSERT, UPDATE, DELETE, MERGE, TRUNCATE, COPY FROM, CALL, DO, SELECT INTO, …
+    Write,
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT, …
+    Transaction,
+    /// SET, RESET, DISCARD, USE, PREPARE/EXECUTE/DEALLOCATE, LISTEN/UNLISTEN.
+    Session,
+    /// SHOW, EXPLAIN, VACUUM, ANALYZE, LOCK, cursors, NOTIFY, COPY TO, …
+    Utility,
+    /// SELECT, VALUES, TABLE.
+    Read,
+    /// Nothing but whitespace, comments and semicolons.
+    Empty,
+    /// Text the analyzer could not classify at all.
+    Unknown,
+}
+
+impl Kind {
+    /// The kind's name in output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ddl => "ddl",
+            Kind::Write => "write",
+            Kind::Transaction => "transaction",
+            Kind::Session => "session",
+            Kind::Utility => "utility",
+            Kind::Read => "read",
+            Kind::Empty => "empty",
+            Kind::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a deployment treats STABLE functions (now(), current_date, current_user, …).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StableFunctions {
+    /// Cache them, as Hyperdrive's documentation describes: the answer is fixed for the
+    /// entry's max_age.
+    #[default]
+    Cache,
+    /// Refuse them (status `volatile`), as Pgpool-II and ReadySet do.
+    Bypass,
+}
+
+/// One reason behind a verdict, in words a user can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reason(String);
+
+impl Reason {
+    fn new(text: impl Into<String>) -> Reason {
+        Reason(text.into())
+    }
+
+    /// The reason as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// Everything the analyzer found out about one query string.
+///
+/// Names are normalised the way the dialect resolves them: PostgreSQL folds unquoted
+/// identifiers to lower case and keeps quoted ones; MySQL names are compared lower case.
+/// Lists are sorted and free of duplicates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Analysis {
+    /// The decision under the default policy (`stable_functions = "cache"`).
+    pub status: Status,
+    /// What kind of statement this is.
+    pub kind: Kind,
+    /// Number of non-empty statements (0 for the empty query; not counted when oversized).
+    pub statements: usize,
+    /// Relations read (CTE names excluded).
+    pub tables_read: Vec<String>,
+    /// Relations written, created, altered or dropped.
+    pub tables_written: Vec<String>,
+    /// Every function called.
+    pub functions: Vec<String>,
+    /// Functions called that make the result volatile (including unknown ones).
+    pub volatile_functions: Vec<String>,
+    /// STABLE functions called: cacheable by default, refused under
+    /// [`StableFunctions::Bypass`].
+    pub stable_functions: Vec<String>,
+    /// Why the status is what it is; empty for a plain cacheable read.
+    pub reasons: Vec<Reason>,
+    /// What the text does to the client's session (settings, pins), in order.
+    pub effects: Vec<SessionEffect>,
+}
+
+impl Analysis {
+    /// The status under a deployment's policy for STABLE functions.
+    pub fn status_under(&self, policy: StableFunctions) -> Status {
+        match policy {
+            StableFunctions::Bypass
+                if self.status == Status::Cacheable && !self.stable_functions.is_empty() =>
+            {
+                Status::Volatile
+            }
+            _ => self.status,
+        }
+    }
+
+    /// The reasons under a deployment's policy: those of [`Analysis::reasons`], plus one
+    /// naming the STABLE functions when the policy refuses them.
+    pub fn reasons_under(&self, policy: StableFunctions) -> Vec<Reason> {
+        let mut reasons = self.reasons.clone();
+        if self.status_under(policy) != self.status {
+            reasons.push(Reason::new(format!(
+                "calls STABLE function(s) {} and stable_functions = \"bypass\"",
+                self.stable_functions.join(", ")
+            )));
+        }
+        reasons
+    }
+
+    fn verdict(status: Status, kind: Kind, statements: usize, reason: Reason) -> Analysis {
+        Analysis {
+            status,
+            kind,
+            statements,
+            tables_read: Vec::new(),
+            tables_written: Vec::new(),
+            functions: Vec::new(),
+            volatile_functions: Vec::new(),
+            stable_functions: Vec::new(),
+            reasons: vec![reason],
+            effects: Vec::new(),
+        }
+    }
+}
+
+/// Limits that keep analysis cheap and bounded whatever the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnalyzerOptions {
+    /// Texts longer than this many bytes are `oversizedquery` without being parsed.
+    pub max_query_bytes: usize,
+}
+
+impl AnalyzerOptions {
+    /// Default for [`AnalyzerOptions::max_query_bytes`]: 1 MiB.
+    pub const DEFAULT_MAX_QUERY_BYTES: usize = 1024 * 1024;
+}
+
+impl Default for AnalyzerOptions {
+    fn default() -> Self {
+        AnalyzerOptions {
+            max_query_bytes: Self::DEFAULT_MAX_QUERY_BYTES,
+        }
+    }
+}
+
+/// How deeply sqlparser may recurse into nested subqueries and parenthesised
+/// expressions; deeper text is a parse error rather than a stack overflow.
+const PARSER_RECURSION_LIMIT: usize = 50;
+
+/// The analyzer: volatility rules for both dialects plus limits. Cheap to share
+/// (`Arc` inside); analysis takes `&self`.
+#[derive(Clone, Debug)]
+pub struct Analyzer {
+    postgres: Arc<Rules>,
+    mysql: Arc<Rules>,
+    options: AnalyzerOptions,
+}
+
+impl Analyzer {
+    /// An analyzer with the given rules for each dialect.
+    pub fn new(postgres: Rules, mysql: Rules, options: AnalyzerOptions) -> Analyzer {
+        Analyzer {
+            postgres: Arc::new(postgres),
+            mysql: Arc::new(mysql),
+            options,
+        }
+    }
+
+    /// An analyzer with the rules compiled into warpdrive (`rules/*.toml`).
+    pub fn with_builtin_rules(options: AnalyzerOptions) -> Analyzer {
+        Analyzer::new(
+            Rules::builtin(Dialect::Postgres),
+            Rules::builtin(Dialect::Mysql),
+            options,
+        )
+    }
+
+    /// The rules in force for a dialect.
+    pub fn rules(&self, dialect: Dialect) -> &Rules {
+        match dialect {
+            Dialect::Postgres => &self.postgres,
+            Dialect::Mysql => &self.mysql,
+        }
+    }
+
+    /// The limits in force.
+    pub fn options(&self) -> AnalyzerOptions {
+        self.options
+    }
+
+    /// Analyzes one query string as a client sent it.
+    pub fn analyze(&self, dialect: Dialect, sql: &str) -> Analysis {
+        if sql.len() > self.options.max_query_bytes {
+            return Analysis::verdict(
+                Status::OversizedQuery,
+                Kind::Unknown,
+                0,
+                Reason::new(format!(
+                    "query text is {} bytes, above the {}-byte limit (max_query_bytes); it was not parsed",
+                    sql.len(),
+                    self.options.max_query_bytes
+                )),
+            );
+        }
+        let lexed = match lex::lex(dialect, sql) {
+            Ok(lexed) => lexed,
+            Err(refusal) => return refusal.into_analysis(),
+        };
+        if lexed.statement_count() == 0 {
+            return Analysis::verdict(
+                Status::NotAQuery,
+                Kind::Empty,
+                0,
+                Reason::new("empty query"),
+            );
+        }
+        let leading = lexed.statement_leads();
+        let options = ParserOptions::new().with_trailing_commas(false);
+        let parsed = Parser::new(lex::sqlparser_dialect(dialect))
+            .with_options(options)
+            .with_recursion_limit(PARSER_RECURSION_LIMIT)
+            .with_tokens_with_locations(lexed.into_tokens())
+            .parse_statements();
+        match parsed {
+            Ok(statements) => self.classify_parsed(dialect, &statements),
+            Err(error) => statement::classify_unparsed(&leading, &error.to_string()),
+        }
+    }
+
+    fn classify_parsed(
+        &self,
+        dialect: Dialect,
+        statements: &[sqlparser::ast::Statement],
+    ) -> Analysis {
+        let rules = self.rules(dialect);
+        let mut facts = walk::Facts::default();
+        let mut kind = Kind::Empty;
+        let mut classes = Vec::with_capacity(statements.len());
+        let mut effects = Vec::new();
+        for parsed in statements {
+            let class = statement::classify(parsed);
+            let found = walk::walk(dialect, rules, parsed);
+            effects.extend(effects::effects(dialect, parsed, found.functions()));
+            let statement_kind = if found.changes_data() {
+                class.kind.min(Kind::Write)
+            } else {
+                class.kind
+            };
+            kind = kind.min(statement_kind);
+            facts.absorb(found);
+            classes.push(class);
+        }
+        let count = statements.len();
+        let (status, mut reasons) = if count > 1 {
+            (
+                Status::MultipleStatements,
+                vec![Reason::new(format!(
+                    "{count} statements in one query string; each is forwarded, none is cached"
+                ))],
+            )
+        } else {
+            let class = classes.pop().unwrap_or_else(statement::Class::empty);
+            facts.verdict(class)
+        };
+        reasons.dedup();
+        let mut analysis = facts.into_analysis(status, kind, count, reasons);
+        analysis.effects = effects;
+        analysis
+    }
+}
+
+/// Sorted, de-duplicated names collected during a walk.
+pub(crate) type NameSet = BTreeSet<String>;
+
+#[cfg(test)]
+mod tests;
