@@ -1,18 +1,36 @@
 //! warpdrive: a query-result cache and connection pooler for PostgreSQL and MySQL/MariaDB.
 //!
-//! Applications point their ordinary driver at warpdrive instead of the database. Every
-//! query passes through the [`analyze`] module, which decides from the SQL text alone
-//! whether its result may be cached; later layers (wire protocol, sessions, pool, cache)
-//! build on that verdict.
+//! Applications point their ordinary driver at warpdrive instead of the database.
+//! warpdrive answers the client handshake itself, pools origin connections in transaction
+//! mode, and analyses every query to decide whether its result may be cached.
 //!
 //! Layout (see `DESIGN.md` in the shared notes for the whole map):
 //!
-//! | module | owns |
-//! |---|---|
-//! | [`analyze`] | SQL text → [`analyze::Analysis`]: statement kind, tables, functions, cache status; the volatility rules; the memo |
+//! | module | owns | does not know about |
+//! |---|---|---|
+//! | [`analyze`] | SQL text → [`analyze::Analysis`]: kind, tables, functions, cache status, session effects; volatility rules; memo | sockets, time, caches |
+//! | [`check`] | the `warpdrive check` report | sockets |
+//! | [`config`] | raw TOML/flags → validated [`config::Config`] | sockets |
+//! | [`wire`] | sans-I/O protocol framing and messages | tokio, sessions, SQL |
+//! | [`conn`] | buffered frame reads/writes over TCP or TLS | SQL, pools |
+//! | [`auth`] | SCRAM-SHA-256 and MD5, both directions | sockets |
+//! | [`tls`] | rustls configurations for clients and origins | sessions |
+//! | [`pool`] | origin connections: connect, authenticate, pool per database, reset on return | sessions, SQL |
+//! | [`session`] | one client: startup, authentication, statements, settings, relaying replies | pool internals, byte layouts of the origin |
+//! | [`cancel`] | routing CancelRequests to the origin backend serving a client | SQL |
+//! | [`server`] | listeners, accept loop, drain on shutdown | message formats |
 //!
-//! The analyzer is pure: no sockets, no clocks, no global state. Everything it needs (the
-//! rules, the limits) is passed to [`analyze::Analyzer::new`].
+//! The analyzer and the wire layer are pure: no sockets, no clocks, no global state.
+//! Everything is passed to constructors; nothing is a process-global.
 
 pub mod analyze;
+pub mod auth;
+pub mod cancel;
 pub mod check;
+pub mod config;
+pub mod conn;
+pub mod pool;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod wire;

@@ -1,6 +1,7 @@
 //! The `warpdrive` command line: parse arguments, call the library, print, exit.
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,6 +9,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use warpdrive::analyze::{Analyzer, AnalyzerOptions, Dialect, Rules, StableFunctions};
 use warpdrive::check::CheckReport;
+use warpdrive::config::Config;
+use warpdrive::server::Server;
 
 /// A query-result cache and connection pooler for PostgreSQL and MySQL/MariaDB.
 #[derive(Parser)]
@@ -19,8 +22,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the proxy: in front of one origin (--origin URL) or as configured (--config FILE).
+    Serve(ServeArgs),
     /// Print the analyzer's decision about one query, without touching a database.
     Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The origin: postgres://user:password@host:port/database[?sslmode=…]. Clients log in
+    /// with the same user and password.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "config",
+        required_unless_present = "config"
+    )]
+    origin: Option<String>,
+    /// Address clients connect to (with --origin).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:6432",
+        conflicts_with = "config"
+    )]
+    listen: SocketAddr,
+    /// A TOML configuration file with one or more [[deployment]] tables.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -50,6 +79,7 @@ const USAGE_ERROR: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Serve(args) => serve(args),
         Command::Check(args) => check(args),
     };
     match outcome {
@@ -59,6 +89,52 @@ fn main() -> ExitCode {
             ExitCode::from(USAGE_ERROR)
         }
     }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = match (&args.config, &args.origin) {
+        (Some(path), _) => Config::from_file(path)?,
+        (None, Some(origin)) => Config::single(args.listen, origin)?,
+        (None, None) => anyhow::bail!("give --origin URL or --config FILE"),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARPDRIVE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(config).await?;
+        server.serve(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<()> {

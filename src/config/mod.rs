@@ -1,0 +1,620 @@
+//! Configuration: raw TOML or flags → one validation step → typed [`Config`].
+//!
+//! Every error names the key at fault and says what is wrong with its value; unknown keys
+//! are refused so that a typo never silently falls back to a default. Defaults are
+//! documented on each field and in README.md.
+//!
+//! ```toml
+//! [[deployment]]
+//! name = "shop"
+//! listen = "127.0.0.1:6432"
+//! origin = "postgres://app:secret@127.0.0.1:5432/shop?sslmode=prefer"
+//! databases = ["shop", "shop_test"]    # optional: databases clients may ask for
+//!
+//! [deployment.client]
+//! auth = "scram-sha-256"               # or "md5", or "trust"
+//! users = [{ name = "app", password = "secret" }]   # default: the origin URL's user
+//! tls_cert = "server.crt"              # optional, with tls_key: TLS for clients
+//! tls_key = "server.key"
+//!
+//! [deployment.pool]
+//! min_idle = 5
+//! max_size = 20
+//! acquire_timeout = "5s"
+//! idle_timeout = "10m"
+//! connect_timeout = "15s"
+//! max_query_duration = "60s"
+//! prepared_statements_per_connection = 256
+//!
+//! [deployment.limits]
+//! max_message_bytes = "64MiB"
+//! ```
+
+mod origin;
+pub mod units;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use origin::{OriginUrl, SslMode};
+
+/// A configuration problem, naming the key and the value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("configuration file {path} is invalid: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// The TOML parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: `{key}`: {problem}")]
+    Invalid {
+        /// The key, e.g. `deployment[0].pool.max_size`.
+        key: String,
+        /// What is wrong and what is accepted.
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// How clients prove who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// SCRAM-SHA-256 (the default).
+    ScramSha256,
+    /// MD5 password hashing.
+    Md5,
+    /// No password: only when explicitly configured.
+    Trust,
+}
+
+/// A user clients may log in as.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientUser {
+    /// The user name clients send.
+    pub name: String,
+    /// Their password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for ClientUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientUser")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Certificate and key for TLS towards clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// Pool settings of a deployment (per database).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Idle connections kept open and ready. Default 5.
+    pub min_idle: usize,
+    /// Most origin connections open at once (soft maximum). Default 20.
+    pub max_size: usize,
+    /// How long a client waits for a connection when all are busy. Default 5 s.
+    pub acquire_timeout: Duration,
+    /// Idle connections above `min_idle` close after this long. Default 10 min.
+    pub idle_timeout: Duration,
+    /// Connecting and authenticating to the origin must finish within this. Default 15 s.
+    pub connect_timeout: Duration,
+    /// A query running longer is cancelled at the origin. Default 60 s.
+    pub max_query_duration: Duration,
+    /// Statements kept prepared per origin connection (LRU). Default 256.
+    pub prepared_statements_per_connection: usize,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            min_idle: 5,
+            max_size: 20,
+            acquire_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            connect_timeout: Duration::from_secs(15),
+            max_query_duration: Duration::from_secs(60),
+            prepared_statements_per_connection: 256,
+        }
+    }
+}
+
+/// One deployment: a listener in front of one origin.
+#[derive(Clone, Debug)]
+pub struct Deployment {
+    /// Its name, used in logs and metrics.
+    pub name: String,
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// The origin server, user and default database.
+    pub origin: OriginUrl,
+    /// Databases clients may ask for; `None` allows any database on the origin server.
+    pub databases: Option<Vec<String>>,
+    /// Client authentication method.
+    pub client_auth: ClientAuth,
+    /// Users clients may log in as.
+    pub users: Vec<ClientUser>,
+    /// TLS towards clients; without it an SSLRequest is answered 'N'.
+    pub tls: Option<ServerTls>,
+    /// Pool settings.
+    pub pool: PoolSettings,
+    /// Largest message accepted from a client, in bytes. Default 64 MiB.
+    pub max_message_bytes: usize,
+}
+
+impl Deployment {
+    /// Default for [`Deployment::max_message_bytes`].
+    pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+    /// A deployment with every default, for `warpdrive serve --origin URL`.
+    pub fn from_origin(listen: SocketAddr, origin: OriginUrl) -> Deployment {
+        let users = vec![ClientUser {
+            name: origin.user.clone(),
+            password: origin.password.clone().unwrap_or_default(),
+        }];
+        Deployment {
+            name: "default".to_owned(),
+            listen,
+            origin,
+            databases: None,
+            client_auth: ClientAuth::ScramSha256,
+            users,
+            tls: None,
+            pool: PoolSettings::default(),
+            max_message_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+
+    /// Whether clients may ask for `database`.
+    pub fn allows_database(&self, database: &str) -> bool {
+        self.databases
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|name| name == database))
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The deployments, each with its own listener.
+    pub deployments: Vec<Deployment>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default, rename = "deployment")]
+    deployments: Vec<RawDeployment>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    name: String,
+    listen: String,
+    origin: String,
+    databases: Option<Vec<String>>,
+    #[serde(default)]
+    client: RawClient,
+    #[serde(default)]
+    pool: RawPool,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    auth: Option<String>,
+    users: Option<Vec<RawUser>>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password: String,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    min_idle: Option<usize>,
+    max_size: Option<usize>,
+    acquire_timeout: Option<RawDuration>,
+    idle_timeout: Option<RawDuration>,
+    connect_timeout: Option<RawDuration>,
+    max_query_duration: Option<RawDuration>,
+    prepared_statements_per_connection: Option<usize>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_message_bytes: Option<RawBytes>,
+}
+
+/// A duration as text (`"15s"`) or a number of seconds.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+/// A size as text (`"64MiB"`) or a number of bytes.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawBytes {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Config {
+    /// Reads and validates a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|error| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: error.to_string(),
+        })?;
+        if raw.deployments.is_empty() {
+            return Err(ConfigError::invalid(
+                "deployment",
+                "no [[deployment]] table: configure at least one deployment",
+            ));
+        }
+        let deployments = raw
+            .deployments
+            .into_iter()
+            .enumerate()
+            .map(|(index, raw)| validate_deployment(index, raw))
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = Config { deployments };
+        config.check_unique()?;
+        Ok(config)
+    }
+
+    /// The configuration of `warpdrive serve --origin URL`.
+    pub fn single(listen: SocketAddr, origin: &str) -> Result<Config, ConfigError> {
+        let origin = OriginUrl::parse(origin)
+            .map_err(|problem| ConfigError::invalid("--origin", problem))?;
+        Ok(Config {
+            deployments: vec![Deployment::from_origin(listen, origin)],
+        })
+    }
+
+    fn check_unique(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        let mut listens = HashSet::new();
+        for (index, deployment) in self.deployments.iter().enumerate() {
+            if !names.insert(deployment.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("deployment[{index}].name"),
+                    format!(
+                        "{:?} is used by two deployments; names must be unique",
+                        deployment.name
+                    ),
+                ));
+            }
+            if !listens.insert(deployment.listen) {
+                return Err(ConfigError::invalid(
+                    format!("deployment[{index}].listen"),
+                    format!(
+                        "{} is used by two deployments; each needs its own address",
+                        deployment.listen
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn duration(
+    key: &str,
+    raw: Option<RawDuration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = match raw {
+        None => return Ok(default),
+        Some(RawDuration::Seconds(seconds)) => Duration::from_secs(seconds),
+        Some(RawDuration::Text(text)) => {
+            units::parse_duration(&text).map_err(|problem| ConfigError::invalid(key, problem))?
+        }
+    };
+    if value.is_zero() {
+        return Err(ConfigError::invalid(key, "must be longer than zero"));
+    }
+    Ok(value)
+}
+
+fn validate_deployment(index: usize, raw: RawDeployment) -> Result<Deployment, ConfigError> {
+    let key = |field: &str| format!("deployment[{index}].{field}");
+    if raw.name.trim().is_empty() {
+        return Err(ConfigError::invalid(key("name"), "must not be empty"));
+    }
+    let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+        ConfigError::invalid(
+            key("listen"),
+            format!(
+                "{:?} is not an address:port such as \"127.0.0.1:6432\"",
+                raw.listen
+            ),
+        )
+    })?;
+    let origin = OriginUrl::parse(&raw.origin)
+        .map_err(|problem| ConfigError::invalid(key("origin"), problem))?;
+    let mut deployment = Deployment::from_origin(listen, origin);
+    deployment.name = raw.name;
+
+    if let Some(databases) = raw.databases {
+        if databases.is_empty() {
+            return Err(ConfigError::invalid(
+                key("databases"),
+                "is empty, so no client could connect; leave it out to allow every database",
+            ));
+        }
+        deployment.databases = Some(databases);
+    }
+
+    deployment.client_auth = match raw.client.auth.as_deref() {
+        None | Some("scram-sha-256") => ClientAuth::ScramSha256,
+        Some("md5") => ClientAuth::Md5,
+        Some("trust") => ClientAuth::Trust,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                key("client.auth"),
+                format!("{other:?} is not one of \"scram-sha-256\", \"md5\", \"trust\""),
+            ));
+        }
+    };
+    if let Some(users) = raw.client.users {
+        if users.is_empty() {
+            return Err(ConfigError::invalid(
+                key("client.users"),
+                "is empty; no client could log in",
+            ));
+        }
+        deployment.users = users
+            .into_iter()
+            .map(|user| ClientUser {
+                name: user.name,
+                password: user.password,
+            })
+            .collect();
+    }
+    if deployment.client_auth != ClientAuth::Trust
+        && let Some(user) = deployment
+            .users
+            .iter()
+            .find(|user| user.password.is_empty())
+    {
+        return Err(ConfigError::invalid(
+            key("client.users"),
+            format!(
+                "user {:?} has no password; give one (in the origin URL or client.users) or set client.auth = \"trust\"",
+                user.name
+            ),
+        ));
+    }
+    deployment.tls = match (raw.client.tls_cert, raw.client.tls_key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(ServerTls { cert, key }),
+        _ => {
+            return Err(ConfigError::invalid(
+                key("client.tls_cert"),
+                "tls_cert and tls_key go together: give both or neither",
+            ));
+        }
+    };
+
+    let defaults = PoolSettings::default();
+    let pool = raw.pool;
+    deployment.pool = PoolSettings {
+        min_idle: pool.min_idle.unwrap_or(defaults.min_idle),
+        max_size: pool.max_size.unwrap_or(defaults.max_size),
+        acquire_timeout: duration(
+            &key("pool.acquire_timeout"),
+            pool.acquire_timeout,
+            defaults.acquire_timeout,
+        )?,
+        idle_timeout: duration(
+            &key("pool.idle_timeout"),
+            pool.idle_timeout,
+            defaults.idle_timeout,
+        )?,
+        connect_timeout: duration(
+            &key("pool.connect_timeout"),
+            pool.connect_timeout,
+            defaults.connect_timeout,
+        )?,
+        max_query_duration: duration(
+            &key("pool.max_query_duration"),
+            pool.max_query_duration,
+            defaults.max_query_duration,
+        )?,
+        prepared_statements_per_connection: pool
+            .prepared_statements_per_connection
+            .unwrap_or(defaults.prepared_statements_per_connection),
+    };
+    if deployment.pool.max_size == 0 {
+        return Err(ConfigError::invalid(
+            key("pool.max_size"),
+            "must be at least 1",
+        ));
+    }
+    if deployment.pool.min_idle > deployment.pool.max_size {
+        return Err(ConfigError::invalid(
+            key("pool.min_idle"),
+            format!(
+                "{} is above pool.max_size ({}); min_idle must not exceed max_size",
+                deployment.pool.min_idle, deployment.pool.max_size
+            ),
+        ));
+    }
+    if deployment.pool.prepared_statements_per_connection == 0 {
+        return Err(ConfigError::invalid(
+            key("pool.prepared_statements_per_connection"),
+            "must be at least 1",
+        ));
+    }
+    if let Some(raw) = raw.limits.max_message_bytes {
+        let bytes = match raw {
+            RawBytes::Bytes(bytes) => usize::try_from(bytes).unwrap_or(usize::MAX),
+            RawBytes::Text(text) => units::parse_bytes(&text).map_err(|problem| {
+                ConfigError::invalid(key("limits.max_message_bytes"), problem)
+            })?,
+        };
+        if !(1024..=1 << 30).contains(&bytes) {
+            return Err(ConfigError::invalid(
+                key("limits.max_message_bytes"),
+                "must be between 1KiB and 1GiB",
+            ));
+        }
+        deployment.max_message_bytes = bytes;
+    }
+    Ok(deployment)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+        [[deployment]]
+        name = "shop"
+        listen = "127.0.0.1:6432"
+        origin = "postgres://app:s%40cret@db.internal:5433/shop?sslmode=require"
+        databases = ["shop", "shop_test"]
+
+        [deployment.client]
+        auth = "md5"
+        users = [{ name = "web", password = "w" }]
+
+        [deployment.pool]
+        min_idle = 2
+        max_size = 8
+        acquire_timeout = "2s"
+        idle_timeout = "5m"
+        max_query_duration = 30
+
+        [deployment.limits]
+        max_message_bytes = "8MiB"
+
+        [[deployment]]
+        name = "reports"
+        listen = "127.0.0.1:6433"
+        origin = "postgresql://ro:pw@127.0.0.1/reports"
+    "#;
+
+    #[test]
+    fn a_full_file_validates_into_typed_values() {
+        let config = Config::from_toml(FULL, "test.toml").expect("valid");
+        let shop = &config.deployments[0];
+        assert_eq!(shop.name, "shop");
+        assert_eq!(shop.origin.host, "db.internal");
+        assert_eq!(shop.origin.port, 5433);
+        assert_eq!(shop.origin.password.as_deref(), Some("s@cret"));
+        assert_eq!(shop.origin.ssl_mode, SslMode::Require);
+        assert_eq!(shop.client_auth, ClientAuth::Md5);
+        assert_eq!(shop.users[0].name, "web");
+        assert!(shop.allows_database("shop_test"));
+        assert!(!shop.allows_database("postgres"));
+        assert_eq!(shop.pool.max_size, 8);
+        assert_eq!(shop.pool.acquire_timeout, Duration::from_secs(2));
+        assert_eq!(shop.pool.max_query_duration, Duration::from_secs(30));
+        assert_eq!(shop.pool.connect_timeout, Duration::from_secs(15));
+        assert_eq!(shop.max_message_bytes, 8 << 20);
+        let reports = &config.deployments[1];
+        assert_eq!(reports.origin.port, 5432);
+        assert_eq!(reports.users[0].name, "ro");
+        assert_eq!(reports.client_auth, ClientAuth::ScramSha256);
+        assert!(reports.allows_database("anything"));
+    }
+
+    fn problem(text: &str) -> String {
+        Config::from_toml(text, "test.toml")
+            .expect_err("invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let base = "[[deployment]]\nname = \"a\"\nlisten = \"127.0.0.1:6432\"\norigin = \"postgres://u:p@h/d\"\n";
+        assert!(problem("").contains("deployment"));
+        let typo = problem(&format!("{base}[deployment.pool]\nmax_sise = 3\n"));
+        assert!(typo.contains("max_sise"), "{typo}");
+        let range = problem(&format!("{base}[deployment.pool]\nmin_idle = 30\n"));
+        assert!(range.contains("deployment[0].pool.min_idle"), "{range}");
+        let duration = problem(&format!(
+            "{base}[deployment.pool]\nacquire_timeout = \"soon\"\n"
+        ));
+        assert!(
+            duration.contains("deployment[0].pool.acquire_timeout"),
+            "{duration}"
+        );
+        let listen = problem(&base.replace("127.0.0.1:6432", "localhost"));
+        assert!(listen.contains("deployment[0].listen"), "{listen}");
+        let origin = problem(&base.replace("postgres://u:p@h/d", "mysql://u@h/d"));
+        assert!(origin.contains("deployment[0].origin"), "{origin}");
+        let auth = problem(&format!("{base}[deployment.client]\nauth = \"password\"\n"));
+        assert!(auth.contains("deployment[0].client.auth"), "{auth}");
+        let nopass = problem(&base.replace("u:p@", "u@"));
+        assert!(nopass.contains("no password"), "{nopass}");
+        let twice = problem(&format!("{base}{base}"));
+        assert!(twice.contains("deployment[1].name"), "{twice}");
+    }
+
+    #[test]
+    fn passwords_are_not_printed_in_debug_output() {
+        let config = Config::from_toml(FULL, "test.toml").expect("valid");
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("s@cret") && !debug.contains("\"w\""),
+            "{debug}"
+        );
+    }
+}

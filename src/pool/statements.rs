@@ -1,0 +1,134 @@
+//! The statements warpdrive has prepared on one origin connection, least recently used
+//! first out.
+//!
+//! Origin-side names are derived from the statement's text and parameter types (see
+//! [`origin_statement_name`]), so clients that prepare the same statement share it and
+//! two different statements never collide, whatever the clients call them.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+/// The name under which warpdrive prepares a statement on origin connections: a prefix
+/// and 128 bits of blake3 over the text and the parameter type OIDs.
+pub fn origin_statement_name(sql: &[u8], parameter_types: &[u8]) -> Bytes {
+    let identity = statement_identity(sql, parameter_types);
+    let mut name = String::with_capacity(3 + 32);
+    name.push_str("wd_");
+    for byte in &identity[..16] {
+        name.push_str(&format!("{byte:02x}"));
+    }
+    Bytes::from(name)
+}
+
+/// A statement's identity: blake3 over its length-prefixed text and parameter types.
+pub fn statement_identity(sql: &[u8], parameter_types: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&(sql.len() as u64).to_le_bytes());
+    hasher.update(sql);
+    hasher.update(parameter_types);
+    *hasher.finalize().as_bytes()
+}
+
+/// A bounded set of statement names with least-recently-used eviction.
+#[derive(Debug)]
+pub struct StatementCache {
+    capacity: usize,
+    clock: u64,
+    used: HashMap<Bytes, u64>,
+}
+
+impl StatementCache {
+    /// An empty cache of at most `capacity` statements (at least one).
+    pub fn new(capacity: usize) -> StatementCache {
+        StatementCache {
+            capacity: capacity.max(1),
+            clock: 0,
+            used: HashMap::new(),
+        }
+    }
+
+    /// Whether `name` is prepared; marks it used.
+    pub fn touch(&mut self, name: &Bytes) -> bool {
+        self.clock += 1;
+        match self.used.get_mut(name) {
+            Some(at) => {
+                *at = self.clock;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `name` as prepared; returns the statement evicted to make room, which
+    /// the caller must close on the origin.
+    pub fn insert(&mut self, name: Bytes) -> Option<Bytes> {
+        self.clock += 1;
+        let evicted = if self.used.len() >= self.capacity && !self.used.contains_key(&name) {
+            let oldest = self
+                .used
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(name, _)| name.clone());
+            oldest.inspect(|oldest| {
+                self.used.remove(oldest);
+            })
+        } else {
+            None
+        };
+        self.used.insert(name, self.clock);
+        evicted
+    }
+
+    /// Forgets `name` (it failed, or went stale after DDL).
+    pub fn remove(&mut self, name: &Bytes) {
+        self.used.remove(name);
+    }
+
+    /// Forgets everything (after DISCARD ALL or DEALLOCATE ALL on the origin).
+    pub fn clear(&mut self) {
+        self.used.clear();
+    }
+
+    /// Number of statements held.
+    pub fn len(&self) -> usize {
+        self.used.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_depend_on_text_and_types_only() {
+        let a = origin_statement_name(b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        let b = origin_statement_name(b"SELECT $1", &[0, 1, 0, 0, 0, 25]);
+        let c = origin_statement_name(b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        assert_ne!(a, b);
+        assert_eq!(a, c);
+        assert!(a.starts_with(b"wd_"));
+        assert_eq!(a.len(), 35);
+    }
+
+    #[test]
+    fn least_recently_used_is_evicted() {
+        let mut cache = StatementCache::new(2);
+        let (a, b, c) = (Bytes::from("a"), Bytes::from("b"), Bytes::from("c"));
+        assert_eq!(cache.insert(a.clone()), None);
+        assert_eq!(cache.insert(b.clone()), None);
+        assert!(cache.touch(&a));
+        assert_eq!(cache.insert(c.clone()), Some(b.clone()));
+        assert!(!cache.touch(&b));
+        assert!(cache.touch(&a) && cache.touch(&c));
+        cache.remove(&a);
+        assert_eq!(cache.len(), 1);
+        cache.clear();
+        assert!(cache.is_empty());
+    }
+}

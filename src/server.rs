@@ -1,0 +1,153 @@
+//! Listeners and the life of the process: bind every deployment's address, accept
+//! clients, and on shutdown stop accepting and let sessions finish (bounded).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::analyze::memo::DEFAULT_MEMO_ENTRIES;
+use crate::analyze::{AnalysisMemo, Analyzer, AnalyzerOptions};
+use crate::config::Config;
+use crate::pool::PoolSet;
+use crate::session::{self, SessionContext};
+use crate::tls::TlsError;
+
+/// How long running sessions may continue after shutdown starts.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listen address could not be bound.
+    #[error("deployment {deployment:?}: cannot listen on {address}: {source}")]
+    Bind {
+        /// The deployment.
+        deployment: String,
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS could not be configured.
+    #[error("deployment {deployment:?}: {source}")]
+    Tls {
+        /// The deployment.
+        deployment: String,
+        /// Why.
+        source: TlsError,
+    },
+}
+
+/// Bound listeners, ready to serve.
+pub struct Server {
+    listeners: Vec<(TcpListener, Arc<SessionContext>)>,
+}
+
+impl Server {
+    /// Binds every deployment's listener and prepares its pools (which start warming up).
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let analyzer = Arc::new(AnalysisMemo::new(
+            Analyzer::with_builtin_rules(AnalyzerOptions::default()),
+            DEFAULT_MEMO_ENTRIES,
+        ));
+        let mut listeners = Vec::new();
+        for deployment in config.deployments {
+            let name = deployment.name.clone();
+            let tls_error = |source| ServerError::Tls {
+                deployment: name.clone(),
+                source,
+            };
+            let tls = match &deployment.tls {
+                Some(tls) => Some(tokio_rustls::TlsAcceptor::from(
+                    crate::tls::server_config(&tls.cert, &tls.key).map_err(tls_error)?,
+                )),
+                None => None,
+            };
+            let pools = PoolSet::new(deployment.origin.clone(), deployment.pool.clone())
+                .map_err(tls_error)?;
+            pools.get(&deployment.origin.database);
+            let listener = TcpListener::bind(deployment.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    deployment: name.clone(),
+                    address: deployment.listen,
+                    source,
+                })?;
+            tracing::info!(deployment = %name, listen = %listener.local_addr().unwrap_or(deployment.listen), origin = %deployment.origin, "listening");
+            let ctx = Arc::new(SessionContext::new(
+                deployment,
+                pools,
+                tls,
+                Arc::clone(&analyzer),
+            ));
+            listeners.push((listener, ctx));
+        }
+        Ok(Server { listeners })
+    }
+
+    /// The bound addresses, in deployment order (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|(listener, _)| listener.local_addr().ok())
+            .collect()
+    }
+
+    /// Accepts clients until `shutdown` completes, then drains: no new clients, running
+    /// sessions get [`DRAIN_TIMEOUT`] to finish.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut sessions = JoinSet::new();
+        let mut acceptors = JoinSet::new();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel();
+        for (listener, ctx) in self.listeners {
+            let mut stop = stop_rx.clone();
+            let session_tx = session_tx.clone();
+            acceptors.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        accepted = listener.accept() => match accepted {
+                            Ok((tcp, _)) => {
+                                let _ = session_tx.send(session::serve(tcp, Arc::clone(&ctx)));
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "accept failed");
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        },
+                    }
+                }
+            });
+        }
+        drop(session_tx);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(session) = session_rx.recv() => { sessions.spawn(session); }
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        tracing::info!(
+            sessions = sessions.len(),
+            "shutting down: no new clients; waiting for sessions to finish"
+        );
+        let _ = stop_tx.send(true);
+        while acceptors.join_next().await.is_some() {}
+        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                remaining = sessions.len(),
+                "drain timeout: closing the remaining sessions"
+            );
+            sessions.shutdown().await;
+        }
+    }
+}

@@ -1,0 +1,1090 @@
+//! One client session: startup, then every message until the client leaves.
+//!
+//! Transaction mode: the session holds an origin connection from the first message that
+//! needs one until the origin reports ReadyForQuery 'I' with nothing in flight, then gives
+//! it back. Extended-protocol messages are buffered until Sync (or Flush) and translated
+//! for whichever connection serves them: statements are prepared on the origin under
+//! content-derived names ([`crate::pool::statements`]) and replayed where missing; the
+//! client's settings are replayed where they differ. [`relay::Relay`] matches the
+//! origin's replies to what the client sent.
+//!
+//! What does not survive multiplexing (LISTEN, session advisory locks, SQL-level
+//! PREPARE, temporary objects, WITH HOLD cursors) pins the client to its connection for
+//! the rest of the session; that connection is closed, not reused, when the client
+//! leaves. Internal errors become ErrorResponses in [`error`], the only place that does so.
+
+pub mod error;
+mod relay;
+pub mod settings;
+mod startup;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::analyze::{AnalysisMemo, Dialect, SessionEffect};
+use crate::auth::scram::ScramSecret;
+use crate::cancel::{CancelHandle, CancelRegistry, CancelTarget};
+use crate::config::Deployment;
+use crate::conn::{Conn, ConnError, FLUSH_THRESHOLD, Stream};
+use crate::pool::statements::{origin_statement_name, statement_identity};
+use crate::pool::{Checkout, ConnState, Pool, PoolSet, ServerParameters};
+use crate::wire::pg::backend::{BackendMessage, TransactionStatus, tag as backend_tag};
+use crate::wire::pg::frontend::{Bind, Close, Describe, FrontendMessage, Parse, Target};
+use crate::wire::pg::{Frame, WireError, encode};
+use error::{ClientError, Severity, sqlstate};
+use relay::{Delivery, Event, Expect, OnError, Relay};
+use settings::Settings;
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client's socket failed.
+    #[error("client connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client sent something that is not the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The client went away mid-exchange.
+    #[error("the client closed the connection")]
+    ClientGone,
+    /// warpdrive refused the session with this error (already sent to the client).
+    #[error("{}", .0.message)]
+    Refused(ClientError),
+}
+
+impl From<ConnError> for SessionError {
+    fn from(error: ConnError) -> Self {
+        match error {
+            ConnError::Io(error) => SessionError::Io(error),
+            ConnError::Wire(error) => SessionError::Protocol(error.to_string()),
+            ConnError::TruncatedFrame => SessionError::ClientGone,
+        }
+    }
+}
+
+/// What every session of one deployment shares.
+pub struct SessionContext {
+    /// The deployment's configuration.
+    pub deployment: Deployment,
+    /// Its pools.
+    pub pools: PoolSet,
+    /// TLS towards clients.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// SCRAM secrets per user.
+    pub secrets: HashMap<String, ScramSecret>,
+    /// The analyzer (with its memo).
+    pub analyzer: Arc<AnalysisMemo>,
+    /// Cancel keys of live sessions.
+    pub cancels: Arc<CancelRegistry>,
+    /// ParameterStatus the origin reported for each (database, setting, value) tried.
+    validated: Mutex<HashMap<(String, String, String), ServerParameters>>,
+}
+
+impl SessionContext {
+    /// The shared state of a deployment's sessions.
+    pub fn new(
+        deployment: Deployment,
+        pools: PoolSet,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        analyzer: Arc<AnalysisMemo>,
+    ) -> SessionContext {
+        let secrets = deployment
+            .users
+            .iter()
+            .map(|user| (user.name.clone(), ScramSecret::new(&user.password)))
+            .collect();
+        SessionContext {
+            deployment,
+            pools,
+            tls,
+            secrets,
+            analyzer,
+            cancels: Arc::new(CancelRegistry::default()),
+            validated: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Tries a startup setting (its replay statement) on an origin connection, once per
+    /// distinct value, and returns the ParameterStatus values the origin reported for it.
+    async fn validate_setting(
+        &self,
+        pool: &Pool,
+        database: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<ServerParameters, ClientError> {
+        let key = (database.to_owned(), name.to_owned(), value.to_owned());
+        if let Some(known) = self
+            .validated
+            .lock()
+            .ok()
+            .and_then(|v| v.get(&key).cloned())
+        {
+            return Ok(known);
+        }
+        let mut checkout = pool
+            .checkout()
+            .await
+            .map_err(|error| ClientError::from_pool(&error))?;
+        let conn = checkout.conn();
+        let outcome = run_internal(&mut conn.origin.conn, value).await;
+        match outcome {
+            Ok(Ok(reports)) => {
+                conn.settings.insert(name.to_owned(), value.to_owned());
+                let reports = Arc::new(reports);
+                if let Ok(mut validated) = self.validated.lock() {
+                    validated.insert(key, Arc::clone(&reports));
+                }
+                Ok(reports)
+            }
+            Ok(Err(fields)) => {
+                let code = fields.code().to_vec();
+                let code = match &code[..] {
+                    b"42704" => "42704",
+                    b"22023" => "22023",
+                    b"55P02" => "55P02",
+                    b"42501" => "42501",
+                    _ => sqlstate::FEATURE_NOT_SUPPORTED,
+                };
+                Err(ClientError::fatal(
+                    code,
+                    format!("startup parameter {name:?}: {}", fields.message()),
+                ))
+            }
+            Err(error) => {
+                checkout.discard();
+                Err(ClientError::origin_lost(&error))
+            }
+        }
+    }
+}
+
+/// Runs a query of warpdrive's own on an idle origin connection, swallowing its replies.
+/// Returns the ParameterStatus values reported, or the origin's error.
+async fn run_internal(
+    origin: &mut Conn,
+    sql: &str,
+) -> Result<Result<Vec<(Bytes, Bytes)>, crate::wire::pg::backend::ErrorFields>, ConnError> {
+    encode::query(&mut origin.out, sql);
+    origin.flush().await?;
+    let mut reports = Vec::new();
+    let mut failure = None;
+    loop {
+        let frame = origin
+            .read_frame()
+            .await?
+            .ok_or(ConnError::TruncatedFrame)?;
+        match BackendMessage::decode(&frame)? {
+            BackendMessage::ParameterStatus { name, value } => reports.push((name, value)),
+            BackendMessage::ErrorResponse(fields) => failure = Some(fields),
+            BackendMessage::ReadyForQuery(_) => break,
+            _ => {}
+        }
+    }
+    Ok(match failure {
+        Some(fields) => Err(fields),
+        None => Ok(reports),
+    })
+}
+
+/// Serves one client connection to its end.
+pub async fn serve(tcp: TcpStream, ctx: Arc<SessionContext>) {
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let span = tracing::info_span!("client", deployment = %ctx.deployment.name, %peer);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let client = Conn::new(Stream::Plain(tcp), ctx.deployment.max_message_bytes);
+        match run(client, &ctx).await {
+            Ok(()) => tracing::debug!("client left"),
+            Err(SessionError::ClientGone) => tracing::debug!("client disconnected"),
+            Err(error) => tracing::info!(%error, "session ended"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), SessionError> {
+    let Some(admitted) = startup::admit(client, ctx).await? else {
+        return Ok(());
+    };
+    let cancel = ctx.cancels.register();
+    let mut client = admitted.client;
+    startup::finish_greeting(&mut client.out, cancel.process_id, &cancel.secret_key);
+    client.flush().await?;
+    tracing::debug!(user = %admitted.user, database = %admitted.database, "client admitted");
+    let mut session = Session {
+        ctx: Arc::clone(ctx),
+        client,
+        pool: admitted.pool,
+        settings: Settings::new(admitted.settings),
+        statements: HashMap::new(),
+        unnamed: None,
+        portals: HashMap::new(),
+        checkout: None,
+        relay: Relay::default(),
+        batch: Vec::new(),
+        status: TransactionStatus::Idle,
+        pinned: None,
+        effects: Vec::new(),
+        batch_failed: false,
+        last_command: None,
+        deadline: None,
+        cancelled_by_warpdrive: false,
+        cancel,
+    };
+    session.main_loop().await
+}
+
+/// A statement the client prepared, as warpdrive knows it.
+#[derive(Clone, Debug)]
+struct ClientStatement {
+    /// The name on origin connections.
+    origin_name: Bytes,
+    /// Identity (text + parameter types), for the unnamed statement.
+    identity: [u8; 32],
+    /// The SQL text.
+    sql: Bytes,
+    /// Parameter type OIDs as sent.
+    parameter_types: Bytes,
+    /// What executing it does to the session.
+    effects: Vec<SessionEffect>,
+}
+
+struct Session {
+    ctx: Arc<SessionContext>,
+    client: Conn,
+    pool: Pool,
+    settings: Settings,
+    /// Named statements by client name.
+    statements: HashMap<Bytes, ClientStatement>,
+    /// The client's unnamed statement.
+    unnamed: Option<ClientStatement>,
+    /// Effects of the statement each open portal was bound to.
+    portals: HashMap<Bytes, Vec<SessionEffect>>,
+    checkout: Option<Checkout>,
+    relay: Relay,
+    /// Extended-protocol messages waiting for Sync or Flush.
+    batch: Vec<FrontendMessage>,
+    /// Transaction status as the client last saw it.
+    status: TransactionStatus,
+    /// Why the client is pinned to its connection, if it is.
+    pinned: Option<String>,
+    /// Session effects of the statements executing until the next ReadyForQuery.
+    effects: Vec<SessionEffect>,
+    batch_failed: bool,
+    last_command: Option<Bytes>,
+    /// When the request in flight has run for max_query_duration.
+    deadline: Option<Instant>,
+    cancelled_by_warpdrive: bool,
+    cancel: CancelHandle,
+}
+
+enum Wake {
+    Client(Result<Option<Frame>, ConnError>),
+    Origin(Result<Option<Frame>, ConnError>),
+    Deadline,
+}
+
+/// Grace period for the origin to answer a cancel before the connection is dropped.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+
+impl Session {
+    async fn main_loop(&mut self) -> Result<(), SessionError> {
+        loop {
+            let wake = {
+                let client = &mut self.client;
+                let origin = self.checkout.as_mut().map(|c| &mut c.conn().origin.conn);
+                let deadline = self.deadline;
+                tokio::select! {
+                    biased;
+                    frame = async { match origin { Some(origin) => origin.read_frame().await, None => std::future::pending().await } } => Wake::Origin(frame),
+                    frame = client.read_frame() => Wake::Client(frame),
+                    _ = async { match deadline { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => Wake::Deadline,
+                }
+            };
+            match wake {
+                Wake::Client(Ok(Some(frame))) => {
+                    if !self.on_client(frame).await? {
+                        return Ok(());
+                    }
+                }
+                Wake::Client(Ok(None)) => return Ok(()),
+                Wake::Client(Err(ConnError::Wire(error))) => {
+                    return self.protocol_violation(error).await;
+                }
+                Wake::Client(Err(error)) => return Err(error.into()),
+                Wake::Origin(result) => self.on_origin(result).await?,
+                Wake::Deadline => self.on_deadline().await?,
+            }
+        }
+    }
+
+    async fn protocol_violation(&mut self, error: WireError) -> Result<(), SessionError> {
+        ClientError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("invalid message from client: {error}"),
+        )
+        .encode(&mut self.client.out);
+        self.client.flush().await?;
+        Err(SessionError::Protocol(error.to_string()))
+    }
+
+    /// Handles one client message; false when the session should end.
+    async fn on_client(&mut self, frame: Frame) -> Result<bool, SessionError> {
+        let message = match FrontendMessage::decode(frame) {
+            Ok(message) => message,
+            Err(error) => {
+                self.protocol_violation(error).await?;
+                return Ok(false);
+            }
+        };
+        match message {
+            FrontendMessage::Query(query) => self.on_query(query.frame, &query.sql).await?,
+            message @ (FrontendMessage::Parse(_)
+            | FrontendMessage::Bind(_)
+            | FrontendMessage::Describe(_)
+            | FrontendMessage::Execute(_)
+            | FrontendMessage::Close(_)) => self.batch.push(message),
+            FrontendMessage::Sync(_) => self.send_batch(true).await?,
+            FrontendMessage::Flush(_) => self.send_batch(false).await?,
+            FrontendMessage::Terminate(_) => return Ok(false),
+            FrontendMessage::CopyData(frame)
+            | FrontendMessage::CopyDone(frame)
+            | FrontendMessage::CopyFail(frame) => {
+                if frame.tag() != b'd' {
+                    self.relay.push(Expect::CopyEnd);
+                }
+                if let Some(checkout) = self.checkout.as_mut() {
+                    checkout
+                        .conn()
+                        .origin
+                        .conn
+                        .out
+                        .extend_from_slice(frame.raw());
+                    if checkout.conn().origin.conn.out.len() >= FLUSH_THRESHOLD
+                        || frame.tag() != b'd'
+                    {
+                        self.flush_origin().await;
+                    }
+                }
+            }
+            FrontendMessage::FunctionCall(frame) => match self.connect().await {
+                Ok(()) => {
+                    self.send_to_origin(frame.raw());
+                    self.relay.push(Expect::UntilReady);
+                    self.flush_origin().await;
+                    self.arm_deadline();
+                }
+                Err(error) => self.answer_error(error).await?,
+            },
+            FrontendMessage::Password(_) => {
+                self.protocol_violation(WireError::UnexpectedTag { tag: b'p' })
+                    .await?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn send_to_origin(&mut self, bytes: &[u8]) {
+        if let Some(checkout) = self.checkout.as_mut() {
+            checkout.conn().origin.conn.out.extend_from_slice(bytes);
+            checkout.conn().state = ConnState::Busy;
+        }
+    }
+
+    /// Flushes warpdrive's writes to the origin. A failure is handled when the session
+    /// next reads from the origin, which then fails too.
+    async fn flush_origin(&mut self) {
+        if let Some(checkout) = self.checkout.as_mut()
+            && let Err(error) = checkout.conn().origin.conn.flush().await
+        {
+            tracing::debug!(%error, "writing to the origin failed");
+        }
+    }
+
+    fn arm_deadline(&mut self) {
+        if self.deadline.is_none() {
+            self.deadline = Some(Instant::now() + self.pool.settings().max_query_duration);
+        }
+    }
+
+    /// Answers with an error and, outside the extended protocol's error skipping, a
+    /// ReadyForQuery, without involving the origin.
+    async fn answer_error(&mut self, error: ClientError) -> Result<(), SessionError> {
+        error.encode(&mut self.client.out);
+        encode::ready_for_query(&mut self.client.out, self.status);
+        self.client.flush().await?;
+        Ok(())
+    }
+
+    /// Makes sure an origin connection is checked out and carries the client's settings.
+    /// The inner error is for the client; the caller decides how to answer with it.
+    async fn connect(&mut self) -> Result<(), ClientError> {
+        if self.checkout.is_none() {
+            let mut checkout = self.pool.checkout().await.map_err(|error| {
+                tracing::warn!(%error, "no origin connection for the client");
+                ClientError::from_pool(&error)
+            })?;
+            let origin = checkout.target().clone();
+            let conn = checkout.conn();
+            self.cancel.set_target(Some(CancelTarget {
+                origin,
+                process_id: conn.origin.process_id,
+                secret_key: conn.origin.secret_key.clone(),
+            }));
+            self.checkout = Some(checkout);
+        }
+        let Some(checkout) = self.checkout.as_mut() else {
+            return Err(ClientError::error(
+                sqlstate::SYSTEM_ERROR,
+                "no origin connection",
+            ));
+        };
+        let conn = checkout.conn();
+        let Some(sql) = self.settings.sync_sql(&conn.settings) else {
+            return Ok(());
+        };
+        let error = match run_internal(&mut conn.origin.conn, &sql).await {
+            Ok(Ok(_)) => {
+                conn.settings = self.settings.current().clone();
+                return Ok(());
+            }
+            Ok(Err(fields)) => ClientError::error(
+                sqlstate::SYSTEM_ERROR,
+                format!(
+                    "warpdrive could not restore this session's settings on an origin connection: {}",
+                    fields.message()
+                ),
+            )
+            .hint("a setting made earlier in this session is no longer valid on the origin; RESET it or reconnect"),
+            Err(error) => ClientError::origin_lost(&error),
+        };
+        checkout.discard();
+        self.release();
+        Err(error)
+    }
+
+    /// Gives the connection back (or closes it, per its state).
+    fn release(&mut self) {
+        self.checkout = None;
+        self.cancel.set_target(None);
+        self.deadline = None;
+        self.cancelled_by_warpdrive = false;
+    }
+
+    async fn on_query(&mut self, frame: Frame, sql: &Bytes) -> Result<(), SessionError> {
+        if !self.batch.is_empty() {
+            self.send_batch(false).await?;
+        }
+        let analysis = std::str::from_utf8(sql)
+            .ok()
+            .map(|sql| self.ctx.analyzer.analyze(Dialect::Postgres, sql));
+        let effects = analysis.map(|a| a.effects.clone()).unwrap_or_default();
+        if self.answer_locally(&effects).await? {
+            return Ok(());
+        }
+        if let Err(error) = self.connect().await {
+            return self.answer_error(error).await;
+        }
+        self.send_pending_closes();
+        self.send_to_origin(frame.raw());
+        if let Some(checkout) = self.checkout.as_mut() {
+            // A simple query destroys the unnamed statement.
+            checkout.conn().unnamed_statement = None;
+        }
+        self.relay.push(Expect::UntilReady);
+        self.effects.extend(effects);
+        self.flush_origin().await;
+        self.arm_deadline();
+        Ok(())
+    }
+
+    /// DISCARD ALL and DEALLOCATE of protocol-level statements concern only this client:
+    /// answered here, without touching the shared origin connection. True if answered.
+    async fn answer_locally(&mut self, effects: &[SessionEffect]) -> Result<bool, SessionError> {
+        let tag = match effects {
+            [SessionEffect::DiscardAll]
+                if self.pinned.is_none() && self.status == TransactionStatus::Idle =>
+            {
+                self.settings.discard_all();
+                self.statements.clear();
+                self.unnamed = None;
+                "DISCARD ALL"
+            }
+            [SessionEffect::Deallocate { name: None }] if self.pinned.is_none() => {
+                self.statements.clear();
+                "DEALLOCATE ALL"
+            }
+            [SessionEffect::Deallocate { name: Some(name) }]
+                if self.statements.contains_key(name.as_bytes()) =>
+            {
+                self.statements.remove(name.as_bytes());
+                "DEALLOCATE"
+            }
+            _ => return Ok(false),
+        };
+        encode::command_complete(&mut self.client.out, tag);
+        encode::ready_for_query(&mut self.client.out, self.status);
+        self.client.flush().await?;
+        Ok(true)
+    }
+
+    /// Closes on the origin the statements that went stale on this connection.
+    fn send_pending_closes(&mut self) {
+        let Some(checkout) = self.checkout.as_mut() else {
+            return;
+        };
+        let stale = std::mem::take(&mut checkout.conn().stale_statements);
+        for name in stale {
+            let mut buf = BytesMut::new();
+            encode::close(&mut buf, Target::Statement, &name);
+            self.send_to_origin(&buf);
+            self.relay.push(Expect::Reply {
+                count: 1,
+                to_client: false,
+                on_error: OnError::Nothing,
+            });
+        }
+    }
+
+    /// Sends the buffered extended-protocol messages, ending with Sync or Flush.
+    async fn send_batch(&mut self, sync: bool) -> Result<(), SessionError> {
+        let batch = std::mem::take(&mut self.batch);
+        if batch.is_empty() && !sync {
+            self.client.flush().await?;
+            return Ok(());
+        }
+        if let Err(error) = self.connect().await {
+            // The error takes the place of the batch's replies, as an origin error would.
+            error.encode(&mut self.client.out);
+            if sync {
+                encode::ready_for_query(&mut self.client.out, self.status);
+            }
+            self.client.flush().await?;
+            return Ok(());
+        }
+        self.send_pending_closes();
+        for message in batch {
+            if !self.translate(message) {
+                // warpdrive raised an error for this message: the origin would skip the
+                // rest up to Sync, so it is not sent.
+                break;
+            }
+        }
+        let mut buf = BytesMut::new();
+        if sync {
+            encode::sync(&mut buf);
+            self.relay.push(Expect::Sync);
+        } else {
+            encode::flush(&mut buf);
+        }
+        self.send_to_origin(&buf);
+        self.flush_origin().await;
+        if self.relay.drain_synthetic(&mut self.client.out) {
+            self.batch_failed = true;
+        }
+        self.client.flush().await?;
+        self.arm_deadline();
+        Ok(())
+    }
+
+    fn statement_error(&mut self, code: &'static str, message: String) -> bool {
+        let mut buf = BytesMut::new();
+        ClientError::error(code, message).encode(&mut buf);
+        self.relay.push(Expect::SyntheticError(buf.freeze()));
+        false
+    }
+
+    /// Translates one extended-protocol message for the checked-out connection. False
+    /// when warpdrive answered it with an error.
+    fn translate(&mut self, message: FrontendMessage) -> bool {
+        match message {
+            FrontendMessage::Parse(parse) => self.translate_parse(parse),
+            FrontendMessage::Bind(bind) => self.translate_bind(bind),
+            FrontendMessage::Describe(describe) => self.translate_describe(describe),
+            FrontendMessage::Execute(execute) => {
+                if let Some(effects) = self.portals.get(&execute.portal) {
+                    self.effects.extend(effects.iter().cloned());
+                }
+                self.send_to_origin(execute.frame.raw());
+                self.relay.push(Expect::Execute);
+                true
+            }
+            FrontendMessage::Close(close) => self.translate_close(close),
+            _ => true,
+        }
+    }
+
+    fn client_statement(&self, parse: &Parse) -> ClientStatement {
+        let effects = std::str::from_utf8(&parse.sql)
+            .ok()
+            .map(|sql| {
+                self.ctx
+                    .analyzer
+                    .analyze(Dialect::Postgres, sql)
+                    .effects
+                    .clone()
+            })
+            .unwrap_or_default();
+        ClientStatement {
+            origin_name: origin_statement_name(&parse.sql, &parse.parameter_types),
+            identity: statement_identity(&parse.sql, &parse.parameter_types),
+            sql: parse.sql.clone(),
+            parameter_types: parse.parameter_types.clone(),
+            effects,
+        }
+    }
+
+    fn translate_parse(&mut self, parse: Parse) -> bool {
+        let statement = self.client_statement(&parse);
+        if parse.name.is_empty() {
+            if let Some(checkout) = self.checkout.as_mut() {
+                checkout.conn().unnamed_statement = Some(statement.identity);
+            }
+            self.unnamed = Some(statement);
+            self.send_to_origin(parse.frame.raw());
+            self.relay.push(Expect::Reply {
+                count: 1,
+                to_client: true,
+                on_error: OnError::Nothing,
+            });
+            return true;
+        }
+        if self.statements.contains_key(&parse.name) {
+            let name = String::from_utf8_lossy(&parse.name).into_owned();
+            return self.statement_error(
+                sqlstate::DUPLICATE_PREPARED_STATEMENT,
+                format!("prepared statement \"{name}\" already exists"),
+            );
+        }
+        let origin_name = statement.origin_name.clone();
+        self.statements.insert(parse.name.clone(), statement);
+        let prepared = self
+            .checkout
+            .as_mut()
+            .is_some_and(|c| c.conn().statements.touch(&origin_name));
+        if prepared {
+            let mut buf = BytesMut::new();
+            encode::parse_complete(&mut buf);
+            self.relay.push(Expect::Synthetic(buf.freeze()));
+        } else {
+            self.prepare_on_origin(
+                &origin_name,
+                &parse.sql,
+                &parse.parameter_types,
+                Some(parse.name.clone()),
+            );
+        }
+        true
+    }
+
+    /// Sends a Parse for a named statement the connection lacks (evicting the least
+    /// recently used one if the connection's cache is full).
+    fn prepare_on_origin(
+        &mut self,
+        origin_name: &Bytes,
+        sql: &[u8],
+        parameter_types: &[u8],
+        client_name: Option<Bytes>,
+    ) {
+        let evicted = self
+            .checkout
+            .as_mut()
+            .and_then(|c| c.conn().statements.insert(origin_name.clone()));
+        let mut buf = BytesMut::new();
+        if let Some(evicted) = evicted {
+            encode::close(&mut buf, Target::Statement, &evicted);
+            self.send_to_origin(&buf);
+            buf.clear();
+            self.relay.push(Expect::Reply {
+                count: 1,
+                to_client: false,
+                on_error: OnError::Nothing,
+            });
+        }
+        encode::parse_raw(&mut buf, origin_name, sql, parameter_types);
+        self.send_to_origin(&buf);
+        self.relay.push(Expect::Reply {
+            count: 1,
+            to_client: client_name.is_some(),
+            on_error: OnError::ParseFailed {
+                origin_name: origin_name.clone(),
+                client_name,
+            },
+        });
+    }
+
+    /// The client's statement `name`, prepared on the connection (replaying its Parse
+    /// if needed). `None` (after raising the error) if the client has no such statement.
+    fn resolve_statement(&mut self, name: &Bytes) -> Option<ClientStatement> {
+        if name.is_empty() {
+            let Some(statement) = self.unnamed.clone() else {
+                self.statement_error(
+                    sqlstate::INVALID_SQL_STATEMENT_NAME,
+                    "unnamed prepared statement does not exist".to_owned(),
+                );
+                return None;
+            };
+            let present = self
+                .checkout
+                .as_mut()
+                .is_some_and(|c| c.conn().unnamed_statement == Some(statement.identity));
+            if !present {
+                let mut buf = BytesMut::new();
+                encode::parse_raw(&mut buf, b"", &statement.sql, &statement.parameter_types);
+                self.send_to_origin(&buf);
+                self.relay.push(Expect::Reply {
+                    count: 1,
+                    to_client: false,
+                    on_error: OnError::Nothing,
+                });
+                if let Some(checkout) = self.checkout.as_mut() {
+                    checkout.conn().unnamed_statement = Some(statement.identity);
+                }
+            }
+            return Some(statement);
+        }
+        let Some(statement) = self.statements.get(name).cloned() else {
+            let name = String::from_utf8_lossy(name).into_owned();
+            self.statement_error(
+                sqlstate::INVALID_SQL_STATEMENT_NAME,
+                format!("prepared statement \"{name}\" does not exist"),
+            );
+            return None;
+        };
+        let present = self
+            .checkout
+            .as_mut()
+            .is_some_and(|c| c.conn().statements.touch(&statement.origin_name));
+        if !present {
+            self.prepare_on_origin(
+                &statement.origin_name,
+                &statement.sql,
+                &statement.parameter_types,
+                None,
+            );
+        }
+        Some(statement)
+    }
+
+    fn origin_name_for(name: &Bytes, statement: &ClientStatement) -> Bytes {
+        if name.is_empty() {
+            Bytes::new()
+        } else {
+            statement.origin_name.clone()
+        }
+    }
+
+    fn translate_bind(&mut self, bind: Bind) -> bool {
+        let Some(statement) = self.resolve_statement(&bind.statement) else {
+            return false;
+        };
+        let origin_name = Self::origin_name_for(&bind.statement, &statement);
+        self.portals
+            .insert(bind.portal.clone(), statement.effects.clone());
+        self.send_to_origin(bind.with_statement(&origin_name).raw());
+        self.relay.push(Expect::Reply {
+            count: 1,
+            to_client: true,
+            on_error: OnError::MaybeStale { origin_name },
+        });
+        true
+    }
+
+    fn translate_describe(&mut self, describe: Describe) -> bool {
+        match describe.target {
+            Target::Portal => {
+                self.send_to_origin(describe.frame.raw());
+                self.relay.push(Expect::Reply {
+                    count: 1,
+                    to_client: true,
+                    on_error: OnError::Nothing,
+                });
+            }
+            Target::Statement => {
+                let Some(statement) = self.resolve_statement(&describe.name) else {
+                    return false;
+                };
+                let origin_name = Self::origin_name_for(&describe.name, &statement);
+                self.send_to_origin(describe.renamed(&origin_name).raw());
+                self.relay.push(Expect::Reply {
+                    count: 2,
+                    to_client: true,
+                    on_error: OnError::MaybeStale { origin_name },
+                });
+            }
+        }
+        true
+    }
+
+    fn translate_close(&mut self, close: Close) -> bool {
+        match close.target {
+            Target::Portal => {
+                self.portals.remove(&close.name);
+                self.send_to_origin(close.frame.raw());
+                self.relay.push(Expect::Reply {
+                    count: 1,
+                    to_client: true,
+                    on_error: OnError::Nothing,
+                });
+            }
+            Target::Statement => {
+                // Origin statements are shared; closing is the client forgetting its name.
+                if close.name.is_empty() {
+                    self.unnamed = None;
+                } else {
+                    self.statements.remove(&close.name);
+                }
+                let mut buf = BytesMut::new();
+                encode::close_complete(&mut buf);
+                self.relay.push(Expect::Synthetic(buf.freeze()));
+            }
+        }
+        true
+    }
+
+    /// Handles what the origin sent (or its failure).
+    async fn on_origin(
+        &mut self,
+        result: Result<Option<Frame>, ConnError>,
+    ) -> Result<(), SessionError> {
+        let mut next = match result {
+            Ok(Some(frame)) => Some(frame),
+            Ok(None) => return self.origin_lost(ConnError::TruncatedFrame).await,
+            Err(error) => return self.origin_lost(error).await,
+        };
+        while let Some(frame) = next {
+            if !self.relay.awaits_origin() && frame.tag() == backend_tag::ERROR_RESPONSE {
+                // An error out of turn: the origin is closing the connection (terminated
+                // backend, shutdown). Its end of stream follows.
+                return self.origin_lost(ConnError::TruncatedFrame).await;
+            }
+            let frame = self.rewrite_cancel_error(frame);
+            let mut events = Vec::new();
+            if self.relay.on_origin(&frame, &mut events) == Delivery::Forward {
+                self.client.out.extend_from_slice(frame.raw());
+            }
+            if self.relay.drain_synthetic(&mut self.client.out) {
+                self.batch_failed = true;
+            }
+            for event in events {
+                self.on_event(event);
+            }
+            if self.client.out.len() >= FLUSH_THRESHOLD {
+                self.client.flush().await?;
+            }
+            if self.checkout.is_none() {
+                break;
+            }
+            next = match self
+                .checkout
+                .as_mut()
+                .map(|c| c.conn().origin.conn.buffered_frame())
+            {
+                Some(Ok(frame)) => frame,
+                Some(Err(error)) => return self.origin_lost(error).await,
+                None => None,
+            };
+        }
+        self.client.flush().await?;
+        Ok(())
+    }
+
+    /// When warpdrive cancelled a query for running too long, the origin's "canceling
+    /// statement due to user request" is replaced by a message that says why.
+    fn rewrite_cancel_error(&self, frame: Frame) -> Frame {
+        if !self.cancelled_by_warpdrive || frame.tag() != backend_tag::ERROR_RESPONSE {
+            return frame;
+        }
+        match BackendMessage::decode(&frame) {
+            Ok(BackendMessage::ErrorResponse(fields))
+                if fields.code() == sqlstate::QUERY_CANCELED.as_bytes() =>
+            {
+                let mut buf = BytesMut::new();
+                ClientError::error(
+                    sqlstate::QUERY_CANCELED,
+                    format!(
+                        "canceling statement: it ran longer than max_query_duration ({}s), so warpdrive cancelled it at the origin",
+                        self.pool.settings().max_query_duration.as_secs()
+                    ),
+                )
+                .hint("optimise the query, or raise pool.max_query_duration")
+                .encode(&mut buf);
+                crate::wire::pg::split_frame(&mut buf, usize::MAX)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(frame)
+            }
+            _ => frame,
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Failed => self.batch_failed = true,
+            Event::Completed(tag) => self.last_command = Some(tag),
+            Event::ParseFailed {
+                origin_name,
+                client_name,
+            } => {
+                if let Some(checkout) = self.checkout.as_mut() {
+                    checkout.conn().statements.remove(&origin_name);
+                }
+                if let Some(name) = client_name
+                    && self
+                        .statements
+                        .get(&name)
+                        .is_some_and(|s| s.origin_name == origin_name)
+                {
+                    self.statements.remove(&name);
+                }
+            }
+            Event::Stale { origin_name } => {
+                if let Some(checkout) = self.checkout.as_mut() {
+                    let conn = checkout.conn();
+                    conn.statements.remove(&origin_name);
+                    conn.stale_statements.push(origin_name);
+                }
+            }
+            Event::Ready(status) => self.on_ready(status),
+        }
+    }
+
+    /// ReadyForQuery: settle the batch's effects, and give the connection back when the
+    /// client is idle.
+    fn on_ready(&mut self, status: TransactionStatus) {
+        let was_in_transaction = self.status != TransactionStatus::Idle;
+        let effects = std::mem::take(&mut self.effects);
+        let failed = std::mem::take(&mut self.batch_failed);
+        let last_command = self.last_command.take();
+        self.status = status;
+        self.cancelled_by_warpdrive = false;
+        let Some(checkout) = self.checkout.as_mut() else {
+            return;
+        };
+        let conn = checkout.conn();
+        conn.state = if self.relay.awaits_origin() {
+            ConnState::Busy
+        } else {
+            ConnState::Ready(status)
+        };
+        let in_transaction = status != TransactionStatus::Idle;
+        if !failed || in_transaction {
+            self.settings
+                .record(&effects, in_transaction, &mut conn.settings);
+            for effect in &effects {
+                match effect {
+                    SessionEffect::Pin { feature } if !failed => {
+                        if self.pinned.is_none() {
+                            tracing::info!(feature = %feature, "client pinned to its origin connection");
+                        }
+                        self.pinned.get_or_insert_with(|| feature.clone());
+                        conn.reusable = false;
+                    }
+                    SessionEffect::DiscardAll | SessionEffect::Deallocate { name: None } => {
+                        // Ran on the origin (pinned client): the connection's statements are gone.
+                        conn.statements.clear();
+                        conn.unnamed_statement = None;
+                        self.statements.clear();
+                        if matches!(effect, SessionEffect::DiscardAll) {
+                            self.settings.discard_all();
+                            conn.settings.clear();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if was_in_transaction && !in_transaction {
+            let committed = last_command.as_deref() == Some(b"COMMIT".as_slice()) && !failed;
+            self.settings.end_transaction(committed, &mut conn.settings);
+        }
+        if self.relay.awaits_origin() {
+            self.deadline = Some(Instant::now() + self.pool.settings().max_query_duration);
+        } else if status == TransactionStatus::Idle
+            && self.pinned.is_none()
+            && self.batch.is_empty()
+        {
+            self.portals.clear();
+            self.release();
+        } else {
+            self.deadline = None;
+        }
+    }
+
+    /// The origin connection failed or closed. Every request in flight gets an error and
+    /// its ReadyForQuery; a client whose transaction or pinned state died with the
+    /// connection is disconnected, as PostgreSQL itself would.
+    async fn origin_lost(&mut self, error: ConnError) -> Result<(), SessionError> {
+        let pending_ready = self.relay.pending_ready();
+        tracing::warn!(%error, pending_ready, "origin connection lost");
+        if let Some(checkout) = self.checkout.as_mut() {
+            checkout.discard();
+        }
+        self.release();
+        self.relay = Relay::default();
+        self.effects.clear();
+        self.batch_failed = false;
+        let session_state_lost = self.status != TransactionStatus::Idle || self.pinned.is_some();
+        if session_state_lost {
+            let mut fatal = ClientError::origin_lost(&error);
+            fatal.severity = Severity::Fatal;
+            fatal.message = format!(
+                "{} (the open transaction or pinned session state is gone)",
+                fatal.message
+            );
+            fatal.encode(&mut self.client.out);
+            self.client.flush().await?;
+            return Err(SessionError::Refused(fatal));
+        }
+        for _ in 0..pending_ready {
+            ClientError::origin_lost(&error).encode(&mut self.client.out);
+            encode::ready_for_query(&mut self.client.out, TransactionStatus::Idle);
+        }
+        self.client.flush().await?;
+        Ok(())
+    }
+
+    /// max_query_duration passed: cancel at the origin; if the origin does not answer
+    /// within a grace period, drop the connection.
+    async fn on_deadline(&mut self) -> Result<(), SessionError> {
+        if !self.relay.awaits_origin() {
+            self.deadline = None;
+            return Ok(());
+        }
+        if self.cancelled_by_warpdrive {
+            return self
+                .origin_lost(ConnError::Io(std::io::Error::other(
+                    "the query was cancelled for exceeding max_query_duration but the origin did not answer",
+                )))
+                .await;
+        }
+        if let Some(checkout) = self.checkout.as_mut() {
+            let target = checkout.target().clone();
+            let process_id = checkout.conn().origin.process_id;
+            let secret_key = checkout.conn().origin.secret_key.clone();
+            tracing::warn!(
+                process_id,
+                "query exceeded max_query_duration; cancelling it at the origin"
+            );
+            tokio::spawn(async move {
+                if let Err(error) =
+                    crate::pool::origin::cancel(&target, process_id, &secret_key).await
+                {
+                    tracing::warn!(%error, "cancel request to the origin failed");
+                }
+            });
+        }
+        self.cancelled_by_warpdrive = true;
+        self.deadline = Some(Instant::now() + CANCEL_GRACE);
+        Ok(())
+    }
+}

@@ -1,0 +1,577 @@
+//! Matching origin replies to the client's messages.
+//!
+//! The session sends the origin a translated version of what the client sent: some
+//! messages are added (a Parse replayed on a connection that lacks the statement, a Close
+//! for an evicted statement), some are answered by warpdrive itself (a Parse of a
+//! statement the connection already has, a Close of a client's statement). [`Relay`]
+//! keeps one [`Expect`] per message in flight, in order, and decides for each origin
+//! message whether the client sees it; replies warpdrive owes the client are emitted at
+//! the right place in the stream. It follows PostgreSQL's error rule: after an error in
+//! the extended protocol the server skips everything up to the next Sync, and so do the
+//! replies warpdrive would have synthesised for those messages.
+//!
+//! Pure state: no I/O, so it is tested message by message.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::wire::pg::Frame;
+use crate::wire::pg::backend::{BackendMessage, ErrorFields, TransactionStatus, tag};
+
+/// What the client should get for one message sent to the origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// A message with a fixed number of replies (Parse, Bind, Close, Describe).
+    Reply {
+        /// Replies still expected.
+        count: u8,
+        /// Whether the client sent this message (false: warpdrive added it, and its
+        /// replies are dropped).
+        to_client: bool,
+        /// What warpdrive must learn when it fails.
+        on_error: OnError,
+    },
+    /// Execute: rows until CommandComplete, EmptyQueryResponse or PortalSuspended.
+    Execute,
+    /// Sync: up to and including ReadyForQuery.
+    Sync,
+    /// Simple Query or FunctionCall: everything up to and including ReadyForQuery.
+    UntilReady,
+    /// A reply warpdrive gives the client itself, at this point in the stream.
+    Synthetic(Bytes),
+    /// An error warpdrive raises itself for a message it did not send; like an origin
+    /// error, it makes the rest of the batch up to Sync skipped.
+    SyntheticError(Bytes),
+    /// The client ended a COPY FROM STDIN (CopyDone or CopyFail); no reply of its own.
+    CopyEnd,
+}
+
+/// Bookkeeping to do when a message fails at the origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OnError {
+    /// Nothing.
+    Nothing,
+    /// A Parse failed: the statement is not prepared on the connection, and a client
+    /// name registered for it must be released.
+    ParseFailed {
+        /// Origin-side statement name.
+        origin_name: Bytes,
+        /// Client-side name, when the client sent this Parse.
+        client_name: Option<Bytes>,
+    },
+    /// A Bind or Describe of a prepared statement failed: if the statement went stale
+    /// (DDL changed its result type), it must be dropped and prepared again.
+    MaybeStale {
+        /// Origin-side statement name.
+        origin_name: Bytes,
+    },
+}
+
+/// What the session must act on after an origin message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// ReadyForQuery: the batch up to this Sync is complete.
+    Ready(TransactionStatus),
+    /// A Parse failed (see [`OnError::ParseFailed`]).
+    ParseFailed {
+        /// Origin-side statement name.
+        origin_name: Bytes,
+        /// Client-side name.
+        client_name: Option<Bytes>,
+    },
+    /// A prepared statement went stale on this connection.
+    Stale {
+        /// Origin-side statement name.
+        origin_name: Bytes,
+    },
+    /// A command completed with this tag.
+    Completed(Bytes),
+    /// The origin reported an error.
+    Failed,
+}
+
+/// Whether the client gets an origin message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Forward it as received.
+    Forward,
+    /// Drop it.
+    Drop,
+}
+
+/// The replies owed to the client, in order.
+#[derive(Debug, Default)]
+pub struct Relay {
+    queue: VecDeque<Expect>,
+    /// The origin is in COPY FROM STDIN mode and the client has not ended it yet: a
+    /// Sync sent now is ignored by the server (protocol docs, "COPY Operations").
+    copy_in: bool,
+}
+
+fn is_stale_statement_error(fields: &ErrorFields) -> bool {
+    let message = fields.message();
+    (fields.code() == b"0A000" && message.contains("cached plan must not change result type"))
+        || (fields.code() == b"XX000" && message.contains("cache lookup failed for type"))
+}
+
+impl Relay {
+    /// Adds the expectation for the next message sent (or answered by warpdrive).
+    pub fn push(&mut self, expect: Expect) {
+        match expect {
+            Expect::Sync if self.copy_in => {}
+            Expect::CopyEnd if self.copy_in => self.copy_in = false,
+            expect => self.queue.push_back(expect),
+        }
+    }
+
+    /// COPY FROM STDIN started: Syncs the client sent since the Execute and before ending
+    /// the copy are ignored by the server, so no ReadyForQuery will answer them.
+    fn start_copy_in(&mut self) {
+        let mut index = 1;
+        while index < self.queue.len() {
+            match self.queue[index] {
+                Expect::CopyEnd => {
+                    self.queue.remove(index);
+                    return;
+                }
+                Expect::Sync => {
+                    self.queue.remove(index);
+                }
+                _ => index += 1,
+            }
+        }
+        self.copy_in = true;
+    }
+
+    /// Whether any reply is still owed.
+    #[cfg(test)]
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Whether replies from the origin are still expected (not just synthetic ones).
+    pub fn awaits_origin(&self) -> bool {
+        self.queue.iter().any(|e| {
+            !matches!(
+                e,
+                Expect::Synthetic(_) | Expect::SyntheticError(_) | Expect::CopyEnd
+            )
+        })
+    }
+
+    /// Number of ReadyForQuery messages the client still waits for.
+    pub fn pending_ready(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|e| matches!(e, Expect::Sync | Expect::UntilReady))
+            .count()
+    }
+
+    /// Writes the synthetic replies at the front of the queue. Returns true if a
+    /// synthetic error was among them.
+    pub fn drain_synthetic(&mut self, out: &mut BytesMut) -> bool {
+        let mut failed = false;
+        while let Some(front) = self.queue.front() {
+            match front {
+                Expect::Synthetic(bytes) => out.extend_from_slice(bytes),
+                Expect::CopyEnd => {}
+                Expect::SyntheticError(bytes) => {
+                    out.extend_from_slice(bytes);
+                    self.queue.pop_front();
+                    self.skip_to_sync();
+                    failed = true;
+                    continue;
+                }
+                _ => break,
+            }
+            self.queue.pop_front();
+        }
+        failed
+    }
+
+    /// Drops expectations up to the next Sync: the origin skips those messages after an
+    /// error, and so does warpdrive.
+    fn skip_to_sync(&mut self) {
+        while let Some(front) = self.queue.front() {
+            if matches!(front, Expect::Sync | Expect::UntilReady) {
+                break;
+            }
+            self.queue.pop_front();
+        }
+    }
+
+    /// Decides the fate of one origin message and reports what the session must learn.
+    pub fn on_origin(&mut self, frame: &Frame, events: &mut Vec<Event>) -> Delivery {
+        let message_tag = frame.tag();
+        if matches!(
+            message_tag,
+            tag::NOTICE_RESPONSE | tag::PARAMETER_STATUS | tag::NOTIFICATION_RESPONSE
+        ) {
+            return Delivery::Forward;
+        }
+        let Some(front) = self.queue.front_mut() else {
+            // Nothing owed: an origin message out of turn (e.g. a FATAL error before the
+            // server closes). The client sees it; the session decides the rest.
+            if message_tag == tag::ERROR_RESPONSE {
+                events.push(Event::Failed);
+            }
+            return Delivery::Forward;
+        };
+        match front {
+            Expect::Reply {
+                count,
+                to_client,
+                on_error,
+            } => {
+                if message_tag == tag::ERROR_RESPONSE {
+                    let on_error = on_error.clone();
+                    self.queue.pop_front();
+                    self.skip_to_sync();
+                    events.push(Event::Failed);
+                    match on_error {
+                        OnError::Nothing => {}
+                        OnError::ParseFailed {
+                            origin_name,
+                            client_name,
+                        } => events.push(Event::ParseFailed {
+                            origin_name,
+                            client_name,
+                        }),
+                        OnError::MaybeStale { origin_name } => {
+                            if let Ok(BackendMessage::ErrorResponse(fields)) =
+                                BackendMessage::decode(frame)
+                                && is_stale_statement_error(&fields)
+                            {
+                                events.push(Event::Stale { origin_name });
+                            }
+                        }
+                    }
+                    return Delivery::Forward;
+                }
+                let delivery = if *to_client {
+                    Delivery::Forward
+                } else {
+                    Delivery::Drop
+                };
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    self.queue.pop_front();
+                }
+                delivery
+            }
+            Expect::Execute => {
+                match message_tag {
+                    tag::ERROR_RESPONSE => {
+                        self.queue.pop_front();
+                        self.skip_to_sync();
+                        events.push(Event::Failed);
+                    }
+                    tag::COMMAND_COMPLETE => {
+                        self.queue.pop_front();
+                        events.extend(completed(frame));
+                    }
+                    tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
+                        self.queue.pop_front();
+                    }
+                    tag::COPY_IN_RESPONSE => self.start_copy_in(),
+                    _ => {}
+                }
+                Delivery::Forward
+            }
+            Expect::Sync | Expect::UntilReady => {
+                match message_tag {
+                    tag::READY_FOR_QUERY => {
+                        self.queue.pop_front();
+                        if let Ok(BackendMessage::ReadyForQuery(status)) =
+                            BackendMessage::decode(frame)
+                        {
+                            events.push(Event::Ready(status));
+                        }
+                    }
+                    tag::ERROR_RESPONSE => events.push(Event::Failed),
+                    tag::COMMAND_COMPLETE => events.extend(completed(frame)),
+                    tag::COPY_IN_RESPONSE => self.start_copy_in(),
+                    _ => {}
+                }
+                Delivery::Forward
+            }
+            Expect::Synthetic(_) | Expect::SyntheticError(_) | Expect::CopyEnd => {
+                // drain_synthetic runs before every origin message; reaching here means
+                // the origin replied to something warpdrive answered itself.
+                Delivery::Drop
+            }
+        }
+    }
+}
+
+fn completed(frame: &Frame) -> Option<Event> {
+    match BackendMessage::decode(frame) {
+        Ok(BackendMessage::CommandComplete { tag }) => Some(Event::Completed(tag)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::pg::{encode, split_frame};
+
+    fn frames(write: impl FnOnce(&mut BytesMut)) -> Vec<Frame> {
+        let mut buf = BytesMut::new();
+        write(&mut buf);
+        let mut out = Vec::new();
+        while let Some(frame) = split_frame(&mut buf, 1 << 20).expect("valid") {
+            out.push(frame);
+        }
+        out
+    }
+
+    fn bytes(write: impl FnOnce(&mut BytesMut)) -> Bytes {
+        let mut buf = BytesMut::new();
+        write(&mut buf);
+        buf.freeze()
+    }
+
+    /// Runs origin frames through the relay, returning what the client receives.
+    fn run(relay: &mut Relay, origin: Vec<Frame>) -> (Vec<u8>, Vec<Event>) {
+        let mut client = BytesMut::new();
+        let mut events = Vec::new();
+        relay.drain_synthetic(&mut client);
+        for frame in origin {
+            if relay.on_origin(&frame, &mut events) == Delivery::Forward {
+                client.extend_from_slice(frame.raw());
+            }
+            relay.drain_synthetic(&mut client);
+        }
+        (client.to_vec(), events)
+    }
+
+    fn tags(stream: &[u8]) -> String {
+        let mut buf = BytesMut::from(stream);
+        let mut out = String::new();
+        while let Some(frame) = split_frame(&mut buf, 1 << 20).expect("valid") {
+            out.push(char::from(frame.tag()));
+        }
+        out
+    }
+
+    #[test]
+    fn synthetic_parse_complete_lands_before_the_bind_reply() {
+        let mut relay = Relay::default();
+        relay.push(Expect::Synthetic(bytes(encode::parse_complete)));
+        relay.push(Expect::Reply {
+            count: 1,
+            to_client: true,
+            on_error: OnError::Nothing,
+        });
+        relay.push(Expect::Execute);
+        relay.push(Expect::Sync);
+        let origin = frames(|b| {
+            encode::bind_complete(b);
+            encode::command_complete(b, "SELECT 0");
+            encode::ready_for_query(b, TransactionStatus::Idle);
+        });
+        let (client, events) = run(&mut relay, origin);
+        assert_eq!(tags(&client), "12CZ");
+        assert_eq!(
+            events,
+            vec![
+                Event::Completed(Bytes::from_static(b"SELECT 0")),
+                Event::Ready(TransactionStatus::Idle)
+            ]
+        );
+        assert!(relay.is_idle());
+    }
+
+    #[test]
+    fn replies_to_added_messages_are_dropped() {
+        let mut relay = Relay::default();
+        relay.push(Expect::Reply {
+            count: 1,
+            to_client: false,
+            on_error: OnError::Nothing,
+        });
+        relay.push(Expect::Reply {
+            count: 1,
+            to_client: true,
+            on_error: OnError::Nothing,
+        });
+        relay.push(Expect::Sync);
+        let origin = frames(|b| {
+            encode::parse_complete(b);
+            encode::bind_complete(b);
+            encode::ready_for_query(b, TransactionStatus::Idle);
+        });
+        assert_eq!(tags(&run(&mut relay, origin).0), "2Z");
+    }
+
+    #[test]
+    fn an_error_skips_to_sync_including_synthetic_replies() {
+        let mut relay = Relay::default();
+        relay.push(Expect::Reply {
+            count: 1,
+            to_client: true,
+            on_error: OnError::ParseFailed {
+                origin_name: Bytes::from_static(b"wd_1"),
+                client_name: Some(Bytes::from_static(b"s1")),
+            },
+        });
+        relay.push(Expect::Synthetic(bytes(encode::close_complete)));
+        relay.push(Expect::Execute);
+        relay.push(Expect::Sync);
+        let origin = frames(|b| {
+            encode::error_response(b, "ERROR", "42601", "syntax error", None);
+            encode::ready_for_query(b, TransactionStatus::Idle);
+        });
+        let (client, events) = run(&mut relay, origin);
+        assert_eq!(tags(&client), "EZ");
+        assert!(events.contains(&Event::ParseFailed {
+            origin_name: Bytes::from_static(b"wd_1"),
+            client_name: Some(Bytes::from_static(b"s1")),
+        }));
+    }
+
+    #[test]
+    fn synthetic_errors_skip_the_rest_of_the_batch() {
+        let mut relay = Relay::default();
+        relay.push(Expect::SyntheticError(bytes(|b| {
+            encode::error_response(b, "ERROR", "26000", "no such statement", None)
+        })));
+        relay.push(Expect::Execute);
+        relay.push(Expect::Sync);
+        let origin = frames(|b| encode::ready_for_query(b, TransactionStatus::Idle));
+        assert_eq!(tags(&run(&mut relay, origin).0), "EZ");
+    }
+
+    #[test]
+    fn stale_statements_are_reported() {
+        let mut relay = Relay::default();
+        relay.push(Expect::Reply {
+            count: 1,
+            to_client: true,
+            on_error: OnError::MaybeStale {
+                origin_name: Bytes::from_static(b"wd_2"),
+            },
+        });
+        relay.push(Expect::Sync);
+        let origin = frames(|b| {
+            encode::error_response(
+                b,
+                "ERROR",
+                "0A000",
+                "cached plan must not change result type",
+                None,
+            );
+            encode::ready_for_query(b, TransactionStatus::Idle);
+        });
+        let (_, events) = run(&mut relay, origin);
+        assert!(events.contains(&Event::Stale {
+            origin_name: Bytes::from_static(b"wd_2")
+        }));
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_get_no_reply() {
+        // tokio-postgres: Bind, Execute, Sync, then CopyData, CopyDone, Sync; then Close, Sync.
+        let mut relay = Relay::default();
+        relay.push(Expect::Reply {
+            count: 1,
+            to_client: true,
+            on_error: OnError::Nothing,
+        });
+        relay.push(Expect::Execute);
+        relay.push(Expect::Sync);
+        let (client, _) = run(
+            &mut relay,
+            frames(|b| {
+                encode::bind_complete(b);
+                encode::message(b, tag::COPY_IN_RESPONSE, |body| {
+                    body.extend_from_slice(&[0, 0, 0])
+                });
+            }),
+        );
+        assert_eq!(tags(&client), "2G");
+        relay.push(Expect::CopyEnd);
+        relay.push(Expect::Sync);
+        relay.push(Expect::Synthetic(bytes(encode::close_complete)));
+        relay.push(Expect::Sync);
+        let (client, events) = run(
+            &mut relay,
+            frames(|b| {
+                encode::command_complete(b, "COPY 3");
+                encode::ready_for_query(b, TransactionStatus::Idle);
+                encode::ready_for_query(b, TransactionStatus::Idle);
+            }),
+        );
+        assert_eq!(tags(&client), "CZ3Z");
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Ready(_)))
+                .count(),
+            2
+        );
+        assert!(relay.is_idle());
+    }
+
+    #[test]
+    fn copy_ended_before_the_copy_in_response_arrived() {
+        let mut relay = Relay::default();
+        relay.push(Expect::Reply {
+            count: 1,
+            to_client: true,
+            on_error: OnError::Nothing,
+        });
+        relay.push(Expect::Execute);
+        relay.push(Expect::Sync);
+        relay.push(Expect::CopyEnd);
+        relay.push(Expect::Sync);
+        let (client, _) = run(
+            &mut relay,
+            frames(|b| {
+                encode::bind_complete(b);
+                encode::message(b, tag::COPY_IN_RESPONSE, |body| {
+                    body.extend_from_slice(&[0, 0, 0])
+                });
+                encode::command_complete(b, "COPY 1");
+                encode::ready_for_query(b, TransactionStatus::Idle);
+            }),
+        );
+        assert_eq!(tags(&client), "2GCZ");
+        assert!(relay.is_idle());
+    }
+
+    #[test]
+    fn notices_pass_through_anywhere_and_pipelined_batches_stay_in_order() {
+        let mut relay = Relay::default();
+        for _ in 0..2 {
+            relay.push(Expect::Reply {
+                count: 1,
+                to_client: true,
+                on_error: OnError::Nothing,
+            });
+            relay.push(Expect::Execute);
+            relay.push(Expect::Sync);
+        }
+        let origin = frames(|b| {
+            encode::bind_complete(b);
+            encode::error_response(b, "ERROR", "22012", "division by zero", None);
+            encode::ready_for_query(b, TransactionStatus::Idle);
+            encode::bind_complete(b);
+            encode::parameter_status(b, "TimeZone", "UTC");
+            encode::command_complete(b, "SELECT 1");
+            encode::ready_for_query(b, TransactionStatus::Idle);
+        });
+        let (client, events) = run(&mut relay, origin);
+        assert_eq!(tags(&client), "2EZ2SCZ");
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::Ready(_)))
+                .count(),
+            2
+        );
+        assert!(relay.is_idle());
+    }
+}

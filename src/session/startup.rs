@@ -1,0 +1,381 @@
+//! The start of a client connection: TLS and GSS negotiation, CancelRequest, the
+//! StartupMessage, authentication, and the greeting (ParameterStatus, BackendKeyData,
+//! ReadyForQuery) a real server sends.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use rand::RngExt;
+
+use super::error::{ClientError, sqlstate};
+use super::settings::{SettingMap, parse_options, set_config_statement};
+use super::{SessionContext, SessionError};
+use crate::auth::md5::verify_md5;
+use crate::auth::scram::{MECHANISM, ServerExchange};
+use crate::config::ClientAuth;
+use crate::conn::{Conn, ConnError, Stream};
+use crate::pool::Pool;
+use crate::wire::pg::backend::TransactionStatus;
+use crate::wire::pg::encode;
+use crate::wire::pg::frontend::FrontendMessage;
+use crate::wire::pg::startup::{StartupMessage, StartupPacket};
+
+/// A client that passed startup and authentication.
+pub struct Admitted {
+    /// The connection, TLS or not.
+    pub client: Conn,
+    /// The user it logged in as.
+    pub user: String,
+    /// The database it asked for.
+    pub database: String,
+    /// Its startup settings.
+    pub settings: SettingMap,
+    /// The pool serving that database.
+    pub pool: Pool,
+}
+
+/// Reads the first packets until a StartupMessage; answers SSL/GSS requests and
+/// forwards CancelRequests. `Ok(None)`: the connection ended without a session.
+async fn opening(
+    mut client: Conn,
+    ctx: &SessionContext,
+) -> Result<Option<(Conn, StartupMessage)>, SessionError> {
+    loop {
+        let packet = match client.read_startup().await {
+            Ok(Some(packet)) => packet,
+            Ok(None) => return Ok(None),
+            Err(ConnError::Wire(error)) => {
+                // Garbage before startup (an HTTP request, a wrong port): say so, then close.
+                let refusal = ClientError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!("invalid startup packet: {error}"),
+                )
+                .hint("this port speaks the PostgreSQL protocol");
+                refusal.encode(&mut client.out);
+                let _ = client.flush().await;
+                return Err(SessionError::Refused(refusal));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        match packet {
+            StartupPacket::SslRequest => match &ctx.tls {
+                Some(acceptor) if !client.stream().is_tls() => {
+                    client.send(b"S").await?;
+                    if client.has_buffered_input() {
+                        // Bytes sent before the handshake could have been injected by anyone.
+                        return Err(SessionError::Protocol(
+                            "data after SSLRequest before the TLS handshake".into(),
+                        ));
+                    }
+                    let (stream, _) = client.into_parts();
+                    let Stream::Plain(tcp) = stream else {
+                        return Err(SessionError::Protocol(
+                            "SSLRequest on an encrypted connection".into(),
+                        ));
+                    };
+                    let tls = acceptor.accept(tcp).await?;
+                    client = Conn::new(
+                        Stream::ServerTls(Box::new(tls)),
+                        ctx.deployment.max_message_bytes,
+                    );
+                }
+                _ => client.send(b"N").await?,
+            },
+            StartupPacket::GssEncRequest => client.send(b"N").await?,
+            StartupPacket::Cancel(request) => {
+                if let Some(target) = ctx.cancels.target(&request) {
+                    tracing::info!(
+                        process_id = request.process_id,
+                        "forwarding cancel request to the origin"
+                    );
+                    if let Err(error) = crate::pool::origin::cancel(
+                        &target.origin,
+                        target.process_id,
+                        &target.secret_key,
+                    )
+                    .await
+                    {
+                        tracing::warn!(%error, "cancel request to the origin failed");
+                    }
+                }
+                return Ok(None);
+            }
+            StartupPacket::Startup(message) => return Ok(Some((client, message))),
+        }
+    }
+}
+
+/// Sends a FATAL error and ends the connection with it.
+async fn refuse(client: &mut Conn, error: ClientError) -> Result<Option<Admitted>, SessionError> {
+    error.encode(&mut client.out);
+    client.flush().await?;
+    Err(SessionError::Refused(error))
+}
+
+/// Runs startup and authentication. `Ok(None)` when the connection was only a cancel
+/// request or closed early.
+pub async fn admit(
+    client: Conn,
+    ctx: &Arc<SessionContext>,
+) -> Result<Option<Admitted>, SessionError> {
+    let Some((mut client, startup)) = opening(client, ctx).await? else {
+        return Ok(None);
+    };
+    let protocol_options: Vec<&str> = startup
+        .parameters
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .filter(|name| name.starts_with("_pq_."))
+        .collect();
+    if startup.minor_version > 0 || !protocol_options.is_empty() {
+        encode::negotiate_protocol_version(&mut client.out, 0, &protocol_options);
+    }
+    let Some(user) = startup.parameter("user").map(str::to_owned) else {
+        return refuse(
+            &mut client,
+            ClientError::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                "no PostgreSQL user name specified in startup packet",
+            ),
+        )
+        .await;
+    };
+    if startup
+        .parameter("replication")
+        .is_some_and(|v| v != "false" && v != "0" && v != "off")
+    {
+        return refuse(
+            &mut client,
+            ClientError::fatal(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                "replication connections are not supported by warpdrive",
+            )
+            .hint("connect replication clients to the origin directly"),
+        )
+        .await;
+    }
+    let database = startup
+        .parameter("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_owned();
+    if !ctx.deployment.allows_database(&database) {
+        return refuse(
+            &mut client,
+            ClientError::fatal(
+                sqlstate::INVALID_CATALOG_NAME,
+                format!("database \"{database}\" is not served by this warpdrive deployment"),
+            )
+            .hint(format!(
+                "allowed databases: {}",
+                ctx.deployment
+                    .databases
+                    .as_deref()
+                    .unwrap_or_default()
+                    .join(", ")
+            )),
+        )
+        .await;
+    }
+    let settings = match startup_settings(&startup) {
+        Ok(settings) => settings,
+        Err(problem) => {
+            return refuse(
+                &mut client,
+                ClientError::fatal(sqlstate::FEATURE_NOT_SUPPORTED, problem),
+            )
+            .await;
+        }
+    };
+    if let Err(error) = authenticate(&mut client, ctx, &user).await? {
+        return refuse(&mut client, error).await;
+    }
+    encode::authentication_ok(&mut client.out);
+    let pool = ctx.pools.get(&database);
+    let reported = match greeting_parameters(ctx, &pool, &database, &settings).await {
+        Ok(reported) => reported,
+        Err(mut error) => {
+            error.severity = super::error::Severity::Fatal;
+            return refuse(&mut client, error).await;
+        }
+    };
+    for (name, value) in reported {
+        encode::parameter_status_bytes(&mut client.out, &name, &value);
+    }
+    Ok(Some(Admitted {
+        client,
+        user,
+        database,
+        settings,
+        pool,
+    }))
+}
+
+/// Startup parameters that are settings: everything but the connection's identity,
+/// with `options` expanded.
+fn startup_settings(startup: &StartupMessage) -> Result<SettingMap, String> {
+    let mut settings = SettingMap::new();
+    for (name, value) in &startup.parameters {
+        match name.as_str() {
+            "user" | "database" | "replication" => {}
+            name if name.starts_with("_pq_.") => {}
+            "options" => {
+                for (name, value) in parse_options(value)? {
+                    let statement = set_config_statement(&name, &value);
+                    settings.insert(name, statement);
+                }
+            }
+            name => {
+                let name = name.to_lowercase();
+                let statement = set_config_statement(&name, value);
+                settings.insert(name, statement);
+            }
+        }
+    }
+    Ok(settings)
+}
+
+/// The ParameterStatus values to greet the client with: the origin's, with the values the
+/// origin reports for this client's startup settings. Each distinct setting is tried on
+/// the origin once; an invalid one is refused with the origin's own message.
+async fn greeting_parameters(
+    ctx: &SessionContext,
+    pool: &Pool,
+    database: &str,
+    settings: &SettingMap,
+) -> Result<Vec<(Bytes, Bytes)>, ClientError> {
+    let baseline = pool
+        .baseline_parameters()
+        .await
+        .map_err(|error| ClientError::from_pool(&error))?;
+    let mut reported: Vec<(Bytes, Bytes)> = baseline
+        .iter()
+        .map(|(name, value)| {
+            // What a server reports when the client did not set application_name.
+            if &name[..] == b"application_name" {
+                (name.clone(), Bytes::new())
+            } else {
+                (name.clone(), value.clone())
+            }
+        })
+        .collect();
+    for (name, value) in settings {
+        let reports = ctx.validate_setting(pool, database, name, value).await?;
+        for (report_name, report_value) in reports.iter() {
+            match reported
+                .iter_mut()
+                .find(|(known, _)| known.eq_ignore_ascii_case(report_name))
+            {
+                Some(entry) => entry.1 = report_value.clone(),
+                None => reported.push((report_name.clone(), report_value.clone())),
+            }
+        }
+    }
+    Ok(reported)
+}
+
+/// Checks the client's credentials. The outer error is I/O; the inner one is a refusal.
+async fn authenticate(
+    client: &mut Conn,
+    ctx: &SessionContext,
+    user: &str,
+) -> Result<Result<(), ClientError>, SessionError> {
+    let failed = || {
+        Err(ClientError::fatal(
+            sqlstate::INVALID_PASSWORD,
+            format!("password authentication failed for user \"{user}\""),
+        ))
+    };
+    let known = ctx.deployment.users.iter().find(|u| u.name == user);
+    match ctx.deployment.client_auth {
+        ClientAuth::Trust => {
+            if known.is_none() {
+                return Ok(Err(ClientError::fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    format!("role \"{user}\" is not configured for this warpdrive deployment"),
+                )));
+            }
+            Ok(Ok(()))
+        }
+        ClientAuth::Md5 => {
+            let mut salt = [0u8; 4];
+            rand::rng().fill(&mut salt[..]);
+            encode::authentication_md5(&mut client.out, salt);
+            client.flush().await?;
+            let response = read_password(client).await?;
+            let response = response.strip_suffix(b"\0").unwrap_or(&response);
+            match known {
+                Some(known) if verify_md5(user, &known.password, salt, response) => Ok(Ok(())),
+                _ => Ok(failed()),
+            }
+        }
+        ClientAuth::ScramSha256 => {
+            encode::authentication_sasl(&mut client.out, &[MECHANISM]);
+            client.flush().await?;
+            let initial = read_password(client).await?;
+            let Some(client_first) = sasl_initial_data(&initial) else {
+                return Err(SessionError::Protocol(
+                    "malformed SASLInitialResponse".into(),
+                ));
+            };
+            // An unknown user still goes through the exchange, with a throwaway secret, so
+            // that a client cannot tell unknown users from wrong passwords.
+            let secret = match known.and_then(|u| ctx.secrets.get(&u.name)) {
+                Some(secret) => secret.clone(),
+                None => {
+                    crate::auth::scram::ScramSecret::new(&rand::rng().random::<u64>().to_string())
+                }
+            };
+            let (exchange, server_first) = match ServerExchange::start(&secret, client_first) {
+                Ok(started) => started,
+                Err(error) => {
+                    return Ok(Err(ClientError::fatal(
+                        sqlstate::INVALID_AUTHORIZATION,
+                        error.to_string(),
+                    )));
+                }
+            };
+            encode::authentication_sasl_continue(&mut client.out, server_first.as_bytes());
+            client.flush().await?;
+            let client_final = read_password(client).await?;
+            match exchange.finish(&client_final) {
+                Ok(server_final) if known.is_some() => {
+                    encode::authentication_sasl_final(&mut client.out, server_final.as_bytes());
+                    Ok(Ok(()))
+                }
+                _ => Ok(failed()),
+            }
+        }
+    }
+}
+
+/// The body of the next message, which must be a password-type message.
+async fn read_password(client: &mut Conn) -> Result<Bytes, SessionError> {
+    match client.read_frame().await? {
+        Some(frame) => match FrontendMessage::decode(frame) {
+            Ok(FrontendMessage::Password(frame)) => Ok(frame.body()),
+            _ => Err(SessionError::Protocol(
+                "expected a password message during authentication".into(),
+            )),
+        },
+        None => Err(SessionError::ClientGone),
+    }
+}
+
+/// The client-first-message inside a SASLInitialResponse body.
+fn sasl_initial_data(body: &[u8]) -> Option<&[u8]> {
+    let nul = body.iter().position(|&b| b == 0)?;
+    if &body[..nul] != MECHANISM.as_bytes() {
+        return None;
+    }
+    let rest = body.get(nul + 1..)?;
+    let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    let data = rest.get(4..)?;
+    (usize::try_from(len).ok()? == data.len()).then_some(data)
+}
+
+/// Greets an admitted client: BackendKeyData and ReadyForQuery.
+pub fn finish_greeting(out: &mut BytesMut, process_id: i32, secret_key: &[u8]) {
+    encode::backend_key_data(out, process_id, secret_key);
+    encode::ready_for_query(out, TransactionStatus::Idle);
+}

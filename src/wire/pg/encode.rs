@@ -1,0 +1,319 @@
+//! Encoders for the messages warpdrive writes itself: as a server to clients
+//! (authentication, status, synthesised completions, errors) and as a client to origins
+//! (startup, authentication responses, the statements it prepares on its own).
+
+use bytes::{BufMut, BytesMut};
+
+use super::backend::{TransactionStatus, auth_code, field, tag as backend_tag};
+use super::frontend::{Target, tag as frontend_tag};
+use super::startup::{CANCEL_REQUEST_CODE, PROTOCOL_3_0, SSL_REQUEST_CODE};
+
+/// Appends one tagged message whose body `write_body` writes; the length is filled in
+/// afterwards.
+pub fn message(buf: &mut BytesMut, tag: u8, write_body: impl FnOnce(&mut BytesMut)) {
+    buf.put_u8(tag);
+    let length_at = buf.len();
+    buf.put_i32(0);
+    write_body(buf);
+    let length = (buf.len() - length_at) as i32;
+    buf[length_at..length_at + 4].copy_from_slice(&length.to_be_bytes());
+}
+
+fn untagged(buf: &mut BytesMut, write_body: impl FnOnce(&mut BytesMut)) {
+    let length_at = buf.len();
+    buf.put_i32(0);
+    write_body(buf);
+    let length = (buf.len() - length_at) as i32;
+    buf[length_at..length_at + 4].copy_from_slice(&length.to_be_bytes());
+}
+
+fn cstr(buf: &mut BytesMut, text: &[u8]) {
+    buf.put_slice(text);
+    buf.put_u8(0);
+}
+
+// ---- server side: warpdrive answering a client ----
+
+/// AuthenticationOk.
+pub fn authentication_ok(buf: &mut BytesMut) {
+    message(buf, backend_tag::AUTHENTICATION, |b| {
+        b.put_i32(auth_code::OK)
+    });
+}
+
+/// AuthenticationCleartextPassword.
+pub fn authentication_cleartext(buf: &mut BytesMut) {
+    message(buf, backend_tag::AUTHENTICATION, |b| {
+        b.put_i32(auth_code::CLEARTEXT_PASSWORD)
+    });
+}
+
+/// AuthenticationMD5Password with its salt.
+pub fn authentication_md5(buf: &mut BytesMut, salt: [u8; 4]) {
+    message(buf, backend_tag::AUTHENTICATION, |b| {
+        b.put_i32(auth_code::MD5_PASSWORD);
+        b.put_slice(&salt);
+    });
+}
+
+/// AuthenticationSASL offering these mechanisms.
+pub fn authentication_sasl(buf: &mut BytesMut, mechanisms: &[&str]) {
+    message(buf, backend_tag::AUTHENTICATION, |b| {
+        b.put_i32(auth_code::SASL);
+        for mechanism in mechanisms {
+            cstr(b, mechanism.as_bytes());
+        }
+        b.put_u8(0);
+    });
+}
+
+/// AuthenticationSASLContinue.
+pub fn authentication_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    message(buf, backend_tag::AUTHENTICATION, |b| {
+        b.put_i32(auth_code::SASL_CONTINUE);
+        b.put_slice(data);
+    });
+}
+
+/// AuthenticationSASLFinal.
+pub fn authentication_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    message(buf, backend_tag::AUTHENTICATION, |b| {
+        b.put_i32(auth_code::SASL_FINAL);
+        b.put_slice(data);
+    });
+}
+
+/// ParameterStatus.
+pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
+    parameter_status_bytes(buf, name.as_bytes(), value.as_bytes());
+}
+
+/// ParameterStatus from raw bytes, as an origin reported it.
+pub fn parameter_status_bytes(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
+    message(buf, backend_tag::PARAMETER_STATUS, |b| {
+        cstr(b, name);
+        cstr(b, value);
+    });
+}
+
+/// BackendKeyData.
+pub fn backend_key_data(buf: &mut BytesMut, process_id: i32, secret_key: &[u8]) {
+    message(buf, backend_tag::BACKEND_KEY_DATA, |b| {
+        b.put_i32(process_id);
+        b.put_slice(secret_key);
+    });
+}
+
+/// ReadyForQuery.
+pub fn ready_for_query(buf: &mut BytesMut, status: TransactionStatus) {
+    message(buf, backend_tag::READY_FOR_QUERY, |b| {
+        b.put_u8(status.byte())
+    });
+}
+
+/// ErrorResponse with severity, SQLSTATE, message and an optional hint.
+pub fn error_response(
+    buf: &mut BytesMut,
+    severity: &str,
+    code: &str,
+    text: &str,
+    hint: Option<&str>,
+) {
+    message(buf, backend_tag::ERROR_RESPONSE, |b| {
+        b.put_u8(field::SEVERITY);
+        cstr(b, severity.as_bytes());
+        b.put_u8(field::SEVERITY_NONLOCALIZED);
+        cstr(b, severity.as_bytes());
+        b.put_u8(field::CODE);
+        cstr(b, code.as_bytes());
+        b.put_u8(field::MESSAGE);
+        cstr(b, text.as_bytes());
+        if let Some(hint) = hint {
+            b.put_u8(field::HINT);
+            cstr(b, hint.as_bytes());
+        }
+        b.put_u8(0);
+    });
+}
+
+/// NegotiateProtocolVersion: the newest minor version supported, and the protocol
+/// options (`_pq_.*`) not recognised.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unrecognised: &[&str]) {
+    message(buf, backend_tag::NEGOTIATE_PROTOCOL_VERSION, |b| {
+        b.put_i32(minor);
+        b.put_i32(unrecognised.len() as i32);
+        for option in unrecognised {
+            cstr(b, option.as_bytes());
+        }
+    });
+}
+
+/// ParseComplete.
+pub fn parse_complete(buf: &mut BytesMut) {
+    message(buf, backend_tag::PARSE_COMPLETE, |_| {});
+}
+
+/// BindComplete.
+pub fn bind_complete(buf: &mut BytesMut) {
+    message(buf, backend_tag::BIND_COMPLETE, |_| {});
+}
+
+/// CloseComplete.
+pub fn close_complete(buf: &mut BytesMut) {
+    message(buf, backend_tag::CLOSE_COMPLETE, |_| {});
+}
+
+/// CommandComplete with its tag.
+pub fn command_complete(buf: &mut BytesMut, command_tag: &str) {
+    message(buf, backend_tag::COMMAND_COMPLETE, |b| {
+        cstr(b, command_tag.as_bytes())
+    });
+}
+
+/// EmptyQueryResponse.
+pub fn empty_query_response(buf: &mut BytesMut) {
+    message(buf, backend_tag::EMPTY_QUERY_RESPONSE, |_| {});
+}
+
+// ---- client side: warpdrive talking to an origin ----
+
+/// StartupMessage for protocol 3.0.
+pub fn startup_message(buf: &mut BytesMut, parameters: &[(&str, &str)]) {
+    untagged(buf, |b| {
+        b.put_i32(PROTOCOL_3_0);
+        for (name, value) in parameters {
+            cstr(b, name.as_bytes());
+            cstr(b, value.as_bytes());
+        }
+        b.put_u8(0);
+    });
+}
+
+/// SSLRequest.
+pub fn ssl_request(buf: &mut BytesMut) {
+    untagged(buf, |b| b.put_i32(SSL_REQUEST_CODE));
+}
+
+/// CancelRequest.
+pub fn cancel_request(buf: &mut BytesMut, process_id: i32, secret_key: &[u8]) {
+    untagged(buf, |b| {
+        b.put_i32(CANCEL_REQUEST_CODE);
+        b.put_i32(process_id);
+        b.put_slice(secret_key);
+    });
+}
+
+/// PasswordMessage (cleartext or md5 response).
+pub fn password_message(buf: &mut BytesMut, password: &[u8]) {
+    message(buf, frontend_tag::PASSWORD, |b| cstr(b, password));
+}
+
+/// SASLInitialResponse.
+pub fn sasl_initial_response(buf: &mut BytesMut, mechanism: &str, data: &[u8]) {
+    message(buf, frontend_tag::PASSWORD, |b| {
+        cstr(b, mechanism.as_bytes());
+        b.put_i32(data.len() as i32);
+        b.put_slice(data);
+    });
+}
+
+/// SASLResponse.
+pub fn sasl_response(buf: &mut BytesMut, data: &[u8]) {
+    message(buf, frontend_tag::PASSWORD, |b| b.put_slice(data));
+}
+
+/// Query.
+pub fn query(buf: &mut BytesMut, sql: &str) {
+    message(buf, frontend_tag::QUERY, |b| cstr(b, sql.as_bytes()));
+}
+
+/// Parse.
+pub fn parse(buf: &mut BytesMut, name: &[u8], sql: &[u8], parameter_types: &[u32]) {
+    let mut types = BytesMut::with_capacity(2 + 4 * parameter_types.len());
+    types.put_i16(parameter_types.len() as i16);
+    parameter_types.iter().for_each(|oid| types.put_u32(*oid));
+    parse_raw(buf, name, sql, &types);
+}
+
+/// Parse with the parameter types as a client sent them (Int16 count, Int32 OIDs).
+pub fn parse_raw(buf: &mut BytesMut, name: &[u8], sql: &[u8], parameter_types: &[u8]) {
+    message(buf, frontend_tag::PARSE, |b| {
+        cstr(b, name);
+        cstr(b, sql);
+        b.put_slice(parameter_types);
+    });
+}
+
+/// Bind with per-parameter formats, values (`None` is NULL) and result formats.
+pub fn bind(
+    buf: &mut BytesMut,
+    portal: &[u8],
+    statement: &[u8],
+    parameter_formats: &[i16],
+    values: &[Option<&[u8]>],
+    result_formats: &[i16],
+) {
+    message(buf, frontend_tag::BIND, |b| {
+        cstr(b, portal);
+        cstr(b, statement);
+        b.put_i16(parameter_formats.len() as i16);
+        parameter_formats.iter().for_each(|f| b.put_i16(*f));
+        b.put_i16(values.len() as i16);
+        for value in values {
+            match value {
+                Some(value) => {
+                    b.put_i32(value.len() as i32);
+                    b.put_slice(value);
+                }
+                None => b.put_i32(-1),
+            }
+        }
+        b.put_i16(result_formats.len() as i16);
+        result_formats.iter().for_each(|f| b.put_i16(*f));
+    });
+}
+
+/// Describe.
+pub fn describe(buf: &mut BytesMut, target: Target, name: &[u8]) {
+    message(buf, frontend_tag::DESCRIBE, |b| {
+        b.put_u8(match target {
+            Target::Statement => b'S',
+            Target::Portal => b'P',
+        });
+        cstr(b, name);
+    });
+}
+
+/// Execute.
+pub fn execute(buf: &mut BytesMut, portal: &[u8], max_rows: i32) {
+    message(buf, frontend_tag::EXECUTE, |b| {
+        cstr(b, portal);
+        b.put_i32(max_rows);
+    });
+}
+
+/// Close.
+pub fn close(buf: &mut BytesMut, target: Target, name: &[u8]) {
+    message(buf, frontend_tag::CLOSE, |b| {
+        b.put_u8(match target {
+            Target::Statement => b'S',
+            Target::Portal => b'P',
+        });
+        cstr(b, name);
+    });
+}
+
+/// Sync.
+pub fn sync(buf: &mut BytesMut) {
+    message(buf, frontend_tag::SYNC, |_| {});
+}
+
+/// Flush.
+pub fn flush(buf: &mut BytesMut) {
+    message(buf, frontend_tag::FLUSH, |_| {});
+}
+
+/// Terminate.
+pub fn terminate(buf: &mut BytesMut) {
+    message(buf, frontend_tag::TERMINATE, |_| {});
+}

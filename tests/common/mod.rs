@@ -1,0 +1,260 @@
+//! Shared harness for integration tests: a warpdrive server in the test process, in
+//! front of the PostgreSQL on 127.0.0.1:5432, and a database of the test's own.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio_postgres::{Client, NoTls};
+use warpdrive::config::{Config, Deployment, OriginUrl, PoolSettings};
+use warpdrive::server::Server;
+
+/// The origin's superuser, as the machine provides it (trust authentication).
+pub const ORIGIN_USER: &str = "postgres";
+/// The password clients use towards warpdrive in tests.
+pub const PASSWORD: &str = "warpdrive-test";
+
+/// A database created for one test, dropped (with FORCE) at the end.
+pub struct TestDatabase {
+    pub name: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+async fn admin() -> Client {
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port=5432 user={ORIGIN_USER} dbname=postgres"),
+        NoTls,
+    )
+    .await
+    .expect("the local PostgreSQL on 127.0.0.1:5432 is reachable");
+    tokio::spawn(connection);
+    client
+}
+
+impl TestDatabase {
+    pub async fn create(tag: &str) -> TestDatabase {
+        let name = format!(
+            "wd_{tag}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = admin().await;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .expect("drop leftover test database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        TestDatabase { name }
+    }
+
+    /// A direct connection to the origin database, bypassing warpdrive.
+    pub async fn direct(&self) -> Client {
+        let (client, connection) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port=5432 user={ORIGIN_USER} dbname={}",
+                self.name
+            ),
+            NoTls,
+        )
+        .await
+        .expect("direct connection");
+        tokio::spawn(connection);
+        client
+    }
+
+    pub async fn drop_now(self) {
+        admin()
+            .await
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await
+            .expect("drop test database");
+    }
+}
+
+/// A warpdrive server running inside the test.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub fn deployment(database: &str, pool: PoolSettings) -> Deployment {
+    let origin = OriginUrl::parse(&format!(
+        "postgres://{ORIGIN_USER}:{PASSWORD}@127.0.0.1:5432/{database}?sslmode=disable"
+    ))
+    .expect("origin URL");
+    let mut deployment = Deployment::from_origin("127.0.0.1:0".parse().expect("addr"), origin);
+    deployment.pool = pool;
+    deployment
+}
+
+/// Pool settings small enough for many tests in parallel on one origin.
+pub fn small_pool(max_size: usize) -> PoolSettings {
+    PoolSettings {
+        min_idle: 0,
+        max_size,
+        acquire_timeout: Duration::from_secs(10),
+        ..PoolSettings::default()
+    }
+}
+
+impl Proxy {
+    pub async fn start(deployment: Deployment) -> Proxy {
+        let server = Server::bind(Config {
+            deployments: vec![deployment],
+        })
+        .await
+        .expect("warpdrive binds");
+        let addr = server.local_addrs()[0];
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async {
+            let _ = stopped.await;
+        }));
+        Proxy {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn for_database(database: &TestDatabase, max_size: usize) -> Proxy {
+        Proxy::start(deployment(&database.name, small_pool(max_size))).await
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={ORIGIN_USER} password={PASSWORD} dbname={database}",
+            self.addr.port()
+        )
+    }
+
+    pub async fn connect(&self, database: &str) -> Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(database), NoTls)
+            .await
+            .expect("connect through warpdrive");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    pub async fn connect_checked(&self, database: &str) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(&self.url(database), NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(40), task).await;
+        }
+    }
+}
+
+/// Number of client backends connected to `database`.
+pub async fn origin_connections(database: &str) -> i64 {
+    admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
+            &[&database],
+        )
+        .await
+        .expect("count backends")
+        .get(0)
+}
+
+/// A bare protocol client for tests that need exact messages (trust authentication).
+pub struct RawClient {
+    pub stream: tokio::net::TcpStream,
+    buf: bytes::BytesMut,
+}
+
+impl RawClient {
+    /// Connects and completes startup (the deployment must use trust authentication).
+    pub async fn connect(addr: SocketAddr, database: &str) -> RawClient {
+        use tokio::io::AsyncWriteExt;
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut client = RawClient {
+            stream,
+            buf: bytes::BytesMut::new(),
+        };
+        let mut startup = bytes::BytesMut::new();
+        warpdrive::wire::pg::encode::startup_message(
+            &mut startup,
+            &[("user", ORIGIN_USER), ("database", database)],
+        );
+        client
+            .stream
+            .write_all(&startup)
+            .await
+            .expect("send startup");
+        let greeting = client.until_ready().await;
+        assert_eq!(
+            greeting.first().map(|(tag, _)| *tag),
+            Some(b'R'),
+            "{greeting:?}"
+        );
+        client
+    }
+
+    pub async fn send(&mut self, write: impl FnOnce(&mut bytes::BytesMut)) {
+        use tokio::io::AsyncWriteExt;
+        let mut buf = bytes::BytesMut::new();
+        write(&mut buf);
+        self.stream.write_all(&buf).await.expect("send");
+    }
+
+    /// Messages (tag, body) up to and including the next ReadyForQuery.
+    pub async fn until_ready(&mut self) -> Vec<(u8, bytes::Bytes)> {
+        use tokio::io::AsyncReadExt;
+        let mut messages = Vec::new();
+        loop {
+            while let Some(frame) =
+                warpdrive::wire::pg::split_frame(&mut self.buf, 1 << 30).expect("valid frame")
+            {
+                let tag = frame.tag();
+                messages.push((tag, frame.body()));
+                if tag == b'Z' {
+                    return messages;
+                }
+            }
+            let n =
+                tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
+                    .await
+                    .expect("reply within 10s")
+                    .expect("read");
+            assert!(n > 0, "connection closed; got {messages:?}");
+        }
+    }
+
+    /// The tags of the messages up to ReadyForQuery, as a string.
+    pub async fn tags(&mut self) -> String {
+        self.until_ready()
+            .await
+            .iter()
+            .map(|(tag, _)| char::from(*tag))
+            .collect()
+    }
+}
+
+/// A deployment with trust authentication, for raw protocol tests.
+pub fn trust_deployment(database: &str, max_size: usize) -> Deployment {
+    let mut deployment = deployment(database, small_pool(max_size));
+    deployment.client_auth = warpdrive::config::ClientAuth::Trust;
+    deployment
+}

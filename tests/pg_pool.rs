@@ -1,0 +1,216 @@
+//! Pool behaviour under load and failure, against the real PostgreSQL.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use common::{Proxy, TestDatabase, origin_connections};
+
+/// 200 clients, a pool of 5, transfers between accounts: every client finishes, money is
+/// conserved, and the origin never sees more connections than the pool's maximum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_clients_share_five_connections() {
+    const CLIENTS: usize = 200;
+    const TRANSFERS: usize = 5;
+    const POOL: usize = 5;
+    let db = TestDatabase::create("bank").await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute("CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL); INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    drop(direct);
+    let proxy = Proxy::for_database(&db, POOL).await;
+    let sampling = Arc::new(AtomicBool::new(true));
+    let peak = Arc::new(AtomicI64::new(0));
+    let sampler = {
+        let (sampling, peak, name) = (Arc::clone(&sampling), Arc::clone(&peak), db.name.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                let seen = origin_connections(&name).await;
+                peak.fetch_max(seen, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let url = proxy.url(&db.name);
+    let mut tasks = Vec::new();
+    for client_index in 0..CLIENTS {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut client, connection) =
+                tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            for transfer in 0..TRANSFERS {
+                let from = ((client_index * 7 + transfer) % 50 + 1) as i32;
+                let to = ((client_index * 13 + transfer * 3) % 50 + 1) as i32;
+                // Rows are locked in id order so that transfers cannot deadlock.
+                let (first, first_delta, second, second_delta) = if from < to {
+                    (from, -10i64, to, 10i64)
+                } else {
+                    (to, 10, from, -10)
+                };
+                let tx = client.transaction().await?;
+                tx.execute(
+                    "UPDATE accounts SET balance = balance + $2 WHERE id = $1",
+                    &[&first, &first_delta],
+                )
+                .await?;
+                tx.execute(
+                    "UPDATE accounts SET balance = balance + $2 WHERE id = $1",
+                    &[&second, &second_delta],
+                )
+                .await?;
+                tx.commit().await?;
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        task.await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("client {i}: {e:?}"));
+    }
+    sampling.store(false, Ordering::Relaxed);
+    sampler.await.unwrap();
+    let check = db.direct().await;
+    let total: i64 = check
+        .query_one("SELECT sum(balance)::bigint FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 50 * 1000);
+    let peak = peak.load(Ordering::Relaxed);
+    // The sampler's own count excludes itself (it connects to another database); the
+    // check connection above opened after sampling stopped.
+    assert!(
+        peak <= POOL as i64,
+        "origin saw {peak} connections for a pool of {POOL}"
+    );
+    assert!(peak >= 1);
+    drop(check);
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+/// Backends killed underneath: idle ones are replaced unnoticed; a query in flight gets
+/// a clear error, never a hang; the next query works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_connections_killed_underneath() {
+    let db = TestDatabase::create("killed").await;
+    let proxy = Proxy::for_database(&db, 2).await;
+    let client = proxy.connect(&db.name).await;
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    let killer = db.direct().await;
+    let kill_all = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+        db.name
+    );
+    killer.batch_execute(&kill_all).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Idle connection was killed: the next query runs on a fresh connection.
+    let two: i32 = client.query_one("SELECT 2", &[]).await.unwrap().get(0);
+    assert_eq!(two, 2);
+    // Killed while a query runs: a clear error, quickly.
+    let sleeper = tokio::spawn({
+        let client = proxy.connect(&db.name).await;
+        async move {
+            let result = client.simple_query("SELECT pg_sleep(30)").await;
+            (result.map(|_| ()), client)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    killer
+        .batch_execute(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()", db.name))
+        .await
+        .unwrap();
+    let (result, sleeper_client) = tokio::time::timeout(Duration::from_secs(10), sleeper)
+        .await
+        .expect("no hang")
+        .unwrap();
+    let error = result.unwrap_err();
+    let message = format!("{error:?}");
+    assert!(
+        message.contains("origin connection was lost")
+            || message.contains("terminating connection"),
+        "{message}"
+    );
+    let three: i32 = sleeper_client
+        .query_one("SELECT 3", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(three, 3);
+    drop((client, sleeper_client, killer));
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+/// A client that disconnects inside a transaction does not leave it open on the
+/// connection the next client gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_transactions_are_rolled_back() {
+    let db = TestDatabase::create("abandon").await;
+    let proxy = Proxy::for_database(&db, 1).await;
+    let setup = proxy.connect(&db.name).await;
+    setup.batch_execute("CREATE TABLE t (v int)").await.unwrap();
+    drop(setup);
+    let quitter = proxy.connect(&db.name).await;
+    quitter
+        .batch_execute("BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    drop(quitter);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = proxy.connect(&db.name).await;
+    let count: i64 = next
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 0);
+    let status: String = next
+        .query_one(
+            "SELECT state FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "active");
+    drop(next);
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+/// With every connection busy, a client waits at most the acquire timeout and gets the
+/// documented error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_timeout_error() {
+    let db = TestDatabase::create("acquire").await;
+    let mut pool = common::small_pool(1);
+    pool.acquire_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(common::deployment(&db.name, pool)).await;
+    let holder = proxy.connect(&db.name).await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    let waiter = proxy
+        .connect_checked(&db.name)
+        .await
+        .expect("startup uses the baseline, not a connection");
+    let error = waiter.simple_query("SELECT 1").await.unwrap_err();
+    let db_error = error.as_db_error().expect("a server error");
+    assert_eq!(db_error.code().code(), "58000");
+    assert_eq!(
+        db_error.message(),
+        "Failed to acquire a connection from the pool."
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    let one: i32 = waiter.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    drop((holder, waiter));
+    proxy.stop().await;
+    db.drop_now().await;
+}
