@@ -16,7 +16,7 @@ use crate::wire::pg::startup::CancelRequest;
 #[derive(Clone, Debug)]
 pub struct CancelTarget {
     /// Where the backend lives.
-    pub origin: OriginTarget,
+    pub origin: Arc<OriginTarget>,
     /// Its process id.
     pub process_id: i32,
     /// Its secret key.
@@ -128,12 +128,12 @@ mod tests {
 
     fn target() -> CancelTarget {
         CancelTarget {
-            origin: OriginTarget {
+            origin: Arc::new(OriginTarget {
                 url: OriginUrl::parse("postgres://u:p@127.0.0.1/db").expect("url"),
                 database: "db".into(),
                 tls: None,
                 connect_timeout: std::time::Duration::from_secs(1),
-            },
+            }),
             process_id: 77,
             secret_key: Bytes::from_static(&[1, 2, 3, 4]),
         }

@@ -15,7 +15,7 @@ use crate::pool::PoolSet;
 use crate::session::{self, SessionContext};
 use crate::tls::TlsError;
 
-/// How long running sessions may continue after shutdown starts.
+/// How long running sessions may continue after shutdown starts, by default.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the server could not start.
@@ -44,6 +44,9 @@ pub enum ServerError {
 /// Bound listeners, ready to serve.
 pub struct Server {
     listeners: Vec<(TcpListener, Arc<SessionContext>)>,
+    drain_timeout: Duration,
+    /// Tells sessions that shutdown started (see [`SessionContext::shutdown`]).
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl Server {
@@ -54,6 +57,7 @@ impl Server {
             DEFAULT_MEMO_ENTRIES,
         ));
         let mut listeners = Vec::new();
+        let (draining, _) = tokio::sync::watch::channel(false);
         for deployment in config.deployments {
             let name = deployment.name.clone();
             let tls_error = |source| ServerError::Tls {
@@ -82,10 +86,21 @@ impl Server {
                 pools,
                 tls,
                 Arc::clone(&analyzer),
+                draining.subscribe(),
             ));
             listeners.push((listener, ctx));
         }
-        Ok(Server { listeners })
+        Ok(Server {
+            listeners,
+            drain_timeout: DRAIN_TIMEOUT,
+            draining,
+        })
+    }
+
+    /// Sets how long running sessions may continue after shutdown starts.
+    pub fn with_drain_timeout(mut self, drain_timeout: Duration) -> Server {
+        self.drain_timeout = drain_timeout;
+        self
     }
 
     /// The bound addresses, in deployment order (useful with port 0).
@@ -96,13 +111,15 @@ impl Server {
             .collect()
     }
 
-    /// Accepts clients until `shutdown` completes, then drains: no new clients, running
-    /// sessions get [`DRAIN_TIMEOUT`] to finish.
+    /// Accepts clients until `shutdown` completes, then drains: no new clients; idle
+    /// sessions are closed at once (SQLSTATE 57P01), sessions in a transaction may finish
+    /// it within the drain timeout ([`DRAIN_TIMEOUT`] by default).
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
         let mut sessions = JoinSet::new();
         let mut acceptors = JoinSet::new();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel();
+        let drain_timeout = self.drain_timeout;
         for (listener, ctx) in self.listeners {
             let mut stop = stop_rx.clone();
             let session_tx = session_tx.clone();
@@ -137,8 +154,9 @@ impl Server {
             "shutting down: no new clients; waiting for sessions to finish"
         );
         let _ = stop_tx.send(true);
+        let _ = self.draining.send(true);
         while acceptors.join_next().await.is_some() {}
-        let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let drained = tokio::time::timeout(drain_timeout, async {
             while sessions.join_next().await.is_some() {}
         })
         .await;

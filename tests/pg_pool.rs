@@ -214,3 +214,109 @@ async fn acquire_timeout_error() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+/// min_idle connections are opened ahead of demand; idle ones above it close after
+/// idle_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_idle_and_idle_timeout() {
+    let db = TestDatabase::create("idle").await;
+    let mut pool = common::small_pool(4);
+    pool.min_idle = 2;
+    pool.idle_timeout = Duration::from_secs(1);
+    let proxy = Proxy::start(common::deployment(&db.name, pool)).await;
+    let mut warmed = 0;
+    for _ in 0..50 {
+        warmed = origin_connections(&db.name).await;
+        if warmed >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(warmed, 2, "min_idle connections opened at start");
+    // Four clients in transactions at once: four connections.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let client = proxy.connect(&db.name).await;
+        client.batch_execute("BEGIN").await.unwrap();
+        clients.push(client);
+    }
+    assert_eq!(origin_connections(&db.name).await, 4);
+    for client in &clients {
+        client.batch_execute("COMMIT").await.unwrap();
+    }
+    drop(clients);
+    let mut settled = 0;
+    for _ in 0..60 {
+        settled = origin_connections(&db.name).await;
+        if settled == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        settled, 2,
+        "idle connections above min_idle closed after idle_timeout"
+    );
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+/// Shutdown: idle clients are told and disconnected at once; a client in a transaction
+/// may finish it; new clients are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains() {
+    let db = TestDatabase::create("drain").await;
+    let server = warpdrive::server::Server::bind(warpdrive::config::Config {
+        deployments: vec![common::deployment(&db.name, common::small_pool(2))],
+    })
+    .await
+    .unwrap()
+    .with_drain_timeout(Duration::from_secs(10));
+    let addr = server.local_addrs()[0];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    let url = format!(
+        "host=127.0.0.1 port={} user=postgres password={} dbname={}",
+        addr.port(),
+        common::PASSWORD,
+        db.name
+    );
+    let connect = || async {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+        let connection = tokio::spawn(connection);
+        Ok::<_, tokio_postgres::Error>((client, connection))
+    };
+    let (idle, idle_connection) = connect().await.unwrap();
+    let (busy, _busy_connection) = connect().await.unwrap();
+    busy.batch_execute("CREATE TABLE t (v int); BEGIN; INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let _ = stop.send(());
+    // The idle client's connection ends promptly.
+    tokio::time::timeout(Duration::from_secs(5), idle_connection)
+        .await
+        .expect("idle session closed at shutdown")
+        .unwrap()
+        .ok();
+    assert!(idle.is_closed());
+    // The client in a transaction finishes it.
+    busy.batch_execute("INSERT INTO t VALUES (2); COMMIT")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(15), task)
+        .await
+        .expect("drained")
+        .unwrap();
+    assert!(connect().await.is_err(), "no new clients after shutdown");
+    let count: i64 = db
+        .direct()
+        .await
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 2);
+    db.drop_now().await;
+}

@@ -455,3 +455,75 @@ async fn malformed_input_ends_only_that_client() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greeting_reports_the_origins_parameters() {
+    let db = TestDatabase::create("greeting").await;
+    let proxy = Proxy::start(common::trust_deployment(&db.name, 1)).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut raw = common::RawClient::from_stream(stream);
+    raw.send(|b| {
+        warpdrive::wire::pg::encode::startup_message(
+            b,
+            &[("user", "postgres"), ("database", &db.name)],
+        )
+    })
+    .await;
+    let greeting = raw.until_ready().await;
+    let parameter = |name: &str| {
+        greeting.iter().find_map(|(tag, body)| {
+            let mut parts = body.split(|b| *b == 0);
+            (*tag == b'S' && parts.next() == Some(name.as_bytes()))
+                .then(|| String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned())
+        })
+    };
+    assert_eq!(parameter("client_encoding").as_deref(), Some("UTF8"));
+    let direct = db.direct().await;
+    let version: String = direct
+        .query_one("SHOW server_version", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(parameter("server_version"), Some(version));
+    assert!(parameter("integer_datetimes").is_some());
+    assert!(
+        greeting.iter().any(|(tag, _)| *tag == b'K'),
+        "BackendKeyData"
+    );
+    drop(direct);
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_call_passes_through() {
+    let db = TestDatabase::create("fastpath").await;
+    let proxy = Proxy::start(common::trust_deployment(&db.name, 1)).await;
+    let mut raw = common::RawClient::connect(proxy.addr, &db.name).await;
+    // FunctionCall int4pl (OID 177) with text arguments 2 and 3, text result.
+    raw.send(|b| {
+        warpdrive::wire::pg::encode::message(b, b'F', |body| {
+            body.extend_from_slice(&177u32.to_be_bytes());
+            body.extend_from_slice(&1i16.to_be_bytes());
+            body.extend_from_slice(&0i16.to_be_bytes());
+            body.extend_from_slice(&2i16.to_be_bytes());
+            for arg in [b"2", b"3"] {
+                body.extend_from_slice(&1i32.to_be_bytes());
+                body.extend_from_slice(arg);
+            }
+            body.extend_from_slice(&0i16.to_be_bytes());
+        })
+    })
+    .await;
+    let replies = raw.until_ready().await;
+    assert_eq!(
+        replies
+            .iter()
+            .map(|(t, _)| char::from(*t))
+            .collect::<String>(),
+        "VZ"
+    );
+    assert!(replies[0].1.ends_with(b"5"), "{replies:?}");
+    proxy.stop().await;
+    db.drop_now().await;
+}

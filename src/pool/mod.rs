@@ -111,7 +111,7 @@ pub struct PoolStats {
 pub type ServerParameters = Arc<Vec<(Bytes, Bytes)>>;
 
 struct Inner {
-    target: OriginTarget,
+    target: Arc<OriginTarget>,
     settings: PoolSettings,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<PooledConn>>,
@@ -130,7 +130,7 @@ impl Pool {
     pub fn new(target: OriginTarget, settings: PoolSettings) -> Pool {
         let inner = Arc::new(Inner {
             permits: Arc::new(Semaphore::new(settings.max_size)),
-            target,
+            target: Arc::new(target),
             settings,
             idle: Mutex::new(Vec::new()),
             baseline: Mutex::new(None),
@@ -177,19 +177,25 @@ impl Pool {
 
     /// Checks out a connection, waiting at most `acquire_timeout` for one to be free.
     pub async fn checkout(&self) -> Result<Checkout, PoolError> {
-        let started = Instant::now();
-        let permit = tokio::time::timeout(
-            self.inner.settings.acquire_timeout,
-            Arc::clone(&self.inner.permits).acquire_owned(),
-        )
-        .await
-        .map_err(|_| {
-            self.inner.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-            PoolError::Timeout {
-                waited: started.elapsed(),
+        let permit = match Arc::clone(&self.inner.permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(PoolError::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let started = Instant::now();
+                tokio::time::timeout(
+                    self.inner.settings.acquire_timeout,
+                    Arc::clone(&self.inner.permits).acquire_owned(),
+                )
+                .await
+                .map_err(|_| {
+                    self.inner.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    PoolError::Timeout {
+                        waited: started.elapsed(),
+                    }
+                })?
+                .map_err(|_| PoolError::Closed)?
             }
-        })?
-        .map_err(|_| PoolError::Closed)?;
+        };
         let conn = match self.inner.take_idle() {
             Some(conn) => conn,
             None => self.inner.open().await?,
@@ -277,7 +283,7 @@ impl Checkout {
     }
 
     /// The origin this connection belongs to.
-    pub fn target(&self) -> &OriginTarget {
+    pub fn target(&self) -> &Arc<OriginTarget> {
         &self.pool.target
     }
 

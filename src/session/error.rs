@@ -4,7 +4,6 @@
 
 use bytes::BytesMut;
 
-use crate::conn::ConnError;
 use crate::pool::{OriginError, PoolError};
 use crate::wire::pg::encode;
 
@@ -131,7 +130,7 @@ impl ClientError {
     }
 
     /// An origin connection that failed while a request was in flight.
-    pub fn origin_lost(error: &ConnError) -> ClientError {
+    pub fn origin_lost(error: impl std::fmt::Display) -> ClientError {
         ClientError::error(
             sqlstate::CONNECTION_FAILURE,
             format!("the origin connection was lost while running this request: {error}"),

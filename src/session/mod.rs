@@ -34,10 +34,12 @@ use crate::config::Deployment;
 use crate::conn::{Conn, ConnError, FLUSH_THRESHOLD, Stream};
 use crate::pool::statements::{origin_statement_name, statement_identity};
 use crate::pool::{Checkout, ConnState, Pool, PoolSet, ServerParameters};
-use crate::wire::pg::backend::{BackendMessage, TransactionStatus, tag as backend_tag};
+use crate::wire::pg::backend::{
+    BackendMessage, ErrorFields, TransactionStatus, tag as backend_tag,
+};
 use crate::wire::pg::frontend::{Bind, Close, Describe, FrontendMessage, Parse, Target};
 use crate::wire::pg::{Frame, WireError, encode};
-use error::{ClientError, Severity, sqlstate};
+use error::{ClientError, sqlstate};
 use relay::{Delivery, Event, Expect, OnError, Relay};
 use settings::Settings;
 
@@ -82,6 +84,8 @@ pub struct SessionContext {
     pub analyzer: Arc<AnalysisMemo>,
     /// Cancel keys of live sessions.
     pub cancels: Arc<CancelRegistry>,
+    /// Becomes true when the server starts shutting down.
+    shutdown: tokio::sync::watch::Receiver<bool>,
     /// ParameterStatus the origin reported for each (database, setting, value) tried.
     validated: Mutex<HashMap<(String, String, String), ServerParameters>>,
 }
@@ -93,6 +97,7 @@ impl SessionContext {
         pools: PoolSet,
         tls: Option<tokio_rustls::TlsAcceptor>,
         analyzer: Arc<AnalysisMemo>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> SessionContext {
         let secrets = deployment
             .users
@@ -106,6 +111,7 @@ impl SessionContext {
             secrets,
             analyzer,
             cancels: Arc::new(CancelRegistry::default()),
+            shutdown,
             validated: Mutex::new(HashMap::new()),
         }
     }
@@ -236,6 +242,8 @@ async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), SessionError
         batch_failed: false,
         last_command: None,
         deadline: None,
+        timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        shutdown: ctx.shutdown.clone(),
         cancelled_by_warpdrive: false,
         cancel,
     };
@@ -282,6 +290,10 @@ struct Session {
     last_command: Option<Bytes>,
     /// When the request in flight has run for max_query_duration.
     deadline: Option<Instant>,
+    /// The timer behind `deadline`, kept across loop turns (reset, not recreated).
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Server shutdown: the session ends as soon as the client is between transactions.
+    shutdown: tokio::sync::watch::Receiver<bool>,
     cancelled_by_warpdrive: bool,
     cancel: CancelHandle,
 }
@@ -290,6 +302,7 @@ enum Wake {
     Client(Result<Option<Frame>, ConnError>),
     Origin(Result<Option<Frame>, ConnError>),
     Deadline,
+    Shutdown { server_gone: bool },
 }
 
 /// Grace period for the origin to answer a cancel before the connection is dropped.
@@ -298,15 +311,37 @@ const CANCEL_GRACE: Duration = Duration::from_secs(10);
 impl Session {
     async fn main_loop(&mut self) -> Result<(), SessionError> {
         loop {
+            if *self.shutdown.borrow() && self.between_transactions() {
+                ClientError::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection: warpdrive is shutting down",
+                )
+                .hint("reconnect; another warpdrive instance or the restarted one will answer")
+                .encode(&mut self.client.out);
+                self.client.flush().await?;
+                return Ok(());
+            }
             let wake = {
+                let shutdown = &mut self.shutdown;
+                let watching = !*shutdown.borrow();
                 let client = &mut self.client;
                 let origin = self.checkout.as_mut().map(|c| &mut c.conn().origin.conn);
-                let deadline = self.deadline;
+                let armed = match self.deadline {
+                    Some(at) => {
+                        if self.timer.deadline() != at {
+                            self.timer.as_mut().reset(at);
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                let timer = &mut self.timer;
                 tokio::select! {
                     biased;
                     frame = async { match origin { Some(origin) => origin.read_frame().await, None => std::future::pending().await } } => Wake::Origin(frame),
                     frame = client.read_frame() => Wake::Client(frame),
-                    _ = async { match deadline { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } } => Wake::Deadline,
+                    _ = timer, if armed => Wake::Deadline,
+                    changed = shutdown.changed(), if watching => Wake::Shutdown { server_gone: changed.is_err() },
                 }
             };
             match wake {
@@ -322,8 +357,18 @@ impl Session {
                 Wake::Client(Err(error)) => return Err(error.into()),
                 Wake::Origin(result) => self.on_origin(result).await?,
                 Wake::Deadline => self.on_deadline().await?,
+                // The server itself is gone: nothing can be served any more.
+                Wake::Shutdown { server_gone: true } => return Ok(()),
+                Wake::Shutdown { server_gone: false } => {}
             }
         }
+    }
+
+    /// Whether the client is idle outside a transaction, with nothing in flight.
+    fn between_transactions(&self) -> bool {
+        self.status == TransactionStatus::Idle
+            && !self.relay.awaits_origin()
+            && self.batch.is_empty()
     }
 
     async fn protocol_violation(&mut self, error: WireError) -> Result<(), SessionError> {
@@ -433,7 +478,7 @@ impl Session {
                 tracing::warn!(%error, "no origin connection for the client");
                 ClientError::from_pool(&error)
             })?;
-            let origin = checkout.target().clone();
+            let origin = Arc::clone(checkout.target());
             let conn = checkout.conn();
             self.cancel.set_target(Some(CancelTarget {
                 origin,
@@ -862,10 +907,13 @@ impl Session {
             Err(error) => return self.origin_lost(error).await,
         };
         while let Some(frame) = next {
-            if !self.relay.awaits_origin() && frame.tag() == backend_tag::ERROR_RESPONSE {
-                // An error out of turn: the origin is closing the connection (terminated
-                // backend, shutdown). Its end of stream follows.
-                return self.origin_lost(ConnError::TruncatedFrame).await;
+            if frame.tag() == backend_tag::ERROR_RESPONSE
+                && let Ok(BackendMessage::ErrorResponse(fields)) = BackendMessage::decode(&frame)
+                && (fields.is_fatal() || !self.relay.awaits_origin())
+            {
+                // The origin is closing this connection (terminated backend, shutdown):
+                // end the requests in flight now rather than send more to a dead peer.
+                return self.origin_closing(fields).await;
             }
             let frame = self.rewrite_cancel_error(frame);
             let mut events = Vec::new();
@@ -1024,8 +1072,28 @@ impl Session {
     /// its ReadyForQuery; a client whose transaction or pinned state died with the
     /// connection is disconnected, as PostgreSQL itself would.
     async fn origin_lost(&mut self, error: ConnError) -> Result<(), SessionError> {
+        tracing::warn!(%error, pending = self.relay.pending_ready(), "origin connection lost");
+        self.end_requests_in_flight(None, &error.to_string()).await
+    }
+
+    /// The origin sent a FATAL error (or an error out of turn) and is closing the
+    /// connection. The first request in flight gets the origin's own error (as an ERROR,
+    /// since the client's session goes on); the rest get warpdrive's.
+    async fn origin_closing(&mut self, fields: ErrorFields) -> Result<(), SessionError> {
+        let reason = fields.message();
+        tracing::warn!(%reason, pending = self.relay.pending_ready(), "origin is closing its connection");
+        let mut first = BytesMut::new();
+        encode::error_response_with_severity(&mut first, &fields, "ERROR");
+        self.end_requests_in_flight(Some(first.freeze()), &reason)
+            .await
+    }
+
+    async fn end_requests_in_flight(
+        &mut self,
+        first_reply: Option<Bytes>,
+        reason: &str,
+    ) -> Result<(), SessionError> {
         let pending_ready = self.relay.pending_ready();
-        tracing::warn!(%error, pending_ready, "origin connection lost");
         if let Some(checkout) = self.checkout.as_mut() {
             checkout.discard();
         }
@@ -1033,20 +1101,21 @@ impl Session {
         self.relay = Relay::default();
         self.effects.clear();
         self.batch_failed = false;
-        let session_state_lost = self.status != TransactionStatus::Idle || self.pinned.is_some();
-        if session_state_lost {
-            let mut fatal = ClientError::origin_lost(&error);
-            fatal.severity = Severity::Fatal;
-            fatal.message = format!(
-                "{} (the open transaction or pinned session state is gone)",
-                fatal.message
-            );
+        if self.status != TransactionStatus::Idle || self.pinned.is_some() {
+            let fatal = ClientError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("the origin connection was lost ({reason}); the open transaction or pinned session state is gone"),
+            )
+            .hint("reconnect and retry the transaction");
             fatal.encode(&mut self.client.out);
             self.client.flush().await?;
             return Err(SessionError::Refused(fatal));
         }
-        for _ in 0..pending_ready {
-            ClientError::origin_lost(&error).encode(&mut self.client.out);
+        for index in 0..pending_ready {
+            match (&first_reply, index) {
+                (Some(first), 0) => self.client.out.extend_from_slice(first),
+                _ => ClientError::origin_lost(reason).encode(&mut self.client.out),
+            }
             encode::ready_for_query(&mut self.client.out, TransactionStatus::Idle);
         }
         self.client.flush().await?;
@@ -1068,7 +1137,7 @@ impl Session {
                 .await;
         }
         if let Some(checkout) = self.checkout.as_mut() {
-            let target = checkout.target().clone();
+            let target = Arc::clone(checkout.target());
             let process_id = checkout.conn().origin.process_id;
             let secret_key = checkout.conn().origin.secret_key.clone();
             tracing::warn!(

@@ -113,7 +113,8 @@ impl Proxy {
             deployments: vec![deployment],
         })
         .await
-        .expect("warpdrive binds");
+        .expect("warpdrive binds")
+        .with_drain_timeout(Duration::from_secs(2));
         let addr = server.local_addrs()[0];
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async {
@@ -210,6 +211,14 @@ impl RawClient {
             "{greeting:?}"
         );
         client
+    }
+
+    /// Wraps a connected stream without doing startup.
+    pub fn from_stream(stream: tokio::net::TcpStream) -> RawClient {
+        RawClient {
+            stream,
+            buf: bytes::BytesMut::new(),
+        }
     }
 
     pub async fn send(&mut self, write: impl FnOnce(&mut bytes::BytesMut)) {

@@ -147,6 +147,11 @@ pub mod field {
 }
 
 impl ErrorFields {
+    /// Every field, in the order sent.
+    pub fn fields(&self) -> &[(u8, Bytes)] {
+        &self.fields
+    }
+
     /// The value of a field.
     pub fn get(&self, field: u8) -> Option<&Bytes> {
         self.fields

@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::backend::{TransactionStatus, auth_code, field, tag as backend_tag};
+use super::backend::{ErrorFields, TransactionStatus, auth_code, field, tag as backend_tag};
 use super::frontend::{Target, tag as frontend_tag};
 use super::startup::{CANCEL_REQUEST_CODE, PROTOCOL_3_0, SSL_REQUEST_CODE};
 
@@ -131,6 +131,22 @@ pub fn error_response(
         if let Some(hint) = hint {
             b.put_u8(field::HINT);
             cstr(b, hint.as_bytes());
+        }
+        b.put_u8(0);
+    });
+}
+
+/// An origin's ErrorResponse with every field kept but the severity replaced (a FATAL
+/// that ends an origin connection is only an ERROR for the client, whose session goes
+/// on).
+pub fn error_response_with_severity(buf: &mut BytesMut, fields: &ErrorFields, severity: &str) {
+    message(buf, backend_tag::ERROR_RESPONSE, |b| {
+        for (code, value) in fields.fields() {
+            b.put_u8(*code);
+            match *code {
+                field::SEVERITY | field::SEVERITY_NONLOCALIZED => cstr(b, severity.as_bytes()),
+                _ => cstr(b, value),
+            }
         }
         b.put_u8(0);
     });
