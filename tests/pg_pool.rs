@@ -320,3 +320,33 @@ async fn shutdown_drains() {
     assert_eq!(count, 2);
     db.drop_now().await;
 }
+
+/// Idle connections get the empty query as a health check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_health_checked() {
+    let db = TestDatabase::create("health").await;
+    let mut pool = common::small_pool(2);
+    pool.min_idle = 1;
+    pool.health_check_interval = Duration::from_millis(500);
+    let proxy = Proxy::start(common::deployment(&db.name, pool)).await;
+    let direct = db.direct().await;
+    let mut checked = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rows = direct
+            .query(
+                "SELECT query FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&db.name],
+            )
+            .await
+            .unwrap();
+        if rows.iter().any(|row| row.get::<_, &str>(0) == ";") {
+            checked = true;
+            break;
+        }
+    }
+    assert!(checked, "no health check reached the origin");
+    drop(direct);
+    proxy.stop().await;
+    db.drop_now().await;
+}

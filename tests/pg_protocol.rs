@@ -527,3 +527,51 @@ async fn function_call_passes_through() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+/// warpdrive authenticates to origins that ask for SCRAM-SHA-256 or md5 (here another
+/// warpdrive, since the local PostgreSQL trusts every local connection), and reports
+/// refused credentials precisely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_authentication_with_scram_and_md5() {
+    let db = TestDatabase::create("origin_auth").await;
+    for auth in [ClientAuth::ScramSha256, ClientAuth::Md5] {
+        let mut inner = common::deployment(&db.name, common::small_pool(1));
+        inner.client_auth = auth;
+        let inner = Proxy::start(inner).await;
+        let origin = |password: &str| {
+            warpdrive::config::OriginUrl::parse(&format!(
+                "postgres://postgres:{password}@127.0.0.1:{}/{}?sslmode=disable",
+                inner.addr.port(),
+                db.name
+            ))
+            .unwrap()
+        };
+        let mut outer = common::deployment(&db.name, common::small_pool(1));
+        outer.origin = origin(PASSWORD);
+        let outer = Proxy::start(outer).await;
+        let client = outer.connect(&db.name).await;
+        let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(one, 1, "{auth:?}");
+        drop(client);
+        outer.stop().await;
+
+        let mut wrong = common::deployment(&db.name, common::small_pool(1));
+        wrong.origin = origin("not-the-password");
+        let wrong = Proxy::start(wrong).await;
+        let error = match wrong.connect_checked(&db.name).await {
+            Ok(_) => panic!("{auth:?}: connected with a wrong origin password"),
+            Err(error) => error,
+        };
+        let message = error
+            .as_db_error()
+            .map(|e| e.message().to_owned())
+            .unwrap_or_default();
+        assert!(
+            message.contains("refused the credentials"),
+            "{auth:?}: {message}"
+        );
+        wrong.stop().await;
+        inner.stop().await;
+    }
+    db.drop_now().await;
+}

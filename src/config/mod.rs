@@ -25,6 +25,7 @@
 //! connect_timeout = "15s"
 //! max_query_duration = "60s"
 //! prepared_statements_per_connection = 256
+//! health_check_interval = "30s"
 //!
 //! [deployment.limits]
 //! max_message_bytes = "64MiB"
@@ -135,6 +136,9 @@ pub struct PoolSettings {
     pub max_query_duration: Duration,
     /// Statements kept prepared per origin connection (LRU). Default 256.
     pub prepared_statements_per_connection: usize,
+    /// Idle connections unused this long get the empty query `;` as a health check.
+    /// Default 30 s.
+    pub health_check_interval: Duration,
 }
 
 impl Default for PoolSettings {
@@ -147,6 +151,7 @@ impl Default for PoolSettings {
             connect_timeout: Duration::from_secs(15),
             max_query_duration: Duration::from_secs(60),
             prepared_statements_per_connection: 256,
+            health_check_interval: Duration::from_secs(30),
         }
     }
 }
@@ -260,6 +265,7 @@ struct RawPool {
     connect_timeout: Option<RawDuration>,
     max_query_duration: Option<RawDuration>,
     prepared_statements_per_connection: Option<usize>,
+    health_check_interval: Option<RawDuration>,
 }
 
 #[derive(Default, Deserialize)]
@@ -479,6 +485,11 @@ fn validate_deployment(index: usize, raw: RawDeployment) -> Result<Deployment, C
         prepared_statements_per_connection: pool
             .prepared_statements_per_connection
             .unwrap_or(defaults.prepared_statements_per_connection),
+        health_check_interval: duration(
+            &key("pool.health_check_interval"),
+            pool.health_check_interval,
+            defaults.health_check_interval,
+        )?,
     };
     if deployment.pool.max_size == 0 {
         return Err(ConfigError::invalid(

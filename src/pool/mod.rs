@@ -77,6 +77,8 @@ pub struct PooledConn {
     /// client left session state on it (LISTEN, temporary tables, SQL PREPARE, …).
     pub reusable: bool,
     last_used: Instant,
+    /// When the empty-query health check last succeeded (or the connection was used).
+    last_checked: Instant,
 }
 
 impl PooledConn {
@@ -90,6 +92,7 @@ impl PooledConn {
             stale_statements: Vec::new(),
             reusable: true,
             last_used: Instant::now(),
+            last_checked: Instant::now(),
         }
     }
 }
@@ -250,6 +253,12 @@ impl Inner {
 
     fn give_back(&self, mut conn: PooledConn) {
         conn.last_used = Instant::now();
+        conn.last_checked = conn.last_used;
+        self.put_idle(conn);
+    }
+
+    /// Puts a connection in the idle list without counting it as used.
+    fn put_idle(&self, conn: PooledConn) {
         match self.idle.lock() {
             Ok(mut idle) => idle.push(conn),
             Err(_) => self.note_closed(),
@@ -350,13 +359,39 @@ async fn roll_back(mut conn: PooledConn) -> Option<PooledConn> {
     })
 }
 
+/// Runs the empty query `;`; true when the origin answered EmptyQueryResponse and
+/// ReadyForQuery 'I' in time.
+async fn healthy(conn: &mut PooledConn) -> bool {
+    let io = &mut conn.origin.conn;
+    let check = async {
+        encode::query(&mut io.out, ";");
+        io.flush().await.ok()?;
+        loop {
+            let frame = io.read_frame().await.ok()??;
+            match BackendMessage::decode(&frame).ok()? {
+                BackendMessage::ReadyForQuery(status) => {
+                    return Some(status == TransactionStatus::Idle);
+                }
+                BackendMessage::ErrorResponse(_) => return Some(false),
+                _ => {}
+            }
+        }
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), check).await,
+        Ok(Some(true))
+    )
+}
+
 /// Keeps `min_idle` connections ready, closes surplus idle ones after `idle_timeout`,
-/// and drops idle connections the origin closed. Stops when the pool is dropped.
+/// drops idle connections the origin closed, and health-checks the ones idle for a
+/// while with the empty query. Stops when the pool is dropped.
 async fn maintain(pool: Weak<Inner>) {
     const TICK: Duration = Duration::from_secs(1);
     loop {
         tokio::time::sleep(TICK).await;
         let Some(pool) = pool.upgrade() else { return };
+        let mut due_for_check = Vec::new();
         let expired: Vec<PooledConn> = {
             let Ok(mut idle) = pool.idle.lock() else {
                 return;
@@ -374,6 +409,8 @@ async fn maintain(pool: Weak<Inner>) {
                 {
                     surplus_closed += 1;
                     expired.push(conn);
+                } else if conn.last_checked.elapsed() >= pool.settings.health_check_interval {
+                    due_for_check.push(conn);
                 } else {
                     kept.push(conn);
                 }
@@ -383,6 +420,15 @@ async fn maintain(pool: Weak<Inner>) {
         };
         for conn in expired {
             pool.close(conn);
+        }
+        for mut conn in due_for_check {
+            if healthy(&mut conn).await {
+                conn.last_checked = Instant::now();
+                pool.put_idle(conn);
+            } else {
+                tracing::info!(origin = %pool.target.url, "an idle origin connection failed its health check; replacing it");
+                pool.close(conn);
+            }
         }
         let missing = pool
             .settings
