@@ -158,6 +158,40 @@ async fn pgbench_in_every_protocol_mode() {
     db.drop_now().await;
 }
 
+/// Runs psql with `-c` commands against warpdrive on `port`.
+async fn psql(port: u16, database: &str, commands: &[&str], sslmode: &str) -> (bool, String) {
+    let port = port.to_string();
+    let mut args: Vec<String> = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-d",
+        database,
+        "-X",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    for command in commands {
+        args.push("-c".to_owned());
+        args.push(command.to_string());
+    }
+    let sslmode = sslmode.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(
+            "psql",
+            &args,
+            &[("PGPASSWORD", PASSWORD), ("PGSSLMODE", &sslmode)],
+        )
+    })
+    .await
+    .expect("psql runs")
+}
+
 fn write_certificate(dir: &std::path::Path) -> ServerTls {
     let certified =
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
@@ -177,59 +211,19 @@ async fn tls_towards_clients_when_configured() {
     let mut deployment = common::deployment(&db.name, common::small_pool(1));
     deployment.tls = Some(write_certificate(&dir));
     let proxy = Proxy::start(deployment).await;
-    let port = proxy.addr.port().to_string();
-    let name = db.name.clone();
-    let (ok, output) = tokio::task::spawn_blocking(move || {
-        run(
-            "psql",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                &name,
-                "-X",
-                "-c",
-                "\\conninfo",
-                "-c",
-                "SELECT 40 + 2",
-            ],
-            &[("PGPASSWORD", PASSWORD), ("PGSSLMODE", "require")],
-        )
-    })
-    .await
-    .unwrap();
+    let (ok, output) = psql(
+        proxy.addr.port(),
+        &db.name,
+        &["\\conninfo", "SELECT 40 + 2"],
+        "require",
+    )
+    .await;
     assert!(ok, "{output}");
     assert!(output.contains("SSL connection"), "{output}");
     assert!(output.contains("42"), "{output}");
     // Without a certificate, SSLRequest is answered 'N': sslmode=require fails, prefer works.
     let plain = Proxy::for_database(&db, 1).await;
-    let port = plain.addr.port().to_string();
-    let name = db.name.clone();
-    let (ok, output) = tokio::task::spawn_blocking(move || {
-        run(
-            "psql",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                &name,
-                "-X",
-                "-c",
-                "SELECT 1",
-            ],
-            &[("PGPASSWORD", PASSWORD), ("PGSSLMODE", "require")],
-        )
-    })
-    .await
-    .unwrap();
+    let (ok, output) = psql(plain.addr.port(), &db.name, &["SELECT 1"], "require").await;
     assert!(!ok, "{output}");
     assert!(output.contains("does not support SSL"), "{output}");
     plain.stop().await;

@@ -89,6 +89,17 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status the analyzer gives.
+    pub const ALL: [Status; 7] = [
+        Status::Cacheable,
+        Status::Uncacheable,
+        Status::MultipleStatements,
+        Status::NotAQuery,
+        Status::ParseError,
+        Status::Volatile,
+        Status::OversizedQuery,
+    ];
+
     /// The status name as Hyperdrive and warpdrive's metrics spell it.
     pub fn name(self) -> &'static str {
         match self {
@@ -104,17 +115,7 @@ impl Status {
 
     /// Parses a status name as [`Status::name`] spells it.
     pub fn from_name(name: &str) -> Option<Status> {
-        [
-            Status::Cacheable,
-            Status::Uncacheable,
-            Status::MultipleStatements,
-            Status::NotAQuery,
-            Status::ParseError,
-            Status::Volatile,
-            Status::OversizedQuery,
-        ]
-        .into_iter()
-        .find(|status| status.name() == name)
+        Status::ALL.into_iter().find(|status| status.name() == name)
     }
 }
 
