@@ -5,7 +5,77 @@
 
 use serde::Serialize;
 
-use crate::analyze::{Analysis, Dialect, Kind, Reason, StableFunctions, Status};
+use crate::analyze::{Analysis, CacheHint, Dialect, Kind, Reason, StableFunctions, Status};
+use crate::cache::CacheStatus;
+use crate::cache::policy::{Decision, decide};
+use crate::config::CacheSettings;
+
+/// What a deployment's cache settings make of the query (`check --config`).
+#[derive(Debug, Serialize)]
+pub struct PolicyReport {
+    /// The deployment.
+    pub deployment: String,
+    /// Whether the result is cached (outside a transaction).
+    pub cached: bool,
+    /// When not cached: the status it gets instead.
+    pub status: Option<CacheStatus>,
+    /// Fresh for this many seconds, when cached.
+    pub max_age_seconds: Option<f64>,
+    /// Then stale for this many seconds while refreshed.
+    pub stale_while_revalidate_seconds: Option<f64>,
+    /// max_age of a result without rows.
+    pub empty_max_age_seconds: Option<f64>,
+    /// The rules that matched, as written.
+    pub rules: Vec<String>,
+}
+
+impl PolicyReport {
+    /// The decision of `settings` for `analysis`.
+    pub fn new(deployment: &str, settings: &CacheSettings, analysis: &Analysis) -> PolicyReport {
+        let (decision, matched) = decide(settings, analysis, false);
+        let rules = matched
+            .iter()
+            .map(|&i| format!("rule[{i}]: {}", settings.rules[i].describe()))
+            .collect();
+        let (status, policy) = match decision {
+            Decision::Cache(policy) => (None, Some(policy)),
+            Decision::Refuse(status) => (Some(status), None),
+        };
+        PolicyReport {
+            deployment: deployment.to_owned(),
+            cached: policy.is_some(),
+            status,
+            max_age_seconds: policy.map(|p| p.max_age.as_secs_f64()),
+            stale_while_revalidate_seconds: policy.map(|p| p.stale_while_revalidate.as_secs_f64()),
+            empty_max_age_seconds: policy.map(|p| p.empty_max_age.as_secs_f64()),
+            rules,
+        }
+    }
+
+    fn to_text(&self) -> String {
+        let decision = match (self.max_age_seconds, self.stale_while_revalidate_seconds) {
+            (Some(max_age), Some(swr)) => format!(
+                "cached for {max_age}s, then served stale for {swr}s while refreshed (empty results: {}s)",
+                self.empty_max_age_seconds.unwrap_or(max_age)
+            ),
+            _ => format!(
+                "not cached (status {})",
+                self.status.map_or("unknown", CacheStatus::name)
+            ),
+        };
+        let rules = if self.rules.is_empty() {
+            "no rule matches".to_owned()
+        } else {
+            self.rules.join("; ")
+        };
+        format!(
+            "deployment:         {}: {decision}
+rules:              {rules}
+",
+            self.deployment
+        )
+    }
+}
 
 /// The JSON shape of `warpdrive check --json`.
 #[derive(Debug, Serialize)]
@@ -34,6 +104,13 @@ pub struct CheckReport<'a> {
     pub stable_functions: &'a [String],
     /// Why.
     pub reasons: Vec<Reason>,
+    /// The query's fingerprint (for cache rules).
+    pub fingerprint: &'a str,
+    /// A `/* warpdrive: … */` hint in a leading comment.
+    pub hint: Option<CacheHint>,
+    /// With a configuration: what the deployment's cache rules make of it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<PolicyReport>,
 }
 
 impl<'a> CheckReport<'a> {
@@ -53,6 +130,9 @@ impl<'a> CheckReport<'a> {
             volatile_functions: &analysis.volatile_functions,
             stable_functions: &analysis.stable_functions,
             reasons: analysis.reasons_under(policy),
+            fingerprint: &analysis.fingerprint,
+            hint: analysis.hint,
+            cache: None,
         }
     }
 
@@ -108,8 +188,12 @@ impl<'a> CheckReport<'a> {
                 StableFunctions::Bypass => "bypass",
             },
         );
+        out.push_str(&format!("fingerprint:        {}\n", self.fingerprint));
         for reason in &self.reasons {
             out.push_str(&format!("why:                {reason}\n"));
+        }
+        if let Some(cache) = &self.cache {
+            out.push_str(&cache.to_text());
         }
         out
     }

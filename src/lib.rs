@@ -23,12 +23,16 @@
 //! The analyzer and the wire layer are pure: no sockets, no clocks, no global state.
 //! Everything is passed to constructors; nothing is a process-global.
 
+pub mod admin;
 pub mod analyze;
 pub mod auth;
+pub mod cache;
 pub mod cancel;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod metrics;
 pub mod pool;
 pub mod server;
 pub mod session;

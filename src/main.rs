@@ -4,12 +4,15 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use warpdrive::analyze::{Analyzer, AnalyzerOptions, Dialect, Rules, StableFunctions};
-use warpdrive::check::CheckReport;
-use warpdrive::config::Config;
+use warpdrive::check::{CheckReport, PolicyReport};
+use warpdrive::config::cache::MAX_LIFETIME;
+use warpdrive::config::{Config, DEFAULT_ADMIN};
+use warpdrive::metrics::DeploymentSnapshot;
 use warpdrive::server::Server;
 
 /// A query-result cache and connection pooler for PostgreSQL and MySQL/MariaDB.
@@ -26,6 +29,8 @@ enum Command {
     Serve(ServeArgs),
     /// Print the analyzer's decision about one query, without touching a database.
     Check(CheckArgs),
+    /// Print the counters of a running warpdrive (from its admin listener).
+    Stats(StatsArgs),
 }
 
 #[derive(Args)]
@@ -50,6 +55,18 @@ struct ServeArgs {
     /// A TOML configuration file with one or more [[deployment]] tables.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Cached results are fresh for this many seconds (with --origin; default 60, at most 3600).
+    #[arg(long, value_name = "SECONDS", conflicts_with = "config")]
+    max_age: Option<u64>,
+    /// Stale results are served this many seconds more while refreshed (with --origin; default 15).
+    #[arg(long, value_name = "SECONDS", conflicts_with = "config")]
+    swr: Option<u64>,
+    /// Forward every query; cache nothing (with --origin).
+    #[arg(long, conflicts_with = "config")]
+    caching_disabled: bool,
+    /// Address of the admin listener (/metrics, /stats, /healthz); `off` for none.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
 }
 
 #[derive(Args)]
@@ -61,42 +78,96 @@ struct CheckArgs {
     #[arg(long)]
     json: bool,
     /// Policy for STABLE functions such as now(): cache them, or bypass the cache.
-    #[arg(long, value_enum, default_value = "cache")]
-    stable_functions: StableFunctions,
+    #[arg(long, value_enum)]
+    stable_functions: Option<StableFunctions>,
     /// A rules file merged over the built-in volatility rules of the dialect.
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
     /// Texts longer than this many bytes are `oversizedquery`.
     #[arg(long, value_name = "BYTES", default_value_t = AnalyzerOptions::DEFAULT_MAX_QUERY_BYTES)]
     max_query_bytes: usize,
+    /// A configuration file: also show which cache rules apply and for how long.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The deployment of --config to use (default: the first).
+    #[arg(long, value_name = "NAME", requires = "config")]
+    deployment: Option<String>,
     /// The query text; `-` reads it from standard input.
     sql: String,
 }
 
+#[derive(Args)]
+struct StatsArgs {
+    /// Address of warpdrive's admin listener.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_ADMIN)]
+    admin: String,
+    /// Print the JSON as the admin listener returns it.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Exit status for bad usage, the same clap uses for a bad flag.
 const USAGE_ERROR: u8 = 2;
+/// Exit status when a running warpdrive could not be asked.
+const UNAVAILABLE: u8 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Serve(args) => serve(args),
-        Command::Check(args) => check(args),
+        Command::Serve(args) => serve(args).map_err(|e| (USAGE_ERROR, e)),
+        Command::Check(args) => check(args).map_err(|e| (USAGE_ERROR, e)),
+        Command::Stats(args) => stats(args).map_err(|e| (UNAVAILABLE, e)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+        Err((code, error)) => {
             eprintln!("warpdrive: {error:#}");
-            ExitCode::from(USAGE_ERROR)
+            ExitCode::from(code)
         }
     }
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = match (&args.config, &args.origin) {
+    let mut config = match (&args.config, &args.origin) {
         (Some(path), _) => Config::from_file(path)?,
-        (None, Some(origin)) => Config::single(args.listen, origin)?,
+        (None, Some(origin)) => {
+            let mut config = Config::single(args.listen, origin)?;
+            let cache = &mut config.deployments[0].cache;
+            let seconds = |flag: &str, value: u64| {
+                let duration = Duration::from_secs(value);
+                anyhow::ensure!(
+                    duration <= MAX_LIFETIME,
+                    "{flag} {value}: at most 3600 seconds"
+                );
+                Ok(duration)
+            };
+            if let Some(max_age) = args.max_age {
+                cache.max_age = seconds("--max-age", max_age)?;
+            }
+            if let Some(swr) = args.swr {
+                cache.stale_while_revalidate = seconds("--swr", swr)?;
+            }
+            cache.enabled = !args.caching_disabled;
+            config
+        }
         (None, None) => anyhow::bail!("give --origin URL or --config FILE"),
     };
+    match args.admin.as_deref() {
+        None => {}
+        Some("off") => config.admin = None,
+        Some(address) => {
+            config.admin = Some(address.parse().with_context(|| {
+                format!("--admin {address:?} is not an address:port such as 127.0.0.1:9187")
+            })?)
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WARPDRIVE_LOG")
@@ -104,11 +175,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .with_target(false)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    runtime()?.block_on(async {
         let server = Server::bind(config).await?;
         server.serve(shutdown_signal()).await;
         Ok(())
@@ -159,11 +226,62 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
         max_query_bytes: args.max_query_bytes,
     };
     let analysis = Analyzer::new(postgres, mysql, options).analyze(args.dialect, &sql);
-    let report = CheckReport::new(&analysis, args.dialect, args.stable_functions);
+    let deployment = match &args.config {
+        Some(path) => {
+            let config = Config::from_file(path)?;
+            let deployment = match &args.deployment {
+                Some(name) => config
+                    .deployments
+                    .into_iter()
+                    .find(|d| &d.name == name)
+                    .with_context(|| {
+                        format!("no deployment named {name:?} in {}", path.display())
+                    })?,
+                None => config
+                    .deployments
+                    .into_iter()
+                    .next()
+                    .context("the configuration has no deployment")?,
+            };
+            Some(deployment)
+        }
+        None => None,
+    };
+    let policy = args
+        .stable_functions
+        .or_else(|| deployment.as_ref().map(|d| d.cache.stable_functions))
+        .unwrap_or_default();
+    let mut report = CheckReport::new(&analysis, args.dialect, policy);
+    if let Some(deployment) = &deployment {
+        report.cache = Some(PolicyReport::new(
+            &deployment.name,
+            &deployment.cache,
+            &analysis,
+        ));
+    }
     if args.json {
         println!("{}", report.to_json());
     } else {
         print!("{}", report.to_text());
     }
+    Ok(())
+}
+
+fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let body = runtime()?
+        .block_on(warpdrive::admin::get(&args.admin, "/stats"))
+        .with_context(|| {
+            format!(
+                "cannot read stats from the admin listener at {} (is warpdrive running, with --admin there?)",
+                args.admin
+            )
+        })?;
+    if args.json {
+        println!("{body}");
+        return Ok(());
+    }
+    let snapshots: Vec<DeploymentSnapshot> = serde_json::from_str(&body)
+        .context("the admin listener's /stats is not what this warpdrive expects")?;
+    print!("{}", warpdrive::metrics::stats_table(&snapshots));
     Ok(())
 }

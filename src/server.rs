@@ -10,7 +10,10 @@ use tokio::task::JoinSet;
 
 use crate::analyze::memo::DEFAULT_MEMO_ENTRIES;
 use crate::analyze::{AnalysisMemo, Analyzer, AnalyzerOptions};
+use crate::cache::Store;
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::metrics::{DeploymentMetrics, Registry};
 use crate::pool::PoolSet;
 use crate::session::{self, SessionContext};
 use crate::tls::TlsError;
@@ -44,19 +47,28 @@ pub enum ServerError {
 /// Bound listeners, ready to serve.
 pub struct Server {
     listeners: Vec<(TcpListener, Arc<SessionContext>)>,
+    admin: Option<TcpListener>,
+    registry: Registry,
     drain_timeout: Duration,
     /// Tells sessions that shutdown started (see [`SessionContext::shutdown`]).
     draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl Server {
-    /// Binds every deployment's listener and prepares its pools (which start warming up).
+    /// Binds every deployment's listener (and the admin listener) and prepares the pools
+    /// (which start warming up) and caches, on the system clock.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        Server::bind_with_clock(config, Clock::system()).await
+    }
+
+    /// [`Server::bind`] with the caches on `clock` (tests move a manual clock).
+    pub async fn bind_with_clock(config: Config, clock: Clock) -> Result<Server, ServerError> {
         let analyzer = Arc::new(AnalysisMemo::new(
             Analyzer::with_builtin_rules(AnalyzerOptions::default()),
             DEFAULT_MEMO_ENTRIES,
         ));
         let mut listeners = Vec::new();
+        let mut registry = Registry::default();
         let (draining, _) = tokio::sync::watch::channel(false);
         for deployment in config.deployments {
             let name = deployment.name.clone();
@@ -70,8 +82,15 @@ impl Server {
                 )),
                 None => None,
             };
-            let pools = PoolSet::new(deployment.origin.clone(), deployment.pool.clone())
-                .map_err(tls_error)?;
+            let store = Store::new(deployment.cache.capacity_bytes, clock.clone());
+            let metrics = Arc::new(DeploymentMetrics::new(&name, Arc::clone(&store)));
+            registry.add(Arc::clone(&metrics));
+            let pools = PoolSet::new(
+                deployment.origin.clone(),
+                deployment.pool.clone(),
+                Arc::clone(&metrics.origin_connect),
+            )
+            .map_err(tls_error)?;
             pools.get(&deployment.origin.database);
             let listener = TcpListener::bind(deployment.listen)
                 .await
@@ -87,11 +106,30 @@ impl Server {
                 tls,
                 Arc::clone(&analyzer),
                 draining.subscribe(),
+                store,
+                metrics,
             ));
             listeners.push((listener, ctx));
         }
+        let admin = match config.admin {
+            Some(address) => {
+                let listener =
+                    TcpListener::bind(address)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            deployment: "admin".to_owned(),
+                            address,
+                            source,
+                        })?;
+                tracing::info!(listen = %listener.local_addr().unwrap_or(address), "admin listener: /metrics, /stats, /healthz");
+                Some(listener)
+            }
+            None => None,
+        };
         Ok(Server {
             listeners,
+            admin,
+            registry,
             drain_timeout: DRAIN_TIMEOUT,
             draining,
         })
@@ -101,6 +139,18 @@ impl Server {
     pub fn with_drain_timeout(mut self, drain_timeout: Duration) -> Server {
         self.drain_timeout = drain_timeout;
         self
+    }
+
+    /// The counters of every deployment.
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
+    /// The admin listener's address, if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// The bound addresses, in deployment order (useful with port 0).
@@ -120,6 +170,9 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel();
         let drain_timeout = self.drain_timeout;
+        let admin = self
+            .admin
+            .map(|listener| tokio::spawn(crate::admin::serve(listener, self.registry.clone())));
         for (listener, ctx) in self.listeners {
             let mut stop = stop_rx.clone();
             let session_tx = session_tx.clone();
@@ -166,6 +219,9 @@ impl Server {
                 "drain timeout: closing the remaining sessions"
             );
             sessions.shutdown().await;
+        }
+        if let Some(admin) = admin {
+            admin.abort();
         }
     }
 }

@@ -164,3 +164,61 @@ fn a_rules_file_declares_a_user_function() {
     assert_eq!(without["status"], "volatile");
     assert_eq!(with["status"], "cacheable");
 }
+
+#[test]
+fn with_a_config_the_applicable_rule_is_shown() {
+    let dir = std::env::temp_dir().join(format!("warpdrive-cli-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("warpdrive.toml");
+    std::fs::write(
+        &path,
+        r#"
+        [[deployment]]
+        name = "shop"
+        listen = "127.0.0.1:6999"
+        origin = "postgres://app:pw@127.0.0.1/shop"
+        [[deployment.cache.rule]]
+        tables = ["prices"]
+        max_age = "2s"
+        [[deployment.cache.rule]]
+        tables = ["sessions"]
+        enabled = false
+        "#,
+    )
+    .expect("write config");
+    let config = path.to_str().expect("UTF-8 path");
+    let prices = json(
+        &[
+            "check",
+            "--dialect",
+            "postgres",
+            "--json",
+            "--config",
+            config,
+            "SELECT * FROM prices",
+        ],
+        None,
+    );
+    let sessions = json(
+        &[
+            "check",
+            "--dialect",
+            "postgres",
+            "--json",
+            "--config",
+            config,
+            "SELECT * FROM sessions",
+        ],
+        None,
+    );
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    assert_eq!(prices["cache"]["cached"], true);
+    assert_eq!(prices["cache"]["max_age_seconds"], 2.0);
+    assert_eq!(
+        prices["cache"]["rules"][0],
+        "rule[0]: tables = [\"prices\"], max_age = 2s"
+    );
+    assert_eq!(sessions["cache"]["cached"], false);
+    assert_eq!(sessions["cache"]["status"], "disabled");
+    assert_eq!(prices["fingerprint"].as_str().map(str::len), Some(16));
+}

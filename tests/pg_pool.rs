@@ -268,6 +268,7 @@ async fn shutdown_drains() {
     let db = TestDatabase::create("drain").await;
     let server = warpdrive::server::Server::bind(warpdrive::config::Config {
         deployments: vec![common::deployment(&db.name, common::small_pool(2))],
+        admin: None,
     })
     .await
     .unwrap()

@@ -279,6 +279,9 @@ async fn several_deployments_in_one_process() {
     let second = TestDatabase::create("multi_b").await;
     let text = format!(
         r#"
+        [admin]
+        enabled = false
+
         [[deployment]]
         name = "a"
         listen = "127.0.0.1:0"

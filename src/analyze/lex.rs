@@ -72,6 +72,10 @@ pub(crate) struct Lead {
 pub(crate) struct Lexed {
     tokens: Vec<TokenWithSpan>,
     leads: Vec<Lead>,
+    /// The body of a `/* … */` comment before the first token, if any.
+    pub leading_comment: Option<String>,
+    /// Hex fingerprint of the query's shape (literals and placeholders folded).
+    pub fingerprint: String,
 }
 
 impl Lexed {
@@ -96,13 +100,45 @@ pub(crate) fn lex(dialect: Dialect, sql: &str) -> Result<Lexed, Refusal> {
         .with_unescape(false)
         .tokenize_with_location()
         .map_err(|error| Refusal::Tokenizer(error.to_string()))?;
+    let leading_comment = raw.iter().find_map(|token| match &token.token {
+        Token::Whitespace(Whitespace::MultiLineComment(body)) => Some(Some(body.clone())),
+        Token::Whitespace(_) => None,
+        _ => Some(None),
+    });
     let raw = match dialect {
         Dialect::Mysql => expand_mariadb_comments(raw)?,
         Dialect::Postgres => raw,
     };
     let tokens = rewrite(dialect, raw);
     let leads = scan(&tokens)?;
-    Ok(Lexed { tokens, leads })
+    let fingerprint = fingerprint(&tokens);
+    Ok(Lexed {
+        tokens,
+        leads,
+        leading_comment: leading_comment.flatten(),
+        fingerprint,
+    })
+}
+
+/// A query's shape: its tokens with literals and placeholders replaced by `?`, unquoted
+/// words folded to lower case, comments and whitespace dropped; 64 bits of blake3 over
+/// that, in hex. Queries that differ only in their values share a fingerprint.
+fn fingerprint(tokens: &[TokenWithSpan]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for token in tokens {
+        let shape = match &token.token {
+            Token::Word(word) if word.quote_style.is_none() => word.value.to_lowercase(),
+            Token::Placeholder(_) | Token::Number(..) => "?".to_owned(),
+            token if is_literal(token) => "?".to_owned(),
+            token => token.to_string(),
+        };
+        hasher.update(shape.as_bytes());
+        hasher.update(b" ");
+    }
+    hasher.finalize().as_bytes()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Splices the content of MariaDB's `/*M!NNNNNN … */` comments into the token stream.
@@ -533,6 +569,40 @@ mod tests {
             .join(", ");
         let sql = format!("SELECT * FROM t WHERE id IN ({list})");
         assert!(lex(Dialect::Postgres, &sql).is_ok());
+    }
+
+    #[test]
+    fn fingerprints_fold_values_but_not_shape() {
+        let print = |sql: &str| lex(Dialect::Postgres, sql).expect("lexes").fingerprint;
+        assert_eq!(
+            print("SELECT * FROM t WHERE id = 1"),
+            print("select *  from T where id = 42 /* x */")
+        );
+        assert_eq!(
+            print("SELECT * FROM t WHERE name = 'a'"),
+            print("SELECT * FROM t WHERE name = $1")
+        );
+        assert_ne!(
+            print("SELECT * FROM t WHERE id = 1"),
+            print("SELECT * FROM u WHERE id = 1")
+        );
+        assert_ne!(print("SELECT * FROM \"T\""), print("SELECT * FROM t"));
+        assert_eq!(print("SELECT 1").len(), 16);
+    }
+
+    #[test]
+    fn the_leading_comment_is_kept() {
+        let lexed = lex(
+            Dialect::Postgres,
+            "  /* warpdrive: no-cache */ SELECT 1 /* later */",
+        )
+        .expect("lexes");
+        assert_eq!(
+            lexed.leading_comment.as_deref(),
+            Some(" warpdrive: no-cache ")
+        );
+        let later = lex(Dialect::Postgres, "SELECT /* warpdrive: no-cache */ 1").expect("lexes");
+        assert_eq!(later.leading_comment, None);
     }
 
     #[test]

@@ -30,11 +30,16 @@ impl AnalysisMemo {
 
     /// The analysis of `sql`, from the memo when this text was analysed before.
     pub fn analyze(&self, dialect: Dialect, sql: &str) -> Arc<Analysis> {
+        self.analyze_bytes(dialect, sql.as_bytes())
+    }
+
+    /// The analysis of query text as received (see [`Analyzer::analyze_bytes`]).
+    pub fn analyze_bytes(&self, dialect: Dialect, sql: &[u8]) -> Arc<Analysis> {
         let key = memo_key(dialect, sql);
         if let Some(known) = self.memo.get(&key) {
             return known;
         }
-        let analysis = Arc::new(self.analyzer.analyze(dialect, sql));
+        let analysis = Arc::new(self.analyzer.analyze_bytes(dialect, sql));
         self.memo.insert(key, Arc::clone(&analysis));
         analysis
     }
@@ -55,11 +60,11 @@ impl AnalysisMemo {
     }
 }
 
-fn memo_key(dialect: Dialect, sql: &str) -> [u8; 32] {
+fn memo_key(dialect: Dialect, sql: &[u8]) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new();
     hasher.update(dialect.name().as_bytes());
     hasher.update(&[0]);
-    hasher.update(sql.as_bytes());
+    hasher.update(sql);
     *hasher.finalize().as_bytes()
 }
 

@@ -20,6 +20,7 @@
 //! per-deployment policy, which is applied by [`Analysis::status_under`].
 
 pub mod effects;
+pub mod hint;
 mod lex;
 pub mod memo;
 pub mod rules;
@@ -34,6 +35,7 @@ use serde::Serialize;
 use sqlparser::parser::{Parser, ParserOptions};
 
 pub use effects::SessionEffect;
+pub use hint::CacheHint;
 pub use memo::AnalysisMemo;
 pub use rules::{Rules, RulesError, Volatility};
 
@@ -237,6 +239,11 @@ pub struct Analysis {
     pub reasons: Vec<Reason>,
     /// What the text does to the client's session (settings, pins), in order.
     pub effects: Vec<SessionEffect>,
+    /// The query's shape, for cache rules: 16 hex digits, equal for texts that differ
+    /// only in literal values (empty when the text was not tokenized).
+    pub fingerprint: String,
+    /// A `/* warpdrive: … */` hint in a leading comment.
+    pub hint: Option<CacheHint>,
 }
 
 impl Analysis {
@@ -277,6 +284,8 @@ impl Analysis {
             stable_functions: Vec::new(),
             reasons: vec![reason],
             effects: Vec::new(),
+            fingerprint: String::new(),
+            hint: None,
         }
     }
 }
@@ -346,6 +355,22 @@ impl Analyzer {
         self.options
     }
 
+    /// Analyzes query text as received; text that is not UTF-8 is a parse error (the
+    /// analyzer reads UTF-8 only).
+    pub fn analyze_bytes(&self, dialect: Dialect, sql: &[u8]) -> Analysis {
+        match std::str::from_utf8(sql) {
+            Ok(sql) => self.analyze(dialect, sql),
+            Err(_) => Analysis::verdict(
+                Status::ParseError,
+                Kind::Unknown,
+                1,
+                Reason::new(
+                    "query text is not valid UTF-8; warpdrive analyses UTF-8 text only (client_encoding UTF8)",
+                ),
+            ),
+        }
+    }
+
     /// Analyzes one query string as a client sent it.
     pub fn analyze(&self, dialect: Dialect, sql: &str) -> Analysis {
         if sql.len() > self.options.max_query_bytes {
@@ -364,6 +389,21 @@ impl Analyzer {
             Ok(lexed) => lexed,
             Err(refusal) => return refusal.into_analysis(),
         };
+        let fingerprint = lexed.fingerprint.clone();
+        let hint = lexed.leading_comment.as_deref().and_then(hint::parse);
+        let mut analysis = self.classify(dialect, lexed);
+        analysis.fingerprint = fingerprint;
+        match hint {
+            Some(Ok(hint)) => analysis.hint = Some(hint),
+            Some(Err(problem)) => analysis.reasons.push(Reason::new(format!(
+                "ignored the warpdrive hint: {problem}"
+            ))),
+            None => {}
+        }
+        analysis
+    }
+
+    fn classify(&self, dialect: Dialect, lexed: lex::Lexed) -> Analysis {
         if lexed.statement_count() == 0 {
             return Analysis::verdict(
                 Status::NotAQuery,

@@ -97,6 +97,8 @@ impl Facts {
             stable_functions: self.stable_functions.into_iter().collect(),
             reasons,
             effects: Vec::new(),
+            fingerprint: String::new(),
+            hint: None,
         }
     }
 }

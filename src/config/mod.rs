@@ -31,6 +31,7 @@
 //! max_message_bytes = "64MiB"
 //! ```
 
+pub mod cache;
 mod origin;
 pub mod units;
 
@@ -41,6 +42,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use cache::{CacheRule, CacheSettings};
 pub use origin::{OriginUrl, SslMode};
 
 /// A configuration problem, naming the key and the value.
@@ -177,6 +179,8 @@ pub struct Deployment {
     pub pool: PoolSettings,
     /// Largest message accepted from a client, in bytes. Default 64 MiB.
     pub max_message_bytes: usize,
+    /// Caching.
+    pub cache: CacheSettings,
 }
 
 impl Deployment {
@@ -199,6 +203,7 @@ impl Deployment {
             tls: None,
             pool: PoolSettings::default(),
             max_message_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
+            cache: CacheSettings::default(),
         }
     }
 
@@ -215,13 +220,28 @@ impl Deployment {
 pub struct Config {
     /// The deployments, each with its own listener.
     pub deployments: Vec<Deployment>,
+    /// Where the admin HTTP listener (/metrics, /stats, /healthz) listens; `None` for
+    /// none. Default 127.0.0.1:9187.
+    pub admin: Option<SocketAddr>,
 }
+
+/// Default admin listener address.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9187";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default, rename = "deployment")]
     deployments: Vec<RawDeployment>,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    enabled: Option<bool>,
+    listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +257,8 @@ struct RawDeployment {
     pool: RawPool,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    cache: cache::RawCache,
 }
 
 #[derive(Default, Deserialize)]
@@ -277,7 +299,7 @@ struct RawLimits {
 /// A duration as text (`"15s"`) or a number of seconds.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum RawDuration {
+pub(crate) enum RawDuration {
     Seconds(u64),
     Text(String),
 }
@@ -285,7 +307,7 @@ enum RawDuration {
 /// A size as text (`"64MiB"`) or a number of bytes.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum RawBytes {
+pub(crate) enum RawBytes {
     Bytes(u64),
     Text(String),
 }
@@ -318,7 +340,19 @@ impl Config {
             .enumerate()
             .map(|(index, raw)| validate_deployment(index, raw))
             .collect::<Result<Vec<_>, _>>()?;
-        let config = Config { deployments };
+        let admin = match (raw.admin.enabled, raw.admin.listen) {
+            (Some(false), _) => None,
+            (_, listen) => {
+                let listen = listen.unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
+                Some(listen.parse().map_err(|_| {
+                    ConfigError::invalid(
+                        "admin.listen",
+                        format!("{listen:?} is not an address:port such as \"127.0.0.1:9187\""),
+                    )
+                })?)
+            }
+        };
+        let config = Config { deployments, admin };
         config.check_unique()?;
         Ok(config)
     }
@@ -329,6 +363,7 @@ impl Config {
             .map_err(|problem| ConfigError::invalid("--origin", problem))?;
         Ok(Config {
             deployments: vec![Deployment::from_origin(listen, origin)],
+            admin: DEFAULT_ADMIN.parse().ok(),
         })
     }
 
@@ -527,6 +562,7 @@ fn validate_deployment(index: usize, raw: RawDeployment) -> Result<Deployment, C
         }
         deployment.max_message_bytes = bytes;
     }
+    deployment.cache = raw.cache.validate(&key("cache"))?;
     Ok(deployment)
 }
 

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::PoolSettings;
+use crate::metrics::Histogram;
 use crate::wire::pg::backend::{BackendMessage, TransactionStatus};
 use crate::wire::pg::encode;
 pub use origin::{OriginConn, OriginError, OriginTarget};
@@ -115,6 +116,7 @@ pub type ServerParameters = Arc<Vec<(Bytes, Bytes)>>;
 
 struct Inner {
     target: Arc<OriginTarget>,
+    connect_latency: Arc<Histogram>,
     settings: PoolSettings,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<PooledConn>>,
@@ -129,11 +131,17 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool; starts its maintenance task (which needs a Tokio runtime).
-    pub fn new(target: OriginTarget, settings: PoolSettings) -> Pool {
+    /// A pool; starts its maintenance task (which needs a Tokio runtime). Connection
+    /// set-up times go to `connect_latency`.
+    pub fn new(
+        target: OriginTarget,
+        settings: PoolSettings,
+        connect_latency: Arc<Histogram>,
+    ) -> Pool {
         let inner = Arc::new(Inner {
             permits: Arc::new(Semaphore::new(settings.max_size)),
             target: Arc::new(target),
+            connect_latency,
             settings,
             idle: Mutex::new(Vec::new()),
             baseline: Mutex::new(None),
@@ -225,8 +233,10 @@ impl Inner {
 
     async fn open(&self) -> Result<PooledConn, OriginError> {
         self.stats.open.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         match origin::connect(&self.target).await {
             Ok(origin) => {
+                self.connect_latency.observe(started.elapsed());
                 self.stats.opened.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut baseline) = self.baseline.lock()
                     && baseline.is_none()
@@ -450,6 +460,7 @@ async fn maintain(pool: Weak<Inner>) {
 /// The pools of one deployment: one per database, created on first use.
 pub struct PoolSet {
     url: crate::config::OriginUrl,
+    connect_latency: Arc<Histogram>,
     tls: Option<Arc<rustls::ClientConfig>>,
     settings: PoolSettings,
     pools: Mutex<std::collections::HashMap<String, Pool>>,
@@ -460,10 +471,12 @@ impl PoolSet {
     pub fn new(
         url: crate::config::OriginUrl,
         settings: PoolSettings,
+        connect_latency: Arc<Histogram>,
     ) -> Result<PoolSet, crate::tls::TlsError> {
         let tls = crate::tls::client_config(url.ssl_mode, url.ssl_root_cert.as_deref())?;
         Ok(PoolSet {
             url,
+            connect_latency,
             tls,
             settings,
             pools: Mutex::new(std::collections::HashMap::new()),
@@ -487,6 +500,7 @@ impl PoolSet {
                         connect_timeout: self.settings.connect_timeout,
                     },
                     self.settings.clone(),
+                    Arc::clone(&self.connect_latency),
                 )
             })
             .clone()

@@ -8,13 +8,20 @@
 //! first. The client's names, Close of statements, and the errors PostgreSQL raises for
 //! unknown or duplicate names are handled here, for this client alone.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use bytes::{Bytes, BytesMut};
 
+use super::caching::{Consulted, InFlight};
 use super::error::{ClientError, sqlstate};
 use super::relay::{Expect, OnError};
 use super::{Session, SessionError};
-use crate::analyze::{Dialect, SessionEffect};
+use crate::analyze::{Analysis, Dialect};
+use crate::cache::policy::{Decision, decide};
+use crate::cache::{CacheStatus, Described, Entry, Request};
 use crate::pool::statements::{origin_statement_name, statement_identity};
+use crate::wire::pg::backend::TransactionStatus;
 use crate::wire::pg::encode;
 use crate::wire::pg::frontend::{Bind, Close, Describe, FrontendMessage, Parse, Target};
 
@@ -29,8 +36,23 @@ pub(super) struct ClientStatement {
     pub(super) sql: Bytes,
     /// Parameter type OIDs as sent.
     pub(super) parameter_types: Bytes,
-    /// What executing it does to the session.
-    pub(super) effects: Vec<SessionEffect>,
+    /// The analyzer's verdict on its text.
+    pub(super) analysis: Arc<Analysis>,
+}
+
+/// What a batch up to Sync executes, as far as the cache is concerned.
+enum BatchPlan {
+    /// No Execute: preparing or describing only.
+    NoExecute,
+    /// An Execute whose statement the client does not have (it will get an error).
+    Unresolved,
+    /// Executes this statement; `cacheable` when the batch has the one shape the cache
+    /// serves: at most one Parse, one Bind, Describes, one Execute without a row limit,
+    /// Closes after it.
+    Executes {
+        analysis: Arc<Analysis>,
+        cacheable: Option<(Request, Vec<Described>)>,
+    },
 }
 
 impl Session {
@@ -54,12 +76,66 @@ impl Session {
 
     /// Sends the buffered extended-protocol messages, ending with Sync or Flush.
     pub(super) async fn send_batch(&mut self, sync: bool) -> Result<(), SessionError> {
+        let started = Instant::now();
         let batch = std::mem::take(&mut self.batch);
         if batch.is_empty() && !sync {
             self.client.flush().await?;
             return Ok(());
         }
+        let query_bytes: usize = batch.iter().map(|message| message.frame().len()).sum();
+        let in_flight = if sync {
+            match self.plan(&batch) {
+                BatchPlan::NoExecute => Some(InFlight::forwarded(
+                    CacheStatus::NotAQuery,
+                    query_bytes,
+                    started,
+                )),
+                BatchPlan::Unresolved => Some(InFlight::forwarded(
+                    CacheStatus::Uncacheable,
+                    query_bytes,
+                    started,
+                )),
+                BatchPlan::Executes {
+                    analysis,
+                    cacheable: Some((request, describes)),
+                } => match self
+                    .consult(&analysis, request, Some(describes), query_bytes, started)
+                    .await
+                {
+                    Consulted::Hit(entry) => {
+                        return self
+                            .answer_batch_hit(batch, &entry, &analysis, query_bytes, started)
+                            .await;
+                    }
+                    Consulted::Forward(in_flight) => Some(*in_flight),
+                },
+                BatchPlan::Executes {
+                    analysis,
+                    cacheable: None,
+                } => {
+                    let in_transaction = self.status != TransactionStatus::Idle;
+                    let status =
+                        match decide(&self.ctx.deployment.cache, &analysis, in_transaction).0 {
+                            Decision::Refuse(status) => status,
+                            // Cacheable text in a batch shape the cache does not serve.
+                            Decision::Cache(_) => CacheStatus::Uncacheable,
+                        };
+                    Some(InFlight::forwarded(status, query_bytes, started))
+                }
+            }
+        } else {
+            None
+        };
         if let Err(error) = self.connect().await {
+            if let Some(in_flight) = in_flight {
+                self.ctx.metrics.record(
+                    in_flight.status(),
+                    query_bytes,
+                    0,
+                    started.elapsed(),
+                    true,
+                );
+            }
             // The error takes the place of the batch's replies, as an origin error would.
             error.encode(&mut self.client.out);
             if sync {
@@ -80,6 +156,7 @@ impl Session {
         if sync {
             encode::sync(&mut buf);
             self.relay.push(Expect::Sync);
+            self.requests.extend(in_flight);
         } else {
             encode::flush(&mut buf);
         }
@@ -108,8 +185,8 @@ impl Session {
             FrontendMessage::Bind(bind) => self.translate_bind(bind),
             FrontendMessage::Describe(describe) => self.translate_describe(describe),
             FrontendMessage::Execute(execute) => {
-                if let Some(effects) = self.portals.get(&execute.portal) {
-                    self.effects.extend(effects.iter().cloned());
+                if let Some(analysis) = self.portals.get(&execute.portal) {
+                    self.effects.extend(analysis.effects.iter().cloned());
                 }
                 self.send_to_origin(execute.frame.raw());
                 self.relay.push(Expect::Execute);
@@ -121,22 +198,15 @@ impl Session {
     }
 
     fn client_statement(&self, parse: &Parse) -> ClientStatement {
-        let effects = std::str::from_utf8(&parse.sql)
-            .ok()
-            .map(|sql| {
-                self.ctx
-                    .analyzer
-                    .analyze(Dialect::Postgres, sql)
-                    .effects
-                    .clone()
-            })
-            .unwrap_or_default();
         ClientStatement {
             origin_name: origin_statement_name(&parse.sql, &parse.parameter_types),
             identity: statement_identity(&parse.sql, &parse.parameter_types),
             sql: parse.sql.clone(),
             parameter_types: parse.parameter_types.clone(),
-            effects,
+            analysis: self
+                .ctx
+                .analyzer
+                .analyze_bytes(Dialect::Postgres, &parse.sql),
         }
     }
 
@@ -286,7 +356,7 @@ impl Session {
         };
         let origin_name = Self::origin_name_for(&bind.statement, &statement);
         self.portals
-            .insert(bind.portal.clone(), statement.effects.clone());
+            .insert(bind.portal.clone(), Arc::clone(&statement.analysis));
         self.send_to_origin(bind.with_statement(&origin_name).raw());
         self.relay.push(Expect::Reply {
             count: 1,
@@ -334,17 +404,191 @@ impl Session {
                 });
             }
             Target::Statement => {
-                // Origin statements are shared; closing is the client forgetting its name.
-                if close.name.is_empty() {
-                    self.unnamed = None;
-                } else {
-                    self.statements.remove(&close.name);
-                }
+                self.forget_statement(&close.name);
                 let mut buf = BytesMut::new();
                 encode::close_complete(&mut buf);
                 self.relay.push(Expect::Synthetic(buf.freeze()));
             }
         }
         true
+    }
+
+    /// Origin statements are shared: closing one is the client forgetting its name.
+    fn forget_statement(&mut self, name: &Bytes) {
+        if name.is_empty() {
+            self.unnamed = None;
+        } else {
+            self.statements.remove(name);
+        }
+    }
+
+    /// The statement a batch executes and whether the batch has the cacheable shape.
+    fn plan(&self, batch: &[FrontendMessage]) -> BatchPlan {
+        let executes: Vec<_> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(at, m)| match m {
+                FrontendMessage::Execute(execute) => Some((at, execute)),
+                _ => None,
+            })
+            .collect();
+        let Some(&(execute_at, execute)) = executes.first() else {
+            return BatchPlan::NoExecute;
+        };
+        let bound = batch[..execute_at].iter().rev().find_map(|m| match m {
+            FrontendMessage::Bind(bind) if bind.portal == execute.portal => Some(bind),
+            _ => None,
+        });
+        let Some(bind) = bound else {
+            return BatchPlan::Unresolved;
+        };
+        let parsed = batch.iter().find_map(|m| match m {
+            FrontendMessage::Parse(parse) if parse.name == bind.statement => Some(parse),
+            _ => None,
+        });
+        let statement = match parsed {
+            Some(parse) => self.client_statement(parse),
+            None if bind.statement.is_empty() => match &self.unnamed {
+                Some(statement) => statement.clone(),
+                None => return BatchPlan::Unresolved,
+            },
+            None => match self.statements.get(&bind.statement) {
+                Some(statement) => statement.clone(),
+                None => return BatchPlan::Unresolved,
+            },
+        };
+        let shape = self.cacheable_shape(batch, execute_at, executes.len(), bind, parsed.is_some());
+        BatchPlan::Executes {
+            cacheable: shape.map(|describes| {
+                (
+                    Request::Extended {
+                        sql: statement.sql.clone(),
+                        parameter_types: statement.parameter_types.clone(),
+                        arguments: bind.arguments.clone(),
+                        describes: describes.clone(),
+                    },
+                    describes,
+                )
+            }),
+            analysis: statement.analysis,
+        }
+    }
+
+    /// The Describes of a batch of the shape the cache serves, in order; `None` for any
+    /// other shape.
+    fn cacheable_shape(
+        &self,
+        batch: &[FrontendMessage],
+        execute_at: usize,
+        executes: usize,
+        bind: &Bind,
+        parsed_here: bool,
+    ) -> Option<Vec<Described>> {
+        let FrontendMessage::Execute(execute) = &batch[execute_at] else {
+            return None;
+        };
+        if executes != 1 || execute.max_rows != 0 {
+            return None;
+        }
+        let mut describes = Vec::new();
+        let (mut parses, mut binds) = (0, 0);
+        for (at, message) in batch.iter().enumerate() {
+            let before_execute = at < execute_at;
+            match message {
+                FrontendMessage::Parse(parse) => {
+                    parses += 1;
+                    // A Parse of a name the client already has is an error to relay.
+                    let duplicate =
+                        !parse.name.is_empty() && self.statements.contains_key(&parse.name);
+                    if !before_execute || parse.name != bind.statement || duplicate || binds > 0 {
+                        return None;
+                    }
+                }
+                FrontendMessage::Bind(_) => {
+                    binds += 1;
+                    if !before_execute {
+                        return None;
+                    }
+                }
+                FrontendMessage::Describe(describe) => {
+                    let described = match describe.target {
+                        Target::Statement if describe.name == bind.statement => {
+                            Described::Statement
+                        }
+                        Target::Portal if describe.name == bind.portal && binds == 1 => {
+                            Described::Portal
+                        }
+                        _ => return None,
+                    };
+                    if !before_execute {
+                        return None;
+                    }
+                    describes.push(described);
+                }
+                FrontendMessage::Execute(_) => {}
+                FrontendMessage::Close(_) if !before_execute => {}
+                _ => return None,
+            }
+        }
+        (parses <= 1 && binds == 1 && (parses == 1) == parsed_here).then_some(describes)
+    }
+
+    /// Answers a batch from an entry: the replies the client's own messages call for.
+    async fn answer_batch_hit(
+        &mut self,
+        batch: Vec<FrontendMessage>,
+        entry: &Entry,
+        analysis: &Arc<Analysis>,
+        query_bytes: usize,
+        started: Instant,
+    ) -> Result<(), SessionError> {
+        let before = self.client.out.len();
+        let mut segments = entry.segments.iter();
+        for message in batch {
+            match message {
+                FrontendMessage::Parse(parse) => {
+                    let statement = self.client_statement(&parse);
+                    if parse.name.is_empty() {
+                        self.unnamed = Some(statement);
+                    } else {
+                        self.statements.insert(parse.name.clone(), statement);
+                    }
+                    encode::parse_complete(&mut self.client.out);
+                }
+                FrontendMessage::Bind(bind) => {
+                    self.portals
+                        .insert(bind.portal.clone(), Arc::clone(analysis));
+                    encode::bind_complete(&mut self.client.out);
+                }
+                FrontendMessage::Describe(_) | FrontendMessage::Execute(_) => {
+                    if let Some(segment) = segments.next() {
+                        self.client.out.extend_from_slice(segment);
+                    }
+                }
+                FrontendMessage::Close(close) => {
+                    match close.target {
+                        Target::Statement => self.forget_statement(&close.name),
+                        Target::Portal => {
+                            self.portals.remove(&close.name);
+                        }
+                    }
+                    encode::close_complete(&mut self.client.out);
+                }
+                _ => {}
+            }
+        }
+        encode::ready_for_query(&mut self.client.out, TransactionStatus::Idle);
+        // The unnamed portal ends with the implicit transaction, as on the origin.
+        self.portals.remove(&Bytes::new());
+        let result_bytes = self.client.out.len() - before;
+        self.client.flush().await?;
+        self.ctx.metrics.record(
+            CacheStatus::Hit,
+            query_bytes,
+            result_bytes,
+            started.elapsed(),
+            false,
+        );
+        Ok(())
     }
 }

@@ -13,8 +13,10 @@
 //! the rest of the session; that connection is closed, not reused, when the client
 //! leaves. Internal errors become ErrorResponses in [`error`], the only place that does so.
 
+mod caching;
 pub mod error;
 mod extended;
+mod recorder;
 mod relay;
 pub mod settings;
 mod startup;
@@ -28,12 +30,14 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::analyze::{AnalysisMemo, Dialect, SessionEffect};
+use crate::analyze::{Analysis, AnalysisMemo, Dialect, SessionEffect};
 use crate::auth::scram::ScramSecret;
+use crate::cache::{CacheStatus, Request, Store};
 use crate::cancel::{CancelHandle, CancelRegistry, CancelTarget};
 use crate::config::Deployment;
 use crate::conn::{Conn, ConnError, FLUSH_THRESHOLD, Stream};
-use crate::pool::{Checkout, ConnState, Pool, PoolSet, ServerParameters};
+use crate::metrics::DeploymentMetrics;
+use crate::pool::{Checkout, ConnState, Pool, PoolSet, PooledConn, ServerParameters};
 use crate::wire::pg::backend::{
     BackendMessage, ErrorFields, TransactionStatus, tag as backend_tag,
 };
@@ -42,7 +46,7 @@ use crate::wire::pg::{Frame, WireError, encode};
 use error::{ClientError, sqlstate};
 use extended::ClientStatement;
 use relay::{Delivery, Event, Expect, Relay};
-use settings::Settings;
+use settings::{SettingMap, Settings};
 
 /// Why a session ended early.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +89,10 @@ pub struct SessionContext {
     pub analyzer: Arc<AnalysisMemo>,
     /// Cancel keys of live sessions.
     pub cancels: Arc<CancelRegistry>,
+    /// The deployment's result cache.
+    pub cache: Arc<Store>,
+    /// The deployment's counters.
+    pub metrics: Arc<DeploymentMetrics>,
     /// Becomes true when the server starts shutting down.
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// ParameterStatus the origin reported for each (database, setting, value) tried.
@@ -99,6 +107,8 @@ impl SessionContext {
         tls: Option<tokio_rustls::TlsAcceptor>,
         analyzer: Arc<AnalysisMemo>,
         shutdown: tokio::sync::watch::Receiver<bool>,
+        cache: Arc<Store>,
+        metrics: Arc<DeploymentMetrics>,
     ) -> SessionContext {
         let secrets = deployment
             .users
@@ -112,6 +122,8 @@ impl SessionContext {
             secrets,
             analyzer,
             cancels: Arc::new(CancelRegistry::default()),
+            cache,
+            metrics,
             shutdown,
             validated: Mutex::new(HashMap::new()),
         }
@@ -200,6 +212,29 @@ async fn run_internal(
     })
 }
 
+/// Makes an origin connection's settings match `desired` (one round trip, only when
+/// they differ). On failure the connection's settings are unknown: discard it.
+async fn apply_settings(conn: &mut PooledConn, desired: &SettingMap) -> Result<(), ClientError> {
+    let Some(sql) = settings::sync_sql(desired, &conn.settings) else {
+        return Ok(());
+    };
+    match run_internal(&mut conn.origin.conn, &sql).await {
+        Ok(Ok(_)) => {
+            conn.settings = desired.clone();
+            Ok(())
+        }
+        Ok(Err(fields)) => Err(ClientError::error(
+            sqlstate::SYSTEM_ERROR,
+            format!(
+                "warpdrive could not restore this session's settings on an origin connection: {}",
+                fields.message()
+            ),
+        )
+        .hint("a setting made earlier in this session is no longer valid on the origin; RESET it or reconnect")),
+        Err(error) => Err(ClientError::origin_lost(&error)),
+    }
+}
+
 /// Serves one client connection to its end.
 pub async fn serve(tcp: TcpStream, ctx: Arc<SessionContext>) {
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -230,7 +265,9 @@ async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), SessionError
         ctx: Arc::clone(ctx),
         client,
         pool: admitted.pool,
+        database: admitted.database,
         settings: Settings::new(admitted.settings),
+        requests: std::collections::VecDeque::new(),
         statements: HashMap::new(),
         unnamed: None,
         portals: HashMap::new(),
@@ -255,13 +292,17 @@ struct Session {
     ctx: Arc<SessionContext>,
     client: Conn,
     pool: Pool,
+    /// The origin database the client asked for.
+    database: String,
     settings: Settings,
+    /// Requests at the origin, one per ReadyForQuery owed, for metrics and recording.
+    requests: std::collections::VecDeque<caching::InFlight>,
     /// Named statements by client name.
     statements: HashMap<Bytes, ClientStatement>,
     /// The client's unnamed statement.
     unnamed: Option<ClientStatement>,
-    /// Effects of the statement each open portal was bound to.
-    portals: HashMap<Bytes, Vec<SessionEffect>>,
+    /// The analysis of the statement each open portal was bound to.
+    portals: HashMap<Bytes, Arc<Analysis>>,
     checkout: Option<Checkout>,
     relay: Relay,
     /// Extended-protocol messages waiting for Sync or Flush.
@@ -410,6 +451,11 @@ impl Session {
                 Ok(()) => {
                     self.send_to_origin(frame.raw());
                     self.relay.push(Expect::UntilReady);
+                    self.requests.push_back(caching::InFlight::forwarded(
+                        CacheStatus::Uncacheable,
+                        frame.len(),
+                        std::time::Instant::now(),
+                    ));
                     self.flush_origin().await;
                     self.arm_deadline();
                 }
@@ -479,28 +525,12 @@ impl Session {
                 "no origin connection",
             ));
         };
-        let conn = checkout.conn();
-        let Some(sql) = self.settings.sync_sql(&conn.settings) else {
-            return Ok(());
-        };
-        let error = match run_internal(&mut conn.origin.conn, &sql).await {
-            Ok(Ok(_)) => {
-                conn.settings = self.settings.current().clone();
-                return Ok(());
-            }
-            Ok(Err(fields)) => ClientError::error(
-                sqlstate::SYSTEM_ERROR,
-                format!(
-                    "warpdrive could not restore this session's settings on an origin connection: {}",
-                    fields.message()
-                ),
-            )
-            .hint("a setting made earlier in this session is no longer valid on the origin; RESET it or reconnect"),
-            Err(error) => ClientError::origin_lost(&error),
-        };
-        checkout.discard();
-        self.release();
-        Err(error)
+        if let Err(error) = apply_settings(checkout.conn(), self.settings.current()).await {
+            checkout.discard();
+            self.release();
+            return Err(error);
+        }
+        Ok(())
     }
 
     /// Gives the connection back (or closes it, per its state).
@@ -512,17 +542,39 @@ impl Session {
     }
 
     async fn on_query(&mut self, frame: Frame, sql: &Bytes) -> Result<(), SessionError> {
+        let started = std::time::Instant::now();
         if !self.batch.is_empty() {
             self.send_batch(false).await?;
         }
-        let analysis = std::str::from_utf8(sql)
-            .ok()
-            .map(|sql| self.ctx.analyzer.analyze(Dialect::Postgres, sql));
-        let effects = analysis.map(|a| a.effects.clone()).unwrap_or_default();
-        if self.answer_locally(&effects).await? {
+        let analysis = self.ctx.analyzer.analyze_bytes(Dialect::Postgres, sql);
+        if self.answer_locally(&analysis.effects).await? {
+            self.ctx.metrics.record(
+                CacheStatus::NotAQuery,
+                frame.len(),
+                0,
+                started.elapsed(),
+                false,
+            );
             return Ok(());
         }
+        let request = Request::Simple { sql: sql.clone() };
+        let in_flight = match self
+            .consult(&analysis, request, None, frame.len(), started)
+            .await
+        {
+            caching::Consulted::Hit(entry) => {
+                return self.answer_simple_hit(&entry, frame.len(), started).await;
+            }
+            caching::Consulted::Forward(in_flight) => *in_flight,
+        };
         if let Err(error) = self.connect().await {
+            self.ctx.metrics.record(
+                CacheStatus::from(analysis.status),
+                frame.len(),
+                0,
+                started.elapsed(),
+                true,
+            );
             return self.answer_error(error).await;
         }
         self.send_pending_closes();
@@ -532,7 +584,8 @@ impl Session {
             checkout.conn().unnamed_statement = None;
         }
         self.relay.push(Expect::UntilReady);
-        self.effects.extend(effects);
+        self.requests.push_back(in_flight);
+        self.effects.extend(analysis.effects.iter().cloned());
         self.flush_origin().await;
         self.arm_deadline();
         Ok(())
@@ -591,6 +644,7 @@ impl Session {
             let mut events = Vec::new();
             if self.relay.on_origin(&frame, &mut events) == Delivery::Forward {
                 self.client.out.extend_from_slice(frame.raw());
+                self.note_result(&frame);
             }
             if self.relay.drain_synthetic(&mut self.client.out) {
                 self.batch_failed = true;
@@ -649,7 +703,10 @@ impl Session {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Failed => self.batch_failed = true,
+            Event::Failed => {
+                self.batch_failed = true;
+                self.note_failure();
+            }
             Event::Completed(tag) => self.last_command = Some(tag),
             Event::ParseFailed {
                 origin_name,
@@ -674,7 +731,10 @@ impl Session {
                     conn.stale_statements.push(origin_name);
                 }
             }
-            Event::Ready(status) => self.on_ready(status),
+            Event::Ready(status) => {
+                self.finish_request(status);
+                self.on_ready(status);
+            }
         }
     }
 
@@ -771,6 +831,7 @@ impl Session {
         }
         self.release();
         self.relay = Relay::default();
+        self.abandon_requests();
         self.effects.clear();
         self.batch_failed = false;
         if self.status != TransactionStatus::Idle || self.pinned.is_some() {

@@ -80,6 +80,29 @@ pub fn parse_options(options: &str) -> Result<Vec<(String, String)>, String> {
     Ok(settings)
 }
 
+/// The SQL that brings a connection holding `on_connection` to `desired`, or `None`
+/// when they already match: RESET for what only the connection has, the replay
+/// statement for every value that differs.
+pub fn sync_sql(desired: &SettingMap, on_connection: &SettingMap) -> Option<String> {
+    if on_connection == desired {
+        return None;
+    }
+    let mut sql = String::new();
+    for name in on_connection
+        .keys()
+        .filter(|name| !desired.contains_key(*name))
+    {
+        sql.push_str(&format!("RESET {};", quote_identifier(name)));
+    }
+    for (name, statement) in desired {
+        if on_connection.get(name) != Some(statement) {
+            sql.push_str(statement);
+            sql.push(';');
+        }
+    }
+    Some(sql)
+}
+
 /// A client's settings.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
@@ -107,23 +130,7 @@ impl Settings {
     /// The SQL that brings a connection holding `on_connection` to this client's
     /// settings, or `None` when they already match.
     pub fn sync_sql(&self, on_connection: &SettingMap) -> Option<String> {
-        if *on_connection == self.current {
-            return None;
-        }
-        let mut sql = String::new();
-        for name in on_connection
-            .keys()
-            .filter(|name| !self.current.contains_key(*name))
-        {
-            sql.push_str(&format!("RESET {};", quote_identifier(name)));
-        }
-        for (name, statement) in &self.current {
-            if on_connection.get(name) != Some(statement) {
-                sql.push_str(statement);
-                sql.push(';');
-            }
-        }
-        Some(sql)
+        sync_sql(&self.current, on_connection)
     }
 
     /// Records effects of statements that succeeded. `in_transaction` says whether they

@@ -83,6 +83,7 @@ impl TestDatabase {
 /// A warpdrive server running inside the test.
 pub struct Proxy {
     pub addr: SocketAddr,
+    pub registry: warpdrive::metrics::Registry,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -94,6 +95,8 @@ pub fn deployment(database: &str, pool: PoolSettings) -> Deployment {
     .expect("origin URL");
     let mut deployment = Deployment::from_origin("127.0.0.1:0".parse().expect("addr"), origin);
     deployment.pool = pool;
+    // The proxy tests check what the origin holds right now; the cache tests turn it on.
+    deployment.cache.enabled = false;
     deployment
 }
 
@@ -109,19 +112,29 @@ pub fn small_pool(max_size: usize) -> PoolSettings {
 
 impl Proxy {
     pub async fn start(deployment: Deployment) -> Proxy {
-        let server = Server::bind(Config {
-            deployments: vec![deployment],
-        })
+        Proxy::start_with_clock(deployment, warpdrive::clock::Clock::system()).await
+    }
+
+    pub async fn start_with_clock(deployment: Deployment, clock: warpdrive::clock::Clock) -> Proxy {
+        let server = Server::bind_with_clock(
+            Config {
+                deployments: vec![deployment],
+                admin: None,
+            },
+            clock,
+        )
         .await
         .expect("warpdrive binds")
         .with_drain_timeout(Duration::from_secs(2));
         let addr = server.local_addrs()[0];
+        let registry = server.registry();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async {
             let _ = stopped.await;
         }));
         Proxy {
             addr,
+            registry,
             stop: Some(stop),
             task: Some(task),
         }
@@ -154,6 +167,21 @@ impl Proxy {
             let _ = connection.await;
         });
         Ok(client)
+    }
+
+    /// Queries counted with `status` so far.
+    pub fn count(&self, status: &str) -> u64 {
+        let snapshot = &self.registry.snapshots()[0];
+        snapshot
+            .statuses
+            .iter()
+            .find(|s| s.status.name() == status)
+            .map(|s| s.queries)
+            .unwrap_or(0)
+    }
+
+    pub fn snapshot(&self) -> warpdrive::metrics::DeploymentSnapshot {
+        self.registry.snapshots().remove(0)
     }
 
     pub async fn stop(mut self) {
@@ -259,6 +287,13 @@ impl RawClient {
             .map(|(tag, _)| char::from(*tag))
             .collect()
     }
+}
+
+/// A deployment with the cache on.
+pub fn cached_deployment(database: &str, max_size: usize) -> Deployment {
+    let mut deployment = deployment(database, small_pool(max_size));
+    deployment.cache.enabled = true;
+    deployment
 }
 
 /// A deployment with trust authentication, for raw protocol tests.

@@ -240,7 +240,12 @@ pub fn sasl_response(buf: &mut BytesMut, data: &[u8]) {
 
 /// Query.
 pub fn query(buf: &mut BytesMut, sql: &str) {
-    message(buf, frontend_tag::QUERY, |b| cstr(b, sql.as_bytes()));
+    query_raw(buf, sql.as_bytes());
+}
+
+/// Query with its text as received.
+pub fn query_raw(buf: &mut BytesMut, sql: &[u8]) {
+    message(buf, frontend_tag::QUERY, |b| cstr(b, sql));
 }
 
 /// Parse.
@@ -286,6 +291,15 @@ pub fn bind(
         }
         b.put_i16(result_formats.len() as i16);
         result_formats.iter().for_each(|f| b.put_i16(*f));
+    });
+}
+
+/// Bind with its arguments as a client sent them (everything after the statement name).
+pub fn bind_raw(buf: &mut BytesMut, portal: &[u8], statement: &[u8], arguments: &[u8]) {
+    message(buf, frontend_tag::BIND, |b| {
+        cstr(b, portal);
+        cstr(b, statement);
+        b.put_slice(arguments);
     });
 }
 

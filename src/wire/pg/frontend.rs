@@ -353,22 +353,18 @@ fn put_cstr(buf: &mut BytesMut, text: &[u8]) {
 impl Parse {
     /// This Parse for a statement of another name.
     pub fn renamed(&self, name: &[u8]) -> Frame {
-        frame_with(tag::PARSE, |buf| {
-            put_cstr(buf, name);
-            put_cstr(buf, &self.sql);
-            buf.put_slice(&self.parameter_types);
-        })
+        let mut buf = BytesMut::new();
+        super::encode::parse_raw(&mut buf, name, &self.sql, &self.parameter_types);
+        Frame::from_encoded(buf.freeze())
     }
 }
 
 impl Bind {
     /// This Bind for a statement of another name (same portal and arguments).
     pub fn with_statement(&self, statement: &[u8]) -> Frame {
-        frame_with(tag::BIND, |buf| {
-            put_cstr(buf, &self.portal);
-            put_cstr(buf, statement);
-            buf.put_slice(&self.arguments);
-        })
+        let mut buf = BytesMut::new();
+        super::encode::bind_raw(&mut buf, &self.portal, statement, &self.arguments);
+        Frame::from_encoded(buf.freeze())
     }
 }
 

@@ -1,0 +1,123 @@
+//! The query-result cache: keys, entries with their freshness, and the bounded store
+//! with single flight.
+//!
+//! Pure: no sockets, no SQL parsing, no wire formats. An entry holds the encoded result
+//! messages (split in segments, one per Describe or Execute answered) exactly as the
+//! origin sent them; the session turns them back into the replies the client's own
+//! message sequence requires.
+
+pub mod entry;
+pub mod key;
+pub mod policy;
+pub mod store;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use entry::{CachedRequest, Described, Entry, Freshness, Request};
+pub use key::{CacheKey, KeyInputs};
+pub use policy::{Decision, Policy};
+pub use store::{FillGuard, Lookup, RevalidationGuard, Store, StoreStats};
+
+/// The cache status of a query, exactly as Cloudflare Hyperdrive names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheStatus {
+    /// Caching is off for the deployment, a rule or a hint.
+    Disabled,
+    /// Answered from the cache (fresh, or stale within stale_while_revalidate).
+    Hit,
+    /// Cacheable, not in the cache: answered by the origin and stored.
+    Miss,
+    /// Not a plain read (writes, DDL, locking reads, …).
+    Uncacheable,
+    /// Several statements in one query string.
+    MultipleStatements,
+    /// Session, transaction-control and informational statements.
+    NotAQuery,
+    /// Query text above the size limit.
+    OversizedQuery,
+    /// Result above max_result_bytes: streamed, not stored.
+    OversizedResult,
+    /// The analyzer could not parse it.
+    ParseError,
+    /// Inside a transaction.
+    Transaction,
+    /// Reads something that can change without a write.
+    Volatile,
+}
+
+impl CacheStatus {
+    /// Every status, in the order metrics list them.
+    pub const ALL: [CacheStatus; 11] = [
+        CacheStatus::Disabled,
+        CacheStatus::Hit,
+        CacheStatus::Miss,
+        CacheStatus::Uncacheable,
+        CacheStatus::MultipleStatements,
+        CacheStatus::NotAQuery,
+        CacheStatus::OversizedQuery,
+        CacheStatus::OversizedResult,
+        CacheStatus::ParseError,
+        CacheStatus::Transaction,
+        CacheStatus::Volatile,
+    ];
+
+    /// The status's name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheStatus::Disabled => "disabled",
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Uncacheable => "uncacheable",
+            CacheStatus::MultipleStatements => "multiplestatements",
+            CacheStatus::NotAQuery => "notaquery",
+            CacheStatus::OversizedQuery => "oversizedquery",
+            CacheStatus::OversizedResult => "oversizedresult",
+            CacheStatus::ParseError => "parseerror",
+            CacheStatus::Transaction => "transaction",
+            CacheStatus::Volatile => "volatile",
+        }
+    }
+
+    /// Position in [`CacheStatus::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for CacheStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl From<crate::analyze::Status> for CacheStatus {
+    /// The cache status of an analyzer verdict that is not cacheable (a cacheable one
+    /// becomes hit or miss only at lookup; it maps to miss here).
+    fn from(status: crate::analyze::Status) -> CacheStatus {
+        use crate::analyze::Status;
+        match status {
+            Status::Cacheable => CacheStatus::Miss,
+            Status::Uncacheable => CacheStatus::Uncacheable,
+            Status::MultipleStatements => CacheStatus::MultipleStatements,
+            Status::NotAQuery => CacheStatus::NotAQuery,
+            Status::ParseError => CacheStatus::ParseError,
+            Status::Volatile => CacheStatus::Volatile,
+            Status::OversizedQuery => CacheStatus::OversizedQuery,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_indexed_in_order() {
+        for (index, status) in CacheStatus::ALL.into_iter().enumerate() {
+            assert_eq!(status.index(), index);
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The in-process store: sharded, bounded in bytes, with single flight.
+//!
+//! [`Store::lookup`] answers with what the caller must do: serve a fresh entry; serve a
+//! stale one and maybe refresh it (at most one refresh per key at a time); fetch it
+//! (holding a [`FillGuard`], so that concurrent lookups of the same key wait instead of
+//! stampeding the origin); or wait for the fetch in flight. Guards release their claim
+//! when dropped, also when the task holding one is cancelled, and waiters then look up
+//! again.
+//!
+//! Entries are weighted by their size and evicted by quick_cache's S3-FIFO policy when
+//! the byte budget is reached; an entry past max_age + stale_while_revalidate is dropped
+//! when it is next looked up.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::entry::{Entry, Freshness};
+use super::key::CacheKey;
+use crate::clock::Clock;
+
+#[derive(Clone)]
+struct ByWeight;
+
+impl quick_cache::Weighter<CacheKey, Arc<Entry>> for ByWeight {
+    fn weight(&self, _key: &CacheKey, entry: &Arc<Entry>) -> u64 {
+        entry.weight()
+    }
+}
+
+#[derive(Clone, Default)]
+struct CountEvictions(Arc<AtomicU64>);
+
+impl quick_cache::Lifecycle<CacheKey, Arc<Entry>> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), _key: CacheKey, _entry: Arc<Entry>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type Entries = quick_cache::sync::Cache<
+    CacheKey,
+    Arc<Entry>,
+    ByWeight,
+    quick_cache::DefaultHashBuilder,
+    CountEvictions,
+>;
+
+/// Counters and gauges of a store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Entries held.
+    pub entries: u64,
+    /// Bytes held (entry weights).
+    pub bytes: u64,
+    /// Entries evicted to stay within the byte budget.
+    pub evictions: u64,
+}
+
+/// What to do after a lookup.
+pub enum Lookup {
+    /// Serve this entry.
+    Fresh(Arc<Entry>),
+    /// Serve this stale entry; with a guard, also refresh it in the background.
+    Stale(Arc<Entry>, Option<RevalidationGuard>),
+    /// Not cached: fetch it, then [`FillGuard::fill`].
+    Miss(FillGuard),
+    /// Another client is fetching it: wait for this, then look up again.
+    Wait(watch::Receiver<()>),
+}
+
+/// The cache of one deployment.
+pub struct Store {
+    entries: Entries,
+    evictions: Arc<AtomicU64>,
+    flights: Mutex<HashMap<CacheKey, watch::Receiver<()>>>,
+    revalidating: Mutex<HashSet<CacheKey>>,
+    clock: Clock,
+}
+
+impl Store {
+    /// A store of at most `capacity_bytes`.
+    pub fn new(capacity_bytes: u64, clock: Clock) -> Arc<Store> {
+        let evictions = CountEvictions::default();
+        let estimated_items = usize::try_from(capacity_bytes / 4096)
+            .unwrap_or(usize::MAX)
+            .max(16);
+        let entries = Entries::with(
+            estimated_items,
+            capacity_bytes,
+            ByWeight,
+            quick_cache::DefaultHashBuilder::default(),
+            evictions.clone(),
+        );
+        Arc::new(Store {
+            entries,
+            evictions: evictions.0,
+            flights: Mutex::new(HashMap::new()),
+            revalidating: Mutex::new(HashSet::new()),
+            clock,
+        })
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Looks `key` up and says what to do.
+    pub fn lookup(self: &Arc<Self>, key: CacheKey) -> Lookup {
+        if let Some(entry) = self.entries.get(&key) {
+            match entry.freshness(self.clock.now()) {
+                Freshness::Fresh => return Lookup::Fresh(entry),
+                Freshness::Stale => {
+                    let guard = self.claim_revalidation(key);
+                    return Lookup::Stale(entry, guard);
+                }
+                Freshness::Expired => {
+                    self.entries.remove(&key);
+                }
+            }
+        }
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(flight) = flights.get(&key) {
+            return Lookup::Wait(flight.clone());
+        }
+        let (done, flight) = watch::channel(());
+        flights.insert(key, flight);
+        Lookup::Miss(FillGuard {
+            store: Arc::clone(self),
+            key,
+            _done: done,
+        })
+    }
+
+    fn claim_revalidation(self: &Arc<Self>, key: CacheKey) -> Option<RevalidationGuard> {
+        let mut revalidating = self.revalidating.lock().unwrap_or_else(|p| p.into_inner());
+        revalidating.insert(key).then(|| RevalidationGuard {
+            store: Arc::clone(self),
+            key,
+        })
+    }
+
+    /// Stores an entry outside single flight (a result fetched while the cache could
+    /// not be consulted first).
+    pub fn insert(&self, key: CacheKey, entry: Entry) {
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    /// Current numbers.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            entries: self.entries.len() as u64,
+            bytes: self.entries.weight(),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Drops every entry.
+    pub fn clear(&self) {
+        self.entries.clear();
+    }
+}
+
+/// The right to fetch a key and store it. Waiters wake when it is dropped, filled or not.
+pub struct FillGuard {
+    store: Arc<Store>,
+    key: CacheKey,
+    _done: watch::Sender<()>,
+}
+
+impl FillGuard {
+    /// The key being fetched.
+    pub fn key(&self) -> CacheKey {
+        self.key
+    }
+
+    /// Stores the fetched entry and releases the waiters.
+    pub fn fill(self, entry: Entry) {
+        self.store.insert(self.key, entry);
+    }
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        let mut flights = self.store.flights.lock().unwrap_or_else(|p| p.into_inner());
+        flights.remove(&self.key);
+    }
+}
+
+/// The right to refresh a stale key; released when dropped.
+pub struct RevalidationGuard {
+    store: Arc<Store>,
+    key: CacheKey,
+}
+
+impl RevalidationGuard {
+    /// The key being refreshed.
+    pub fn key(&self) -> CacheKey {
+        self.key
+    }
+
+    /// Stores the refreshed entry.
+    pub fn fill(self, entry: Entry) {
+        self.store.insert(self.key, entry);
+    }
+}
+
+impl Drop for RevalidationGuard {
+    fn drop(&mut self) {
+        let mut revalidating = self
+            .store
+            .revalidating
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        revalidating.remove(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::cache::entry::{CachedRequest, Request};
+    use crate::clock::ManualClock;
+
+    fn entry(store: &Store, rows: &'static [u8]) -> Entry {
+        Entry {
+            segments: vec![Bytes::from_static(rows)],
+            stored_at: store.clock().now(),
+            max_age: Duration::from_secs(60),
+            stale_while_revalidate: Duration::from_secs(15),
+            tables: Arc::from(vec!["t".to_owned()]),
+            request: Arc::new(CachedRequest {
+                database: "db".into(),
+                settings: Default::default(),
+                request: Request::Simple {
+                    sql: Bytes::from_static(b"SELECT 1"),
+                },
+            }),
+        }
+    }
+
+    const KEY: CacheKey = CacheKey([7; 32]);
+
+    #[test]
+    fn miss_fill_fresh_stale_expired() {
+        let manual = ManualClock::new();
+        let store = Store::new(1 << 20, manual.clock());
+        let Lookup::Miss(guard) = store.lookup(KEY) else {
+            panic!("empty store must miss")
+        };
+        guard.fill(entry(&store, b"v1"));
+        assert!(matches!(store.lookup(KEY), Lookup::Fresh(e) if e.segments[0] == "v1"));
+        manual.advance(Duration::from_secs(60));
+        let Lookup::Stale(stale, Some(refresh)) = store.lookup(KEY) else {
+            panic!("past max_age: stale with a refresh")
+        };
+        assert_eq!(stale.segments[0], "v1");
+        // Only one refresh at a time.
+        assert!(matches!(store.lookup(KEY), Lookup::Stale(_, None)));
+        refresh.fill(entry(&store, b"v2"));
+        assert!(matches!(store.lookup(KEY), Lookup::Fresh(e) if e.segments[0] == "v2"));
+        manual.advance(Duration::from_secs(75));
+        assert!(matches!(store.lookup(KEY), Lookup::Miss(_)));
+    }
+
+    #[test]
+    fn failed_refresh_leaves_the_stale_entry_until_it_expires() {
+        let manual = ManualClock::new();
+        let store = Store::new(1 << 20, manual.clock());
+        let Lookup::Miss(guard) = store.lookup(KEY) else {
+            panic!("miss")
+        };
+        guard.fill(entry(&store, b"v1"));
+        manual.advance(Duration::from_secs(61));
+        let Lookup::Stale(_, Some(refresh)) = store.lookup(KEY) else {
+            panic!("stale")
+        };
+        drop(refresh);
+        assert!(matches!(store.lookup(KEY), Lookup::Stale(e, Some(_)) if e.segments[0] == "v1"));
+        manual.advance(Duration::from_secs(14));
+        assert!(matches!(store.lookup(KEY), Lookup::Miss(_)));
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_wait_for_the_first() {
+        let store = Store::new(1 << 20, ManualClock::new().clock());
+        let Lookup::Miss(guard) = store.lookup(KEY) else {
+            panic!("miss")
+        };
+        let Lookup::Wait(mut waiting) = store.lookup(KEY) else {
+            panic!("second lookup must wait")
+        };
+        let waiter = tokio::spawn(async move { waiting.changed().await.is_err() });
+        guard.fill(entry(&store, b"v1"));
+        assert!(
+            waiter.await.unwrap(),
+            "the waiter wakes when the guard goes"
+        );
+        assert!(matches!(store.lookup(KEY), Lookup::Fresh(_)));
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_fetch_wakes_waiters_who_then_fetch() {
+        let store = Store::new(1 << 20, ManualClock::new().clock());
+        let Lookup::Miss(guard) = store.lookup(KEY) else {
+            panic!("miss")
+        };
+        let Lookup::Wait(mut waiting) = store.lookup(KEY) else {
+            panic!("wait")
+        };
+        drop(guard);
+        assert!(waiting.changed().await.is_err());
+        assert!(matches!(store.lookup(KEY), Lookup::Miss(_)));
+    }
+
+    #[test]
+    fn the_byte_budget_evicts() {
+        let store = Store::new(64 * 1024, ManualClock::new().clock());
+        for i in 0..200u8 {
+            let Lookup::Miss(guard) = store.lookup(CacheKey([i; 32])) else {
+                panic!("miss")
+            };
+            let mut e = entry(&store, b"");
+            e.segments = vec![Bytes::from(vec![0u8; 4096])];
+            guard.fill(e);
+        }
+        let stats = store.stats();
+        assert!(stats.bytes <= 64 * 1024, "{stats:?}");
+        assert!(stats.evictions > 0, "{stats:?}");
+        assert!(stats.entries < 200);
+    }
+}

@@ -1,0 +1,147 @@
+//! `warpdrive serve` as a process: Hyperdrive's flag names, the admin listener,
+//! `warpdrive stats`, and SIGTERM.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{PASSWORD, TestDatabase};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_until_listening(port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("warpdrive did not start listening on {port}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_flags_admin_stats_and_sigterm() {
+    let db = TestDatabase::create("cli_serve").await;
+    let (port, admin) = (free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_warpdrive"))
+        .args([
+            "serve",
+            "--origin",
+            &format!(
+                "postgres://postgres:{PASSWORD}@127.0.0.1:5432/{}?sslmode=disable",
+                db.name
+            ),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+            "--max-age",
+            "30",
+            "--swr",
+            "5",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("warpdrive starts");
+    let mut served = Served(child);
+    wait_until_listening(port).await;
+    let url = format!(
+        "host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname={}",
+        db.name
+    );
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..3 {
+        client.simple_query("SELECT 42").await.unwrap();
+    }
+    let metrics = warpdrive::admin::get(&format!("127.0.0.1:{admin}"), "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("warpdrive_queries_total{deployment=\"default\",cache_status=\"hit\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warpdrive_queries_total{deployment=\"default\",cache_status=\"miss\"} 1")
+    );
+    let stats = Command::new(env!("CARGO_BIN_EXE_warpdrive"))
+        .args(["stats", "--admin", &format!("127.0.0.1:{admin}")])
+        .output()
+        .expect("stats runs");
+    let text = String::from_utf8_lossy(&stats.stdout);
+    assert!(stats.status.success(), "{stats:?}");
+    assert!(
+        text.starts_with("deployment default: hit ratio 66.7% (2 hits, 1 misses)"),
+        "{text}"
+    );
+    assert!(text.contains("hit"), "{text}");
+    drop(client);
+    // SIGTERM: the process drains and exits 0.
+    let pid = served.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(status) = served.0.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(exited.expect("exits after SIGTERM").success());
+    db.drop_now().await;
+}
+
+#[test]
+fn stats_without_a_running_warpdrive_says_so() {
+    let output = Command::new(env!("CARGO_BIN_EXE_warpdrive"))
+        .args(["stats", "--admin", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .expect("stats runs");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is warpdrive running"));
+}
+
+#[test]
+fn max_age_above_an_hour_is_refused() {
+    let output = Command::new(env!("CARGO_BIN_EXE_warpdrive"))
+        .args([
+            "serve",
+            "--origin",
+            "postgres://u:p@127.0.0.1/db",
+            "--max-age",
+            "7200",
+            "--admin",
+            "off",
+        ])
+        .output()
+        .expect("serve runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("at most 3600"));
+}

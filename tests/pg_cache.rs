@@ -1,0 +1,549 @@
+//! The query-result cache against the real PostgreSQL: freshness on a manual clock,
+//! every status, byte identity of hits, named statements, single flight.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Proxy, RawClient, TestDatabase};
+use tokio_postgres::SimpleQueryMessage;
+use warpdrive::clock::ManualClock;
+use warpdrive::wire::pg::encode;
+use warpdrive::wire::pg::frontend::Target;
+
+fn value(messages: &[SimpleQueryMessage]) -> String {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .expect("a row")
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// max_age, stale_while_revalidate and expiry, on a clock the test moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_then_stale_with_one_revalidation_then_expired() {
+    let db = TestDatabase::create("fresh").await;
+    let direct = db.direct().await;
+    direct
+        .batch_execute("CREATE TABLE v (n int); INSERT INTO v VALUES (1)")
+        .await
+        .unwrap();
+    let manual = ManualClock::new();
+    let proxy =
+        Proxy::start_with_clock(common::cached_deployment(&db.name, 2), manual.clock()).await;
+    let client = proxy.connect(&db.name).await;
+    let read = || async { value(&client.simple_query("SELECT n FROM v").await.unwrap()) };
+
+    assert_eq!(read().await, "1");
+    assert_eq!(proxy.count("miss"), 1);
+    direct.batch_execute("UPDATE v SET n = 2").await.unwrap();
+    manual.advance(Duration::from_secs(59));
+    assert_eq!(
+        read().await,
+        "1",
+        "within max_age the cached value is served"
+    );
+    assert_eq!(proxy.count("hit"), 1);
+
+    manual.advance(Duration::from_secs(2));
+    assert_eq!(
+        read().await,
+        "1",
+        "within stale_while_revalidate the stale value is served"
+    );
+    // More reads while (or after) the one revalidation runs: stale or refreshed, never more
+    // than one revalidation.
+    for _ in 0..5 {
+        let seen = read().await;
+        assert!(seen == "1" || seen == "2", "{seen}");
+    }
+    wait_for("the revalidation", || {
+        proxy.snapshot().revalidations_ok == 1
+    })
+    .await;
+    let snapshot = proxy.snapshot();
+    assert_eq!(
+        snapshot.revalidations_ok + snapshot.revalidations_failed,
+        1,
+        "exactly one revalidation"
+    );
+    assert!(snapshot.stale_served >= 1);
+    assert_eq!(
+        read().await,
+        "2",
+        "after the revalidation the new value is served"
+    );
+
+    direct.batch_execute("UPDATE v SET n = 3").await.unwrap();
+    manual.advance(Duration::from_secs(60 + 15));
+    assert_eq!(read().await, "3", "past max_age + swr it is a miss");
+    assert_eq!(proxy.count("miss"), 2);
+    drop((client, direct));
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+/// Every status is reached and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_status_is_reached_and_counted() {
+    let db = TestDatabase::create("statuses").await;
+    let mut deployment = common::cached_deployment(&db.name, 2);
+    deployment.cache.max_result_bytes = 4096;
+    deployment.cache.rules.push(warpdrive::config::CacheRule {
+        tables: vec!["private".into()],
+        fingerprint: None,
+        enabled: Some(false),
+        max_age: None,
+        stale_while_revalidate: None,
+    });
+    let proxy = Proxy::start(deployment).await;
+    let client = proxy.connect(&db.name).await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (n int); INSERT INTO t VALUES (1); CREATE TABLE private (n int)",
+        )
+        .await
+        .unwrap();
+    let before = |status: &str| proxy.count(status);
+    let cases: Vec<(&str, String)> = vec![
+        ("miss", "SELECT n FROM t".into()),
+        ("hit", "SELECT n FROM t".into()),
+        ("uncacheable", "UPDATE t SET n = n".into()),
+        ("multiplestatements", "SELECT 1; SELECT 2".into()),
+        ("notaquery", "SET search_path TO public".into()),
+        ("volatile", "SELECT random()".into()),
+        ("parseerror", "SELECT n::text COLLATE \"C\" FROM t".into()),
+        ("disabled", "SELECT n FROM private".into()),
+        (
+            "disabled",
+            "/* warpdrive: no-cache */ SELECT n FROM t".into(),
+        ),
+        ("oversizedresult", "SELECT repeat('x', 10000)".into()),
+        (
+            "oversizedquery",
+            format!("SELECT '{}'", "x".repeat(1_100_000)),
+        ),
+    ];
+    for (status, sql) in cases {
+        let counted = before(status);
+        client
+            .simple_query(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{status}: {e}"));
+        assert_eq!(
+            proxy.count(status),
+            counted + 1,
+            "{status} for {}",
+            &sql[..sql.len().min(60)]
+        );
+    }
+    let counted = before("transaction");
+    client.batch_execute("BEGIN").await.unwrap();
+    client.simple_query("SELECT n FROM t").await.unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(proxy.count("transaction"), counted + 1);
+    drop(client);
+    proxy.stop().await;
+
+    let mut off = common::cached_deployment(&db.name, 1);
+    off.cache.enabled = false;
+    let proxy = Proxy::start(off).await;
+    let client = proxy.connect(&db.name).await;
+    client.simple_query("SELECT n FROM t").await.unwrap();
+    client.simple_query("UPDATE t SET n = n").await.unwrap();
+    assert_eq!(proxy.count("disabled"), 2);
+    drop(client);
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+/// What a client receives on a hit equals what it received on the miss, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_are_byte_identical_to_misses() {
+    let db = TestDatabase::create("bytes").await;
+    let mut deployment = common::cached_deployment(&db.name, 1);
+    deployment.client_auth = warpdrive::config::ClientAuth::Trust;
+    let proxy = Proxy::start(deployment).await;
+    let setup = db.direct().await;
+    setup
+        .batch_execute(
+            "CREATE TABLE items (id int, name text, price numeric, tags text[], data bytea, at timestamptz);
+             INSERT INTO items SELECT g, 'item ' || g || ' ✓', g * 1.5, ARRAY['a', 'b'], '\\x00ff'::bytea, '2024-01-01'::timestamptz + g * interval '1 hour'
+             FROM generate_series(1, 50) g",
+        )
+        .await
+        .unwrap();
+    let mut raw = RawClient::connect(proxy.addr, &db.name).await;
+    let simple = [
+        "SELECT * FROM items ORDER BY id",
+        "SELECT count(*), sum(price) FROM items",
+        "SELECT name FROM items WHERE id > 100",
+    ];
+    for sql in simple {
+        let mut replies = Vec::new();
+        for _ in 0..2 {
+            raw.send(|b| encode::query(b, sql)).await;
+            replies.push(raw.until_ready().await);
+        }
+        assert_eq!(replies[0], replies[1], "{sql}");
+    }
+    let hits = proxy.count("hit");
+    assert_eq!(hits, 3);
+    // Extended protocol, text and binary results, with and without Describe.
+    for (result_format, describe) in [(0i16, true), (1, true), (1, false), (0, false)] {
+        let mut replies = Vec::new();
+        for _ in 0..2 {
+            raw.send(|b| {
+                encode::parse(
+                    b,
+                    b"",
+                    b"SELECT id, name, price, tags, data FROM items WHERE id <= $1 ORDER BY id",
+                    &[23],
+                );
+                encode::bind(b, b"", b"", &[0], &[Some(b"7")], &[result_format]);
+                if describe {
+                    encode::describe(b, Target::Portal, b"");
+                }
+                encode::execute(b, b"", 0);
+                encode::sync(b);
+            })
+            .await;
+            replies.push(raw.until_ready().await);
+        }
+        assert_eq!(
+            replies[0], replies[1],
+            "format {result_format}, describe {describe}"
+        );
+    }
+    assert_eq!(proxy.count("hit"), hits + 4);
+    // Named statement described, then executed repeatedly.
+    raw.send(|b| {
+        encode::parse(b, b"s1", b"SELECT name FROM items WHERE id = $1", &[23]);
+        encode::describe(b, Target::Statement, b"s1");
+        encode::sync(b);
+    })
+    .await;
+    raw.until_ready().await;
+    let mut replies = Vec::new();
+    for _ in 0..2 {
+        raw.send(|b| {
+            encode::bind(b, b"", b"s1", &[0], &[Some(b"3")], &[]);
+            encode::describe(b, Target::Statement, b"s1");
+            encode::execute(b, b"", 0);
+            encode::sync(b);
+        })
+        .await;
+        replies.push(raw.until_ready().await);
+    }
+    assert_eq!(replies[0], replies[1]);
+    assert!(
+        replies[1].iter().any(|(tag, _)| *tag == b't'),
+        "ParameterDescription replayed"
+    );
+    drop(setup);
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+/// psql prints the same thing on a miss and on a hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_sees_the_same_output_on_hit_and_miss() {
+    let db = TestDatabase::create("psqlhit").await;
+    db.direct()
+        .await
+        .batch_execute("CREATE TABLE t (a int, b text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20) g")
+        .await
+        .unwrap();
+    let proxy = Proxy::start(common::cached_deployment(&db.name, 1)).await;
+    let port = proxy.addr.port().to_string();
+    let name = db.name.clone();
+    let outputs = tokio::task::spawn_blocking(move || {
+        (0..2)
+            .map(|_| {
+                let output = std::process::Command::new("psql")
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &port,
+                        "-U",
+                        "postgres",
+                        "-d",
+                        &name,
+                        "-X",
+                        "-c",
+                        "SELECT * FROM t ORDER BY a",
+                    ])
+                    .env("PGPASSWORD", common::PASSWORD)
+                    .output()
+                    .expect("psql runs");
+                assert!(output.status.success());
+                output.stdout
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(outputs[0], outputs[1]);
+    assert!(proxy.count("hit") >= 1);
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+/// Several clients prepare the same statement; repeated parameters hit, new ones miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_hit_exactly_for_repeated_parameters() {
+    let db = TestDatabase::create("named").await;
+    db.direct()
+        .await
+        .batch_execute("CREATE TABLE users (id int PRIMARY KEY, name text); INSERT INTO users SELECT g, 'user ' || g FROM generate_series(1, 10) g")
+        .await
+        .unwrap();
+    let proxy = Proxy::start(common::cached_deployment(&db.name, 2)).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let client = proxy.connect(&db.name).await;
+        let statement = client
+            .prepare("SELECT name FROM users WHERE id = $1")
+            .await
+            .unwrap();
+        clients.push((client, statement));
+    }
+    let mut expected_hits = 0;
+    let mut seen = std::collections::HashSet::new();
+    for round in 0..4 {
+        for (client, statement) in &clients {
+            for id in [1i32, 2, 3 + round] {
+                let name: String = client.query_one(statement, &[&id]).await.unwrap().get(0);
+                assert_eq!(name, format!("user {id}"));
+                if !seen.insert(id) {
+                    expected_hits += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(proxy.count("hit"), expected_hits);
+    assert_eq!(proxy.count("miss"), seen.len() as u64);
+    drop(clients);
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+/// 100 clients send the same slow, uncached query at once: one origin execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stampede_reaches_the_origin_once() {
+    let db = TestDatabase::create("stampede").await;
+    let proxy = Proxy::start(common::cached_deployment(&db.name, 5)).await;
+    let url = proxy.url(&db.name);
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        clients.push(client);
+    }
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|client| {
+            tokio::spawn(async move {
+                let rows = client
+                    .simple_query(
+                        "SELECT count(*) FROM generate_series(1, 3000000) AS g WHERE g % 7 = 0",
+                    )
+                    .await
+                    .unwrap();
+                value(&rows)
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), "428571");
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(proxy.count("miss"), 1, "one request reached the origin");
+    assert_eq!(proxy.count("hit"), 99);
+    assert!(
+        proxy.snapshot().coalesced_waits >= 90,
+        "{:?}",
+        proxy.snapshot()
+    );
+    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Write {
+    started: std::time::Instant,
+    ended: std::time::Instant,
+}
+
+#[derive(Debug)]
+struct Read {
+    key: i32,
+    version: i32,
+    started: std::time::Instant,
+    ended: std::time::Instant,
+}
+
+/// Writers and readers at random; every read must return a version the origin held at
+/// some moment of [start − max_age − swr, end] (with caching off: of [start, end]).
+async fn differential_run(cache_on: bool) {
+    use std::sync::{Arc, Mutex};
+    const KEYS: i32 = 4;
+    let max_age = Duration::from_millis(300);
+    let swr = Duration::from_millis(300);
+    let db = TestDatabase::create(if cache_on { "diff_on" } else { "diff_off" }).await;
+    db.direct()
+        .await
+        .batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL); INSERT INTO kv SELECT g, 0 FROM generate_series(1, 4) g")
+        .await
+        .expect("differential workload");
+    let mut deployment = common::cached_deployment(&db.name, 4);
+    deployment.cache.enabled = cache_on;
+    deployment.cache.max_age = max_age;
+    deployment.cache.stale_while_revalidate = swr;
+    let proxy = Proxy::start(deployment).await;
+    let epoch = std::time::Instant::now();
+    let history: Arc<Mutex<Vec<Vec<Write>>>> = Arc::new(Mutex::new(
+        (0..KEYS)
+            .map(|_| {
+                vec![Write {
+                    started: epoch,
+                    ended: epoch,
+                }]
+            })
+            .collect(),
+    ));
+    let reads: Arc<Mutex<Vec<Read>>> = Arc::new(Mutex::new(Vec::new()));
+    let run_for = Duration::from_secs(3);
+    let writer = {
+        let (history, client) = (Arc::clone(&history), proxy.connect(&db.name).await);
+        tokio::spawn(async move {
+            let mut seed = 7u32;
+            while epoch.elapsed() < run_for {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let key = (seed >> 16) as i32 % KEYS + 1;
+                let version =
+                    history.lock().expect("differential workload")[key as usize - 1].len() as i32;
+                let started = std::time::Instant::now();
+                client
+                    .execute("UPDATE kv SET v = $1 WHERE k = $2", &[&version, &key])
+                    .await
+                    .expect("differential workload");
+                let ended = std::time::Instant::now();
+                history.lock().expect("differential workload")[key as usize - 1]
+                    .push(Write { started, ended });
+                tokio::time::sleep(Duration::from_millis(((seed >> 8) % 40) as u64)).await;
+            }
+        })
+    };
+    let mut readers = Vec::new();
+    for reader in 0..3u32 {
+        let (reads, client) = (Arc::clone(&reads), proxy.connect(&db.name).await);
+        readers.push(tokio::spawn(async move {
+            let mut seed = 31 + reader;
+            while epoch.elapsed() < run_for {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let key = (seed >> 16) as i32 % KEYS + 1;
+                let started = std::time::Instant::now();
+                let version: i32 = if seed % 2 == 0 {
+                    client
+                        .query_one("SELECT v FROM kv WHERE k = $1", &[&key])
+                        .await
+                        .expect("differential workload")
+                        .get(0)
+                } else {
+                    value(
+                        &client
+                            .simple_query(&format!("SELECT v FROM kv WHERE k = {key}"))
+                            .await
+                            .expect("differential workload"),
+                    )
+                    .parse()
+                    .expect("differential workload")
+                };
+                let ended = std::time::Instant::now();
+                reads.lock().expect("differential workload").push(Read {
+                    key,
+                    version,
+                    started,
+                    ended,
+                });
+                tokio::time::sleep(Duration::from_millis(((seed >> 8) % 10) as u64)).await;
+            }
+        }));
+    }
+    writer.await.expect("differential workload");
+    for reader in readers {
+        reader.await.expect("differential workload");
+    }
+    let (history, reads) = (
+        std::mem::take(&mut *history.lock().expect("history")),
+        std::mem::take(&mut *reads.lock().expect("reads")),
+    );
+    let window = if cache_on {
+        max_age + swr + Duration::from_millis(200)
+    } else {
+        Duration::ZERO
+    };
+    let mut older_than_the_read = 0;
+    for read in reads.iter() {
+        let versions = &history[read.key as usize - 1];
+        let this = versions
+            .get(read.version as usize)
+            .unwrap_or_else(|| panic!("{read:?} returned a version never written"));
+        assert!(
+            this.started <= read.ended,
+            "{read:?} saw a version written after it ended"
+        );
+        if let Some(next) = versions.get(read.version as usize + 1) {
+            if next.ended < read.started {
+                older_than_the_read += 1;
+            }
+            let earliest = read.started.checked_sub(window).unwrap_or(epoch);
+            assert!(
+                next.ended >= earliest,
+                "{read:?} returned version {} that was replaced {:?} before the read (window {window:?})",
+                read.version,
+                read.started.duration_since(next.ended)
+            );
+        }
+    }
+    assert!(reads.len() > 50, "only {} reads", reads.len());
+    if cache_on {
+        assert!(proxy.count("hit") > 0, "the workload produced no hits");
+        assert!(
+            older_than_the_read > 0,
+            "no read was served an older version: the check proved nothing"
+        );
+    } else {
+        assert_eq!(proxy.count("hit"), 0);
+    }
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differential_reads_stay_within_max_age_and_swr() {
+    differential_run(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differential_reads_are_current_with_caching_disabled() {
+    differential_run(false).await;
+}
