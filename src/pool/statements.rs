@@ -10,13 +10,14 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 /// The name under which warpdrive prepares a statement on origin connections: a prefix
-/// and 128 bits of blake3 over the text and the parameter type OIDs.
-pub fn origin_statement_name(sql: &[u8], parameter_types: &[u8]) -> Bytes {
-    let identity = statement_identity(sql, parameter_types);
-    let mut name = String::with_capacity(3 + 32);
-    name.push_str("wd_");
+/// and 128 bits of its [`statement_identity`] in hex.
+pub fn origin_statement_name(identity: &[u8; 32]) -> Bytes {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut name = Vec::with_capacity(3 + 32);
+    name.extend_from_slice(b"wd_");
     for byte in &identity[..16] {
-        name.push_str(&format!("{byte:02x}"));
+        name.push(HEX[usize::from(byte >> 4)]);
+        name.push(HEX[usize::from(byte & 0xf)]);
     }
     Bytes::from(name)
 }
@@ -107,9 +108,10 @@ mod tests {
 
     #[test]
     fn names_depend_on_text_and_types_only() {
-        let a = origin_statement_name(b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
-        let b = origin_statement_name(b"SELECT $1", &[0, 1, 0, 0, 0, 25]);
-        let c = origin_statement_name(b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        let name = |types: &[u8]| origin_statement_name(&statement_identity(b"SELECT $1", types));
+        let a = name(&[0, 1, 0, 0, 0, 23]);
+        let b = name(&[0, 1, 0, 0, 0, 25]);
+        let c = name(&[0, 1, 0, 0, 0, 23]);
         assert_ne!(a, b);
         assert_eq!(a, c);
         assert!(a.starts_with(b"wd_"));

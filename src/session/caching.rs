@@ -109,21 +109,24 @@ impl Session {
             }
             Decision::Cache(policy) => policy,
         };
-        let request = Arc::new(CachedRequest {
-            database: self.database.clone(),
-            settings: self.settings.current().clone(),
-            request,
-        });
         let key = KeyInputs {
             deployment: &self.ctx.deployment.name,
             database: &self.database,
             role: &self.ctx.deployment.origin.user,
-            settings: &request.settings,
-            request: &request.request,
+            settings: self.settings.current(),
+            request: &request,
         }
         .key();
         let limit = self.ctx.deployment.cache.max_result_bytes;
+        // What a fetched result needs to be stored and refreshed; built on a miss only.
+        let settings = self.settings.current();
+        let database = &self.database;
         let recording = |fill: Fill| {
+            let request = Arc::new(CachedRequest {
+                database: database.clone(),
+                settings: settings.clone(),
+                request: request.clone(),
+            });
             let recorder = match &describes_for_recorder {
                 Some(describes) => Recorder::extended(describes.clone(), limit),
                 None => Recorder::simple(limit),
@@ -134,7 +137,7 @@ impl Session {
                     fill,
                     policy,
                     tables: analysis.tables_read.clone().into(),
-                    request: Arc::clone(&request),
+                    request,
                 }),
                 ..InFlight::forwarded(CacheStatus::Miss, query_bytes, started)
             }

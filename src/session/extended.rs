@@ -50,7 +50,7 @@ enum BatchPlan {
     /// serves: at most one Parse, one Bind, Describes, one Execute without a row limit,
     /// Closes after it.
     Executes {
-        analysis: Arc<Analysis>,
+        statement: Box<ClientStatement>,
         cacheable: Option<(Request, Vec<Described>)>,
     },
 }
@@ -96,30 +96,41 @@ impl Session {
                     started,
                 )),
                 BatchPlan::Executes {
-                    analysis,
+                    statement,
                     cacheable: Some((request, describes)),
                 } => match self
-                    .consult(&analysis, request, Some(describes), query_bytes, started)
+                    .consult(
+                        &statement.analysis,
+                        request,
+                        Some(describes),
+                        query_bytes,
+                        started,
+                    )
                     .await
                 {
                     Consulted::Hit(entry) => {
                         return self
-                            .answer_batch_hit(batch, &entry, &analysis, query_bytes, started)
+                            .answer_batch_hit(batch, &entry, *statement, query_bytes, started)
                             .await;
                     }
                     Consulted::Forward(in_flight) => Some(*in_flight),
                 },
                 BatchPlan::Executes {
-                    analysis,
+                    statement,
                     cacheable: None,
                 } => {
                     let in_transaction = self.status != TransactionStatus::Idle;
-                    let status =
-                        match decide(&self.ctx.deployment.cache, &analysis, in_transaction).0 {
-                            Decision::Refuse(status) => status,
-                            // Cacheable text in a batch shape the cache does not serve.
-                            Decision::Cache(_) => CacheStatus::Uncacheable,
-                        };
+                    let status = match decide(
+                        &self.ctx.deployment.cache,
+                        &statement.analysis,
+                        in_transaction,
+                    )
+                    .0
+                    {
+                        Decision::Refuse(status) => status,
+                        // Cacheable text in a batch shape the cache does not serve.
+                        Decision::Cache(_) => CacheStatus::Uncacheable,
+                    };
                     Some(InFlight::forwarded(status, query_bytes, started))
                 }
             }
@@ -198,9 +209,10 @@ impl Session {
     }
 
     fn client_statement(&self, parse: &Parse) -> ClientStatement {
+        let identity = statement_identity(&parse.sql, &parse.parameter_types);
         ClientStatement {
-            origin_name: origin_statement_name(&parse.sql, &parse.parameter_types),
-            identity: statement_identity(&parse.sql, &parse.parameter_types),
+            origin_name: origin_statement_name(&identity),
+            identity,
             sql: parse.sql.clone(),
             parameter_types: parse.parameter_types.clone(),
             analysis: self
@@ -470,7 +482,7 @@ impl Session {
                     describes,
                 )
             }),
-            analysis: statement.analysis,
+            statement: Box::new(statement),
         }
     }
 
@@ -538,7 +550,7 @@ impl Session {
         &mut self,
         batch: Vec<FrontendMessage>,
         entry: &Entry,
-        analysis: &Arc<Analysis>,
+        statement: ClientStatement,
         query_bytes: usize,
         started: Instant,
     ) -> Result<(), SessionError> {
@@ -547,17 +559,18 @@ impl Session {
         for message in batch {
             match message {
                 FrontendMessage::Parse(parse) => {
-                    let statement = self.client_statement(&parse);
+                    // The batch's only Parse is the executed statement's (cacheable shape).
                     if parse.name.is_empty() {
-                        self.unnamed = Some(statement);
+                        self.unnamed = Some(statement.clone());
                     } else {
-                        self.statements.insert(parse.name.clone(), statement);
+                        self.statements
+                            .insert(parse.name.clone(), statement.clone());
                     }
                     encode::parse_complete(&mut self.client.out);
                 }
                 FrontendMessage::Bind(bind) => {
                     self.portals
-                        .insert(bind.portal.clone(), Arc::clone(analysis));
+                        .insert(bind.portal.clone(), Arc::clone(&statement.analysis));
                     encode::bind_complete(&mut self.client.out);
                 }
                 FrontendMessage::Describe(_) | FrontendMessage::Execute(_) => {

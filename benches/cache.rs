@@ -1,0 +1,78 @@
+//! The cache's hit path without I/O: building the key of a request and looking it up.
+//!
+//! `cargo bench --bench cache`. Goal: key + lookup under 2 µs.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use warpdrive::cache::{CachedRequest, Entry, KeyInputs, Lookup, Request, Store};
+use warpdrive::clock::Clock;
+
+fn bench_cache(c: &mut Criterion) {
+    let store = Store::new(256 << 20, Clock::system());
+    let mut settings = BTreeMap::new();
+    settings.insert(
+        "application_name".to_owned(),
+        "SELECT pg_catalog.set_config('application_name', 'pgbench', false)".to_owned(),
+    );
+    settings.insert(
+        "timezone".to_owned(),
+        "SET \"timezone\" TO 'UTC'".to_owned(),
+    );
+    let request = Request::Extended {
+        sql: Bytes::from_static(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"),
+        parameter_types: Bytes::from_static(&[0, 0]),
+        arguments: Bytes::from_static(b"\x00\x00\x00\x01\x00\x00\x00\x0512345\x00\x00"),
+        describes: Vec::new(),
+    };
+    let key = |request: &Request| {
+        KeyInputs {
+            deployment: "bench",
+            database: "wd_bench",
+            role: "postgres",
+            settings: &settings,
+            request,
+        }
+        .key()
+    };
+    let Lookup::Miss(guard) = store.lookup(key(&request)) else {
+        panic!("empty store")
+    };
+    guard.fill(Entry {
+        segments: vec![Bytes::from(vec![b'D'; 64])],
+        stored_at: store.clock().now(),
+        max_age: Duration::from_secs(3600),
+        stale_while_revalidate: Duration::from_secs(15),
+        tables: Arc::from(vec!["pgbench_accounts".to_owned()]),
+        request: Arc::new(CachedRequest {
+            database: "wd_bench".to_owned(),
+            settings: settings.clone(),
+            request: request.clone(),
+        }),
+    });
+    // Other entries, so that the lookup is not into an empty map.
+    for i in 0..10_000u32 {
+        let other = Request::Simple {
+            sql: Bytes::from(format!("SELECT {i}")),
+        };
+        if let Lookup::Miss(guard) = store.lookup(key(&other)) {
+            drop(guard);
+        }
+    }
+    let mut group = c.benchmark_group("cache");
+    group.bench_function("key", |b| b.iter(|| black_box(key(black_box(&request)))));
+    group.bench_function("key_and_lookup_hit", |b| {
+        b.iter(|| match store.lookup(key(black_box(&request))) {
+            Lookup::Fresh(entry) => black_box(entry),
+            _ => panic!("the entry is fresh"),
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_cache);
+criterion_main!(benches);
