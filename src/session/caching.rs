@@ -194,7 +194,7 @@ impl Session {
         }
         encode::ready_for_query(&mut self.client.out, TransactionStatus::Idle);
         let result_bytes = self.client.out.len() - before;
-        self.client.flush().await?;
+        // Counted before the reply leaves: whoever sees the reply sees the count.
         self.ctx.metrics.record(
             CacheStatus::Hit,
             query_bytes,
@@ -202,6 +202,7 @@ impl Session {
             started.elapsed(),
             false,
         );
+        self.client.flush().await?;
         Ok(())
     }
 

@@ -594,7 +594,7 @@ impl Session {
         // The unnamed portal ends with the implicit transaction, as on the origin.
         self.portals.remove(&Bytes::new());
         let result_bytes = self.client.out.len() - before;
-        self.client.flush().await?;
+        // Counted before the reply leaves: whoever sees the reply sees the count.
         self.ctx.metrics.record(
             CacheStatus::Hit,
             query_bytes,
@@ -602,6 +602,7 @@ impl Session {
             started.elapsed(),
             false,
         );
+        self.client.flush().await?;
         Ok(())
     }
 }

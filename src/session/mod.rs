@@ -547,7 +547,7 @@ impl Session {
             self.send_batch(false).await?;
         }
         let analysis = self.ctx.analyzer.analyze_bytes(Dialect::Postgres, sql);
-        if self.answer_locally(&analysis.effects).await? {
+        if self.answer_locally(&analysis.effects) {
             self.ctx.metrics.record(
                 CacheStatus::NotAQuery,
                 frame.len(),
@@ -555,6 +555,7 @@ impl Session {
                 started.elapsed(),
                 false,
             );
+            self.client.flush().await?;
             return Ok(());
         }
         let request = Request::Simple { sql: sql.clone() };
@@ -593,7 +594,7 @@ impl Session {
 
     /// DISCARD ALL and DEALLOCATE of protocol-level statements concern only this client:
     /// answered here, without touching the shared origin connection. True if answered.
-    async fn answer_locally(&mut self, effects: &[SessionEffect]) -> Result<bool, SessionError> {
+    fn answer_locally(&mut self, effects: &[SessionEffect]) -> bool {
         let tag = match effects {
             [SessionEffect::DiscardAll]
                 if self.pinned.is_none() && self.status == TransactionStatus::Idle =>
@@ -613,12 +614,11 @@ impl Session {
                 self.statements.remove(name.as_bytes());
                 "DEALLOCATE"
             }
-            _ => return Ok(false),
+            _ => return false,
         };
         encode::command_complete(&mut self.client.out, tag);
         encode::ready_for_query(&mut self.client.out, self.status);
-        self.client.flush().await?;
-        Ok(true)
+        true
     }
 
     /// Handles what the origin sent (or its failure).
