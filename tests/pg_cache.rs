@@ -267,37 +267,15 @@ async fn psql_sees_the_same_output_on_hit_and_miss() {
         .await
         .unwrap();
     let proxy = Proxy::start(common::cached_deployment(&db.name, 1)).await;
-    let port = proxy.addr.port().to_string();
-    let name = db.name.clone();
-    let outputs = tokio::task::spawn_blocking(move || {
-        (0..2)
-            .map(|_| {
-                let output = std::process::Command::new("psql")
-                    .args([
-                        "-h",
-                        "127.0.0.1",
-                        "-p",
-                        &port,
-                        "-U",
-                        "postgres",
-                        "-d",
-                        &name,
-                        "-X",
-                        "-c",
-                        "SELECT * FROM t ORDER BY a",
-                    ])
-                    .env("PGPASSWORD", common::PASSWORD)
-                    .output()
-                    .expect("psql runs");
-                assert!(output.status.success());
-                output.stdout
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
+    let mut outputs = Vec::new();
+    for _ in 0..2 {
+        let sql = ["SELECT * FROM t ORDER BY a"];
+        let (ok, output) = common::psql(proxy.addr.port(), &db.name, &sql, "disable").await;
+        assert!(ok, "{output}");
+        outputs.push(output);
+    }
     assert_eq!(outputs[0], outputs[1]);
-    assert!(proxy.count("hit") >= 1);
+    assert_eq!((proxy.count("miss"), proxy.count("hit")), (1, 1));
     proxy.stop().await;
     db.drop_now().await;
 }

@@ -10,20 +10,6 @@ use common::{PASSWORD, Proxy, TestDatabase};
 use warpdrive::config::{Config, ServerTls, SslMode};
 use warpdrive::server::Server;
 
-fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let output = Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap_or_else(|e| panic!("{program} is required on the PATH: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_script_runs_through_warpdrive() {
     let db = TestDatabase::create("psql").await;
@@ -97,7 +83,7 @@ SELECT string_agg(body, ',' ORDER BY id) AS bodies FROM notes;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_in_every_protocol_mode() {
     let db = TestDatabase::create("pgbench").await;
-    let (ok, output) = run(
+    let (ok, output) = common::run(
         "pgbench",
         &[
             "-h",
@@ -120,7 +106,7 @@ async fn pgbench_in_every_protocol_mode() {
     for mode in ["simple", "extended", "prepared"] {
         let (port, name) = (port.clone(), db.name.clone());
         let (ok, output) = tokio::task::spawn_blocking(move || {
-            run(
+            common::run(
                 "pgbench",
                 &[
                     "-h",
@@ -158,40 +144,6 @@ async fn pgbench_in_every_protocol_mode() {
     db.drop_now().await;
 }
 
-/// Runs psql with `-c` commands against warpdrive on `port`.
-async fn psql(port: u16, database: &str, commands: &[&str], sslmode: &str) -> (bool, String) {
-    let port = port.to_string();
-    let mut args: Vec<String> = [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-U",
-        "postgres",
-        "-d",
-        database,
-        "-X",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    for command in commands {
-        args.push("-c".to_owned());
-        args.push(command.to_string());
-    }
-    let sslmode = sslmode.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(
-            "psql",
-            &args,
-            &[("PGPASSWORD", PASSWORD), ("PGSSLMODE", &sslmode)],
-        )
-    })
-    .await
-    .expect("psql runs")
-}
-
 fn write_certificate(dir: &std::path::Path) -> ServerTls {
     let certified =
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
@@ -211,7 +163,7 @@ async fn tls_towards_clients_when_configured() {
     let mut deployment = common::deployment(&db.name, common::small_pool(1));
     deployment.tls = Some(write_certificate(&dir));
     let proxy = Proxy::start(deployment).await;
-    let (ok, output) = psql(
+    let (ok, output) = common::psql(
         proxy.addr.port(),
         &db.name,
         &["\\conninfo", "SELECT 40 + 2"],
@@ -223,7 +175,7 @@ async fn tls_towards_clients_when_configured() {
     assert!(output.contains("42"), "{output}");
     // Without a certificate, SSLRequest is answered 'N': sslmode=require fails, prefer works.
     let plain = Proxy::for_database(&db, 1).await;
-    let (ok, output) = psql(plain.addr.port(), &db.name, &["SELECT 1"], "require").await;
+    let (ok, output) = common::psql(plain.addr.port(), &db.name, &["SELECT 1"], "require").await;
     assert!(!ok, "{output}");
     assert!(output.contains("does not support SSL"), "{output}");
     plain.stop().await;

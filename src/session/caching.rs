@@ -188,12 +188,23 @@ impl Session {
         query_bytes: usize,
         started: Instant,
     ) -> Result<(), SessionError> {
-        let before = self.client.out.len();
+        let reply_starts = self.client.out.len();
         for segment in &entry.segments {
             self.client.out.extend_from_slice(segment);
         }
+        self.finish_hit(reply_starts, query_bytes, started).await
+    }
+
+    /// Ends a reply from the cache that starts at `reply_starts` in the output buffer:
+    /// ReadyForQuery, the count, the write.
+    pub(super) async fn finish_hit(
+        &mut self,
+        reply_starts: usize,
+        query_bytes: usize,
+        started: Instant,
+    ) -> Result<(), SessionError> {
         encode::ready_for_query(&mut self.client.out, TransactionStatus::Idle);
-        let result_bytes = self.client.out.len() - before;
+        let result_bytes = self.client.out.len() - reply_starts;
         // Counted before the reply leaves: whoever sees the reply sees the count.
         self.ctx.metrics.record(
             CacheStatus::Hit,

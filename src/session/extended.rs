@@ -590,19 +590,8 @@ impl Session {
                 _ => {}
             }
         }
-        encode::ready_for_query(&mut self.client.out, TransactionStatus::Idle);
         // The unnamed portal ends with the implicit transaction, as on the origin.
         self.portals.remove(&Bytes::new());
-        let result_bytes = self.client.out.len() - before;
-        // Counted before the reply leaves: whoever sees the reply sees the count.
-        self.ctx.metrics.record(
-            CacheStatus::Hit,
-            query_bytes,
-            result_bytes,
-            started.elapsed(),
-            false,
-        );
-        self.client.flush().await?;
-        Ok(())
+        self.finish_hit(before, query_bytes, started).await
     }
 }

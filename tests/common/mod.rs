@@ -302,3 +302,52 @@ pub fn trust_deployment(database: &str, max_size: usize) -> Deployment {
     deployment.client_auth = warpdrive::config::ClientAuth::Trust;
     deployment
 }
+
+/// Runs a program; whether it succeeded, and its stdout and stderr together.
+pub fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is required on the PATH: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Runs psql with `-c` commands against warpdrive on `port`.
+pub async fn psql(port: u16, database: &str, commands: &[&str], sslmode: &str) -> (bool, String) {
+    let port = port.to_string();
+    let mut args: Vec<String> = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-U",
+        "postgres",
+        "-d",
+        database,
+        "-X",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    for command in commands {
+        args.push("-c".to_owned());
+        args.push(command.to_string());
+    }
+    let sslmode = sslmode.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(
+            "psql",
+            &args,
+            &[("PGPASSWORD", PASSWORD), ("PGSSLMODE", &sslmode)],
+        )
+    })
+    .await
+    .expect("psql runs")
+}
