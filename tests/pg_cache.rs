@@ -525,3 +525,69 @@ async fn differential_reads_stay_within_max_age_and_swr() {
 async fn differential_reads_are_current_with_caching_disabled() {
     differential_run(false).await;
 }
+
+/// Statement names are not part of the key: the same text under different names shares
+/// an entry; the same name for different text never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_names_do_not_split_or_mix_entries() {
+    let db = TestDatabase::create("names").await;
+    let mut deployment = common::cached_deployment(&db.name, 2);
+    deployment.client_auth = warpdrive::config::ClientAuth::Trust;
+    let proxy = Proxy::start(deployment).await;
+    let mut a = RawClient::connect(proxy.addr, &db.name).await;
+    let mut b = RawClient::connect(proxy.addr, &db.name).await;
+    let run = |name: &'static [u8], sql: &'static [u8]| {
+        move |m: &mut bytes::BytesMut| {
+            encode::parse(m, name, sql, &[]);
+            encode::bind(m, b"", name, &[], &[], &[]);
+            encode::execute(m, b"", 0);
+            encode::sync(m);
+        }
+    };
+    a.send(run(b"alpha", b"SELECT 'first'::text")).await;
+    let first = a.until_ready().await;
+    b.send(run(b"beta", b"SELECT 'first'::text")).await;
+    let shared = b.until_ready().await;
+    assert_eq!(proxy.count("hit"), 1, "same text, other name: a hit");
+    assert_eq!(first, shared);
+    b.send(|m| encode::close(m, Target::Statement, b"beta"))
+        .await;
+    b.send(run(b"alpha", b"SELECT 'second'::text")).await;
+    let replies = b.until_ready().await;
+    let row = replies.iter().find(|(tag, _)| *tag == b'D').expect("a row");
+    assert!(row.1.ends_with(b"second"), "{replies:?}");
+    assert_eq!(proxy.count("hit"), 1, "same name, other text: not a hit");
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+/// Typed values decoded by tokio-postgres (binary format) are the same on miss and hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_decodes_the_same_values_on_hit_and_miss() {
+    let db = TestDatabase::create("typed").await;
+    let proxy = Proxy::start(common::cached_deployment(&db.name, 1)).await;
+    let client = proxy.connect(&db.name).await;
+    let sql = "SELECT 42::int4, 7::int8, 1.5::float8, 'héllo'::text, '\\x0102'::bytea, true, ARRAY[1, 2]::int4[], NULL::text";
+    let mut decoded = Vec::new();
+    for _ in 0..2 {
+        let row = client.query_one(sql, &[]).await.unwrap();
+        decoded.push(format!(
+            "{:?}",
+            (
+                row.get::<_, i32>(0),
+                row.get::<_, i64>(1),
+                row.get::<_, f64>(2),
+                row.get::<_, String>(3),
+                row.get::<_, Vec<u8>>(4),
+                row.get::<_, bool>(5),
+                row.get::<_, Vec<i32>>(6),
+                row.get::<_, Option<String>>(7),
+            )
+        ));
+    }
+    assert_eq!(decoded[0], decoded[1]);
+    assert_eq!(proxy.count("hit"), 1);
+    drop(client);
+    proxy.stop().await;
+    db.drop_now().await;
+}
