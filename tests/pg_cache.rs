@@ -591,3 +591,75 @@ async fn tokio_postgres_decodes_the_same_values_on_hit_and_miss() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+/// A client pinned by a temporary table never shares cached reads: its `users` is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_sessions_bypass_the_cache() {
+    let db = TestDatabase::create("pinned").await;
+    db.direct()
+        .await
+        .batch_execute("CREATE TABLE users (name text); INSERT INTO users VALUES ('real')")
+        .await
+        .unwrap();
+    let proxy = Proxy::start(common::cached_deployment(&db.name, 2)).await;
+    let shadowing = proxy.connect(&db.name).await;
+    shadowing
+        .batch_execute(
+            "CREATE TEMP TABLE users (name text); INSERT INTO users VALUES ('temporary')",
+        )
+        .await
+        .unwrap();
+    let other = proxy.connect(&db.name).await;
+    for _ in 0..2 {
+        assert_eq!(
+            value(&other.simple_query("SELECT name FROM users").await.unwrap()),
+            "real"
+        );
+        assert_eq!(
+            value(
+                &shadowing
+                    .simple_query("SELECT name FROM users")
+                    .await
+                    .unwrap()
+            ),
+            "temporary"
+        );
+    }
+    assert!(proxy.count("uncacheable") >= 2);
+    assert_eq!(proxy.snapshot().pinned_sessions, 1);
+    assert_eq!((proxy.count("miss"), proxy.count("hit")), (1, 1));
+    drop((shadowing, other));
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+/// A query pipelined behind a SET runs with the new setting: it is not stored under the
+/// key of the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_not_stored_under_stale_settings() {
+    let db = TestDatabase::create("pipeset").await;
+    db.direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE t (v text); INSERT INTO t VALUES ('public');
+             CREATE SCHEMA other; CREATE TABLE other.t (v text); INSERT INTO other.t VALUES ('other')",
+        )
+        .await
+        .unwrap();
+    let proxy = Proxy::start(common::cached_deployment(&db.name, 2)).await;
+    let switcher = proxy.connect(&db.name).await;
+    let statement = switcher.prepare("SELECT v FROM t").await.unwrap();
+    let (set, read) = tokio::join!(
+        switcher.batch_execute("SET search_path TO other"),
+        switcher.query_one(&statement, &[])
+    );
+    set.unwrap();
+    let _ = read;
+    let plain = proxy.connect(&db.name).await;
+    let statement = plain.prepare("SELECT v FROM t").await.unwrap();
+    let seen: String = plain.query_one(&statement, &[]).await.unwrap().get(0);
+    assert_eq!(seen, "public");
+    drop((switcher, plain));
+    proxy.stop().await;
+    db.drop_now().await;
+}

@@ -194,5 +194,10 @@ pub(crate) fn effects(
     {
         found.push(pin("session-level advisory locks"));
     }
+    // set_config() changes settings warpdrive cannot track (and row-level security
+    // policies may read them): the client keeps its connection, and no cache.
+    if functions.contains("set_config") {
+        found.push(pin("set_config()"));
+    }
     found
 }

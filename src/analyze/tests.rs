@@ -603,6 +603,10 @@ fn state_that_cannot_move_pins_the_client() {
     );
     assert!(effects("SELECT pg_advisory_xact_lock(42)").is_empty());
     assert_eq!(
+        effects("SELECT set_config('app.tenant', '7', false)"),
+        vec![pinned("set_config()")]
+    );
+    assert_eq!(
         effects("PREPARE q AS SELECT 1"),
         vec![pinned("SQL-level PREPARE")]
     );

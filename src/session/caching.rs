@@ -3,9 +3,10 @@
 //!
 //! A request is a simple query or an extended-protocol batch up to Sync. Its status is
 //! decided by [`crate::cache::policy::decide`]; a cacheable request is looked up only when
-//! nothing of this client is in flight at the origin, because a request pipelined behind
-//! others may run inside a transaction they open. Such a request is forwarded and, if its
-//! ReadyForQuery shows no transaction, stored when it completes.
+//! nothing of this client is in flight at the origin (a request pipelined behind others
+//! may run in a transaction they open, or with settings they change, which the key would
+//! not show), and only when the client is not pinned to its connection (it may read its
+//! own temporary tables, or settings set with set_config()).
 //!
 //! A hit produces exactly the replies the client's own messages call for: the entry
 //! holds only result messages, and ParseComplete, BindComplete, CloseComplete and
@@ -99,7 +100,18 @@ impl Session {
         started: Instant,
     ) -> Consulted {
         let in_transaction = self.status != TransactionStatus::Idle;
-        let policy = match decide(&self.ctx.deployment.cache, analysis, in_transaction).0 {
+        let decision = match decide(&self.ctx.deployment.cache, analysis, in_transaction).0 {
+            // A pinned session may read its own temporary tables, or settings set with
+            // set_config() that are not in the key: its reads are its own.
+            Decision::Cache(_) if self.pinned.is_some() => {
+                Decision::Refuse(CacheStatus::Uncacheable)
+            }
+            // Pipelined behind requests in flight: those may change the settings the key
+            // is made of, or open a transaction. Forwarded, not looked up or stored.
+            Decision::Cache(_) if self.relay.awaits_origin() => Decision::Refuse(CacheStatus::Miss),
+            decision => decision,
+        };
+        let policy = match decision {
             Decision::Refuse(status) => {
                 return Consulted::Forward(Box::new(InFlight::forwarded(
                     status,
@@ -142,9 +154,7 @@ impl Session {
                 ..InFlight::forwarded(CacheStatus::Miss, query_bytes, started)
             }
         };
-        if self.relay.awaits_origin() {
-            return Consulted::Forward(Box::new(recording(Fill::Key(key))));
-        }
+
         let mut waited = false;
         loop {
             match self.ctx.cache.lookup(key) {
@@ -269,9 +279,10 @@ impl Session {
                 Recorded::Oversized => status = CacheStatus::OversizedResult,
                 _ => {}
             }
-            if ready != TransactionStatus::Idle {
-                status = CacheStatus::Transaction;
-            }
+        }
+        if status == CacheStatus::Miss && ready != TransactionStatus::Idle {
+            // Pipelined behind a BEGIN: it ran inside the transaction.
+            status = CacheStatus::Transaction;
         }
         self.ctx.metrics.record(
             status,

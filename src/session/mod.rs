@@ -765,6 +765,10 @@ impl Session {
                     SessionEffect::Pin { feature } if !failed => {
                         if self.pinned.is_none() {
                             tracing::info!(feature = %feature, "client pinned to its origin connection");
+                            self.ctx
+                                .metrics
+                                .pinned_sessions
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         self.pinned.get_or_insert_with(|| feature.clone());
                         conn.reusable = false;
