@@ -27,15 +27,6 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(tcp) => tcp,
-            Stream::ServerTls(tls) => tls.get_ref().0,
-            Stream::ClientTls(tls) => tls.get_ref().0,
-        }
-    }
-
     /// Whether the transport is encrypted.
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
@@ -128,15 +119,6 @@ impl Conn {
     /// The transport.
     pub fn stream(&self) -> &Stream {
         &self.stream
-    }
-
-    /// Replaces the transport (after a TLS upgrade). Buffered input must be empty: bytes
-    /// sent before the handshake cannot be trusted.
-    pub fn upgrade(self, upgrade: impl FnOnce(Stream) -> Stream) -> Conn {
-        Conn {
-            stream: upgrade(self.stream),
-            ..self
-        }
     }
 
     /// Takes the transport back, with whatever input was buffered.

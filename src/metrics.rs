@@ -67,6 +67,21 @@ impl Histogram {
     }
 }
 
+/// Counters of a deployment's origin connections, over all its databases' pools.
+#[derive(Debug, Default)]
+pub struct PoolMetrics {
+    /// Connections opened since start.
+    pub opened: AtomicU64,
+    /// Connections closed since start.
+    pub closed: AtomicU64,
+    /// Connections open now (idle, checked out, or being opened).
+    pub open: AtomicU64,
+    /// Checkouts that gave up after acquire_timeout.
+    pub acquire_timeouts: AtomicU64,
+    /// Origin connection set-up (connect, TLS, authentication).
+    pub connect_latency: Histogram,
+}
+
 #[derive(Debug, Default)]
 struct StatusCounters {
     queries: AtomicU64,
@@ -92,8 +107,8 @@ pub struct DeploymentMetrics {
     pub completed: AtomicU64,
     /// Queries that ended in an error.
     pub errors: AtomicU64,
-    /// Origin connection set-up (connect, TLS, authentication).
-    pub origin_connect: Arc<Histogram>,
+    /// The deployment's origin connections.
+    pub pool: Arc<PoolMetrics>,
     /// From a query's arrival to its ReadyForQuery.
     pub query_duration: Histogram,
     store: Arc<Store>,
@@ -112,7 +127,7 @@ impl DeploymentMetrics {
             pinned_sessions: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            origin_connect: Arc::new(Histogram::default()),
+            pool: Arc::new(PoolMetrics::default()),
             query_duration: Histogram::default(),
             store,
         }
@@ -186,6 +201,9 @@ impl DeploymentMetrics {
             pinned_sessions: load(&self.pinned_sessions),
             completed: load(&self.completed),
             errors: load(&self.errors),
+            origin_connections: load(&self.pool.open),
+            origin_connections_opened: load(&self.pool.opened),
+            acquire_timeouts: load(&self.pool.acquire_timeouts),
         }
     }
 
@@ -222,6 +240,22 @@ impl DeploymentMetrics {
                 "warpdrive_pinned_sessions_total",
                 self.pinned_sessions.load(Ordering::Relaxed),
             ),
+            (
+                "warpdrive_origin_connections",
+                self.pool.open.load(Ordering::Relaxed),
+            ),
+            (
+                "warpdrive_origin_connections_opened_total",
+                self.pool.opened.load(Ordering::Relaxed),
+            ),
+            (
+                "warpdrive_origin_connections_closed_total",
+                self.pool.closed.load(Ordering::Relaxed),
+            ),
+            (
+                "warpdrive_pool_acquire_timeouts_total",
+                self.pool.acquire_timeouts.load(Ordering::Relaxed),
+            ),
         ];
         for (metric, value) in plain {
             let _ = writeln!(out, "{metric}{{deployment=\"{d}\"}} {value}");
@@ -243,7 +277,8 @@ impl DeploymentMetrics {
                 counter.load(Ordering::Relaxed)
             );
         }
-        self.origin_connect
+        self.pool
+            .connect_latency
             .render(out, "warpdrive_origin_connect_seconds", d);
         self.query_duration
             .render(out, "warpdrive_query_duration_seconds", d);
@@ -292,6 +327,12 @@ pub struct DeploymentSnapshot {
     pub completed: u64,
     /// Failed queries.
     pub errors: u64,
+    /// Origin connections open now.
+    pub origin_connections: u64,
+    /// Origin connections opened since start.
+    pub origin_connections_opened: u64,
+    /// Checkouts that gave up after acquire_timeout.
+    pub acquire_timeouts: u64,
 }
 
 /// The `warpdrive stats` table: per deployment, the hit ratio first, then the cache's
@@ -329,6 +370,13 @@ pub fn stats_table(snapshots: &[DeploymentSnapshot]) -> String {
             out,
             "  queries: {} completed, {} errors; {} pinned sessions",
             snapshot.completed, snapshot.errors, snapshot.pinned_sessions
+        );
+        let _ = writeln!(
+            out,
+            "  origin: {} connections open, {} opened since start, {} acquire timeouts",
+            snapshot.origin_connections,
+            snapshot.origin_connections_opened,
+            snapshot.acquire_timeouts
         );
         let _ = writeln!(
             out,
@@ -374,6 +422,14 @@ const HELP: &str = "\
 # TYPE warpdrive_cache_bytes gauge
 # HELP warpdrive_pinned_sessions_total Clients pinned to their origin connection.
 # TYPE warpdrive_pinned_sessions_total counter
+# HELP warpdrive_origin_connections Origin connections open now.
+# TYPE warpdrive_origin_connections gauge
+# HELP warpdrive_origin_connections_opened_total Origin connections opened.
+# TYPE warpdrive_origin_connections_opened_total counter
+# HELP warpdrive_origin_connections_closed_total Origin connections closed.
+# TYPE warpdrive_origin_connections_closed_total counter
+# HELP warpdrive_pool_acquire_timeouts_total Checkouts that gave up after acquire_timeout.
+# TYPE warpdrive_pool_acquire_timeouts_total counter
 # HELP warpdrive_cache_revalidations_total Background refreshes of stale entries.
 # TYPE warpdrive_cache_revalidations_total counter
 # HELP warpdrive_query_events_total Queries that completed or ended in an error.

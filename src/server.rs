@@ -88,7 +88,7 @@ impl Server {
             let pools = PoolSet::new(
                 deployment.origin.clone(),
                 deployment.pool.clone(),
-                Arc::clone(&metrics.origin_connect),
+                Arc::clone(&metrics.pool),
             )
             .map_err(tls_error)?;
             pools.get(&deployment.origin.database);

@@ -207,6 +207,7 @@ async fn acquire_timeout_error() {
         db_error.message(),
         "Failed to acquire a connection from the pool."
     );
+    assert_eq!(proxy.snapshot().acquire_timeouts, 1);
     holder.batch_execute("COMMIT").await.unwrap();
     let one: i32 = waiter.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
@@ -257,6 +258,9 @@ async fn min_idle_and_idle_timeout() {
         settled, 2,
         "idle connections above min_idle closed after idle_timeout"
     );
+    let snapshot = proxy.snapshot();
+    assert_eq!(snapshot.origin_connections, 2);
+    assert_eq!(snapshot.origin_connections_opened, 4);
     proxy.stop().await;
     db.drop_now().await;
 }

@@ -350,11 +350,6 @@ impl Analyzer {
         }
     }
 
-    /// The limits in force.
-    pub fn options(&self) -> AnalyzerOptions {
-        self.options
-    }
-
     /// Analyzes query text as received; text that is not UTF-8 is a parse error (the
     /// analyzer reads UTF-8 only).
     pub fn analyze_bytes(&self, dialect: Dialect, sql: &[u8]) -> Analysis {

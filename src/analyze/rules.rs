@@ -247,11 +247,6 @@ impl Rules {
         Ok(())
     }
 
-    /// The dialect these rules are for.
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
-    }
-
     /// Where the entries came from, in merge order.
     pub fn sources(&self) -> &[String] {
         &self.sources

@@ -158,11 +158,6 @@ impl Store {
             evictions: self.evictions.load(Ordering::Relaxed),
         }
     }
-
-    /// Drops every entry.
-    pub fn clear(&self) {
-        self.entries.clear();
-    }
 }
 
 /// The right to fetch a key and store it. Waiters wake when it is dropped, filled or not.

@@ -18,7 +18,7 @@ pub mod origin;
 pub mod statements;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::PoolSettings;
-use crate::metrics::Histogram;
+use crate::metrics::PoolMetrics;
 use crate::wire::pg::backend::{BackendMessage, TransactionStatus};
 use crate::wire::pg::encode;
 pub use origin::{OriginConn, OriginError, OriginTarget};
@@ -98,30 +98,16 @@ impl PooledConn {
     }
 }
 
-/// Counters of one pool.
-#[derive(Debug, Default)]
-pub struct PoolStats {
-    /// Connections opened since start.
-    pub opened: AtomicU64,
-    /// Connections closed since start.
-    pub closed: AtomicU64,
-    /// Connections open now (idle + checked out + connecting).
-    pub open: AtomicUsize,
-    /// Checkouts that timed out.
-    pub timeouts: AtomicU64,
-}
-
 /// ParameterStatus (name, value) pairs as an origin reported them.
 pub type ServerParameters = Arc<Vec<(Bytes, Bytes)>>;
 
 struct Inner {
     target: Arc<OriginTarget>,
-    connect_latency: Arc<Histogram>,
     settings: PoolSettings,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<PooledConn>>,
     baseline: Mutex<Option<ServerParameters>>,
-    stats: PoolStats,
+    metrics: Arc<PoolMetrics>,
 }
 
 /// A pool of connections to one origin database.
@@ -131,21 +117,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool; starts its maintenance task (which needs a Tokio runtime). Connection
-    /// set-up times go to `connect_latency`.
-    pub fn new(
-        target: OriginTarget,
-        settings: PoolSettings,
-        connect_latency: Arc<Histogram>,
-    ) -> Pool {
+    /// A pool; starts its maintenance task (which needs a Tokio runtime). It counts into
+    /// `metrics` (shared by the deployment's pools).
+    pub fn new(target: OriginTarget, settings: PoolSettings, metrics: Arc<PoolMetrics>) -> Pool {
         let inner = Arc::new(Inner {
             permits: Arc::new(Semaphore::new(settings.max_size)),
             target: Arc::new(target),
-            connect_latency,
             settings,
             idle: Mutex::new(Vec::new()),
             baseline: Mutex::new(None),
-            stats: PoolStats::default(),
+            metrics,
         });
         tokio::spawn(maintain(Arc::downgrade(&inner)));
         Pool { inner }
@@ -159,16 +140,6 @@ impl Pool {
     /// The pool's settings.
     pub fn settings(&self) -> &PoolSettings {
         &self.inner.settings
-    }
-
-    /// Counters.
-    pub fn stats(&self) -> &PoolStats {
-        &self.inner.stats
-    }
-
-    /// Number of idle connections.
-    pub fn idle_count(&self) -> usize {
-        self.inner.idle.lock().map(|idle| idle.len()).unwrap_or(0)
     }
 
     /// The ParameterStatus values an origin connection reports at startup (opening one
@@ -199,7 +170,10 @@ impl Pool {
                 )
                 .await
                 .map_err(|_| {
-                    self.inner.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .metrics
+                        .acquire_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
                     PoolError::Timeout {
                         waited: started.elapsed(),
                     }
@@ -232,12 +206,12 @@ impl Inner {
     }
 
     async fn open(&self) -> Result<PooledConn, OriginError> {
-        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        self.metrics.open.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         match origin::connect(&self.target).await {
             Ok(origin) => {
-                self.connect_latency.observe(started.elapsed());
-                self.stats.opened.fetch_add(1, Ordering::Relaxed);
+                self.metrics.connect_latency.observe(started.elapsed());
+                self.metrics.opened.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut baseline) = self.baseline.lock()
                     && baseline.is_none()
                 {
@@ -249,7 +223,7 @@ impl Inner {
                 ))
             }
             Err(error) => {
-                self.stats.open.fetch_sub(1, Ordering::Relaxed);
+                self.metrics.open.fetch_sub(1, Ordering::Relaxed);
                 tracing::warn!(origin = %self.target.url, database = %self.target.database, %error, "cannot open origin connection");
                 Err(error)
             }
@@ -257,8 +231,8 @@ impl Inner {
     }
 
     fn note_closed(&self) {
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
-        self.stats.closed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.open.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.closed.fetch_add(1, Ordering::Relaxed);
     }
 
     fn give_back(&self, mut conn: PooledConn) {
@@ -460,7 +434,7 @@ async fn maintain(pool: Weak<Inner>) {
 /// The pools of one deployment: one per database, created on first use.
 pub struct PoolSet {
     url: crate::config::OriginUrl,
-    connect_latency: Arc<Histogram>,
+    metrics: Arc<PoolMetrics>,
     tls: Option<Arc<rustls::ClientConfig>>,
     settings: PoolSettings,
     pools: Mutex<std::collections::HashMap<String, Pool>>,
@@ -471,12 +445,12 @@ impl PoolSet {
     pub fn new(
         url: crate::config::OriginUrl,
         settings: PoolSettings,
-        connect_latency: Arc<Histogram>,
+        metrics: Arc<PoolMetrics>,
     ) -> Result<PoolSet, crate::tls::TlsError> {
         let tls = crate::tls::client_config(url.ssl_mode, url.ssl_root_cert.as_deref())?;
         Ok(PoolSet {
             url,
-            connect_latency,
+            metrics,
             tls,
             settings,
             pools: Mutex::new(std::collections::HashMap::new()),
@@ -500,7 +474,7 @@ impl PoolSet {
                         connect_timeout: self.settings.connect_timeout,
                     },
                     self.settings.clone(),
-                    Arc::clone(&self.connect_latency),
+                    Arc::clone(&self.metrics),
                 )
             })
             .clone()
