@@ -575,3 +575,37 @@ async fn origin_authentication_with_scram_and_md5() {
     }
     db.drop_now().await;
 }
+
+/// A batch larger than warpdrive's buffer bound (4 MiB) before its Sync is forwarded as
+/// it comes, and answered completely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_larger_than_the_buffer_bound_are_forwarded() {
+    use warpdrive::wire::pg::encode;
+    let db = TestDatabase::create("bigbatch").await;
+    let proxy = Proxy::start(common::trust_deployment(&db.name, 1)).await;
+    let mut raw = common::RawClient::connect(proxy.addr, &db.name).await;
+    let big = vec![b'x'; 1 << 20];
+    raw.send(|m| {
+        encode::parse(m, b"", b"SELECT length($1::text)", &[]);
+        for _ in 0..6 {
+            encode::bind(m, b"", b"", &[], &[Some(&big)], &[]);
+            encode::execute(m, b"", 0);
+        }
+        encode::sync(m);
+    })
+    .await;
+    let replies = raw.until_ready().await;
+    let rows: Vec<_> = replies.iter().filter(|(tag, _)| *tag == b'D').collect();
+    assert_eq!(
+        rows.len(),
+        6,
+        "{:?}",
+        replies
+            .iter()
+            .map(|(t, _)| char::from(*t))
+            .collect::<String>()
+    );
+    assert!(rows.iter().all(|(_, body)| body.ends_with(b"1048576")));
+    proxy.stop().await;
+    db.drop_now().await;
+}

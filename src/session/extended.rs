@@ -78,6 +78,7 @@ impl Session {
     pub(super) async fn send_batch(&mut self, sync: bool) -> Result<(), SessionError> {
         let started = Instant::now();
         let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
         if batch.is_empty() && !sync {
             self.client.flush().await?;
             return Ok(());

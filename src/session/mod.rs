@@ -274,6 +274,7 @@ async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), SessionError
         checkout: None,
         relay: Relay::default(),
         batch: Vec::new(),
+        batch_bytes: 0,
         status: TransactionStatus::Idle,
         pinned: None,
         effects: Vec::new(),
@@ -307,6 +308,8 @@ struct Session {
     relay: Relay,
     /// Extended-protocol messages waiting for Sync or Flush.
     batch: Vec<FrontendMessage>,
+    /// Their size in bytes.
+    batch_bytes: usize,
     /// Transaction status as the client last saw it.
     status: TransactionStatus,
     /// Why the client is pinned to its connection, if it is.
@@ -331,6 +334,10 @@ enum Wake {
     Deadline,
     Shutdown { server_gone: bool },
 }
+
+/// Extended-protocol messages buffered before Sync beyond this many bytes are sent on
+/// (as with Flush), so that a client cannot make warpdrive hold unbounded input.
+const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// Grace period for the origin to answer a cancel before the connection is dropped.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
@@ -423,7 +430,15 @@ impl Session {
             | FrontendMessage::Bind(_)
             | FrontendMessage::Describe(_)
             | FrontendMessage::Execute(_)
-            | FrontendMessage::Close(_)) => self.batch.push(message),
+            | FrontendMessage::Close(_)) => {
+                self.batch_bytes += message.frame().len();
+                self.batch.push(message);
+                if self.batch_bytes > MAX_BATCH_BYTES {
+                    // Bounded memory: a client that never sends Sync has its messages
+                    // forwarded as they come, as if it had sent Flush (not cacheable).
+                    self.send_batch(false).await?;
+                }
+            }
             FrontendMessage::Sync(_) => self.send_batch(true).await?,
             FrontendMessage::Flush(_) => self.send_batch(false).await?,
             FrontendMessage::Terminate(_) => return Ok(false),
