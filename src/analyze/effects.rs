@@ -5,14 +5,17 @@
 //! the client next; `DISCARD ALL` and `DEALLOCATE` are answered for the client alone;
 //! state that cannot move between connections (LISTEN, session advisory locks,
 //! SQL-level PREPARE, temporary objects, WITH HOLD cursors, variables warpdrive cannot
-//! replay) pins the client to its connection.
+//! replay) pins the client to its connection. Transaction control is reported too, in
+//! statement order, so that settings changed inside a transaction follow its commit,
+//! rollback and savepoints as they do in PostgreSQL.
 
 use serde::Serialize;
 use sqlparser::ast::{
-    ContextModifier, DiscardObject, Expr, ObjectName, Reset, Set, SetSessionAuthorizationParamKind,
-    Statement,
+    ContextModifier, DiscardObject, Expr, Ident, ObjectName, Reset, Set,
+    SetSessionAuthorizationParamKind, Statement,
 };
 
+use super::lex::Lead;
 use super::{Dialect, NameSet};
 
 /// One effect on the session.
@@ -45,6 +48,43 @@ pub enum SessionEffect {
         /// What it is, for messages and metrics.
         feature: String,
     },
+    /// A transaction control statement.
+    Transaction(TransactionControl),
+}
+
+/// Transaction control, as it matters to session settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "control", content = "savepoint", rename_all = "snake_case")]
+pub enum TransactionControl {
+    /// `BEGIN`, `START TRANSACTION`.
+    Begin,
+    /// `COMMIT`, `END` (a rollback when the transaction has failed).
+    Commit,
+    /// `COMMIT AND CHAIN`: commits and opens a new transaction at once.
+    CommitAndChain,
+    /// `ROLLBACK`, `ABORT`.
+    Rollback,
+    /// `ROLLBACK AND CHAIN`.
+    RollbackAndChain,
+    /// `SAVEPOINT name` (name folded as PostgreSQL folds it).
+    Savepoint(String),
+    /// `RELEASE [SAVEPOINT] name`.
+    Release(String),
+    /// `ROLLBACK TO [SAVEPOINT] name`.
+    RollbackTo(String),
+}
+
+impl SessionEffect {
+    /// Whether the effect changes settings warpdrive replays.
+    pub fn changes_settings(&self) -> bool {
+        matches!(
+            self,
+            SessionEffect::Set { .. }
+                | SessionEffect::Reset { .. }
+                | SessionEffect::ResetAll
+                | SessionEffect::DiscardAll
+        )
+    }
 }
 
 /// Session-level advisory lock functions (the `_xact_` variants end with the
@@ -63,8 +103,29 @@ fn pin(feature: &str) -> SessionEffect {
     }
 }
 
+/// A setting's name as PostgreSQL looks it up: case-insensitive, quotes removed
+/// (`SET "TimeZone"` is `timezone`).
 fn setting_name(name: &ObjectName) -> String {
-    name.to_string().to_lowercase()
+    name.0
+        .iter()
+        .map(|part| match part.as_ident() {
+            Some(ident) => ident.value.to_lowercase(),
+            None => part.to_string().to_lowercase(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// A savepoint's name as PostgreSQL folds it: unquoted names are lower case.
+fn savepoint_name(name: &Ident) -> String {
+    match name.quote_style {
+        Some(_) => name.value.clone(),
+        None => name.value.to_lowercase(),
+    }
+}
+
+fn transaction(control: TransactionControl) -> SessionEffect {
+    SessionEffect::Transaction(control)
 }
 
 fn values_sql(values: &[Expr]) -> String {
@@ -172,6 +233,30 @@ pub(crate) fn effects(
             name: (!(name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all")))
                 .then(|| name.value.clone()),
         }],
+        Statement::StartTransaction { .. } => vec![transaction(TransactionControl::Begin)],
+        Statement::Commit { chain: false, .. } => vec![transaction(TransactionControl::Commit)],
+        Statement::Commit { chain: true, .. } => {
+            vec![transaction(TransactionControl::CommitAndChain)]
+        }
+        Statement::Rollback {
+            savepoint: Some(name),
+            ..
+        } => vec![transaction(TransactionControl::RollbackTo(savepoint_name(
+            name,
+        )))],
+        Statement::Rollback { chain, .. } => vec![transaction(if *chain {
+            TransactionControl::RollbackAndChain
+        } else {
+            TransactionControl::Rollback
+        })],
+        Statement::Savepoint { name } => {
+            vec![transaction(TransactionControl::Savepoint(savepoint_name(
+                name,
+            )))]
+        }
+        Statement::ReleaseSavepoint { name } => vec![transaction(TransactionControl::Release(
+            savepoint_name(name),
+        ))],
         Statement::Prepare { .. } => vec![pin("SQL-level PREPARE")],
         Statement::LISTEN { .. } => vec![pin("LISTEN")],
         Statement::CreateTable(create) if create.temporary => vec![pin("temporary tables")],
@@ -197,6 +282,35 @@ pub(crate) fn effects(
     // set_config() changes settings warpdrive cannot track (and row-level security
     // policies may read them): the client keeps its connection, and no cache.
     if functions.contains("set_config") {
+        found.push(pin("set_config()"));
+    }
+    found
+}
+
+/// What statements sqlparser could not parse may do to the session, guessed from their
+/// words. warpdrive cannot replay what it could not read, so session statements,
+/// temporary objects, WITH HOLD cursors, session locks and set_config() pin the client.
+pub(crate) fn unparsed_effects(leads: &[Lead], words: &[String]) -> Vec<SessionEffect> {
+    let mut found = Vec::new();
+    for lead in leads {
+        let feature = match (lead.first.as_str(), lead.second.as_str()) {
+            ("PREPARE", "TRANSACTION") => continue,
+            ("SET" | "RESET" | "PREPARE" | "LISTEN" | "DISCARD", _) => {
+                "a session statement warpdrive could not parse"
+            }
+            ("CREATE", "TEMP" | "TEMPORARY" | "LOCAL" | "GLOBAL") => "temporary objects",
+            ("DECLARE", _) if words.iter().any(|w| w == "hold") => "WITH HOLD cursors",
+            _ => continue,
+        };
+        found.push(pin(feature));
+    }
+    if words
+        .iter()
+        .any(|w| SESSION_LOCK_FUNCTIONS.contains(&w.as_str()))
+    {
+        found.push(pin("session-level advisory locks"));
+    }
+    if words.iter().any(|w| w == "set_config") {
         found.push(pin("set_config()"));
     }
     found

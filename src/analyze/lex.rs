@@ -120,6 +120,25 @@ pub(crate) fn lex(dialect: Dialect, sql: &str) -> Result<Lexed, Refusal> {
     })
 }
 
+/// The unquoted words of a text, lower case (none if it does not tokenize). For
+/// statements the parser refused, whose effects can only be guessed from their words.
+pub(crate) fn words(dialect: Dialect, sql: &str) -> Vec<String> {
+    Tokenizer::new(sqlparser_dialect(dialect), sql)
+        .tokenize()
+        .map(|tokens| {
+            tokens
+                .into_iter()
+                .filter_map(|token| match token {
+                    Token::Word(word) if word.quote_style.is_none() => {
+                        Some(word.value.to_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A query's shape: its tokens with literals and placeholders replaced by `?`, unquoted
 /// words folded to lower case, comments and whitespace dropped; 64 bits of blake3 over
 /// that, in hex. Queries that differ only in their values share a fingerprint.

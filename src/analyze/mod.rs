@@ -34,7 +34,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use sqlparser::parser::{Parser, ParserOptions};
 
-pub use effects::SessionEffect;
+pub use effects::{SessionEffect, TransactionControl};
 pub use hint::CacheHint;
 pub use memo::AnalysisMemo;
 pub use rules::{Rules, RulesError, Volatility};
@@ -386,7 +386,7 @@ impl Analyzer {
         };
         let fingerprint = lexed.fingerprint.clone();
         let hint = lexed.leading_comment.as_deref().and_then(hint::parse);
-        let mut analysis = self.classify(dialect, lexed);
+        let mut analysis = self.classify(dialect, sql, lexed);
         analysis.fingerprint = fingerprint;
         match hint {
             Some(Ok(hint)) => analysis.hint = Some(hint),
@@ -398,7 +398,7 @@ impl Analyzer {
         analysis
     }
 
-    fn classify(&self, dialect: Dialect, lexed: lex::Lexed) -> Analysis {
+    fn classify(&self, dialect: Dialect, sql: &str, lexed: lex::Lexed) -> Analysis {
         if lexed.statement_count() == 0 {
             return Analysis::verdict(
                 Status::NotAQuery,
@@ -416,7 +416,11 @@ impl Analyzer {
             .parse_statements();
         match parsed {
             Ok(statements) => self.classify_parsed(dialect, &statements),
-            Err(error) => statement::classify_unparsed(&leading, &error.to_string()),
+            Err(error) => {
+                let mut analysis = statement::classify_unparsed(&leading, &error.to_string());
+                analysis.effects = effects::unparsed_effects(&leading, &lex::words(dialect, sql));
+                analysis
+            }
         }
     }
 

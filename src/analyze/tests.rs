@@ -592,6 +592,59 @@ fn session_settings_are_reported_for_replay() {
         }]
     );
     assert!(effects("SELECT 1").is_empty());
+    assert_eq!(
+        effects(r#"SET "TimeZone" = 'UTC'"#),
+        vec![set("timezone", "'UTC'")]
+    );
+}
+
+#[test]
+fn transaction_control_is_reported_in_order() {
+    use crate::analyze::TransactionControl as T;
+    let control = |c| SessionEffect::Transaction(c);
+    assert_eq!(
+        effects(
+            "BEGIN; SET search_path TO x; SAVEPOINT Sp; ROLLBACK TO SAVEPOINT sp; RELEASE \"Q\"; COMMIT"
+        ),
+        vec![
+            control(T::Begin),
+            set("search_path", "x"),
+            control(T::Savepoint("sp".into())),
+            control(T::RollbackTo("sp".into())),
+            control(T::Release("Q".into())),
+            control(T::Commit),
+        ]
+    );
+    assert_eq!(
+        effects("START TRANSACTION READ ONLY"),
+        vec![control(T::Begin)]
+    );
+    assert_eq!(
+        effects("COMMIT AND CHAIN"),
+        vec![control(T::CommitAndChain)]
+    );
+    assert_eq!(effects("COMMIT AND NO CHAIN"), vec![control(T::Commit)]);
+    assert_eq!(
+        effects("ROLLBACK AND CHAIN"),
+        vec![control(T::RollbackAndChain)]
+    );
+    assert_eq!(effects("ABORT"), vec![control(T::Rollback)]);
+    assert_eq!(effects("END"), vec![control(T::Commit)]);
+}
+
+#[test]
+fn unparsed_session_statements_pin_the_client() {
+    // Text sqlparser refuses: what it does to the session is guessed from its words.
+    let unparsed = pg("SET search_path = app,, public");
+    assert_eq!(unparsed.status, Status::NotAQuery);
+    assert_eq!(
+        unparsed.effects,
+        vec![pinned("a session statement warpdrive could not parse")]
+    );
+    let lock = pg("SELECT pg_advisory_lock(1) FROM t WHERE a::text COLLATE \"C\" = 'x' ,");
+    assert_eq!(lock.status, Status::ParseError);
+    assert_eq!(lock.effects, vec![pinned("session-level advisory locks")]);
+    assert!(pg("SELECT a FROM t WHERE ,").effects.is_empty());
 }
 
 #[test]

@@ -1,9 +1,11 @@
 //! The statements warpdrive has prepared on one origin connection, least recently used
 //! first out.
 //!
-//! Origin-side names are derived from the statement's text and parameter types (see
-//! [`origin_statement_name`]), so clients that prepare the same statement share it and
-//! two different statements never collide, whatever the clients call them.
+//! Origin-side names are derived from the statement's text, parameter types and the
+//! search_path it was prepared under (see [`origin_statement_name`]), so clients that
+//! prepare the same statement share it, two different statements never collide,
+//! whatever the clients call them, and clients with different search paths (a schema per
+//! tenant) never run each other's plans.
 
 use std::collections::HashMap;
 
@@ -22,12 +24,16 @@ pub fn origin_statement_name(identity: &[u8; 32]) -> Bytes {
     Bytes::from(name)
 }
 
-/// A statement's identity: blake3 over its length-prefixed text and parameter types.
-pub fn statement_identity(sql: &[u8], parameter_types: &[u8]) -> [u8; 32] {
+/// A statement's identity: blake3 over its length-prefixed text and parameter types, and
+/// the search_path setting in force when it was prepared (PostgreSQL resolves the names
+/// in a statement with it, and analyses the statement again when it changes).
+pub fn statement_identity(sql: &[u8], parameter_types: &[u8], search_path: &[u8]) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new();
     hasher.update(&(sql.len() as u64).to_le_bytes());
     hasher.update(sql);
+    hasher.update(&(parameter_types.len() as u64).to_le_bytes());
     hasher.update(parameter_types);
+    hasher.update(search_path);
     *hasher.finalize().as_bytes()
 }
 
@@ -107,12 +113,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_depend_on_text_and_types_only() {
-        let name = |types: &[u8]| origin_statement_name(&statement_identity(b"SELECT $1", types));
-        let a = name(&[0, 1, 0, 0, 0, 23]);
-        let b = name(&[0, 1, 0, 0, 0, 25]);
-        let c = name(&[0, 1, 0, 0, 0, 23]);
+    fn names_depend_on_text_types_and_search_path_only() {
+        let name = |types: &[u8], path: &[u8]| {
+            origin_statement_name(&statement_identity(b"SELECT $1", types, path))
+        };
+        let a = name(&[0, 1, 0, 0, 0, 23], b"");
+        let b = name(&[0, 1, 0, 0, 0, 25], b"");
+        let c = name(&[0, 1, 0, 0, 0, 23], b"");
+        let d = name(&[0, 1, 0, 0, 0, 23], b"SET search_path TO tenant_2");
         assert_ne!(a, b);
+        assert_ne!(a, d);
         assert_eq!(a, c);
         assert!(a.starts_with(b"wd_"));
         assert_eq!(a.len(), 35);

@@ -15,9 +15,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::extended::Unsynced;
 use super::recorder::{Recorded, Recorder};
+use super::settings::Outcome;
 use super::{Session, SessionError, apply_settings};
-use crate::analyze::Analysis;
+use crate::analyze::{Analysis, SessionEffect};
 use crate::cache::policy::{Decision, Policy, decide};
 use crate::cache::{
     CacheKey, CacheStatus, CachedRequest, Described, Entry, FillGuard, KeyInputs, Lookup, Request,
@@ -59,6 +61,18 @@ pub(super) struct InFlight {
     started: Instant,
     failed: bool,
     recording: Option<Recording>,
+    /// Statements it runs.
+    statements: usize,
+    /// What they do to the session, in order; settled at ReadyForQuery.
+    effects: Vec<SessionEffect>,
+}
+
+/// What a request did, once its ReadyForQuery arrived.
+pub(super) struct Finished {
+    /// Its session effects, in order.
+    pub(super) effects: Vec<SessionEffect>,
+    /// What the origin said of it.
+    pub(super) outcome: Outcome,
 }
 
 impl InFlight {
@@ -76,14 +90,31 @@ impl InFlight {
             started,
             failed: false,
             recording: None,
+            statements: 0,
+            effects: Vec::new(),
         }
+    }
+
+    /// Adds statements this request runs, with their effects.
+    pub(super) fn runs(&mut self, statements: usize, effects: &[SessionEffect]) {
+        self.statements += statements;
+        self.effects.extend(effects.iter().cloned());
+    }
+
+    /// Takes in the messages of this request sent before its Sync.
+    pub(super) fn absorb(&mut self, unsynced: Unsynced) {
+        self.statements += unsynced.statements;
+        self.failed |= unsynced.failed;
+        let mut effects = unsynced.effects;
+        effects.append(&mut self.effects);
+        self.effects = effects;
     }
 }
 
 /// What the cache says about a request.
-pub(super) enum Consulted {
-    /// Answer with this entry.
-    Hit(Arc<Entry>),
+pub(super) enum Consulted<T = ()> {
+    /// Answer with this entry (and what the caller needs to).
+    Hit(Arc<Entry>, T),
     /// Send it to the origin, tracked by this.
     Forward(Box<InFlight>),
 }
@@ -158,7 +189,7 @@ impl Session {
         let mut waited = false;
         loop {
             match self.ctx.cache.lookup(key) {
-                Lookup::Fresh(entry) => return Consulted::Hit(entry),
+                Lookup::Fresh(entry) => return Consulted::Hit(entry, ()),
                 Lookup::Stale(entry, refresh) => {
                     self.ctx
                         .metrics
@@ -167,7 +198,7 @@ impl Session {
                     if let Some(refresh) = refresh {
                         self.spawn_revalidation(refresh, Arc::clone(&entry), policy);
                     }
-                    return Consulted::Hit(entry);
+                    return Consulted::Hit(entry, ());
                 }
                 Lookup::Miss(guard) => {
                     return Consulted::Forward(Box::new(recording(Fill::Guard(guard))));
@@ -240,18 +271,27 @@ impl Session {
         }
     }
 
-    /// The origin reported an error for the request at the front.
+    /// The origin (or warpdrive) reported an error for the request at the front, or for
+    /// messages sent before a Sync not sent yet.
     pub(super) fn note_failure(&mut self) {
-        if let Some(request) = self.requests.front_mut() {
-            request.failed = true;
+        match self.requests.front_mut() {
+            Some(request) => request.failed = true,
+            None => self.unsynced.failed = true,
         }
     }
 
     /// ReadyForQuery ended the request at the front: store its result if it is whole and
     /// was produced outside a transaction, and count it.
-    pub(super) fn finish_request(&mut self, ready: TransactionStatus) {
+    pub(super) fn finish_request(&mut self, ready: TransactionStatus) -> Finished {
         let Some(request) = self.requests.pop_front() else {
-            return;
+            return Finished {
+                effects: Vec::new(),
+                outcome: Outcome {
+                    failed: false,
+                    statements: 0,
+                    in_transaction: ready != TransactionStatus::Idle,
+                },
+            };
         };
         let mut status = request.status;
         if let Some(recording) = request.recording {
@@ -291,6 +331,14 @@ impl Session {
             request.started.elapsed(),
             request.failed,
         );
+        Finished {
+            effects: request.effects,
+            outcome: Outcome {
+                failed: request.failed,
+                statements: request.statements,
+                in_transaction: ready != TransactionStatus::Idle,
+            },
+        }
     }
 
     /// Ends every request in flight as failed (the origin connection is gone).

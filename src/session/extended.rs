@@ -17,7 +17,7 @@ use super::caching::{Consulted, InFlight};
 use super::error::{ClientError, sqlstate};
 use super::relay::{Expect, OnError};
 use super::{Session, SessionError};
-use crate::analyze::{Analysis, Dialect};
+use crate::analyze::{Analysis, Dialect, SessionEffect};
 use crate::cache::policy::{Decision, decide};
 use crate::cache::{CacheStatus, Described, Entry, Request};
 use crate::pool::statements::{origin_statement_name, statement_identity};
@@ -30,7 +30,7 @@ use crate::wire::pg::frontend::{Bind, Close, Describe, FrontendMessage, Parse, T
 pub(super) struct ClientStatement {
     /// The name on origin connections.
     pub(super) origin_name: Bytes,
-    /// Identity (text + parameter types), for the unnamed statement.
+    /// Identity (text, parameter types, search_path), for the unnamed statement.
     pub(super) identity: [u8; 32],
     /// The SQL text.
     pub(super) sql: Bytes,
@@ -38,6 +38,32 @@ pub(super) struct ClientStatement {
     pub(super) parameter_types: Bytes,
     /// The analyzer's verdict on its text.
     pub(super) analysis: Arc<Analysis>,
+}
+
+impl PartialEq for ClientStatement {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity == other.identity
+    }
+}
+
+impl Eq for ClientStatement {}
+
+/// Extended-protocol messages already sent to the origin without their Sync (after a
+/// Flush, or beyond the batch bound): they belong to the request the next Sync ends.
+#[derive(Debug, Default)]
+pub(super) struct Unsynced {
+    /// Whether any were sent.
+    pub(super) sent: bool,
+    /// Their size.
+    pub(super) query_bytes: usize,
+    /// The status of what they executed, when they executed something.
+    pub(super) status: Option<CacheStatus>,
+    /// Statements executed.
+    pub(super) statements: usize,
+    /// Session effects of what they executed, in order.
+    pub(super) effects: Vec<SessionEffect>,
+    /// Whether the origin (or warpdrive) reported an error for them.
+    pub(super) failed: bool,
 }
 
 /// What a batch up to Sync executes, as far as the cache is concerned.
@@ -63,15 +89,20 @@ impl Session {
         };
         let stale = std::mem::take(&mut checkout.conn().stale_statements);
         for name in stale {
-            let mut buf = BytesMut::new();
-            encode::close(&mut buf, Target::Statement, &name);
-            self.send_to_origin(&buf);
-            self.relay.push(Expect::Reply {
-                count: 1,
-                to_client: false,
-                on_error: OnError::Nothing,
-            });
+            self.close_on_origin(name);
         }
+    }
+
+    /// Closes a statement on the origin; its reply is warpdrive's own.
+    fn close_on_origin(&mut self, origin_name: Bytes) {
+        let mut buf = BytesMut::new();
+        encode::close(&mut buf, Target::Statement, &origin_name);
+        self.send_to_origin(&buf);
+        self.relay.push(Expect::Reply {
+            count: 1,
+            to_client: false,
+            on_error: OnError::OriginClose { origin_name },
+        });
     }
 
     /// Sends the buffered extended-protocol messages, ending with Sync or Flush.
@@ -85,57 +116,23 @@ impl Session {
         }
         let query_bytes: usize = batch.iter().map(|message| message.frame().len()).sum();
         let in_flight = if sync {
-            match self.plan(&batch) {
-                BatchPlan::NoExecute => Some(InFlight::forwarded(
-                    CacheStatus::NotAQuery,
-                    query_bytes,
-                    started,
-                )),
-                BatchPlan::Unresolved => Some(InFlight::forwarded(
-                    CacheStatus::Uncacheable,
-                    query_bytes,
-                    started,
-                )),
-                BatchPlan::Executes {
-                    statement,
-                    cacheable: Some((request, describes)),
-                } => match self
-                    .consult(
-                        &statement.analysis,
-                        request,
-                        Some(describes),
-                        query_bytes,
-                        started,
-                    )
-                    .await
-                {
-                    Consulted::Hit(entry) => {
-                        return self
-                            .answer_batch_hit(batch, &entry, *statement, query_bytes, started)
-                            .await;
-                    }
-                    Consulted::Forward(in_flight) => Some(*in_flight),
-                },
-                BatchPlan::Executes {
-                    statement,
-                    cacheable: None,
-                } => {
-                    let in_transaction = self.status != TransactionStatus::Idle;
-                    let status = match decide(
-                        &self.ctx.deployment.cache,
-                        &statement.analysis,
-                        in_transaction,
-                    )
-                    .0
-                    {
-                        Decision::Refuse(status) => status,
-                        // Cacheable text in a batch shape the cache does not serve.
-                        Decision::Cache(_) => CacheStatus::Uncacheable,
-                    };
-                    Some(InFlight::forwarded(status, query_bytes, started))
+            match self.decide_batch(&batch, query_bytes, started).await {
+                Consulted::Hit(entry, statement) => {
+                    return self
+                        .answer_batch_hit(batch, &entry, *statement, query_bytes, started)
+                        .await;
                 }
+                Consulted::Forward(in_flight) => Some(*in_flight),
             }
         } else {
+            // A Flush: the request goes on until the next Sync, which decides its status.
+            let status = self.forwarded_plan_status(&batch);
+            let unsynced = &mut self.unsynced;
+            unsynced.sent = true;
+            unsynced.query_bytes += query_bytes;
+            if unsynced.status.is_none() {
+                unsynced.status = status;
+            }
             None
         };
         if let Err(error) = self.connect().await {
@@ -151,6 +148,7 @@ impl Session {
             // The error takes the place of the batch's replies, as an origin error would.
             error.encode(&mut self.client.out);
             if sync {
+                self.unsynced = Unsynced::default();
                 encode::ready_for_query(&mut self.client.out, self.status);
             }
             self.client.flush().await?;
@@ -168,18 +166,83 @@ impl Session {
         if sync {
             encode::sync(&mut buf);
             self.relay.push(Expect::Sync);
-            self.requests.extend(in_flight);
+            if let Some(mut in_flight) = in_flight {
+                in_flight.absorb(std::mem::take(&mut self.unsynced));
+                self.requests.push_back(in_flight);
+            }
         } else {
             encode::flush(&mut buf);
         }
         self.send_to_origin(&buf);
         self.flush_origin().await;
-        if self.relay.drain_synthetic(&mut self.client.out) {
-            self.batch_failed = true;
+        let mut events = Vec::new();
+        self.relay
+            .drain_synthetic(&mut self.client.out, &mut events);
+        for event in events {
+            self.on_event(event);
         }
         self.client.flush().await?;
         self.arm_deadline();
         Ok(())
+    }
+
+    /// The status of a batch ending with Sync, looked up in the cache when it may be
+    /// served from there: only a whole request (nothing of it sent before a Flush) of the
+    /// one shape the cache serves.
+    async fn decide_batch(
+        &mut self,
+        batch: &[FrontendMessage],
+        query_bytes: usize,
+        started: Instant,
+    ) -> Consulted<Box<ClientStatement>> {
+        let split = self.unsynced.sent;
+        let status = match self.plan(batch) {
+            BatchPlan::NoExecute => self.unsynced.status.unwrap_or(CacheStatus::NotAQuery),
+            BatchPlan::Unresolved => CacheStatus::Uncacheable,
+            BatchPlan::Executes {
+                statement,
+                cacheable: Some((request, describes)),
+            } if !split => {
+                let query_bytes = query_bytes + self.unsynced.query_bytes;
+                return match self
+                    .consult(
+                        &statement.analysis,
+                        request,
+                        Some(describes),
+                        query_bytes,
+                        started,
+                    )
+                    .await
+                {
+                    Consulted::Hit(entry, ()) => Consulted::Hit(entry, statement),
+                    Consulted::Forward(in_flight) => Consulted::Forward(in_flight),
+                };
+            }
+            BatchPlan::Executes { statement, .. } => self.forwarded_status(&statement.analysis),
+        };
+        let query_bytes = query_bytes + self.unsynced.query_bytes;
+        Consulted::Forward(Box::new(InFlight::forwarded(status, query_bytes, started)))
+    }
+
+    /// The status of a batch part sent on a Flush, when it executes something.
+    fn forwarded_plan_status(&self, batch: &[FrontendMessage]) -> Option<CacheStatus> {
+        match self.plan(batch) {
+            BatchPlan::NoExecute => None,
+            BatchPlan::Unresolved => Some(CacheStatus::Uncacheable),
+            BatchPlan::Executes { statement, .. } => {
+                Some(self.forwarded_status(&statement.analysis))
+            }
+        }
+    }
+
+    /// The status of a statement forwarded without consulting the cache: the policy's
+    /// refusal, or `uncacheable` for cacheable text in a batch the cache does not serve.
+    fn forwarded_status(&self, analysis: &Analysis) -> CacheStatus {
+        let in_transaction = self.status != TransactionStatus::Idle;
+        match decide(&self.ctx.deployment.cache, analysis, in_transaction).0 {
+            Decision::Refuse(status) => status,
+            Decision::Cache(_) => CacheStatus::Uncacheable,
+        }
     }
 
     fn statement_error(&mut self, code: &'static str, message: String) -> bool {
@@ -197,9 +260,20 @@ impl Session {
             FrontendMessage::Bind(bind) => self.translate_bind(bind),
             FrontendMessage::Describe(describe) => self.translate_describe(describe),
             FrontendMessage::Execute(execute) => {
-                if let Some(analysis) = self.portals.get(&execute.portal) {
-                    self.effects.extend(analysis.effects.iter().cloned());
+                let analysis = self.portals.get(&execute.portal).cloned();
+                if let Some(analysis) = &analysis {
+                    if let Some(tag) = self.deallocate_locally(&analysis.effects) {
+                        let mut reply = BytesMut::new();
+                        encode::command_complete(&mut reply, tag.0);
+                        self.relay
+                            .push(Expect::Synthetic(reply.freeze(), OnError::Restore(tag.1)));
+                        return true;
+                    }
+                    self.unsynced
+                        .effects
+                        .extend(analysis.effects.iter().cloned());
                 }
+                self.unsynced.statements += 1;
                 self.send_to_origin(execute.frame.raw());
                 self.relay.push(Expect::Execute);
                 true
@@ -210,7 +284,12 @@ impl Session {
     }
 
     fn client_statement(&self, parse: &Parse) -> ClientStatement {
-        let identity = statement_identity(&parse.sql, &parse.parameter_types);
+        let search_path = self
+            .settings
+            .current()
+            .get("search_path")
+            .map_or(&[][..], |path| path.as_bytes());
+        let identity = statement_identity(&parse.sql, &parse.parameter_types, search_path);
         ClientStatement {
             origin_name: origin_statement_name(&identity),
             identity,
@@ -229,12 +308,12 @@ impl Session {
             if let Some(checkout) = self.checkout.as_mut() {
                 checkout.conn().unnamed_statement = Some(statement.identity);
             }
-            self.unnamed = Some(statement);
+            let previous = self.unnamed.replace(statement);
             self.send_to_origin(parse.frame.raw());
             self.relay.push(Expect::Reply {
                 count: 1,
                 to_client: true,
-                on_error: OnError::Nothing,
+                on_error: OnError::UnnamedParse { previous },
             });
             return true;
         }
@@ -247,22 +326,22 @@ impl Session {
         }
         let origin_name = statement.origin_name.clone();
         self.statements.insert(parse.name.clone(), statement);
+        // The client's own Parse always reaches the origin, as it would without warpdrive:
+        // a statement prepared there earlier may have gone stale since (DDL), and a fresh
+        // Parse must never fail for that. Replays for other connections are warpdrive's.
         let prepared = self
             .checkout
             .as_mut()
             .is_some_and(|c| c.conn().statements.touch(&origin_name));
         if prepared {
-            let mut buf = BytesMut::new();
-            encode::parse_complete(&mut buf);
-            self.relay.push(Expect::Synthetic(buf.freeze()));
-        } else {
-            self.prepare_on_origin(
-                &origin_name,
-                &parse.sql,
-                &parse.parameter_types,
-                Some(parse.name.clone()),
-            );
+            self.close_on_origin(origin_name.clone());
         }
+        self.prepare_on_origin(
+            &origin_name,
+            &parse.sql,
+            &parse.parameter_types,
+            Some(parse.name.clone()),
+        );
         true
     }
 
@@ -279,17 +358,10 @@ impl Session {
             .checkout
             .as_mut()
             .and_then(|c| c.conn().statements.insert(origin_name.clone()));
-        let mut buf = BytesMut::new();
         if let Some(evicted) = evicted {
-            encode::close(&mut buf, Target::Statement, &evicted);
-            self.send_to_origin(&buf);
-            buf.clear();
-            self.relay.push(Expect::Reply {
-                count: 1,
-                to_client: false,
-                on_error: OnError::Nothing,
-            });
+            self.close_on_origin(evicted);
         }
+        let mut buf = BytesMut::new();
         encode::parse_raw(&mut buf, origin_name, sql, parameter_types);
         self.send_to_origin(&buf);
         self.relay.push(Expect::Reply {
@@ -324,7 +396,7 @@ impl Session {
                 self.relay.push(Expect::Reply {
                     count: 1,
                     to_client: false,
-                    on_error: OnError::Nothing,
+                    on_error: OnError::UnnamedReplay,
                 });
                 if let Some(checkout) = self.checkout.as_mut() {
                     checkout.conn().unnamed_statement = Some(statement.identity);
@@ -417,21 +489,48 @@ impl Session {
                 });
             }
             Target::Statement => {
-                self.forget_statement(&close.name);
+                let forgotten = self.forget_statement(&close.name);
                 let mut buf = BytesMut::new();
                 encode::close_complete(&mut buf);
-                self.relay.push(Expect::Synthetic(buf.freeze()));
+                let undo = match forgotten {
+                    Some(statement) => OnError::Restore(vec![(close.name, statement)]),
+                    None => OnError::Nothing,
+                };
+                self.relay.push(Expect::Synthetic(buf.freeze(), undo));
             }
         }
         true
     }
 
     /// Origin statements are shared: closing one is the client forgetting its name.
-    fn forget_statement(&mut self, name: &Bytes) {
+    /// Returns the statement forgotten.
+    fn forget_statement(&mut self, name: &Bytes) -> Option<ClientStatement> {
         if name.is_empty() {
-            self.unnamed = None;
+            self.unnamed.take()
         } else {
-            self.statements.remove(name);
+            self.statements.remove(name)
+        }
+    }
+
+    /// SQL `DEALLOCATE` of the client's protocol-level statements concerns this client
+    /// alone: answered by warpdrive (psycopg sends it to evict its statement cache, in the
+    /// simple or the extended protocol). Returns the command tag and the statements
+    /// forgotten, or `None` when the origin must run it (a pinned client's DEALLOCATE ALL
+    /// also removes its SQL-level PREPAREs; an unknown name is the origin's to refuse).
+    pub(super) fn deallocate_locally(
+        &mut self,
+        effects: &[SessionEffect],
+    ) -> Option<(&'static str, Vec<(Bytes, ClientStatement)>)> {
+        match effects {
+            [SessionEffect::Deallocate { name: None }] if self.pinned.is_none() => {
+                Some(("DEALLOCATE ALL", self.statements.drain().collect()))
+            }
+            [SessionEffect::Deallocate { name: Some(name) }] => {
+                let name = Bytes::copy_from_slice(name.as_bytes());
+                let statement = self.statements.remove(&name)?;
+                Some(("DEALLOCATE", vec![(name, statement)]))
+            }
+            _ => None,
         }
     }
 
@@ -581,7 +680,9 @@ impl Session {
                 }
                 FrontendMessage::Close(close) => {
                     match close.target {
-                        Target::Statement => self.forget_statement(&close.name),
+                        Target::Statement => {
+                            self.forget_statement(&close.name);
+                        }
                         Target::Portal => {
                             self.portals.remove(&close.name);
                         }

@@ -45,7 +45,7 @@ use crate::wire::pg::frontend::FrontendMessage;
 use crate::wire::pg::{Frame, WireError, encode};
 use error::{ClientError, sqlstate};
 use extended::ClientStatement;
-use relay::{Delivery, Event, Expect, Relay};
+use relay::{Delivery, Event, Expect, OnError, Relay};
 use settings::{SettingMap, Settings};
 
 /// Why a session ended early.
@@ -277,9 +277,7 @@ async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), SessionError
         batch_bytes: 0,
         status: TransactionStatus::Idle,
         pinned: None,
-        effects: Vec::new(),
-        batch_failed: false,
-        last_command: None,
+        unsynced: extended::Unsynced::default(),
         deadline: None,
         timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         shutdown: ctx.shutdown.clone(),
@@ -314,10 +312,8 @@ struct Session {
     status: TransactionStatus,
     /// Why the client is pinned to its connection, if it is.
     pinned: Option<String>,
-    /// Session effects of the statements executing until the next ReadyForQuery.
-    effects: Vec<SessionEffect>,
-    batch_failed: bool,
-    last_command: Option<Bytes>,
+    /// Extended-protocol messages sent without their Sync yet.
+    unsynced: extended::Unsynced,
     /// When the request in flight has run for max_query_duration.
     deadline: Option<Instant>,
     /// The timer behind `deadline`, kept across loop turns (reset, not recreated).
@@ -333,6 +329,14 @@ enum Wake {
     Origin(Result<Option<Frame>, ConnError>),
     Deadline,
     Shutdown { server_gone: bool },
+}
+
+/// Whether a statement may be answered by warpdrive itself (see `answer_locally`).
+fn is_answered_locally(effects: &[SessionEffect]) -> bool {
+    matches!(
+        effects,
+        [SessionEffect::DiscardAll | SessionEffect::Deallocate { .. }]
+    )
 }
 
 /// Extended-protocol messages buffered before Sync beyond this many bytes are sent on
@@ -562,35 +566,36 @@ impl Session {
             self.send_batch(false).await?;
         }
         let analysis = self.ctx.analyzer.analyze_bytes(Dialect::Postgres, sql);
-        if self.answer_locally(&analysis.effects) {
-            self.ctx.metrics.record(
-                CacheStatus::NotAQuery,
-                frame.len(),
-                0,
-                started.elapsed(),
-                false,
-            );
-            self.client.flush().await?;
-            return Ok(());
+        if is_answered_locally(&analysis.effects) {
+            // Answered in turn: the replies to requests still in flight come first, and
+            // they say whether a transaction is open or failed.
+            self.settle_in_flight().await?;
+            if self.answer_locally(&analysis.effects) {
+                self.ctx.metrics.record(
+                    CacheStatus::NotAQuery,
+                    frame.len(),
+                    0,
+                    started.elapsed(),
+                    false,
+                );
+                self.client.flush().await?;
+                return Ok(());
+            }
         }
         let request = Request::Simple { sql: sql.clone() };
-        let in_flight = match self
+        let mut in_flight = match self
             .consult(&analysis, request, None, frame.len(), started)
             .await
         {
-            caching::Consulted::Hit(entry) => {
+            caching::Consulted::Hit(entry, ()) => {
                 return self.answer_simple_hit(&entry, frame.len(), started).await;
             }
             caching::Consulted::Forward(in_flight) => *in_flight,
         };
         if let Err(error) = self.connect().await {
-            self.ctx.metrics.record(
-                CacheStatus::from(analysis.status),
-                frame.len(),
-                0,
-                started.elapsed(),
-                true,
-            );
+            self.ctx
+                .metrics
+                .record(in_flight.status(), frame.len(), 0, started.elapsed(), true);
             return self.answer_error(error).await;
         }
         self.send_pending_closes();
@@ -600,16 +605,42 @@ impl Session {
             checkout.conn().unnamed_statement = None;
         }
         self.relay.push(Expect::UntilReady);
+        in_flight.absorb(std::mem::take(&mut self.unsynced));
+        in_flight.runs(analysis.statements, &analysis.effects);
         self.requests.push_back(in_flight);
-        self.effects.extend(analysis.effects.iter().cloned());
         self.flush_origin().await;
         self.arm_deadline();
         Ok(())
     }
 
+    /// Reads the origin's replies until nothing of this client is in flight (bounded by
+    /// max_query_duration and the cancel grace period).
+    async fn settle_in_flight(&mut self) -> Result<(), SessionError> {
+        let bound = self.pool.settings().max_query_duration + CANCEL_GRACE;
+        while self.relay.awaits_origin() {
+            let Some(checkout) = self.checkout.as_mut() else {
+                break;
+            };
+            let origin = &mut checkout.conn().origin.conn;
+            let result = match tokio::time::timeout(bound, origin.read_frame()).await {
+                Ok(result) => result,
+                Err(_) => Err(ConnError::Io(std::io::Error::other(
+                    "the origin did not answer within max_query_duration",
+                ))),
+            };
+            self.on_origin(result).await?;
+        }
+        Ok(())
+    }
+
     /// DISCARD ALL and DEALLOCATE of protocol-level statements concern only this client:
     /// answered here, without touching the shared origin connection. True if answered.
+    /// In a failed transaction they go to the origin, which refuses them as PostgreSQL
+    /// does.
     fn answer_locally(&mut self, effects: &[SessionEffect]) -> bool {
+        if self.status == TransactionStatus::Failed {
+            return false;
+        }
         let tag = match effects {
             [SessionEffect::DiscardAll]
                 if self.pinned.is_none() && self.status == TransactionStatus::Idle =>
@@ -619,17 +650,10 @@ impl Session {
                 self.unnamed = None;
                 "DISCARD ALL"
             }
-            [SessionEffect::Deallocate { name: None }] if self.pinned.is_none() => {
-                self.statements.clear();
-                "DEALLOCATE ALL"
-            }
-            [SessionEffect::Deallocate { name: Some(name) }]
-                if self.statements.contains_key(name.as_bytes()) =>
-            {
-                self.statements.remove(name.as_bytes());
-                "DEALLOCATE"
-            }
-            _ => return false,
+            _ => match self.deallocate_locally(effects) {
+                Some((tag, _)) => tag,
+                None => return false,
+            },
         };
         encode::command_complete(&mut self.client.out, tag);
         encode::ready_for_query(&mut self.client.out, self.status);
@@ -661,9 +685,13 @@ impl Session {
                 self.client.out.extend_from_slice(frame.raw());
                 self.note_result(&frame);
             }
-            if self.relay.drain_synthetic(&mut self.client.out) {
-                self.batch_failed = true;
+            // The events of this reply first: a synthetic reply drained next belongs to
+            // the request after it.
+            for event in events.drain(..) {
+                self.on_event(event);
             }
+            self.relay
+                .drain_synthetic(&mut self.client.out, &mut events);
             for event in events {
                 self.on_event(event);
             }
@@ -718,17 +746,34 @@ impl Session {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Failed => {
-                self.batch_failed = true;
-                self.note_failure();
+            Event::Failed => self.note_failure(),
+            Event::Completed(_) => {}
+            Event::Undo { undo, skipped } => self.undo(undo, skipped),
+            Event::Stale { origin_name } => {
+                if let Some(checkout) = self.checkout.as_mut() {
+                    let conn = checkout.conn();
+                    conn.statements.remove(&origin_name);
+                    conn.stale_statements.push(origin_name);
+                }
             }
-            Event::Completed(tag) => self.last_command = Some(tag),
-            Event::ParseFailed {
+            Event::Ready(status) => {
+                let finished = self.finish_request(status);
+                self.on_ready(status, finished);
+            }
+        }
+    }
+
+    /// Takes back what sending a message did, when the origin rejected or skipped it.
+    fn undo(&mut self, undo: OnError, skipped: bool) {
+        let conn = self.checkout.as_mut().map(|c| c.conn());
+        match undo {
+            OnError::Nothing | OnError::MaybeStale { .. } => {}
+            OnError::ParseFailed {
                 origin_name,
                 client_name,
             } => {
-                if let Some(checkout) = self.checkout.as_mut() {
-                    checkout.conn().statements.remove(&origin_name);
+                if let Some(conn) = conn {
+                    conn.statements.remove(&origin_name);
                 }
                 if let Some(name) = client_name
                     && self
@@ -739,27 +784,38 @@ impl Session {
                     self.statements.remove(&name);
                 }
             }
-            Event::Stale { origin_name } => {
-                if let Some(checkout) = self.checkout.as_mut() {
-                    let conn = checkout.conn();
-                    conn.statements.remove(&origin_name);
+            OnError::UnnamedParse { previous } => {
+                if let Some(conn) = conn {
+                    conn.unnamed_statement = None;
+                }
+                // A failed Parse leaves no unnamed statement; a skipped one the old one.
+                self.unnamed = if skipped { previous } else { None };
+            }
+            OnError::UnnamedReplay => {
+                if let Some(conn) = conn {
+                    conn.unnamed_statement = None;
+                }
+            }
+            OnError::OriginClose { origin_name } => {
+                if let Some(conn) = conn {
                     conn.stale_statements.push(origin_name);
                 }
             }
-            Event::Ready(status) => {
-                self.finish_request(status);
-                self.on_ready(status);
+            OnError::Restore(statements) => {
+                for (name, statement) in statements {
+                    if name.is_empty() {
+                        self.unnamed = Some(statement);
+                    } else {
+                        self.statements.insert(name, statement);
+                    }
+                }
             }
         }
     }
 
-    /// ReadyForQuery: settle the batch's effects, and give the connection back when the
+    /// ReadyForQuery: settle the request's effects, and give the connection back when the
     /// client is idle.
-    fn on_ready(&mut self, status: TransactionStatus) {
-        let was_in_transaction = self.status != TransactionStatus::Idle;
-        let effects = std::mem::take(&mut self.effects);
-        let failed = std::mem::take(&mut self.batch_failed);
-        let last_command = self.last_command.take();
+    fn on_ready(&mut self, status: TransactionStatus, finished: caching::Finished) {
         self.status = status;
         self.cancelled_by_warpdrive = false;
         let Some(checkout) = self.checkout.as_mut() else {
@@ -771,51 +827,62 @@ impl Session {
         } else {
             ConnState::Ready(status)
         };
-        let in_transaction = status != TransactionStatus::Idle;
-        if !failed || in_transaction {
-            self.settings
-                .record(&effects, in_transaction, &mut conn.settings);
-            for effect in &effects {
-                match effect {
-                    SessionEffect::Pin { feature } if !failed => {
-                        if self.pinned.is_none() {
-                            tracing::info!(feature = %feature, "client pinned to its origin connection");
-                            self.ctx
-                                .metrics
-                                .pinned_sessions
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        self.pinned.get_or_insert_with(|| feature.clone());
-                        conn.reusable = false;
+        let failed = finished.outcome.failed;
+        let mut pins: Vec<&str> = Vec::new();
+        for effect in &finished.effects {
+            match effect {
+                // Whatever the outcome: a failed request may still have taken a session
+                // lock before its error, and the lock outlives the transaction.
+                SessionEffect::Pin { feature } => pins.push(feature),
+                SessionEffect::DiscardAll | SessionEffect::Deallocate { name: None } if !failed => {
+                    // Ran on the origin (a pinned client, or the extended protocol): the
+                    // connection's statements are gone, and so are the client's.
+                    conn.statements.clear();
+                    conn.unnamed_statement = None;
+                    self.statements.clear();
+                    if matches!(effect, SessionEffect::DiscardAll) {
+                        self.unnamed = None;
                     }
-                    SessionEffect::DiscardAll | SessionEffect::Deallocate { name: None } => {
-                        // Ran on the origin (pinned client): the connection's statements are gone.
-                        conn.statements.clear();
-                        conn.unnamed_statement = None;
-                        self.statements.clear();
-                        if matches!(effect, SessionEffect::DiscardAll) {
-                            self.settings.discard_all();
-                            conn.settings.clear();
-                        }
-                    }
-                    _ => {}
                 }
+                _ => {}
             }
         }
-        if was_in_transaction && !in_transaction {
-            let committed = last_command.as_deref() == Some(b"COMMIT".as_slice()) && !failed;
-            self.settings.end_transaction(committed, &mut conn.settings);
+        let untracked = self
+            .settings
+            .settle(&finished.effects, finished.outcome, &mut conn.settings)
+            .err()
+            .map(|untracked| untracked.to_string());
+        for feature in pins.into_iter().map(str::to_owned).chain(untracked) {
+            self.pin(&feature);
         }
         if self.relay.awaits_origin() {
             self.deadline = Some(Instant::now() + self.pool.settings().max_query_duration);
         } else if status == TransactionStatus::Idle
             && self.pinned.is_none()
             && self.batch.is_empty()
+            && !self.unsynced.sent
         {
             self.portals.clear();
             self.release();
         } else {
             self.deadline = None;
+        }
+    }
+
+    /// Keeps the client on its origin connection for the rest of its session; the
+    /// connection is closed, not reused, when the client leaves.
+    fn pin(&mut self, feature: &str) {
+        let Some(checkout) = self.checkout.as_mut() else {
+            return;
+        };
+        checkout.conn().reusable = false;
+        if self.pinned.is_none() {
+            tracing::info!(%feature, "client pinned to its origin connection");
+            self.ctx
+                .metrics
+                .pinned_sessions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.pinned = Some(feature.to_owned());
         }
     }
 
@@ -848,11 +915,11 @@ impl Session {
         if let Some(checkout) = self.checkout.as_mut() {
             checkout.discard();
         }
+        let awaited_replies = self.relay.awaits_origin();
         self.release();
         self.relay = Relay::default();
         self.abandon_requests();
-        self.effects.clear();
-        self.batch_failed = false;
+        self.unsynced = extended::Unsynced::default();
         if self.status != TransactionStatus::Idle || self.pinned.is_some() {
             let fatal = ClientError::fatal(
                 sqlstate::CONNECTION_FAILURE,
@@ -869,6 +936,15 @@ impl Session {
                 _ => ClientError::origin_lost(reason).encode(&mut self.client.out),
             }
             encode::ready_for_query(&mut self.client.out, TransactionStatus::Idle);
+        }
+        if pending_ready == 0 && awaited_replies {
+            // Messages sent on a Flush wait for replies that will not come: the error
+            // answers them; the client's Sync then gets its ReadyForQuery from a new
+            // connection.
+            match first_reply {
+                Some(first) => self.client.out.extend_from_slice(&first),
+                None => ClientError::origin_lost(reason).encode(&mut self.client.out),
+            }
         }
         self.client.flush().await?;
         Ok(())

@@ -8,7 +8,9 @@
 //! message whether the client sees it; replies warpdrive owes the client are emitted at
 //! the right place in the stream. It follows PostgreSQL's error rule: after an error in
 //! the extended protocol the server skips everything up to the next Sync, and so do the
-//! replies warpdrive would have synthesised for those messages.
+//! replies warpdrive would have synthesised for those messages. Bookkeeping done when a
+//! message was sent (a statement registered, a Close answered) is taken back when the
+//! origin rejects or skips that message: each expectation carries its [`OnError`].
 //!
 //! Pure state: no I/O, so it is tested message by message.
 
@@ -16,6 +18,7 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
+use super::extended::ClientStatement;
 use crate::wire::pg::Frame;
 use crate::wire::pg::backend::{BackendMessage, ErrorFields, TransactionStatus, tag};
 
@@ -29,7 +32,7 @@ pub enum Expect {
         /// Whether the client sent this message (false: warpdrive added it, and its
         /// replies are dropped).
         to_client: bool,
-        /// What warpdrive must learn when it fails.
+        /// What warpdrive must take back when it fails or is skipped.
         on_error: OnError,
     },
     /// Execute: rows until CommandComplete, EmptyQueryResponse or PortalSuspended.
@@ -38,8 +41,9 @@ pub enum Expect {
     Sync,
     /// Simple Query or FunctionCall: everything up to and including ReadyForQuery.
     UntilReady,
-    /// A reply warpdrive gives the client itself, at this point in the stream.
-    Synthetic(Bytes),
+    /// A reply warpdrive gives the client itself, at this point in the stream, and what to
+    /// take back if an earlier error makes the origin skip this point.
+    Synthetic(Bytes, OnError),
     /// An error warpdrive raises itself for a message it did not send; like an origin
     /// error, it makes the rest of the batch up to Sync skipped.
     SyntheticError(Bytes),
@@ -47,12 +51,13 @@ pub enum Expect {
     CopyEnd,
 }
 
-/// Bookkeeping to do when a message fails at the origin.
+/// Bookkeeping to take back when a message fails at the origin, or is skipped there
+/// after an earlier error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OnError {
     /// Nothing.
     Nothing,
-    /// A Parse failed: the statement is not prepared on the connection, and a client
+    /// A Parse of a named statement: it is not prepared on the connection, and a client
     /// name registered for it must be released.
     ParseFailed {
         /// Origin-side statement name.
@@ -60,8 +65,27 @@ pub enum OnError {
         /// Client-side name, when the client sent this Parse.
         client_name: Option<Bytes>,
     },
-    /// A Bind or Describe of a prepared statement failed: if the statement went stale
-    /// (DDL changed its result type), it must be dropped and prepared again.
+    /// The client's Parse of its unnamed statement: the connection's unnamed statement
+    /// is unknown; the client has none (failed) or keeps its previous one (skipped).
+    UnnamedParse {
+        /// The client's unnamed statement before this Parse.
+        previous: Option<ClientStatement>,
+    },
+    /// A Parse of the unnamed statement replayed by warpdrive: the connection's unnamed
+    /// statement is unknown.
+    UnnamedReplay,
+    /// A Close of a statement on the origin (evicted, stale, or about to be prepared
+    /// again): if it did not happen, the statement must be closed later.
+    OriginClose {
+        /// Origin-side statement name.
+        origin_name: Bytes,
+    },
+    /// A statement operation answered by warpdrive (Close, DEALLOCATE): the client's
+    /// statements it removed come back (an empty name is the unnamed statement).
+    Restore(Vec<(Bytes, ClientStatement)>),
+    /// A Bind or Describe of a prepared statement: if it failed because the statement
+    /// went stale (DDL changed its result type), it must be dropped and prepared again.
+    /// Nothing to take back when skipped.
     MaybeStale {
         /// Origin-side statement name.
         origin_name: Bytes,
@@ -73,12 +97,12 @@ pub enum OnError {
 pub enum Event {
     /// ReadyForQuery: the batch up to this Sync is complete.
     Ready(TransactionStatus),
-    /// A Parse failed (see [`OnError::ParseFailed`]).
-    ParseFailed {
-        /// Origin-side statement name.
-        origin_name: Bytes,
-        /// Client-side name.
-        client_name: Option<Bytes>,
+    /// A message failed or was skipped: take back what sending it did.
+    Undo {
+        /// What to take back.
+        undo: OnError,
+        /// Skipped after an earlier error (false: it failed itself).
+        skipped: bool,
     },
     /// A prepared statement went stale on this connection.
     Stale {
@@ -155,7 +179,7 @@ impl Relay {
         self.queue.iter().any(|e| {
             !matches!(
                 e,
-                Expect::Synthetic(_) | Expect::SyntheticError(_) | Expect::CopyEnd
+                Expect::Synthetic(..) | Expect::SyntheticError(_) | Expect::CopyEnd
             )
         })
     }
@@ -168,36 +192,42 @@ impl Relay {
             .count()
     }
 
-    /// Writes the synthetic replies at the front of the queue. Returns true if a
-    /// synthetic error was among them.
-    pub fn drain_synthetic(&mut self, out: &mut BytesMut) -> bool {
-        let mut failed = false;
+    /// Writes the synthetic replies at the front of the queue; a synthetic error among
+    /// them is reported as [`Event::Failed`].
+    pub fn drain_synthetic(&mut self, out: &mut BytesMut, events: &mut Vec<Event>) {
         while let Some(front) = self.queue.front() {
             match front {
-                Expect::Synthetic(bytes) => out.extend_from_slice(bytes),
+                Expect::Synthetic(bytes, _) => out.extend_from_slice(bytes),
                 Expect::CopyEnd => {}
                 Expect::SyntheticError(bytes) => {
                     out.extend_from_slice(bytes);
                     self.queue.pop_front();
-                    self.skip_to_sync();
-                    failed = true;
+                    events.push(Event::Failed);
+                    self.skip_to_sync(events);
                     continue;
                 }
                 _ => break,
             }
             self.queue.pop_front();
         }
-        failed
     }
 
     /// Drops expectations up to the next Sync: the origin skips those messages after an
-    /// error, and so does warpdrive.
-    fn skip_to_sync(&mut self) {
+    /// error, and so does warpdrive, taking back what sending them did.
+    fn skip_to_sync(&mut self, events: &mut Vec<Event>) {
         while let Some(front) = self.queue.front() {
             if matches!(front, Expect::Sync | Expect::UntilReady) {
                 break;
             }
-            self.queue.pop_front();
+            if let Some(Expect::Reply { on_error: undo, .. } | Expect::Synthetic(_, undo)) =
+                self.queue.pop_front()
+                && !matches!(undo, OnError::Nothing | OnError::MaybeStale { .. })
+            {
+                events.push(Event::Undo {
+                    undo,
+                    skipped: true,
+                });
+            }
         }
     }
 
@@ -225,19 +255,11 @@ impl Relay {
                 on_error,
             } => {
                 if message_tag == tag::ERROR_RESPONSE {
-                    let on_error = on_error.clone();
+                    let on_error = std::mem::replace(on_error, OnError::Nothing);
                     self.queue.pop_front();
-                    self.skip_to_sync();
                     events.push(Event::Failed);
                     match on_error {
                         OnError::Nothing => {}
-                        OnError::ParseFailed {
-                            origin_name,
-                            client_name,
-                        } => events.push(Event::ParseFailed {
-                            origin_name,
-                            client_name,
-                        }),
                         OnError::MaybeStale { origin_name } => {
                             if let Ok(BackendMessage::ErrorResponse(fields)) =
                                 BackendMessage::decode(frame)
@@ -246,7 +268,12 @@ impl Relay {
                                 events.push(Event::Stale { origin_name });
                             }
                         }
+                        undo => events.push(Event::Undo {
+                            undo,
+                            skipped: false,
+                        }),
                     }
+                    self.skip_to_sync(events);
                     return Delivery::Forward;
                 }
                 let delivery = if *to_client {
@@ -264,8 +291,8 @@ impl Relay {
                 match message_tag {
                     tag::ERROR_RESPONSE => {
                         self.queue.pop_front();
-                        self.skip_to_sync();
                         events.push(Event::Failed);
+                        self.skip_to_sync(events);
                     }
                     tag::COMMAND_COMPLETE => {
                         self.queue.pop_front();
@@ -296,7 +323,7 @@ impl Relay {
                 }
                 Delivery::Forward
             }
-            Expect::Synthetic(_) | Expect::SyntheticError(_) | Expect::CopyEnd => {
+            Expect::Synthetic(..) | Expect::SyntheticError(_) | Expect::CopyEnd => {
                 // drain_synthetic runs before every origin message; reaching here means
                 // the origin replied to something warpdrive answered itself.
                 Delivery::Drop
@@ -337,12 +364,12 @@ mod tests {
     fn run(relay: &mut Relay, origin: Vec<Frame>) -> (Vec<u8>, Vec<Event>) {
         let mut client = BytesMut::new();
         let mut events = Vec::new();
-        relay.drain_synthetic(&mut client);
+        relay.drain_synthetic(&mut client, &mut events);
         for frame in origin {
             if relay.on_origin(&frame, &mut events) == Delivery::Forward {
                 client.extend_from_slice(frame.raw());
             }
-            relay.drain_synthetic(&mut client);
+            relay.drain_synthetic(&mut client, &mut events);
         }
         (client.to_vec(), events)
     }
@@ -359,7 +386,10 @@ mod tests {
     #[test]
     fn synthetic_parse_complete_lands_before_the_bind_reply() {
         let mut relay = Relay::default();
-        relay.push(Expect::Synthetic(bytes(encode::parse_complete)));
+        relay.push(Expect::Synthetic(
+            bytes(encode::parse_complete),
+            OnError::Nothing,
+        ));
         relay.push(Expect::Reply {
             count: 1,
             to_client: true,
@@ -417,7 +447,10 @@ mod tests {
                 client_name: Some(Bytes::from_static(b"s1")),
             },
         });
-        relay.push(Expect::Synthetic(bytes(encode::close_complete)));
+        relay.push(Expect::Synthetic(
+            bytes(encode::close_complete),
+            OnError::Nothing,
+        ));
         relay.push(Expect::Execute);
         relay.push(Expect::Sync);
         let origin = frames(|b| {
@@ -426,10 +459,76 @@ mod tests {
         });
         let (client, events) = run(&mut relay, origin);
         assert_eq!(tags(&client), "EZ");
-        assert!(events.contains(&Event::ParseFailed {
-            origin_name: Bytes::from_static(b"wd_1"),
-            client_name: Some(Bytes::from_static(b"s1")),
+        assert!(events.contains(&Event::Undo {
+            undo: OnError::ParseFailed {
+                origin_name: Bytes::from_static(b"wd_1"),
+                client_name: Some(Bytes::from_static(b"s1")),
+            },
+            skipped: false,
         }));
+    }
+
+    #[test]
+    fn messages_skipped_after_an_error_are_taken_back() {
+        // Parse a, Bind, Execute (fails), Close of an evicted statement, Parse b, Close s.
+        let mut relay = Relay::default();
+        let parse_b = OnError::ParseFailed {
+            origin_name: Bytes::from_static(b"wd_b"),
+            client_name: Some(Bytes::from_static(b"b")),
+        };
+        let evicted = OnError::OriginClose {
+            origin_name: Bytes::from_static(b"wd_old"),
+        };
+        let restore = OnError::Restore(Vec::new());
+        for expect in [
+            Expect::Reply {
+                count: 1,
+                to_client: true,
+                on_error: OnError::Nothing,
+            },
+            Expect::Reply {
+                count: 1,
+                to_client: true,
+                on_error: OnError::MaybeStale {
+                    origin_name: Bytes::from_static(b"wd_a"),
+                },
+            },
+            Expect::Execute,
+            Expect::Reply {
+                count: 1,
+                to_client: false,
+                on_error: evicted.clone(),
+            },
+            Expect::Reply {
+                count: 1,
+                to_client: true,
+                on_error: parse_b.clone(),
+            },
+            Expect::Synthetic(bytes(encode::close_complete), restore.clone()),
+            Expect::Sync,
+        ] {
+            relay.push(expect);
+        }
+        let origin = frames(|b| {
+            encode::parse_complete(b);
+            encode::bind_complete(b);
+            encode::error_response(b, "ERROR", "22012", "division by zero", None);
+            encode::ready_for_query(b, TransactionStatus::Idle);
+        });
+        let (client, events) = run(&mut relay, origin);
+        assert_eq!(tags(&client), "12EZ");
+        let undone: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Undo {
+                    undo,
+                    skipped: true,
+                } => Some(undo.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(undone, vec![evicted, parse_b, restore]);
+        assert!(relay.is_idle());
     }
 
     #[test]
@@ -494,7 +593,10 @@ mod tests {
         assert_eq!(tags(&client), "2G");
         relay.push(Expect::CopyEnd);
         relay.push(Expect::Sync);
-        relay.push(Expect::Synthetic(bytes(encode::close_complete)));
+        relay.push(Expect::Synthetic(
+            bytes(encode::close_complete),
+            OnError::Nothing,
+        ));
         relay.push(Expect::Sync);
         let (client, events) = run(
             &mut relay,

@@ -5,7 +5,8 @@
 //! a client's own SET (its value SQL as written), `SELECT pg_catalog.set_config(…)` for a
 //! startup parameter, whose value is a plain string (so `search_path=app,public` names
 //! two schemas, as in PostgreSQL). Changes made inside a transaction only count when it
-//! commits; a rollback discards them, as in PostgreSQL. `SET LOCAL` never reaches here.
+//! commits; a rollback (of the transaction, or to a savepoint before them) undoes them,
+//! as in PostgreSQL. `SET LOCAL` never reaches here.
 
 use std::collections::BTreeMap;
 
@@ -103,13 +104,52 @@ pub fn sync_sql(desired: &SettingMap, on_connection: &SettingMap) -> Option<Stri
     Some(sql)
 }
 
+/// Settings PostgreSQL's `RESET ALL` leaves alone (they are only reset by `DISCARD ALL`,
+/// or by name).
+const KEPT_BY_RESET_ALL: [&str; 2] = ["role", "session_authorization"];
+
+/// What one request (a simple query, or a batch up to Sync) did at the origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Whether an error ended it.
+    pub failed: bool,
+    /// Number of statements it ran (or tried).
+    pub statements: usize,
+    /// Whether the origin reported a transaction block open after it.
+    pub in_transaction: bool,
+}
+
+/// warpdrive cannot tell which settings a request left on the connection (a failure
+/// part-way through several statements that change settings or control transactions, an
+/// unknown savepoint): only the connection itself knows, so the client must keep it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("settings changed in a way warpdrive cannot follow across connections")]
+pub struct Untracked;
+
+/// The client's and the connection's settings at one point of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Snapshot {
+    client: SettingMap,
+    connection: SettingMap,
+}
+
+/// An open transaction block, as far as settings are concerned.
+#[derive(Clone, Debug)]
+struct Transaction {
+    /// The settings when it began: a rollback returns to them.
+    base: Snapshot,
+    /// Savepoints, oldest first, with the settings when each was set.
+    savepoints: Vec<(String, Snapshot)>,
+    /// An error aborted it: COMMIT now rolls back.
+    aborted: bool,
+}
+
 /// A client's settings.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
     startup: SettingMap,
     current: SettingMap,
-    /// Changes made inside the open transaction, applied when it commits.
-    in_transaction: Vec<SessionEffect>,
+    transaction: Option<Transaction>,
 }
 
 impl Settings {
@@ -118,7 +158,7 @@ impl Settings {
         Settings {
             current: startup.clone(),
             startup,
-            in_transaction: Vec::new(),
+            transaction: None,
         }
     }
 
@@ -133,47 +173,141 @@ impl Settings {
         sync_sql(&self.current, on_connection)
     }
 
-    /// Records effects of statements that succeeded. `in_transaction` says whether they
-    /// ran inside a transaction block that is still open; `connection` is the serving
-    /// connection's settings, which follow the same changes.
-    pub fn record(
+    /// Follows one request's effects, in statement order, given what the origin said of
+    /// it. `connection` is the serving connection's settings, which change alike. As in
+    /// PostgreSQL, changes inside a transaction are undone when it (or the savepoint they
+    /// follow) rolls back, and a failed statement changes nothing.
+    pub fn settle(
         &mut self,
         effects: &[SessionEffect],
-        in_transaction: bool,
+        outcome: Outcome,
         connection: &mut SettingMap,
-    ) {
-        if in_transaction {
-            self.in_transaction.extend(effects.iter().cloned());
-        } else {
+    ) -> Result<(), Untracked> {
+        if !outcome.failed {
             for effect in effects {
-                self.apply(effect, connection);
+                self.follow(effect, connection)?;
+            }
+        } else if outcome.statements > 1
+            && effects.iter().any(|effect| {
+                effect.changes_settings() || matches!(effect, SessionEffect::Transaction(_))
+            })
+        {
+            // Which of the statements ran before the error is not known here.
+            return Err(Untracked);
+        }
+        self.reconcile(outcome, connection)
+    }
+
+    /// Brings the transaction warpdrive follows in line with the origin's status.
+    fn reconcile(
+        &mut self,
+        outcome: Outcome,
+        connection: &mut SettingMap,
+    ) -> Result<(), Untracked> {
+        match (&mut self.transaction, outcome.in_transaction) {
+            (Some(transaction), true) => {
+                transaction.aborted |= outcome.failed;
+                Ok(())
+            }
+            (None, false) => Ok(()),
+            (Some(_), false) if outcome.failed => {
+                // The error ended the transaction (a COMMIT that failed): rolled back.
+                self.roll_back(connection);
+                Ok(())
+            }
+            (Some(transaction), false) => {
+                // Ended by a statement warpdrive did not recognise (PREPARE TRANSACTION, …):
+                // harmless unless settings changed inside it.
+                let unchanged = transaction.base.client == self.current;
+                self.transaction = None;
+                if unchanged { Ok(()) } else { Err(Untracked) }
+            }
+            (None, true) => {
+                self.transaction = Some(Transaction {
+                    base: self.snapshot(connection),
+                    savepoints: Vec::new(),
+                    aborted: outcome.failed,
+                });
+                Ok(())
             }
         }
     }
 
-    /// The open transaction ended: its changes count only if it committed.
-    pub fn end_transaction(&mut self, committed: bool, connection: &mut SettingMap) {
-        let effects = std::mem::take(&mut self.in_transaction);
-        if committed {
-            for effect in &effects {
-                self.apply(effect, connection);
-            }
+    fn snapshot(&self, connection: &SettingMap) -> Snapshot {
+        Snapshot {
+            client: self.current.clone(),
+            connection: connection.clone(),
         }
     }
 
-    /// Whether changes are waiting for the transaction's end.
-    pub fn has_pending(&self) -> bool {
-        !self.in_transaction.is_empty()
+    fn restore(&mut self, snapshot: Snapshot, connection: &mut SettingMap) {
+        self.current = snapshot.client;
+        *connection = snapshot.connection;
     }
 
-    /// DISCARD ALL answered for this client: back to the startup values.
-    pub fn discard_all(&mut self) {
-        self.current = self.startup.clone();
-        self.in_transaction.clear();
+    fn roll_back(&mut self, connection: &mut SettingMap) {
+        if let Some(transaction) = self.transaction.take() {
+            self.restore(transaction.base, connection);
+        }
     }
 
-    fn apply(&mut self, effect: &SessionEffect, connection: &mut SettingMap) {
+    fn begin(&mut self, connection: &SettingMap) {
+        if self.transaction.is_none() {
+            self.transaction = Some(Transaction {
+                base: self.snapshot(connection),
+                savepoints: Vec::new(),
+                aborted: false,
+            });
+        }
+    }
+
+    fn follow(
+        &mut self,
+        effect: &SessionEffect,
+        connection: &mut SettingMap,
+    ) -> Result<(), Untracked> {
+        use crate::analyze::TransactionControl as Control;
         match effect {
+            SessionEffect::Transaction(control) => match control {
+                Control::Begin => self.begin(connection),
+                Control::Commit | Control::CommitAndChain => {
+                    if self.transaction.as_ref().is_some_and(|t| t.aborted) {
+                        self.roll_back(connection);
+                    }
+                    self.transaction = None;
+                    if matches!(control, Control::CommitAndChain) {
+                        self.begin(connection);
+                    }
+                }
+                Control::Rollback | Control::RollbackAndChain => {
+                    self.roll_back(connection);
+                    if matches!(control, Control::RollbackAndChain) {
+                        self.begin(connection);
+                    }
+                }
+                Control::Savepoint(name) => {
+                    let snapshot = self.snapshot(connection);
+                    let transaction = self.transaction.as_mut().ok_or(Untracked)?;
+                    transaction.savepoints.push((name.clone(), snapshot));
+                }
+                Control::RollbackTo(name) | Control::Release(name) => {
+                    let transaction = self.transaction.as_mut().ok_or(Untracked)?;
+                    let at = transaction
+                        .savepoints
+                        .iter()
+                        .rposition(|(saved, _)| saved == name)
+                        .ok_or(Untracked)?;
+                    if matches!(control, Control::RollbackTo(_)) {
+                        // The savepoint stays; later ones go.
+                        transaction.savepoints.truncate(at + 1);
+                        transaction.aborted = false;
+                        let snapshot = transaction.savepoints[at].1.clone();
+                        self.restore(snapshot, connection);
+                    } else {
+                        transaction.savepoints.truncate(at);
+                    }
+                }
+            },
             SessionEffect::Set { name, value } => {
                 let statement = set_statement(name, value);
                 self.current.insert(name.clone(), statement.clone());
@@ -189,13 +323,30 @@ impl Settings {
                 connection.remove(name);
             }
             SessionEffect::ResetAll => {
+                let kept = |map: &SettingMap| -> SettingMap {
+                    map.iter()
+                        .filter(|(name, _)| KEPT_BY_RESET_ALL.contains(&name.as_str()))
+                        .map(|(name, value)| (name.clone(), value.clone()))
+                        .collect()
+                };
+                let mut current = self.startup.clone();
+                current.extend(kept(&self.current));
+                self.current = current;
+                *connection = kept(connection);
+            }
+            SessionEffect::DiscardAll => {
                 self.current = self.startup.clone();
                 connection.clear();
             }
-            SessionEffect::DiscardAll
-            | SessionEffect::Deallocate { .. }
-            | SessionEffect::Pin { .. } => {}
+            SessionEffect::Deallocate { .. } | SessionEffect::Pin { .. } => {}
         }
+        Ok(())
+    }
+
+    /// DISCARD ALL answered for this client: back to the startup values.
+    pub fn discard_all(&mut self) {
+        self.current = self.startup.clone();
+        self.transaction = None;
     }
 }
 
@@ -232,19 +383,165 @@ mod tests {
         );
     }
 
+    use crate::analyze::TransactionControl as T;
+
+    fn control(control: T) -> SessionEffect {
+        SessionEffect::Transaction(control)
+    }
+
+    const OK: Outcome = Outcome {
+        failed: false,
+        statements: 1,
+        in_transaction: false,
+    };
+    const OK_IN_TRANSACTION: Outcome = Outcome {
+        in_transaction: true,
+        ..OK
+    };
+
+    /// Runs requests of one statement each, checking the outcome they are given.
+    fn run(
+        settings: &mut Settings,
+        connection: &mut SettingMap,
+        requests: &[(SessionEffect, Outcome)],
+    ) {
+        for (effect, outcome) in requests {
+            settings
+                .settle(std::slice::from_ref(effect), *outcome, connection)
+                .expect("tracked");
+        }
+    }
+
     #[test]
     fn transaction_changes_count_only_on_commit() {
         let mut settings = Settings::new(SettingMap::new());
         let mut connection = SettingMap::new();
-        settings.record(&[set("search_path", "app")], true, &mut connection);
-        assert!(settings.current().is_empty() && settings.has_pending());
-        settings.end_transaction(false, &mut connection);
-        assert!(settings.current().is_empty() && !settings.has_pending());
-        settings.record(&[set("search_path", "app")], true, &mut connection);
-        settings.end_transaction(true, &mut connection);
+        run(
+            &mut settings,
+            &mut connection,
+            &[
+                (control(T::Begin), OK_IN_TRANSACTION),
+                (set("search_path", "app"), OK_IN_TRANSACTION),
+                (control(T::Rollback), OK),
+            ],
+        );
+        assert!(settings.current().is_empty() && connection.is_empty());
+        run(
+            &mut settings,
+            &mut connection,
+            &[
+                (control(T::Begin), OK_IN_TRANSACTION),
+                (set("search_path", "app"), OK_IN_TRANSACTION),
+                (control(T::Commit), OK),
+            ],
+        );
         let expected = map(&[("search_path", "SET \"search_path\" TO app")]);
         assert_eq!(settings.current(), &expected);
         assert_eq!(connection, expected);
+    }
+
+    #[test]
+    fn one_query_string_with_begin_set_rollback_changes_nothing() {
+        let mut settings = Settings::new(SettingMap::new());
+        let mut connection = SettingMap::new();
+        let effects = [
+            control(T::Begin),
+            set("timezone", "'UTC'"),
+            control(T::Rollback),
+        ];
+        let outcome = Outcome {
+            statements: 3,
+            ..OK
+        };
+        settings
+            .settle(&effects, outcome, &mut connection)
+            .expect("tracked");
+        assert!(settings.current().is_empty() && connection.is_empty());
+    }
+
+    #[test]
+    fn savepoints_undo_what_followed_them() {
+        let mut settings = Settings::new(SettingMap::new());
+        let mut connection = SettingMap::new();
+        run(
+            &mut settings,
+            &mut connection,
+            &[
+                (control(T::Begin), OK_IN_TRANSACTION),
+                (set("search_path", "a"), OK_IN_TRANSACTION),
+                (control(T::Savepoint("s".into())), OK_IN_TRANSACTION),
+                (set("search_path", "b"), OK_IN_TRANSACTION),
+                (
+                    set("timezone", "'nowhere'"),
+                    Outcome {
+                        failed: true,
+                        ..OK_IN_TRANSACTION
+                    },
+                ),
+                (control(T::RollbackTo("s".into())), OK_IN_TRANSACTION),
+                (control(T::Commit), OK),
+            ],
+        );
+        let expected = map(&[("search_path", "SET \"search_path\" TO a")]);
+        assert_eq!(settings.current(), &expected);
+        assert_eq!(connection, expected);
+        // An unknown savepoint means warpdrive lost track.
+        run(
+            &mut settings,
+            &mut connection,
+            &[(control(T::Begin), OK_IN_TRANSACTION)],
+        );
+        assert_eq!(
+            settings.settle(
+                &[control(T::Release("nope".into()))],
+                OK_IN_TRANSACTION,
+                &mut connection
+            ),
+            Err(Untracked)
+        );
+    }
+
+    #[test]
+    fn commit_of_a_failed_transaction_rolls_back() {
+        let mut settings = Settings::new(SettingMap::new());
+        let mut connection = SettingMap::new();
+        let failed = Outcome {
+            failed: true,
+            ..OK_IN_TRANSACTION
+        };
+        run(
+            &mut settings,
+            &mut connection,
+            &[
+                (control(T::Begin), OK_IN_TRANSACTION),
+                (set("search_path", "a"), OK_IN_TRANSACTION),
+                (control(T::Savepoint("s".into())), failed),
+                (control(T::Commit), OK),
+            ],
+        );
+        assert!(settings.current().is_empty() && connection.is_empty());
+    }
+
+    #[test]
+    fn a_failure_among_several_statements_that_change_settings_is_untracked() {
+        let mut settings = Settings::new(SettingMap::new());
+        let mut connection = SettingMap::new();
+        let outcome = Outcome {
+            failed: true,
+            statements: 3,
+            in_transaction: true,
+        };
+        let effects = [control(T::Begin), set("search_path", "a")];
+        assert_eq!(
+            settings.settle(&effects, outcome, &mut connection),
+            Err(Untracked)
+        );
+        // Without setting changes only the transaction's state matters.
+        let mut settings = Settings::new(SettingMap::new());
+        let effects = [SessionEffect::Pin {
+            feature: "x".into(),
+        }];
+        assert_eq!(settings.settle(&effects, outcome, &mut connection), Ok(()));
     }
 
     #[test]
@@ -252,17 +549,19 @@ mod tests {
         let utc = set_config_statement("timezone", "UTC");
         let mut settings = Settings::new(map(&[("timezone", &utc)]));
         let mut connection = settings.current().clone();
-        settings.record(
-            &[set("timezone", "'Asia/Tokyo'"), set("search_path", "x")],
-            false,
+        run(
+            &mut settings,
             &mut connection,
-        );
-        settings.record(
-            &[SessionEffect::Reset {
-                name: "timezone".into(),
-            }],
-            false,
-            &mut connection,
+            &[
+                (set("timezone", "'Asia/Tokyo'"), OK),
+                (set("search_path", "x"), OK),
+                (
+                    SessionEffect::Reset {
+                        name: "timezone".into(),
+                    },
+                    OK,
+                ),
+            ],
         );
         let path = set_statement("search_path", "x");
         assert_eq!(
@@ -276,9 +575,37 @@ mod tests {
                 .expect("differs")
                 .contains("'UTC'")
         );
-        settings.record(&[SessionEffect::ResetAll], false, &mut connection);
+        run(
+            &mut settings,
+            &mut connection,
+            &[(SessionEffect::ResetAll, OK)],
+        );
         assert_eq!(settings.current(), &map(&[("timezone", &utc)]));
         assert!(connection.is_empty());
+    }
+
+    #[test]
+    fn reset_all_keeps_the_role_as_postgres_does() {
+        let mut settings = Settings::new(SettingMap::new());
+        let mut connection = SettingMap::new();
+        run(
+            &mut settings,
+            &mut connection,
+            &[
+                (set("role", "reporting"), OK),
+                (set("search_path", "x"), OK),
+                (SessionEffect::ResetAll, OK),
+            ],
+        );
+        let role = map(&[("role", &set_statement("role", "reporting"))]);
+        assert_eq!(settings.current(), &role);
+        assert_eq!(connection, role);
+        run(
+            &mut settings,
+            &mut connection,
+            &[(SessionEffect::DiscardAll, OK)],
+        );
+        assert!(settings.current().is_empty() && connection.is_empty());
     }
 
     #[test]
