@@ -77,6 +77,21 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// Reads once into `buf`, after what it holds, by polling.
+fn poll_read_more(
+    stream: &mut Stream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let start = buf.len();
+    buf.resize(start + READ_CHUNK, 0);
+    let mut read = ReadBuf::new(&mut buf[start..]);
+    let polled = Pin::new(stream).poll_read(cx, &mut read);
+    let n = read.filled().len();
+    buf.truncate(start + n);
+    polled.map_ok(|()| n)
+}
+
 /// A failure reading frames.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -193,6 +208,61 @@ impl Conn {
             self.out.clear();
         }
         self.stream.flush().await
+    }
+
+    /// Writes what is buffered while reading what the peer sends meanwhile: `Ok(None)`
+    /// once everything is written, or the next frame as soon as one arrives (call again to
+    /// go on writing). A peer that answers while it reads, as PostgreSQL does, can fill
+    /// both directions' socket buffers with a long pipeline; writing without reading would
+    /// then wait forever.
+    pub async fn flush_or_read(&mut self) -> Result<Option<Frame>, ConnError> {
+        if let Some(frame) = split_frame(&mut self.read_buf, self.max_frame)? {
+            return Ok(Some(frame));
+        }
+        std::future::poll_fn(|cx| self.poll_flush_or_read(cx)).await
+    }
+
+    fn poll_flush_or_read(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Frame>, ConnError>> {
+        loop {
+            let mut progressed = false;
+            if !self.out.is_empty() {
+                match Pin::new(&mut self.stream).poll_write(cx, &self.out) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        let _ = self.out.split_to(n);
+                        progressed = true;
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                    Poll::Pending => {}
+                }
+            }
+            if self.out.is_empty() {
+                return match Pin::new(&mut self.stream).poll_flush(cx) {
+                    Poll::Ready(result) => Poll::Ready(result.map(|()| None).map_err(Into::into)),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+            // Written only in part: the peer may be waiting for its replies to be read.
+            match poll_read_more(&mut self.stream, cx, &mut self.read_buf) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(ConnError::TruncatedFrame)),
+                Poll::Ready(Ok(_)) => {
+                    if let Some(frame) = split_frame(&mut self.read_buf, self.max_frame)? {
+                        return Poll::Ready(Ok(Some(frame)));
+                    }
+                    progressed = true;
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
+                Poll::Pending => {}
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
     }
 
     /// Writes raw bytes after whatever is buffered.

@@ -265,6 +265,51 @@ async fn min_idle_and_idle_timeout() {
     db.drop_now().await;
 }
 
+/// Another database's pool stays warm only while clients use it, and a database created
+/// and used through warpdrive can be dropped through it without FORCE (createdb, dropdb
+/// and test suites do exactly this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_of_other_databases_let_go() {
+    let db = TestDatabase::create("letgo").await;
+    let mut pool = common::small_pool(4);
+    pool.min_idle = 2;
+    pool.idle_timeout = Duration::from_secs(1);
+    let proxy = Proxy::start(common::deployment(&db.name, pool)).await;
+    let admin = proxy.connect(&db.name).await;
+    let other = format!("{}_other", db.name);
+    admin
+        .batch_execute(&format!("CREATE DATABASE {other}"))
+        .await
+        .unwrap();
+    let client = proxy.connect(&other).await;
+    client.batch_execute("SELECT 1").await.unwrap();
+    drop(client);
+    let mut held = i64::MAX;
+    for _ in 0..80 {
+        held = origin_connections(&other).await;
+        if held == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(held, 0, "an unused pool of another database let go of it");
+    assert!(
+        origin_connections(&db.name).await >= 2,
+        "the origin URL's database stays warm"
+    );
+    // Used again, then dropped at once: warpdrive's idle connections close first.
+    let client = proxy.connect(&other).await;
+    client.batch_execute("SELECT 1").await.unwrap();
+    drop(client);
+    admin
+        .batch_execute(&format!("DROP DATABASE {other}"))
+        .await
+        .expect("DROP DATABASE through warpdrive, without FORCE");
+    drop(admin);
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
 /// Shutdown: idle clients are told and disconnected at once; a client in a transaction
 /// may finish it; new clients are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,6 +180,39 @@ async fn large_results_bytea_text_and_unicode() {
     };
     assert_eq!(row.get(0).unwrap().len(), 512);
     assert_eq!(row.get(1), Some(text));
+    // bytea's own text output, with the origin's bytea_output.
+    let messages = client.simple_query("SELECT b FROM blobs").await.unwrap();
+    let SimpleQueryMessage::Row(row) = &messages[1] else {
+        panic!("expected a row: {messages:?}")
+    };
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(row.get(0), Some(format!("\\x{hex}").as_str()));
+    drop(client);
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+/// A pipeline of large requests with large replies fills the socket buffers both ways:
+/// warpdrive must read the origin's replies while it writes the next requests, as libpq
+/// does, or the origin and warpdrive wait for each other forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_pipelines_of_large_messages_do_not_jam() {
+    let db = TestDatabase::create("jam").await;
+    let proxy = Proxy::for_database(&db, 1).await;
+    let client = proxy.connect(&db.name).await;
+    let big = "x".repeat(16 << 20);
+    let statement = client.prepare("SELECT $1::text").await.unwrap();
+    let parameter: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&big];
+    let queries = (0..4).map(|_| client.query_one(&statement, &parameter));
+    let rows = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        futures_util::future::join_all(queries),
+    )
+    .await
+    .expect("the pipeline finished");
+    for row in rows {
+        assert_eq!(row.unwrap().get::<_, &str>(0).len(), big.len());
+    }
     drop(client);
     proxy.stop().await;
     db.drop_now().await;

@@ -50,6 +50,12 @@ pub enum SessionEffect {
     },
     /// A transaction control statement.
     Transaction(TransactionControl),
+    /// The statement needs no other session connected to this database (DROP DATABASE,
+    /// ALTER DATABASE, CREATE DATABASE … TEMPLATE): a pooler must let go of it first.
+    NeedsDatabaseUnused {
+        /// The database, as written (lower case when unquoted).
+        database: String,
+    },
 }
 
 /// Transaction control, as it matters to session settings.
@@ -314,4 +320,33 @@ pub(crate) fn unparsed_effects(leads: &[Lead], words: &[String]) -> Vec<SessionE
         found.push(pin("set_config()"));
     }
     found
+}
+
+/// Whether a statement's leading words are DDL on a whole database.
+pub(crate) fn is_database_ddl(lead: &Lead) -> bool {
+    matches!(lead.first.as_str(), "DROP" | "ALTER" | "CREATE") && lead.second == "DATABASE"
+}
+
+/// The database a DROP / ALTER / CREATE DATABASE statement needs unused, from its words:
+/// the one dropped or altered, or the template copied.
+pub(crate) fn database_ddl_effects(words: &[String]) -> Vec<SessionEffect> {
+    let database = match words {
+        [verb, database, rest @ ..] if verb == "drop" && database == "database" => match rest {
+            [if_, exists, name, ..] if if_ == "if" && exists == "exists" => Some(name),
+            [name, ..] => Some(name),
+            [] => None,
+        },
+        [verb, database, name, ..] if verb == "alter" && database == "database" => Some(name),
+        [verb, database, ..] if verb == "create" && database == "database" => words
+            .iter()
+            .position(|word| word == "template")
+            .and_then(|at| words.get(at + 1)),
+        _ => None,
+    };
+    database
+        .map(|database| SessionEffect::NeedsDatabaseUnused {
+            database: database.clone(),
+        })
+        .into_iter()
+        .collect()
 }

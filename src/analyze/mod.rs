@@ -414,14 +414,21 @@ impl Analyzer {
             .with_recursion_limit(PARSER_RECURSION_LIMIT)
             .with_tokens_with_locations(lexed.into_tokens())
             .parse_statements();
-        match parsed {
+        let mut analysis = match parsed {
             Ok(statements) => self.classify_parsed(dialect, &statements),
             Err(error) => {
                 let mut analysis = statement::classify_unparsed(&leading, &error.to_string());
                 analysis.effects = effects::unparsed_effects(&leading, &lex::words(dialect, sql));
                 analysis
             }
+        };
+        if leading.len() == 1 && effects::is_database_ddl(&leading[0]) {
+            // Rare statements: their words are read again rather than slowing every other.
+            analysis
+                .effects
+                .extend(effects::database_ddl_effects(&lex::words(dialect, sql)));
         }
+        analysis
     }
 
     fn classify_parsed(

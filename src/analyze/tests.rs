@@ -633,6 +633,29 @@ fn transaction_control_is_reported_in_order() {
 }
 
 #[test]
+fn database_ddl_names_the_database_it_needs_unused() {
+    let needs = |name: &str| {
+        vec![SessionEffect::NeedsDatabaseUnused {
+            database: name.to_owned(),
+        }]
+    };
+    assert_eq!(effects("DROP DATABASE shop"), needs("shop"));
+    assert_eq!(
+        effects("DROP DATABASE IF EXISTS Shop WITH (FORCE)"),
+        needs("shop")
+    );
+    assert_eq!(
+        effects("ALTER DATABASE shop RENAME TO store"),
+        needs("shop")
+    );
+    assert_eq!(
+        effects("CREATE DATABASE copy WITH TEMPLATE = shop OWNER app"),
+        needs("shop")
+    );
+    assert!(effects("CREATE DATABASE fresh").is_empty());
+}
+
+#[test]
 fn unparsed_session_statements_pin_the_client() {
     // Text sqlparser refuses: what it does to the session is guessed from its words.
     let unparsed = pg("SET search_path = app,, public");

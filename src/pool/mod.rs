@@ -9,7 +9,11 @@
 //!
 //! A maintenance task keeps `min_idle` connections ready, closes idle connections above
 //! that after `idle_timeout`, and drops connections the origin closed (a terminated
-//! backend sends a FATAL error and hangs up; the idle check sees it).
+//! backend sends a FATAL error and hangs up; the idle check sees it). A pool for another
+//! database than the origin URL's keeps connections ready only while clients use it:
+//! otherwise they close after `idle_timeout`, so that warpdrive does not hold a database
+//! open (DROP DATABASE refuses while any session is connected) or retry a database that
+//! is gone.
 //!
 //! The pool never holds more than `max_size` connections. Slack beyond that, as seen
 //! by the origin: one short-lived connection per CancelRequest in flight.
@@ -104,6 +108,9 @@ pub type ServerParameters = Arc<Vec<(Bytes, Bytes)>>;
 struct Inner {
     target: Arc<OriginTarget>,
     settings: PoolSettings,
+    /// Keep `min_idle` connections even while no client uses the pool (the origin URL's
+    /// own database).
+    keep_warm: bool,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<PooledConn>>,
     baseline: Mutex<Option<ServerParameters>>,
@@ -119,11 +126,17 @@ pub struct Pool {
 impl Pool {
     /// A pool; starts its maintenance task (which needs a Tokio runtime). It counts into
     /// `metrics` (shared by the deployment's pools).
-    pub fn new(target: OriginTarget, settings: PoolSettings, metrics: Arc<PoolMetrics>) -> Pool {
+    pub fn new(
+        target: OriginTarget,
+        settings: PoolSettings,
+        keep_warm: bool,
+        metrics: Arc<PoolMetrics>,
+    ) -> Pool {
         let inner = Arc::new(Inner {
             permits: Arc::new(Semaphore::new(settings.max_size)),
             target: Arc::new(target),
             settings,
+            keep_warm,
             idle: Mutex::new(Vec::new()),
             baseline: Mutex::new(None),
             metrics,
@@ -194,6 +207,17 @@ impl Pool {
 }
 
 impl Inner {
+    /// Closes every idle connection.
+    fn close_idle(self: &Arc<Self>) {
+        let idle: Vec<PooledConn> = match self.idle.lock() {
+            Ok(mut idle) => idle.drain(..).collect(),
+            Err(_) => return,
+        };
+        for conn in idle {
+            self.close(conn);
+        }
+    }
+
     fn take_idle(&self) -> Option<PooledConn> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(mut conn) = idle.pop() {
@@ -375,6 +399,14 @@ async fn maintain(pool: Weak<Inner>) {
     loop {
         tokio::time::sleep(TICK).await;
         let Some(pool) = pool.upgrade() else { return };
+        // Held by its PoolSet and by this task; anything more is a client (a session, a
+        // checkout, a revalidation).
+        let in_use = Arc::strong_count(&pool) > 2;
+        let min_idle = if pool.keep_warm || in_use {
+            pool.settings.min_idle
+        } else {
+            0
+        };
         let mut due_for_check = Vec::new();
         let expired: Vec<PooledConn> = {
             let Ok(mut idle) = pool.idle.lock() else {
@@ -382,7 +414,7 @@ async fn maintain(pool: Weak<Inner>) {
             };
             let mut kept = Vec::with_capacity(idle.len());
             let mut expired = Vec::new();
-            let surplus_allowed = idle.len().saturating_sub(pool.settings.min_idle);
+            let surplus_allowed = idle.len().saturating_sub(min_idle);
             let mut surplus_closed = 0;
             // Oldest first: the list is LIFO, so the front has waited longest.
             for mut conn in idle.drain(..) {
@@ -414,10 +446,7 @@ async fn maintain(pool: Weak<Inner>) {
                 pool.close(conn);
             }
         }
-        let missing = pool
-            .settings
-            .min_idle
-            .saturating_sub(pool.idle.lock().map(|i| i.len()).unwrap_or(0));
+        let missing = min_idle.saturating_sub(pool.idle.lock().map(|i| i.len()).unwrap_or(0));
         for _ in 0..missing {
             let Ok(permit) = Arc::clone(&pool.permits).try_acquire_owned() else {
                 break;
@@ -474,10 +503,25 @@ impl PoolSet {
                         connect_timeout: self.settings.connect_timeout,
                     },
                     self.settings.clone(),
+                    database == self.url.database,
                     Arc::clone(&self.metrics),
                 )
             })
             .clone()
+    }
+
+    /// Closes the idle connections to `database`, for a statement that needs nobody
+    /// connected to it (DROP DATABASE, ALTER DATABASE, CREATE DATABASE … TEMPLATE).
+    pub fn close_idle(&self, database: &str) {
+        let pool = self
+            .pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(database)
+            .cloned();
+        if let Some(pool) = pool {
+            pool.inner.close_idle();
+        }
     }
 
     /// Every pool created so far, by database.

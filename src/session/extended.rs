@@ -174,7 +174,7 @@ impl Session {
             encode::flush(&mut buf);
         }
         self.send_to_origin(&buf);
-        self.flush_origin().await;
+        self.flush_origin().await?;
         let mut events = Vec::new();
         self.relay
             .drain_synthetic(&mut self.client.out, &mut events);
@@ -269,6 +269,7 @@ impl Session {
                             .push(Expect::Synthetic(reply.freeze(), OnError::Restore(tag.1)));
                         return true;
                     }
+                    self.let_go_of_databases(&analysis.effects);
                     self.unsynced
                         .effects
                         .extend(analysis.effects.iter().cloned());

@@ -152,7 +152,7 @@ impl SessionContext {
             .await
             .map_err(|error| ClientError::from_pool(&error))?;
         let conn = checkout.conn();
-        let outcome = run_internal(&mut conn.origin.conn, value).await;
+        let outcome = run_internal(conn, value).await;
         match outcome {
             Ok(Ok(reports)) => {
                 conn.settings.insert(name.to_owned(), value.to_owned());
@@ -184,28 +184,53 @@ impl SessionContext {
     }
 }
 
+/// The longest warpdrive waits for the origin to answer a statement of its own (a
+/// settings replay, a startup parameter check): a connection that stays silent this long
+/// is dropped rather than leaving the client hanging.
+const INTERNAL_QUERY_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Runs a query of warpdrive's own on an idle origin connection, swallowing its replies.
-/// Returns the ParameterStatus values reported, or the origin's error.
+/// Returns the ParameterStatus values reported, or the origin's error. The connection
+/// counts as busy until the origin's ReadyForQuery, so that it is closed, not reused,
+/// if this is abandoned half-way.
 async fn run_internal(
-    origin: &mut Conn,
+    conn: &mut PooledConn,
     sql: &str,
 ) -> Result<Result<Vec<(Bytes, Bytes)>, crate::wire::pg::backend::ErrorFields>, ConnError> {
-    encode::query(&mut origin.out, sql);
-    origin.flush().await?;
-    let mut reports = Vec::new();
-    let mut failure = None;
-    loop {
-        let frame = origin
-            .read_frame()
-            .await?
-            .ok_or(ConnError::TruncatedFrame)?;
-        match BackendMessage::decode(&frame)? {
-            BackendMessage::ParameterStatus { name, value } => reports.push((name, value)),
-            BackendMessage::ErrorResponse(fields) => failure = Some(fields),
-            BackendMessage::ReadyForQuery(_) => break,
-            _ => {}
+    conn.state = ConnState::Busy;
+    let origin = &mut conn.origin.conn;
+    let exchange = async {
+        encode::query(&mut origin.out, sql);
+        origin.flush().await?;
+        let mut reports = Vec::new();
+        let mut failure = None;
+        loop {
+            let frame = origin
+                .read_frame()
+                .await?
+                .ok_or(ConnError::TruncatedFrame)?;
+            match BackendMessage::decode(&frame)? {
+                BackendMessage::ParameterStatus { name, value } => reports.push((name, value)),
+                BackendMessage::ErrorResponse(fields) => failure = Some(fields),
+                BackendMessage::ReadyForQuery(status) => {
+                    return Ok::<_, ConnError>((status, reports, failure));
+                }
+                _ => {}
+            }
         }
-    }
+    };
+    let (status, reports, failure) = tokio::time::timeout(INTERNAL_QUERY_TIMEOUT, exchange)
+        .await
+        .map_err(|_| {
+            ConnError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the origin did not answer warpdrive's own query within {}s",
+                    INTERNAL_QUERY_TIMEOUT.as_secs()
+                ),
+            ))
+        })??;
+    conn.state = ConnState::Ready(status);
     Ok(match failure {
         Some(fields) => Err(fields),
         None => Ok(reports),
@@ -218,7 +243,7 @@ async fn apply_settings(conn: &mut PooledConn, desired: &SettingMap) -> Result<(
     let Some(sql) = settings::sync_sql(desired, &conn.settings) else {
         return Ok(());
     };
-    match run_internal(&mut conn.origin.conn, &sql).await {
+    match run_internal(conn, &sql).await {
         Ok(Ok(_)) => {
             conn.settings = desired.clone();
             Ok(())
@@ -462,7 +487,7 @@ impl Session {
                     if checkout.conn().origin.conn.out.len() >= FLUSH_THRESHOLD
                         || frame.tag() != b'd'
                     {
-                        self.flush_origin().await;
+                        self.flush_origin().await?;
                     }
                 }
             }
@@ -475,7 +500,7 @@ impl Session {
                         frame.len(),
                         std::time::Instant::now(),
                     ));
-                    self.flush_origin().await;
+                    self.flush_origin().await?;
                     self.arm_deadline();
                 }
                 Err(error) => self.answer_error(error).await?,
@@ -496,14 +521,22 @@ impl Session {
         }
     }
 
-    /// Flushes warpdrive's writes to the origin. A failure is handled when the session
-    /// next reads from the origin, which then fails too.
-    async fn flush_origin(&mut self) {
-        if let Some(checkout) = self.checkout.as_mut()
-            && let Err(error) = checkout.conn().origin.conn.flush().await
-        {
-            tracing::debug!(%error, "writing to the origin failed");
+    /// Flushes warpdrive's writes to the origin, relaying the origin's replies that
+    /// arrive meanwhile (a long pipeline fills both directions). A write failure is
+    /// handled when the session next reads from the origin, which then fails too.
+    async fn flush_origin(&mut self) -> Result<(), SessionError> {
+        while let Some(checkout) = self.checkout.as_mut() {
+            match checkout.conn().origin.conn.flush_or_read().await {
+                Ok(None) => break,
+                Ok(Some(frame)) => self.on_origin(Ok(Some(frame))).await?,
+                Err(ConnError::Io(error)) => {
+                    tracing::debug!(%error, "writing to the origin failed");
+                    break;
+                }
+                Err(error) => self.on_origin(Err(error)).await?,
+            }
         }
+        Ok(())
     }
 
     fn arm_deadline(&mut self) {
@@ -599,6 +632,7 @@ impl Session {
             return self.answer_error(error).await;
         }
         self.send_pending_closes();
+        self.let_go_of_databases(&analysis.effects);
         self.send_to_origin(frame.raw());
         if let Some(checkout) = self.checkout.as_mut() {
             // A simple query destroys the unnamed statement.
@@ -608,9 +642,19 @@ impl Session {
         in_flight.absorb(std::mem::take(&mut self.unsynced));
         in_flight.runs(analysis.statements, &analysis.effects);
         self.requests.push_back(in_flight);
-        self.flush_origin().await;
+        self.flush_origin().await?;
         self.arm_deadline();
         Ok(())
+    }
+
+    /// DROP DATABASE and its kin fail while any session is connected to the database:
+    /// warpdrive's own idle connections to it close first.
+    fn let_go_of_databases(&self, effects: &[SessionEffect]) {
+        for effect in effects {
+            if let SessionEffect::NeedsDatabaseUnused { database } = effect {
+                self.ctx.pools.close_idle(database);
+            }
+        }
     }
 
     /// Reads the origin's replies until nothing of this client is in flight (bounded by

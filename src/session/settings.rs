@@ -338,7 +338,9 @@ impl Settings {
                 self.current = self.startup.clone();
                 connection.clear();
             }
-            SessionEffect::Deallocate { .. } | SessionEffect::Pin { .. } => {}
+            SessionEffect::Deallocate { .. }
+            | SessionEffect::Pin { .. }
+            | SessionEffect::NeedsDatabaseUnused { .. } => {}
         }
         Ok(())
     }
