@@ -144,7 +144,47 @@ async fn origin_connections_killed_underneath() {
         .unwrap()
         .get(0);
     assert_eq!(three, 3);
-    drop((client, sleeper_client, killer));
+
+    // The extended protocol, killed mid-query: an error, then the client goes on.
+    let extended = proxy.connect(&db.name).await;
+    let statement = extended.prepare("SELECT pg_sleep($1)").await.unwrap();
+    let running = extended.query(&statement, &[&30f64]);
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        killer
+            .batch_execute(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE '%pg_sleep($1)%' AND pid <> pg_backend_pid()", db.name))
+            .await
+            .unwrap();
+    };
+    let (result, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(running, kill)
+    })
+    .await
+    .expect("no hang");
+    assert!(result.is_err());
+    let rows = extended.query(&statement, &[&0f64]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+
+    // Killed inside a transaction: the transaction is gone, so the client is told and
+    // disconnected, as PostgreSQL would, without a hang.
+    let in_transaction = proxy.connect(&db.name).await;
+    in_transaction.batch_execute("BEGIN").await.unwrap();
+    in_transaction.batch_execute("SELECT 1").await.unwrap();
+    killer.batch_execute(&kill_all).await.unwrap();
+    let error = tokio::time::timeout(
+        Duration::from_secs(10),
+        in_transaction.batch_execute("SELECT 2"),
+    )
+    .await
+    .expect("no hang")
+    .unwrap_err();
+    let message = format!("{error:?}");
+    assert!(
+        message.contains("transaction") || message.contains("terminating connection"),
+        "{message}"
+    );
+    assert!(in_transaction.is_closed() || in_transaction.batch_execute("SELECT 3").await.is_err());
+    drop((client, sleeper_client, extended, in_transaction, killer));
     proxy.stop().await;
     db.drop_now().await;
 }

@@ -155,6 +155,74 @@ async fn startup_parameters_are_honoured_and_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gssenc_is_declined_and_startup_packet_settings_apply() {
+    use warpdrive::wire::pg::encode;
+    let db = TestDatabase::create("gss").await;
+    let proxy = Proxy::start(common::trust_deployment(&db.name, 1)).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    // GSSENCRequest: length 8, code 80877104. libpq sends it first when built with GSSAPI.
+    stream
+        .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"N");
+    let mut raw = common::RawClient::from_stream(stream);
+    raw.send(|b| {
+        encode::startup_message(
+            b,
+            &[
+                ("user", "postgres"),
+                ("database", &db.name),
+                ("client_min_messages", "warning"),
+                ("statement_timeout", "4321"),
+            ],
+        )
+    })
+    .await;
+    assert_eq!(raw.until_ready().await.first().map(|m| m.0), Some(b'R'));
+    for (setting, expected) in [
+        ("client_min_messages", "warning"),
+        ("statement_timeout", "4321ms"),
+    ] {
+        raw.send(|b| encode::query(b, &format!("SHOW {setting}")))
+            .await;
+        let replies = raw.until_ready().await;
+        let row = replies.iter().find(|(tag, _)| *tag == b'D').expect("a row");
+        assert!(
+            row.1.ends_with(expected.as_bytes()),
+            "{setting}: {replies:?}"
+        );
+    }
+    // A parameter PostgreSQL does not know is refused, naming it.
+    let mut refused =
+        common::RawClient::from_stream(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+    refused
+        .send(|b| {
+            encode::startup_message(
+                b,
+                &[
+                    ("user", "postgres"),
+                    ("database", &db.name),
+                    ("no_such_setting", "1"),
+                ],
+            )
+        })
+        .await;
+    let mut reply = Vec::new();
+    refused.stream.read_to_end(&mut reply).await.unwrap();
+    // As PostgreSQL does: authentication succeeds, then a FATAL error names the setting.
+    let text = String::from_utf8_lossy(&reply);
+    assert!(
+        text.contains("FATAL") && text.contains("42704") && text.contains("\"no_such_setting\""),
+        "{text}"
+    );
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_reset_and_discard_follow_the_client_across_connections() {
     let db = TestDatabase::create("settings").await;
     let proxy = Proxy::for_database(&db, 1).await;

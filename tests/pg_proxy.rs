@@ -96,6 +96,65 @@ async fn named_statements_follow_the_client_across_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_are_replayed_where_missing_and_names_never_collide() {
+    use warpdrive::wire::pg::encode;
+    let db = TestDatabase::create("replay").await;
+    let proxy = Proxy::start(common::trust_deployment(&db.name, 2)).await;
+    let holder = proxy.connect(&db.name).await;
+    let other = proxy.connect(&db.name).await;
+    let mut a = common::RawClient::connect(proxy.addr, &db.name).await;
+    // holder keeps connection X busy, so a's statement is prepared on Y only.
+    holder.batch_execute("BEGIN").await.unwrap();
+    a.send(|m| {
+        encode::parse(m, b"s1", b"SELECT 'from a'", &[]);
+        encode::sync(m);
+    })
+    .await;
+    assert_eq!(a.tags().await, "1Z");
+    // other takes Y; X comes free: a's Execute can only run on X, which lacks s1.
+    other.batch_execute("BEGIN").await.unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
+    a.send(|m| {
+        encode::bind(m, b"", b"s1", &[], &[], &[]);
+        encode::execute(m, b"", 0);
+        encode::sync(m);
+    })
+    .await;
+    let replies = a.until_ready().await;
+    let row = replies.iter().find(|(tag, _)| *tag == b'D').expect("a row");
+    assert!(row.1.ends_with(b"from a"), "{replies:?}");
+    other.batch_execute("COMMIT").await.unwrap();
+    // Another client's s1 is another statement, on the same connections.
+    let mut b = common::RawClient::connect(proxy.addr, &db.name).await;
+    b.send(|m| {
+        encode::parse(m, b"s1", b"SELECT 'from b'", &[]);
+        encode::sync(m);
+    })
+    .await;
+    assert_eq!(b.tags().await, "1Z");
+    for (use_a, expected) in [
+        (true, &b"from a"[..]),
+        (false, b"from b"),
+        (true, b"from a"),
+    ] {
+        let client = if use_a { &mut a } else { &mut b };
+        client
+            .send(|m| {
+                encode::bind(m, b"", b"s1", &[], &[], &[]);
+                encode::execute(m, b"", 0);
+                encode::sync(m);
+            })
+            .await;
+        let replies = client.until_ready().await;
+        let row = replies.iter().find(|(tag, _)| *tag == b'D').expect("a row");
+        assert!(row.1.ends_with(expected), "{replies:?}");
+    }
+    drop((holder, other));
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_commit_roll_back_and_survive_errors() {
     let db = TestDatabase::create("tx").await;
     let proxy = Proxy::for_database(&db, 2).await;
