@@ -13,7 +13,7 @@ use warpdrive::cache::{CachedRequest, Entry, KeyInputs, Lookup, Request, Store};
 use warpdrive::clock::Clock;
 
 fn bench_cache(c: &mut Criterion) {
-    let store = Store::new(256 << 20, Clock::system());
+    let store = Store::new(256 << 20, 50 << 20, Clock::system());
     let mut settings = BTreeMap::new();
     settings.insert(
         "application_name".to_owned(),

@@ -101,7 +101,7 @@ mod tests {
     async fn routes() {
         let metrics = Arc::new(DeploymentMetrics::new(
             "d",
-            Store::new(1 << 20, Clock::system()),
+            Store::new(1 << 20, 1 << 10, Clock::system()),
         ));
         metrics.record(CacheStatus::Hit, 1, 2, Duration::from_millis(1), false);
         let mut registry = Registry::default();

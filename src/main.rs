@@ -67,6 +67,10 @@ struct ServeArgs {
     /// Address of the admin listener (/metrics, /stats, /healthz); `off` for none.
     #[arg(long, value_name = "ADDR")]
     admin: Option<String>,
+    /// A rules file merged over the built-in PostgreSQL volatility rules (declare your
+    /// own functions immutable or stable); overrides `rules` of --config.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -159,6 +163,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give --origin URL or --config FILE"),
     };
+    if let Some(rules) = args.rules {
+        config.rules = Some(rules);
+    }
     match args.admin.as_deref() {
         None => {}
         Some("off") => config.admin = None,
@@ -214,9 +221,15 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     } else {
         args.sql
     };
+    let config = args.config.as_deref().map(Config::from_file).transpose()?;
+    // The proxy's own rules file (for PostgreSQL) unless --rules names another.
+    let config_rules = config
+        .as_ref()
+        .and_then(|c| c.rules.clone())
+        .filter(|_| args.dialect == Dialect::Postgres);
     let mut postgres = Rules::builtin(Dialect::Postgres);
     let mut mysql = Rules::builtin(Dialect::Mysql);
-    if let Some(path) = &args.rules {
+    if let Some(path) = args.rules.as_ref().or(config_rules.as_ref()) {
         match args.dialect {
             Dialect::Postgres => postgres = postgres.with_overrides_from(path)?,
             Dialect::Mysql => mysql = mysql.with_overrides_from(path)?,
@@ -226,9 +239,8 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
         max_query_bytes: args.max_query_bytes,
     };
     let analysis = Analyzer::new(postgres, mysql, options).analyze(args.dialect, &sql);
-    let deployment = match &args.config {
-        Some(path) => {
-            let config = Config::from_file(path)?;
+    let deployment = match (config, &args.config) {
+        (Some(config), Some(path)) => {
             let deployment = match &args.deployment {
                 Some(name) => config
                     .deployments
@@ -245,7 +257,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
             };
             Some(deployment)
         }
-        None => None,
+        _ => None,
     };
     let policy = args
         .stable_functions

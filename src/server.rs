@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::analyze::memo::DEFAULT_MEMO_ENTRIES;
-use crate::analyze::{AnalysisMemo, Analyzer, AnalyzerOptions};
+use crate::analyze::{AnalysisMemo, Analyzer, AnalyzerOptions, Dialect, Rules, RulesError};
 use crate::cache::Store;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -42,6 +42,9 @@ pub enum ServerError {
         /// Why.
         source: TlsError,
     },
+    /// The rules file is missing or invalid.
+    #[error("rules: {0}")]
+    Rules(#[from] RulesError),
 }
 
 /// Bound listeners, ready to serve.
@@ -63,8 +66,16 @@ impl Server {
 
     /// [`Server::bind`] with the caches on `clock` (tests move a manual clock).
     pub async fn bind_with_clock(config: Config, clock: Clock) -> Result<Server, ServerError> {
+        let mut postgres = Rules::builtin(Dialect::Postgres);
+        if let Some(path) = &config.rules {
+            postgres = postgres.with_overrides_from(path)?;
+        }
         let analyzer = Arc::new(AnalysisMemo::new(
-            Analyzer::with_builtin_rules(AnalyzerOptions::default()),
+            Analyzer::new(
+                postgres,
+                Rules::builtin(Dialect::Mysql),
+                AnalyzerOptions::default(),
+            ),
             DEFAULT_MEMO_ENTRIES,
         ));
         let mut listeners = Vec::new();
@@ -82,7 +93,11 @@ impl Server {
                 )),
                 None => None,
             };
-            let store = Store::new(deployment.cache.capacity_bytes, clock.clone());
+            let store = Store::new(
+                deployment.cache.capacity_bytes,
+                deployment.cache.max_result_bytes as u64,
+                clock.clone(),
+            );
             let metrics = Arc::new(DeploymentMetrics::new(&name, Arc::clone(&store)));
             registry.add(Arc::clone(&metrics));
             let pools = PoolSet::new(

@@ -170,9 +170,13 @@ fn with_a_config_the_applicable_rule_is_shown() {
     let dir = std::env::temp_dir().join(format!("warpdrive-cli-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("warpdrive.toml");
+    let rules = dir.join("rules.toml");
+    std::fs::write(&rules, "[functions]\nslugify = \"immutable\"\n").expect("write rules");
     std::fs::write(
         &path,
-        r#"
+        format!(
+            r#"
+        rules = "{}"
         [[deployment]]
         name = "shop"
         listen = "127.0.0.1:6999"
@@ -184,6 +188,8 @@ fn with_a_config_the_applicable_rule_is_shown() {
         tables = ["sessions"]
         enabled = false
         "#,
+            rules.display()
+        ),
     )
     .expect("write config");
     let config = path.to_str().expect("UTF-8 path");
@@ -211,7 +217,21 @@ fn with_a_config_the_applicable_rule_is_shown() {
         ],
         None,
     );
+    // The configuration's rules file declares slugify() immutable.
+    let slug = json(
+        &[
+            "check",
+            "--dialect",
+            "postgres",
+            "--json",
+            "--config",
+            config,
+            "SELECT slugify(name) FROM prices",
+        ],
+        None,
+    );
     std::fs::remove_dir_all(&dir).expect("cleanup");
+    assert_eq!(slug["status"], "cacheable", "{slug}");
     assert_eq!(prices["cache"]["cached"], true);
     assert_eq!(prices["cache"]["max_age_seconds"], 2.0);
     assert_eq!(

@@ -37,32 +37,30 @@ async fn wait_until_listening(port: u16) {
     panic!("warpdrive did not start listening on {port}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_flags_admin_stats_and_sigterm() {
-    let db = TestDatabase::create("cli_serve").await;
-    let (port, admin) = (free_port(), free_port());
+/// `warpdrive serve --origin` for `db` on `port`, admin on `admin`, with more flags.
+fn serve(db: &TestDatabase, port: u16, admin: u16, flags: &[&str]) -> Served {
+    let origin = format!(
+        "postgres://postgres:{PASSWORD}@127.0.0.1:5432/{}?sslmode=disable",
+        db.name
+    );
+    let (listen, admin) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{admin}"));
     let child = Command::new(env!("CARGO_BIN_EXE_warpdrive"))
         .args([
-            "serve",
-            "--origin",
-            &format!(
-                "postgres://postgres:{PASSWORD}@127.0.0.1:5432/{}?sslmode=disable",
-                db.name
-            ),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-            "--max-age",
-            "30",
-            "--swr",
-            "5",
+            "serve", "--origin", &origin, "--listen", &listen, "--admin", &admin,
         ])
+        .args(flags)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("warpdrive starts");
-    let mut served = Served(child);
+    Served(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_flags_admin_stats_and_sigterm() {
+    let db = TestDatabase::create("cli_serve").await;
+    let (port, admin) = (free_port(), free_port());
+    let mut served = serve(&db, port, admin, &["--max-age", "30", "--swr", "5"]);
     wait_until_listening(port).await;
     let url = format!(
         "host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname={}",
@@ -115,6 +113,69 @@ async fn serve_flags_admin_stats_and_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(exited.expect("exits after SIGTERM").success());
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caching_disabled_and_a_rules_file() {
+    let db = TestDatabase::create("cli_flags").await;
+    let rules = std::env::temp_dir().join(format!("{}.rules.toml", db.name));
+    std::fs::write(&rules, "[functions]\nslugify = \"immutable\"\n").unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let rules_flag = rules.display().to_string();
+    let _served = serve(
+        &db,
+        port,
+        admin,
+        &["--caching-disabled", "--rules", &rules_flag],
+    );
+    wait_until_listening(port).await;
+    let url = format!(
+        "host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname={}",
+        db.name
+    );
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..2 {
+        client.simple_query("SELECT 42").await.unwrap();
+    }
+    let metrics = warpdrive::admin::get(&format!("127.0.0.1:{admin}"), "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "warpdrive_queries_total{deployment=\"default\",cache_status=\"disabled\"} 2"
+        ),
+        "{metrics}"
+    );
+    drop(client);
+    // An invalid rules file stops serve at start, naming the file and the entry.
+    std::fs::write(&rules, "[functions]\nslugify = \"sometimes\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_warpdrive"))
+        .args([
+            "serve",
+            "--origin",
+            "postgres://u:p@127.0.0.1/db",
+            "--admin",
+            "off",
+        ])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--rules",
+            &rules_flag,
+        ])
+        .output()
+        .expect("serve runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&rules_flag) && stderr.contains("slugify"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(rules);
     db.drop_now().await;
 }
 

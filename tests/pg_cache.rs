@@ -474,8 +474,10 @@ async fn differential_run(cache_on: bool) {
         std::mem::take(&mut *history.lock().expect("history")),
         std::mem::take(&mut *reads.lock().expect("reads")),
     );
+    // Exact: an entry's lifetime counts from when its request was sent, before the origin
+    // read the data.
     let window = if cache_on {
-        max_age + swr + Duration::from_millis(200)
+        max_age + swr
     } else {
         Duration::ZERO
     };

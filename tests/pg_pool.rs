@@ -358,6 +358,7 @@ async fn shutdown_drains() {
     let server = warpdrive::server::Server::bind(warpdrive::config::Config {
         deployments: vec![common::deployment(&db.name, common::small_pool(2))],
         admin: None,
+        rules: None,
     })
     .await
     .unwrap()

@@ -64,7 +64,8 @@ pub struct Entry {
     /// The origin's messages: one segment per Describe answered, then the Execute's (rows
     /// and CommandComplete); one segment in all for a simple query.
     pub segments: Vec<Bytes>,
-    /// When it was stored (cache clock).
+    /// When its request was sent to the origin (cache clock): the age of the data, which
+    /// the origin read after that, is never more than its age by this.
     pub stored_at: Duration,
     /// Fresh for this long.
     pub max_age: Duration,

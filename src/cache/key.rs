@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use super::entry::{Described, Request};
 
 /// Version of the key encoding.
-pub const KEY_VERSION: u8 = 1;
+pub const KEY_VERSION: u8 = 2;
 
 /// A cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,14 +60,15 @@ mod tag {
     pub const DESCRIBE_PORTAL: u8 = 10;
 }
 
-/// Settings that never change a query's result.
-const NEUTRAL_SETTINGS: [&str; 7] = [
+/// Settings that never change a query's result. (Not client_min_messages: it decides
+/// which notices a reply carries, and a reply stored for a client that saw none must
+/// not reach one that would have seen them.)
+const NEUTRAL_SETTINGS: [&str; 6] = [
     "application_name",
     "statement_timeout",
     "lock_timeout",
     "idle_in_transaction_session_timeout",
     "idle_session_timeout",
-    "client_min_messages",
     "work_mem",
 ];
 
@@ -202,18 +203,22 @@ mod tests {
         );
         assert!(affects_results("search_path"));
         assert!(affects_results("datestyle"));
+        assert!(affects_results("client_min_messages"));
         assert!(!affects_results("statement_timeout"));
     }
 
     #[test]
     fn extended_requests_key_on_text_types_arguments_and_describes() {
         let none = BTreeMap::new();
-        let request = |args: &'static [u8], describes: Vec<Described>| Request::Extended {
-            sql: Bytes::from_static(b"SELECT $1"),
-            parameter_types: Bytes::from_static(&[0, 0]),
-            arguments: Bytes::from_static(args),
-            describes,
+        let typed = |types: &'static [u8], args: &'static [u8], describes: Vec<Described>| {
+            Request::Extended {
+                sql: Bytes::from_static(b"SELECT $1"),
+                parameter_types: Bytes::from_static(types),
+                arguments: Bytes::from_static(args),
+                describes,
+            }
         };
+        let request = |args, describes| typed(&[0, 0], args, describes);
         let a = key(
             "d",
             "db",
@@ -234,6 +239,21 @@ mod tests {
         );
         assert_ne!(a, b);
         assert_ne!(a, c);
+        // The same argument bytes read as text or as int4 ('1' is not 1).
+        let int4 = key(
+            "d",
+            "db",
+            &none,
+            &typed(&[0, 1, 0, 0, 0, 23], b"\0\0\0\x01\0\0\0\x011\0\0", vec![]),
+        );
+        let text = key(
+            "d",
+            "db",
+            &none,
+            &typed(&[0, 1, 0, 0, 0, 25], b"\0\0\0\x01\0\0\0\x011\0\0", vec![]),
+        );
+        assert_ne!(int4, text);
+        assert_ne!(a, int4);
         // A simple query with the same text is a different request.
         assert_ne!(a, key("d", "db", &none, &simple("SELECT $1")));
     }

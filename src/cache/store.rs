@@ -9,7 +9,9 @@
 //!
 //! Entries are weighted by their size and evicted by quick_cache's S3-FIFO policy when
 //! the byte budget is reached; an entry past max_age + stale_while_revalidate is dropped
-//! when it is next looked up.
+//! when it is next looked up. quick_cache splits the budget evenly between its shards and
+//! refuses an entry heavier than a shard, so the store uses no more shards than leave
+//! room for the largest result it may be asked to keep.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,16 +83,33 @@ pub struct Store {
     clock: Clock,
 }
 
+/// The number of shards for a store: enough to keep lock contention low (quick_cache's
+/// default, four per core), few enough that each shard holds two of the largest entries.
+/// A power of two, rounded down (quick_cache rounds up).
+fn shard_count(capacity_bytes: u64, largest_entry_bytes: u64) -> usize {
+    let parallel = std::thread::available_parallelism().map_or(4, std::num::NonZero::get) * 4;
+    let fitting = capacity_bytes / largest_entry_bytes.saturating_mul(2).max(1);
+    let shards = usize::try_from(fitting)
+        .unwrap_or(usize::MAX)
+        .clamp(1, parallel);
+    1 << shards.ilog2()
+}
+
 impl Store {
-    /// A store of at most `capacity_bytes`.
-    pub fn new(capacity_bytes: u64, clock: Clock) -> Arc<Store> {
+    /// A store of at most `capacity_bytes`, for entries of up to `largest_entry_bytes`.
+    pub fn new(capacity_bytes: u64, largest_entry_bytes: u64, clock: Clock) -> Arc<Store> {
         let evictions = CountEvictions::default();
         let estimated_items = usize::try_from(capacity_bytes / 4096)
             .unwrap_or(usize::MAX)
             .max(16);
-        let entries = Entries::with(
-            estimated_items,
-            capacity_bytes,
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(estimated_items)
+            .weight_capacity(capacity_bytes)
+            .shards(shard_count(capacity_bytes, largest_entry_bytes))
+            .build()
+            .expect("both required options are set");
+        let entries = Entries::with_options(
+            options,
             ByWeight,
             quick_cache::DefaultHashBuilder::default(),
             evictions.clone(),
@@ -111,21 +130,17 @@ impl Store {
 
     /// Looks `key` up and says what to do.
     pub fn lookup(self: &Arc<Self>, key: CacheKey) -> Lookup {
-        if let Some(entry) = self.entries.get(&key) {
-            match entry.freshness(self.clock.now()) {
-                Freshness::Fresh => return Lookup::Fresh(entry),
-                Freshness::Stale => {
-                    let guard = self.claim_revalidation(key);
-                    return Lookup::Stale(entry, guard);
-                }
-                Freshness::Expired => {
-                    self.entries.remove(&key);
-                }
-            }
+        if let Some(found) = self.serve(key) {
+            return found;
         }
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = flights.get(&key) {
             return Lookup::Wait(flight.clone());
+        }
+        // Filled between the first look and the lock (a guard fills, then leaves the
+        // flights): serve that rather than fetch again.
+        if let Some(found) = self.serve(key) {
+            return found;
         }
         let (done, flight) = watch::channel(());
         flights.insert(key, flight);
@@ -134,6 +149,24 @@ impl Store {
             key,
             _done: done,
         })
+    }
+
+    /// The entry under `key` if it may be served; an expired one is dropped (only that
+    /// one: a fresh entry stored meanwhile stays).
+    fn serve(self: &Arc<Self>, key: CacheKey) -> Option<Lookup> {
+        let entry = self.entries.get(&key)?;
+        match entry.freshness(self.clock.now()) {
+            Freshness::Fresh => Some(Lookup::Fresh(entry)),
+            Freshness::Stale => {
+                let guard = self.claim_revalidation(key);
+                Some(Lookup::Stale(entry, guard))
+            }
+            Freshness::Expired => {
+                self.entries
+                    .remove_if(&key, |held| Arc::ptr_eq(held, &entry));
+                None
+            }
+        }
     }
 
     fn claim_revalidation(self: &Arc<Self>, key: CacheKey) -> Option<RevalidationGuard> {
@@ -247,7 +280,7 @@ mod tests {
     #[test]
     fn miss_fill_fresh_stale_expired() {
         let manual = ManualClock::new();
-        let store = Store::new(1 << 20, manual.clock());
+        let store = Store::new(1 << 20, 1 << 10, manual.clock());
         let Lookup::Miss(guard) = store.lookup(KEY) else {
             panic!("empty store must miss")
         };
@@ -269,7 +302,7 @@ mod tests {
     #[test]
     fn failed_refresh_leaves_the_stale_entry_until_it_expires() {
         let manual = ManualClock::new();
-        let store = Store::new(1 << 20, manual.clock());
+        let store = Store::new(1 << 20, 1 << 10, manual.clock());
         let Lookup::Miss(guard) = store.lookup(KEY) else {
             panic!("miss")
         };
@@ -286,7 +319,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_misses_wait_for_the_first() {
-        let store = Store::new(1 << 20, ManualClock::new().clock());
+        let store = Store::new(1 << 20, 1 << 10, ManualClock::new().clock());
         let Lookup::Miss(guard) = store.lookup(KEY) else {
             panic!("miss")
         };
@@ -304,7 +337,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_fetch_wakes_waiters_who_then_fetch() {
-        let store = Store::new(1 << 20, ManualClock::new().clock());
+        let store = Store::new(1 << 20, 1 << 10, ManualClock::new().clock());
         let Lookup::Miss(guard) = store.lookup(KEY) else {
             panic!("miss")
         };
@@ -317,8 +350,29 @@ mod tests {
     }
 
     #[test]
+    fn shards_leave_room_for_the_largest_entry() {
+        assert_eq!(shard_count(256 << 20, 50 << 20), 2);
+        assert_eq!(shard_count(1 << 20, 1 << 20), 1);
+        assert!(shard_count(1 << 40, 1 << 10).is_power_of_two());
+    }
+
+    #[test]
+    fn a_result_as_large_as_allowed_is_kept() {
+        // The defaults: 256 MiB of cache, results of up to 50 MiB.
+        let store = Store::new(256 << 20, 50 << 20, ManualClock::new().clock());
+        let Lookup::Miss(guard) = store.lookup(KEY) else {
+            panic!("miss")
+        };
+        let mut large = entry(&store, b"");
+        large.segments = vec![Bytes::from(vec![0u8; 50 << 20])];
+        guard.fill(large);
+        assert!(matches!(store.lookup(KEY), Lookup::Fresh(_)));
+        assert_eq!(store.stats().evictions, 0);
+    }
+
+    #[test]
     fn the_byte_budget_evicts() {
-        let store = Store::new(64 * 1024, ManualClock::new().clock());
+        let store = Store::new(64 * 1024, 1 << 10, ManualClock::new().clock());
         for i in 0..200u8 {
             let Lookup::Miss(guard) = store.lookup(CacheKey([i; 32])) else {
                 panic!("miss")

@@ -223,6 +223,15 @@ impl RawCache {
             }
             settings.capacity_bytes = bytes;
         }
+        if settings.max_result_bytes as u64 > settings.capacity_bytes {
+            return Err(ConfigError::invalid(
+                key("max_result_bytes"),
+                format!(
+                    "{} bytes is above capacity_bytes ({} bytes): no result that large could be kept; lower it or raise capacity_bytes",
+                    settings.max_result_bytes, settings.capacity_bytes
+                ),
+            ));
+        }
         for (index, rule) in self.rules.into_iter().enumerate() {
             let rule_key = |field: &str| key(&format!("rule[{index}].{field}"));
             if rule.tables.is_empty() && rule.fingerprint.is_none() {
@@ -320,6 +329,13 @@ mod tests {
         assert!(
             bad_fingerprint.contains("16 hex digits"),
             "{bad_fingerprint}"
+        );
+        let too_large = parse("capacity_bytes = \"8MiB\"")
+            .expect_err("the default max_result_bytes does not fit")
+            .to_string();
+        assert!(
+            too_large.contains("max_result_bytes") && too_large.contains("capacity_bytes"),
+            "{too_large}"
         );
     }
 

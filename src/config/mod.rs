@@ -223,6 +223,9 @@ pub struct Config {
     /// Where the admin HTTP listener (/metrics, /stats, /healthz) listens; `None` for
     /// none. Default 127.0.0.1:9187.
     pub admin: Option<SocketAddr>,
+    /// A volatility rules file merged over the built-in PostgreSQL rules (to declare the
+    /// application's own functions immutable or stable); loaded when the server starts.
+    pub rules: Option<PathBuf>,
 }
 
 /// Default admin listener address.
@@ -235,6 +238,7 @@ struct RawConfig {
     deployments: Vec<RawDeployment>,
     #[serde(default)]
     admin: RawAdmin,
+    rules: Option<PathBuf>,
 }
 
 #[derive(Default, Deserialize)]
@@ -352,7 +356,11 @@ impl Config {
                 })?)
             }
         };
-        let config = Config { deployments, admin };
+        let config = Config {
+            deployments,
+            admin,
+            rules: raw.rules,
+        };
         config.check_unique()?;
         Ok(config)
     }
@@ -364,6 +372,7 @@ impl Config {
         Ok(Config {
             deployments: vec![Deployment::from_origin(listen, origin)],
             admin: DEFAULT_ADMIN.parse().ok(),
+            rules: None,
         })
     }
 

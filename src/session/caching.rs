@@ -48,6 +48,9 @@ pub(super) enum Fill {
 pub(super) struct Recording {
     recorder: Recorder,
     fill: Fill,
+    /// When the request was sent (cache clock): the result is as old as that, however
+    /// long the origin took, so its lifetime starts there.
+    requested_at: Duration,
     policy: Policy,
     tables: Arc<[String]>,
     request: Arc<CachedRequest>,
@@ -164,6 +167,7 @@ impl Session {
         // What a fetched result needs to be stored and refreshed; built on a miss only.
         let settings = self.settings.current();
         let database = &self.database;
+        let clock = self.ctx.cache.clock();
         let recording = |fill: Fill| {
             let request = Arc::new(CachedRequest {
                 database: database.clone(),
@@ -178,6 +182,7 @@ impl Session {
                 recording: Some(Recording {
                     recorder,
                     fill,
+                    requested_at: clock.now(),
                     policy,
                     tables: analysis.tables_read.clone().into(),
                     request,
@@ -186,6 +191,7 @@ impl Session {
             }
         };
 
+        let deadline = tokio::time::Instant::now() + COALESCE_WAIT;
         let mut waited = false;
         loop {
             match self.ctx.cache.lookup(key) {
@@ -200,6 +206,17 @@ impl Session {
                     }
                     return Consulted::Hit(entry, ());
                 }
+                Lookup::Miss(guard) if waited => {
+                    // The fetch waited for ended without an entry (too large, an error, a
+                    // notice, its client gone): each waiter now asks the origin itself, at
+                    // once and unrecorded, rather than one after another.
+                    drop(guard);
+                    return Consulted::Forward(Box::new(InFlight::forwarded(
+                        CacheStatus::Miss,
+                        query_bytes,
+                        started,
+                    )));
+                }
                 Lookup::Miss(guard) => {
                     return Consulted::Forward(Box::new(recording(Fill::Guard(guard))));
                 }
@@ -211,7 +228,7 @@ impl Session {
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         waited = true;
                     }
-                    if tokio::time::timeout(COALESCE_WAIT, flight.changed())
+                    if tokio::time::timeout_at(deadline, flight.changed())
                         .await
                         .is_err()
                     {
@@ -259,7 +276,9 @@ impl Session {
     }
 
     /// Counts a result message sent to the client, and records it if its request is
-    /// being recorded.
+    /// being recorded. A recording that gives up lets go of its single-flight claim at
+    /// once: clients waiting for it need not wait for the rest of a result that will not
+    /// be stored.
     pub(super) fn note_result(&mut self, frame: &Frame) {
         if let Some(request) = self.requests.front_mut() {
             request.result_bytes += frame.len();
@@ -267,15 +286,24 @@ impl Session {
                 && frame.tag() != tag::READY_FOR_QUERY
             {
                 recording.recorder.accept(frame);
+                if let Some(outcome) = recording.recorder.gave_up() {
+                    if outcome == Recorded::Oversized {
+                        request.status = CacheStatus::OversizedResult;
+                    }
+                    request.recording = None;
+                }
             }
         }
     }
 
     /// The origin (or warpdrive) reported an error for the request at the front, or for
-    /// messages sent before a Sync not sent yet.
+    /// messages sent before a Sync not sent yet. A failed request is never stored.
     pub(super) fn note_failure(&mut self) {
         match self.requests.front_mut() {
-            Some(request) => request.failed = true,
+            Some(request) => {
+                request.failed = true;
+                request.recording = None;
+            }
             None => self.unsynced.failed = true,
         }
     }
@@ -301,7 +329,7 @@ impl Session {
                 {
                     let entry = Entry {
                         segments,
-                        stored_at: self.ctx.cache.clock().now(),
+                        stored_at: recording.requested_at,
                         max_age: if has_rows {
                             recording.policy.max_age
                         } else {
@@ -379,12 +407,13 @@ async fn revalidate(
     metrics: Arc<DeploymentMetrics>,
 ) {
     let deadline = pool.settings().max_query_duration;
+    let requested_at = store.clock().now();
     let fetched = tokio::time::timeout(deadline, fetch(&pool, &stale.request, limit)).await;
     match fetched {
         Ok(Ok(Recorded::Complete { segments, has_rows })) => {
             refresh.fill(Entry {
                 segments,
-                stored_at: store.clock().now(),
+                stored_at: requested_at,
                 max_age: if has_rows {
                     policy.max_age
                 } else {

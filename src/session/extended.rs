@@ -625,7 +625,11 @@ impl Session {
                 }
                 FrontendMessage::Describe(describe) => {
                     let described = match describe.target {
-                        Target::Statement if describe.name == bind.statement => {
+                        // Of the statement executed: after its Parse, when the batch has
+                        // one (before it, the Describe answers for an older statement).
+                        Target::Statement
+                            if describe.name == bind.statement && (parses == 1) == parsed_here =>
+                        {
                             Described::Statement
                         }
                         Target::Portal if describe.name == bind.portal && binds == 1 => {

@@ -77,7 +77,7 @@ impl Recorder {
 
     /// Takes one message the client was sent.
     pub fn accept(&mut self, frame: &Frame) {
-        if self.state != State::Recording {
+        if !matches!(self.state, State::Recording | State::Complete) {
             return;
         }
         let message = frame.tag();
@@ -85,6 +85,11 @@ impl Recorder {
             message,
             tag::PARSE_COMPLETE | tag::BIND_COMPLETE | tag::CLOSE_COMPLETE
         ) {
+            return;
+        }
+        if self.state == State::Complete {
+            // A notice or a parameter change after the result: a hit would leave it out.
+            self.state = State::Unusable;
             return;
         }
         self.bytes += frame.len();
@@ -131,6 +136,16 @@ impl Recorder {
                     self.state = State::Complete;
                 }
             }
+        }
+    }
+
+    /// Whether the recording gave up (too large, or unfit for the cache): nothing more
+    /// can make it storable.
+    pub fn gave_up(&self) -> Option<Recorded> {
+        match self.state {
+            State::Oversized => Some(Recorded::Oversized),
+            State::Unusable => Some(Recorded::Unusable),
+            State::Recording | State::Complete => None,
         }
     }
 
@@ -219,7 +234,15 @@ mod tests {
             encode::message(b, tag::NOTICE_RESPONSE, |body| body.extend_from_slice(&[0]));
             encode::command_complete(b, "SELECT 0");
         });
+        assert_eq!(notice.gave_up(), Some(Recorded::Unusable));
         assert_eq!(notice.finish(), Recorded::Unusable);
+        let mut late_notice = Recorder::simple(1 << 20);
+        feed(&mut late_notice, |b| {
+            row_description(b);
+            encode::command_complete(b, "SELECT 0");
+            encode::message(b, tag::NOTICE_RESPONSE, |body| body.extend_from_slice(&[0]));
+        });
+        assert_eq!(late_notice.finish(), Recorded::Unusable);
         let mut error = Recorder::simple(1 << 20);
         feed(&mut error, |b| {
             encode::error_response(b, "ERROR", "22012", "division by zero", None)
@@ -233,6 +256,7 @@ mod tests {
             }
             encode::command_complete(b, "SELECT 10");
         });
+        assert_eq!(big.gave_up(), Some(Recorded::Oversized));
         assert_eq!(big.finish(), Recorded::Oversized);
         let unfinished = Recorder::simple(1 << 20);
         assert_eq!(unfinished.finish(), Recorded::Unusable);

@@ -116,16 +116,35 @@ impl Proxy {
     }
 
     pub async fn start_with_clock(deployment: Deployment, clock: warpdrive::clock::Clock) -> Proxy {
-        let server = Server::bind_with_clock(
+        Proxy::start_config(
             Config {
                 deployments: vec![deployment],
                 admin: None,
+                rules: None,
             },
             clock,
         )
         .await
-        .expect("warpdrive binds")
-        .with_drain_timeout(Duration::from_secs(2));
+    }
+
+    /// With a rules file of the test's own merged over the built-in rules.
+    pub async fn start_with_rules(deployment: Deployment, rules: std::path::PathBuf) -> Proxy {
+        Proxy::start_config(
+            Config {
+                deployments: vec![deployment],
+                admin: None,
+                rules: Some(rules),
+            },
+            warpdrive::clock::Clock::system(),
+        )
+        .await
+    }
+
+    async fn start_config(config: Config, clock: warpdrive::clock::Clock) -> Proxy {
+        let server = Server::bind_with_clock(config, clock)
+            .await
+            .expect("warpdrive binds")
+            .with_drain_timeout(Duration::from_secs(2));
         let addr = server.local_addrs()[0];
         let registry = server.registry();
         let (stop, stopped) = oneshot::channel::<()>();
