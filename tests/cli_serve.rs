@@ -56,20 +56,25 @@ fn serve(db: &TestDatabase, port: u16, admin: u16, flags: &[&str]) -> Served {
     Served(child)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_flags_admin_stats_and_sigterm() {
-    let db = TestDatabase::create("cli_serve").await;
-    let (port, admin) = (free_port(), free_port());
-    let mut served = serve(&db, port, admin, &["--max-age", "30", "--swr", "5"]);
-    wait_until_listening(port).await;
+async fn connect(port: u16, db: &TestDatabase) -> tokio_postgres::Client {
     let url = format!(
         "host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname={}",
         db.name
     );
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
-        .unwrap();
+        .expect("connect through the warpdrive process");
     tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_flags_admin_stats_and_sigterm() {
+    let db = TestDatabase::create("cli_serve").await;
+    let (port, admin) = (free_port(), free_port());
+    let mut served = serve(&db, port, admin, &["--max-age", "30", "--swr", "5"]);
+    wait_until_listening(port).await;
+    let client = connect(port, &db).await;
     for _ in 0..3 {
         client.simple_query("SELECT 42").await.unwrap();
     }
@@ -130,14 +135,7 @@ async fn caching_disabled_and_a_rules_file() {
         &["--caching-disabled", "--rules", &rules_flag],
     );
     wait_until_listening(port).await;
-    let url = format!(
-        "host=127.0.0.1 port={port} user=postgres password={PASSWORD} dbname={}",
-        db.name
-    );
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = connect(port, &db).await;
     for _ in 0..2 {
         client.simple_query("SELECT 42").await.unwrap();
     }

@@ -22,9 +22,7 @@ fn ready_status(replies: &[(u8, bytes::Bytes)]) -> u8 {
 
 async fn select_unnamed(raw: &mut RawClient, sql: &str) -> Vec<(u8, bytes::Bytes)> {
     raw.send(|m| {
-        encode::parse(m, b"", sql.as_bytes(), &[]);
-        encode::bind(m, b"", b"", &[], &[], &[]);
-        encode::execute(m, b"", 0);
+        common::parse_bind_execute(m, b"", sql.as_bytes());
         encode::sync(m);
     })
     .await;
@@ -57,16 +55,12 @@ async fn batches_split_by_flush_are_never_served_or_stored() {
 
     // BEGIN before a Flush, the cached SELECT after it: the SELECT runs in the transaction.
     raw.send(|m| {
-        encode::parse(m, b"", b"BEGIN", &[]);
-        encode::bind(m, b"", b"", &[], &[], &[]);
-        encode::execute(m, b"", 0);
+        common::parse_bind_execute(m, b"", b"BEGIN");
         encode::flush(m);
     })
     .await;
     raw.send(|m| {
-        encode::parse(m, b"", select.as_bytes(), &[]);
-        encode::bind(m, b"", b"", &[], &[], &[]);
-        encode::execute(m, b"", 0);
+        common::parse_bind_execute(m, b"", select.as_bytes());
         encode::sync(m);
     })
     .await;
@@ -78,16 +72,12 @@ async fn batches_split_by_flush_are_never_served_or_stored() {
 
     // A SET before a Flush changes what the SELECT after it reads.
     raw.send(|m| {
-        encode::parse(m, b"", b"SET search_path TO nowhere", &[]);
-        encode::bind(m, b"", b"", &[], &[], &[]);
-        encode::execute(m, b"", 0);
+        common::parse_bind_execute(m, b"", b"SET search_path TO nowhere");
         encode::flush(m);
     })
     .await;
     raw.send(|m| {
-        encode::parse(m, b"", select.as_bytes(), &[]);
-        encode::bind(m, b"", b"", &[], &[], &[]);
-        encode::execute(m, b"", 0);
+        common::parse_bind_execute(m, b"", select.as_bytes());
         encode::sync(m);
     })
     .await;
@@ -123,9 +113,7 @@ async fn a_describe_before_its_parse_is_not_stored() {
     let new = b"SELECT 'x'::text AS new_column";
     odd.send(|m| {
         encode::describe(m, Target::Statement, b"");
-        encode::parse(m, b"", new, &[]);
-        encode::bind(m, b"", b"", &[], &[], &[]);
-        encode::execute(m, b"", 0);
+        common::parse_bind_execute(m, b"", new);
         encode::sync(m);
     })
     .await;
@@ -140,8 +128,7 @@ async fn a_describe_before_its_parse_is_not_stored() {
             .send(|m| {
                 encode::parse(m, b"", new, &[]);
                 encode::describe(m, Target::Statement, b"");
-                encode::bind(m, b"", b"", &[], &[], &[]);
-                encode::execute(m, b"", 0);
+                common::bind_execute(m, b"");
                 encode::sync(m);
             })
             .await;

@@ -115,8 +115,7 @@ async fn statements_are_replayed_where_missing_and_names_never_collide() {
     other.batch_execute("BEGIN").await.unwrap();
     holder.batch_execute("COMMIT").await.unwrap();
     a.send(|m| {
-        encode::bind(m, b"", b"s1", &[], &[], &[]);
-        encode::execute(m, b"", 0);
+        common::bind_execute(m, b"s1");
         encode::sync(m);
     })
     .await;
@@ -140,8 +139,7 @@ async fn statements_are_replayed_where_missing_and_names_never_collide() {
         let client = if use_a { &mut a } else { &mut b };
         client
             .send(|m| {
-                encode::bind(m, b"", b"s1", &[], &[], &[]);
-                encode::execute(m, b"", 0);
+                common::bind_execute(m, b"s1");
                 encode::sync(m);
             })
             .await;

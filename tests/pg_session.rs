@@ -182,18 +182,14 @@ async fn statements_skipped_after_an_error_are_forgotten() {
     // the Parse of c and warpdrive's Close of the evicted a, so c is not prepared there
     // and a still is.
     raw.send(|m| {
-        encode::parse(m, b"a", b"SELECT 1 / 0", &[]);
-        encode::bind(m, b"", b"a", &[], &[], &[]);
-        encode::execute(m, b"", 0);
+        common::parse_bind_execute(m, b"a", b"SELECT 1 / 0");
         encode::parse(m, b"c", b"SELECT 3", &[]);
         encode::sync(m);
     })
     .await;
     assert_eq!(raw.tags().await, "1EZ");
     raw.send(|m| {
-        encode::parse(m, b"c", b"SELECT 3", &[]);
-        encode::bind(m, b"", b"c", &[], &[], &[]);
-        encode::execute(m, b"", 0);
+        common::parse_bind_execute(m, b"c", b"SELECT 3");
         encode::sync(m);
     })
     .await;
@@ -217,8 +213,7 @@ async fn statements_skipped_after_an_error_are_forgotten() {
     .await;
     assert_eq!(raw.tags().await, "EZ");
     raw.send(|m| {
-        encode::bind(m, b"", b"c", &[], &[], &[]);
-        encode::execute(m, b"", 0);
+        common::bind_execute(m, b"c");
         encode::sync(m);
     })
     .await;
@@ -241,9 +236,7 @@ async fn deallocate_is_answered_in_turn_in_both_protocols() {
     assert_eq!(raw.tags().await, "11Z");
     // psycopg in pipeline mode: DEALLOCATE through the extended protocol.
     raw.send(|m| {
-        encode::parse(m, b"", b"DEALLOCATE s1", &[]);
-        encode::bind(m, b"", b"", &[], &[], &[]);
-        encode::execute(m, b"", 0);
+        common::parse_bind_execute(m, b"", b"DEALLOCATE s1");
         encode::sync(m);
     })
     .await;

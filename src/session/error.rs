@@ -35,6 +35,16 @@ pub mod sqlstate {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     /// system_error: warpdrive's own faults.
     pub const SYSTEM_ERROR: &str = "58000";
+    /// undefined_object (an unknown setting).
+    pub const UNDEFINED_OBJECT: &str = "42704";
+    /// invalid_parameter_value.
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    /// cant_change_runtime_param (a setting fixed at server start).
+    pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
+    /// insufficient_privilege.
+    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    /// internal_error.
+    pub const INTERNAL_ERROR: &str = "XX000";
 }
 
 /// Severity of an error warpdrive sends.

@@ -163,14 +163,16 @@ impl SessionContext {
                 Ok(reports)
             }
             Ok(Err(fields)) => {
-                let code = fields.code().to_vec();
-                let code = match &code[..] {
-                    b"42704" => "42704",
-                    b"22023" => "22023",
-                    b"55P02" => "55P02",
-                    b"42501" => "42501",
-                    _ => sqlstate::FEATURE_NOT_SUPPORTED,
-                };
+                // The origin's reason when it is about the setting; else "not supported".
+                let code = [
+                    sqlstate::UNDEFINED_OBJECT,
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    sqlstate::CANT_CHANGE_RUNTIME_PARAM,
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                ]
+                .into_iter()
+                .find(|code| fields.code() == code.as_bytes())
+                .unwrap_or(sqlstate::FEATURE_NOT_SUPPORTED);
                 Err(ClientError::fatal(
                     code,
                     format!("startup parameter {name:?}: {}", fields.message()),

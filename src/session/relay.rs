@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
+use super::error::sqlstate;
 use super::extended::ClientStatement;
 use crate::wire::pg::Frame;
 use crate::wire::pg::backend::{BackendMessage, ErrorFields, TransactionStatus, tag};
@@ -135,8 +136,11 @@ pub struct Relay {
 
 fn is_stale_statement_error(fields: &ErrorFields) -> bool {
     let message = fields.message();
-    (fields.code() == b"0A000" && message.contains("cached plan must not change result type"))
-        || (fields.code() == b"XX000" && message.contains("cache lookup failed for type"))
+    let code = fields.code();
+    (code == sqlstate::FEATURE_NOT_SUPPORTED.as_bytes()
+        && message.contains("cached plan must not change result type"))
+        || (code == sqlstate::INTERNAL_ERROR.as_bytes()
+            && message.contains("cache lookup failed for type"))
 }
 
 impl Relay {

@@ -308,6 +308,18 @@ impl RawClient {
     }
 }
 
+/// Bind of `statement` to the unnamed portal, then its Execute without a row limit.
+pub fn bind_execute(m: &mut bytes::BytesMut, statement: &[u8]) {
+    warpdrive::wire::pg::encode::bind(m, b"", statement, &[], &[], &[]);
+    warpdrive::wire::pg::encode::execute(m, b"", 0);
+}
+
+/// Parse of `sql` as `statement`, then [`bind_execute`] of it.
+pub fn parse_bind_execute(m: &mut bytes::BytesMut, statement: &[u8], sql: &[u8]) {
+    warpdrive::wire::pg::encode::parse(m, statement, sql, &[]);
+    bind_execute(m, statement);
+}
+
 /// A deployment with the cache on.
 pub fn cached_deployment(database: &str, max_size: usize) -> Deployment {
     let mut deployment = deployment(database, small_pool(max_size));
