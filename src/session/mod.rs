@@ -307,7 +307,8 @@ async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), SessionError
         unsynced: extended::Unsynced::default(),
         deadline: None,
         timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-        shutdown: ctx.shutdown.clone(),
+        shutdown: shutdown_signal(ctx.shutdown.clone()),
+        draining: false,
         cancelled_by_warpdrive: false,
         cancel,
     };
@@ -345,8 +346,11 @@ struct Session {
     deadline: Option<Instant>,
     /// The timer behind `deadline`, kept across loop turns (reset, not recreated).
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// Server shutdown: the session ends as soon as the client is between transactions.
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Completes when the server starts shutting down (false) or is gone (true); made
+    /// once per session, so that waiting on it costs nothing per message.
+    shutdown: ShutdownSignal,
+    /// Shutdown started: the session ends as soon as the client is between transactions.
+    draining: bool,
     cancelled_by_warpdrive: bool,
     cancel: CancelHandle,
 }
@@ -366,6 +370,13 @@ fn is_answered_locally(effects: &[SessionEffect]) -> bool {
     )
 }
 
+/// See [`Session::shutdown`].
+type ShutdownSignal = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
+fn shutdown_signal(mut draining: tokio::sync::watch::Receiver<bool>) -> ShutdownSignal {
+    Box::pin(async move { draining.wait_for(|draining| *draining).await.is_err() })
+}
+
 /// Extended-protocol messages buffered before Sync beyond this many bytes are sent on
 /// (as with Flush), so that a client cannot make warpdrive hold unbounded input.
 const MAX_BATCH_BYTES: usize = 4 << 20;
@@ -376,7 +387,7 @@ const CANCEL_GRACE: Duration = Duration::from_secs(10);
 impl Session {
     async fn main_loop(&mut self) -> Result<(), SessionError> {
         loop {
-            if *self.shutdown.borrow() && self.between_transactions() {
+            if self.draining && self.between_transactions() {
                 ClientError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     "terminating connection: warpdrive is shutting down",
@@ -388,7 +399,7 @@ impl Session {
             }
             let wake = {
                 let shutdown = &mut self.shutdown;
-                let watching = !*shutdown.borrow();
+                let watching = !self.draining;
                 let client = &mut self.client;
                 let origin = self.checkout.as_mut().map(|c| &mut c.conn().origin.conn);
                 let armed = match self.deadline {
@@ -406,7 +417,7 @@ impl Session {
                     frame = async { match origin { Some(origin) => origin.read_frame().await, None => std::future::pending().await } } => Wake::Origin(frame),
                     frame = client.read_frame() => Wake::Client(frame),
                     _ = timer, if armed => Wake::Deadline,
-                    changed = shutdown.changed(), if watching => Wake::Shutdown { server_gone: changed.is_err() },
+                    server_gone = shutdown, if watching => Wake::Shutdown { server_gone },
                 }
             };
             match wake {
@@ -424,7 +435,7 @@ impl Session {
                 Wake::Deadline => self.on_deadline().await?,
                 // The server itself is gone: nothing can be served any more.
                 Wake::Shutdown { server_gone: true } => return Ok(()),
-                Wake::Shutdown { server_gone: false } => {}
+                Wake::Shutdown { server_gone: false } => self.draining = true,
             }
         }
     }
