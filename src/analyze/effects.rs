@@ -350,3 +350,49 @@ pub(crate) fn database_ddl_effects(words: &[String]) -> Vec<SessionEffect> {
         .into_iter()
         .collect()
 }
+
+/// What a text the analyzer did not read (too long, not UTF-8, not tokenizable) may do
+/// to the session, from a plain case-insensitive scan: naming a session lock or
+/// set_config(), or beginning like a session statement, a temporary object or a cursor,
+/// pins the client. A false alarm only costs pooling for that client; a miss would leave
+/// session state on a shared connection.
+pub(crate) fn unread_effects(text: &[u8]) -> Vec<SessionEffect> {
+    let lowered = String::from_utf8_lossy(text).to_ascii_lowercase();
+    let mut found = Vec::new();
+    let statement = skip_comments(&lowered);
+    let session_statement = [
+        "set ", "reset ", "listen ", "prepare ", "discard ", "declare ",
+    ]
+    .iter()
+    .any(|lead| statement.starts_with(lead));
+    let temporary = ["create temp", "create local temp", "create global temp"]
+        .iter()
+        .any(|lead| statement.starts_with(lead));
+    if session_statement || temporary {
+        found.push(pin("a session statement warpdrive could not read"));
+    }
+    if ["advisory_lock", "get_lock"]
+        .iter()
+        .any(|name| lowered.contains(name))
+    {
+        found.push(pin("session-level advisory locks"));
+    }
+    if lowered.contains("set_config") {
+        found.push(pin("set_config()"));
+    }
+    found
+}
+
+/// The text after leading white space and comments.
+fn skip_comments(mut text: &str) -> &str {
+    loop {
+        text = text.trim_start();
+        if let Some(rest) = text.strip_prefix("--") {
+            text = rest.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(rest) = text.strip_prefix("/*") {
+            text = rest.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            return text;
+        }
+    }
+}

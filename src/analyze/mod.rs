@@ -355,21 +355,25 @@ impl Analyzer {
     pub fn analyze_bytes(&self, dialect: Dialect, sql: &[u8]) -> Analysis {
         match std::str::from_utf8(sql) {
             Ok(sql) => self.analyze(dialect, sql),
-            Err(_) => Analysis::verdict(
-                Status::ParseError,
-                Kind::Unknown,
-                1,
-                Reason::new(
-                    "query text is not valid UTF-8; warpdrive analyses UTF-8 text only (client_encoding UTF8)",
-                ),
-            ),
+            Err(_) => {
+                let mut analysis = Analysis::verdict(
+                    Status::ParseError,
+                    Kind::Unknown,
+                    1,
+                    Reason::new(
+                        "query text is not valid UTF-8; warpdrive analyses UTF-8 text only (client_encoding UTF8)",
+                    ),
+                );
+                analysis.effects = effects::unread_effects(sql);
+                analysis
+            }
         }
     }
 
     /// Analyzes one query string as a client sent it.
     pub fn analyze(&self, dialect: Dialect, sql: &str) -> Analysis {
         if sql.len() > self.options.max_query_bytes {
-            return Analysis::verdict(
+            let mut analysis = Analysis::verdict(
                 Status::OversizedQuery,
                 Kind::Unknown,
                 0,
@@ -379,10 +383,16 @@ impl Analyzer {
                     self.options.max_query_bytes
                 )),
             );
+            analysis.effects = effects::unread_effects(sql.as_bytes());
+            return analysis;
         }
         let lexed = match lex::lex(dialect, sql) {
             Ok(lexed) => lexed,
-            Err(refusal) => return refusal.into_analysis(),
+            Err(refusal) => {
+                let mut analysis = refusal.into_analysis();
+                analysis.effects = effects::unread_effects(sql.as_bytes());
+                return analysis;
+            }
         };
         let fingerprint = lexed.fingerprint.clone();
         let hint = lexed.leading_comment.as_deref().and_then(hint::parse);

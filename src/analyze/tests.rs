@@ -633,6 +633,33 @@ fn transaction_control_is_reported_in_order() {
 }
 
 #[test]
+fn texts_not_read_are_scanned_for_session_state() {
+    let analyzer = Analyzer::with_builtin_rules(AnalyzerOptions {
+        max_query_bytes: 64,
+    });
+    let long = |sql: &str| format!("{sql} /* {} */", "x".repeat(100));
+    let oversized = analyzer.analyze(Dialect::Postgres, &long("SELECT PG_ADVISORY_LOCK(1)"));
+    assert_eq!(oversized.status, Status::OversizedQuery);
+    assert_eq!(
+        oversized.effects,
+        vec![pinned("session-level advisory locks")]
+    );
+    let set = analyzer.analyze(
+        Dialect::Postgres,
+        &format!("-- note\n{}", long("SET x = 1")),
+    );
+    assert_eq!(
+        set.effects,
+        vec![pinned("a session statement warpdrive could not read")]
+    );
+    let insert = analyzer.analyze(Dialect::Postgres, &long("INSERT INTO t VALUES (1)"));
+    assert!(insert.effects.is_empty(), "{:?}", insert.effects);
+    let not_utf8 =
+        analyzer.analyze_bytes(Dialect::Postgres, b"SELECT set_config('a', '\xff', false)");
+    assert_eq!(not_utf8.effects, vec![pinned("set_config()")]);
+}
+
+#[test]
 fn database_ddl_names_the_database_it_needs_unused() {
     let needs = |name: &str| {
         vec![SessionEffect::NeedsDatabaseUnused {
