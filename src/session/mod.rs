@@ -804,7 +804,6 @@ impl Session {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Failed => self.note_failure(),
-            Event::Completed(_) => {}
             Event::Undo { undo, skipped } => self.undo(undo, skipped),
             Event::Stale { origin_name } => {
                 if let Some(checkout) = self.checkout.as_mut() {

@@ -110,8 +110,6 @@ pub enum Event {
         /// Origin-side statement name.
         origin_name: Bytes,
     },
-    /// A command completed with this tag.
-    Completed(Bytes),
     /// The origin reported an error.
     Failed,
 }
@@ -298,11 +296,7 @@ impl Relay {
                         events.push(Event::Failed);
                         self.skip_to_sync(events);
                     }
-                    tag::COMMAND_COMPLETE => {
-                        self.queue.pop_front();
-                        events.extend(completed(frame));
-                    }
-                    tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
+                    tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
                         self.queue.pop_front();
                     }
                     tag::COPY_IN_RESPONSE => self.start_copy_in(),
@@ -321,7 +315,6 @@ impl Relay {
                         }
                     }
                     tag::ERROR_RESPONSE => events.push(Event::Failed),
-                    tag::COMMAND_COMPLETE => events.extend(completed(frame)),
                     tag::COPY_IN_RESPONSE => self.start_copy_in(),
                     _ => {}
                 }
@@ -333,13 +326,6 @@ impl Relay {
                 Delivery::Drop
             }
         }
-    }
-}
-
-fn completed(frame: &Frame) -> Option<Event> {
-    match BackendMessage::decode(frame) {
-        Ok(BackendMessage::CommandComplete { tag }) => Some(Event::Completed(tag)),
-        _ => None,
     }
 }
 
@@ -408,13 +394,7 @@ mod tests {
         });
         let (client, events) = run(&mut relay, origin);
         assert_eq!(tags(&client), "12CZ");
-        assert_eq!(
-            events,
-            vec![
-                Event::Completed(Bytes::from_static(b"SELECT 0")),
-                Event::Ready(TransactionStatus::Idle)
-            ]
-        );
+        assert_eq!(events, vec![Event::Ready(TransactionStatus::Idle)]);
         assert!(relay.is_idle());
     }
 
