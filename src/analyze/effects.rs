@@ -81,6 +81,20 @@ pub enum TransactionControl {
 }
 
 impl SessionEffect {
+    /// Whether the effect may change the setting `name`: it sets or resets it, resets
+    /// everything, or leaves the session in a state warpdrive cannot read (a pin).
+    pub fn may_change_setting(&self, name: &str) -> bool {
+        match self {
+            SessionEffect::Set { name: set, .. } | SessionEffect::Reset { name: set } => {
+                set == name
+            }
+            SessionEffect::ResetAll | SessionEffect::DiscardAll | SessionEffect::Pin { .. } => true,
+            SessionEffect::Deallocate { .. }
+            | SessionEffect::Transaction(_)
+            | SessionEffect::NeedsDatabaseUnused { .. } => false,
+        }
+    }
+
     /// Whether the effect changes settings warpdrive replays.
     pub fn changes_settings(&self) -> bool {
         matches!(
@@ -103,9 +117,21 @@ const SESSION_LOCK_FUNCTIONS: [&str; 5] = [
     "get_lock",
 ];
 
-fn pin(feature: &str) -> SessionEffect {
+/// State that stays on the origin connection, or that warpdrive cannot know.
+pub(crate) fn pin(feature: &str) -> SessionEffect {
     SessionEffect::Pin {
         feature: feature.to_owned(),
+    }
+}
+
+/// With `standard_conforming_strings = off`, a setting value holding a backslash would
+/// be read differently when replayed: the client keeps its connection instead.
+pub(crate) fn pin_escaped_values(statements: &mut [Vec<SessionEffect>]) {
+    for effect in statements.iter_mut().flatten() {
+        if matches!(effect, SessionEffect::Set { value, .. } if value.contains('\\')) {
+            *effect =
+                pin("a setting value with a backslash under standard_conforming_strings = off");
+        }
     }
 }
 

@@ -17,11 +17,13 @@
 //! - find the statement boundaries and each statement's leading words, which classify a
 //!   statement sqlparser cannot parse.
 
+use std::any::TypeId;
+
 use sqlparser::dialect::{Dialect as SqlDialect, MySqlDialect, PostgreSqlDialect};
 use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace, Word};
 
-use super::{Analysis, Dialect, Kind, Reason, Status};
+use super::{Analysis, Dialect, Kind, Reason, Status, StringLiterals};
 
 /// Longest chain of operators (summed over enclosing parentheses) the analyzer accepts.
 /// Release builds walk chains ten times deeper on a 2 MiB stack; debug builds about
@@ -39,6 +41,90 @@ pub(crate) fn sqlparser_dialect(dialect: Dialect) -> &'static dyn SqlDialect {
     }
 }
 
+/// PostgreSQL as it reads text with `standard_conforming_strings = off`: a backslash in a
+/// plain string literal escapes the next character, as in `E'…'`. For the tokenizer only;
+/// everything else is PostgreSQL's, including the type the tokenizer asks about.
+#[derive(Debug)]
+struct PostgresBackslashEscapes;
+
+impl SqlDialect for PostgresBackslashEscapes {
+    fn dialect(&self) -> TypeId {
+        TypeId::of::<PostgreSqlDialect>()
+    }
+    fn supports_string_literal_backslash_escape(&self) -> bool {
+        true
+    }
+    fn is_identifier_start(&self, ch: char) -> bool {
+        POSTGRES.is_identifier_start(ch)
+    }
+    fn is_identifier_part(&self, ch: char) -> bool {
+        POSTGRES.is_identifier_part(ch)
+    }
+    fn is_delimited_identifier_start(&self, ch: char) -> bool {
+        POSTGRES.is_delimited_identifier_start(ch)
+    }
+    fn identifier_quote_style(&self, identifier: &str) -> Option<char> {
+        POSTGRES.identifier_quote_style(identifier)
+    }
+    fn is_custom_operator_part(&self, ch: char) -> bool {
+        POSTGRES.is_custom_operator_part(ch)
+    }
+    fn supports_unicode_string_literal(&self) -> bool {
+        POSTGRES.supports_unicode_string_literal()
+    }
+    fn supports_nested_comments(&self) -> bool {
+        POSTGRES.supports_nested_comments()
+    }
+    fn supports_string_escape_constant(&self) -> bool {
+        POSTGRES.supports_string_escape_constant()
+    }
+    fn supports_numeric_literal_underscores(&self) -> bool {
+        POSTGRES.supports_numeric_literal_underscores()
+    }
+    fn supports_geometric_types(&self) -> bool {
+        POSTGRES.supports_geometric_types()
+    }
+    fn ignores_wildcard_escapes(&self) -> bool {
+        POSTGRES.ignores_wildcard_escapes()
+    }
+    fn requires_single_line_comment_whitespace(&self) -> bool {
+        POSTGRES.requires_single_line_comment_whitespace()
+    }
+    fn supports_dollar_as_money_prefix(&self) -> bool {
+        POSTGRES.supports_dollar_as_money_prefix()
+    }
+    fn supports_dollar_placeholder(&self) -> bool {
+        POSTGRES.supports_dollar_placeholder()
+    }
+    fn supports_multiline_comment_hints(&self) -> bool {
+        POSTGRES.supports_multiline_comment_hints()
+    }
+    fn supports_numeric_prefix(&self) -> bool {
+        POSTGRES.supports_numeric_prefix()
+    }
+    fn supports_pipe_operator(&self) -> bool {
+        POSTGRES.supports_pipe_operator()
+    }
+    fn supports_quote_delimited_string(&self) -> bool {
+        POSTGRES.supports_quote_delimited_string()
+    }
+    fn supports_triple_quoted_string(&self) -> bool {
+        POSTGRES.supports_triple_quoted_string()
+    }
+}
+
+static POSTGRES_BACKSLASH_ESCAPES: PostgresBackslashEscapes = PostgresBackslashEscapes;
+
+/// The dialect the tokenizer reads a text with. MySQL's strings always take backslash
+/// escapes here; PostgreSQL's as the session's `standard_conforming_strings` says
+/// (standard when not known: [`lex`] then refuses text where the two readings differ).
+fn tokenizer_dialect(dialect: Dialect, literals: StringLiterals) -> &'static dyn SqlDialect {
+    match (dialect, literals) {
+        (Dialect::Postgres, StringLiterals::BackslashEscapes) => &POSTGRES_BACKSLASH_ESCAPES,
+        _ => sqlparser_dialect(dialect),
+    }
+}
+
 /// Why the text was refused before parsing.
 #[derive(Debug)]
 pub(crate) enum Refusal {
@@ -46,6 +132,10 @@ pub(crate) enum Refusal {
     Tokenizer(String),
     /// Expressions nest deeper than [`MAX_EXPRESSION_DEPTH`].
     TooDeep,
+    /// A plain string literal holds a backslash and the session's
+    /// `standard_conforming_strings` is not known: PostgreSQL may read the text as other
+    /// statements than warpdrive would.
+    AmbiguousBackslash,
 }
 
 impl Refusal {
@@ -55,6 +145,7 @@ impl Refusal {
             Refusal::TooDeep => format!(
                 "expressions nest more than {MAX_EXPRESSION_DEPTH} operators deep; not parsed"
             ),
+            Refusal::AmbiguousBackslash => "a string literal holds a backslash while a request in flight may change standard_conforming_strings, so how PostgreSQL reads the text is not known; not parsed".to_owned(),
         };
         Analysis::verdict(Status::ParseError, Kind::Unknown, 1, Reason::new(reason))
     }
@@ -94,12 +185,21 @@ impl Lexed {
     }
 }
 
-/// Tokenizes `sql`, applies the fix-ups and checks the nesting bound.
-pub(crate) fn lex(dialect: Dialect, sql: &str) -> Result<Lexed, Refusal> {
-    let raw = Tokenizer::new(sqlparser_dialect(dialect), sql)
+/// Tokenizes `sql` as a server reading string literals that way would, applies the
+/// fix-ups and checks the nesting bound.
+pub(crate) fn lex(dialect: Dialect, sql: &str, literals: StringLiterals) -> Result<Lexed, Refusal> {
+    let raw = Tokenizer::new(tokenizer_dialect(dialect, literals), sql)
         .with_unescape(false)
         .tokenize_with_location()
         .map_err(|error| Refusal::Tokenizer(error.to_string()))?;
+    if dialect == Dialect::Postgres
+        && literals == StringLiterals::Unknown
+        && raw
+            .iter()
+            .any(|token| is_plain_string_with_backslash(&token.token))
+    {
+        return Err(Refusal::AmbiguousBackslash);
+    }
     let leading_comment = raw.iter().find_map(|token| match &token.token {
         Token::Whitespace(Whitespace::MultiLineComment(body)) => Some(Some(body.clone())),
         Token::Whitespace(_) => None,
@@ -120,10 +220,19 @@ pub(crate) fn lex(dialect: Dialect, sql: &str) -> Result<Lexed, Refusal> {
     })
 }
 
+/// Whether a token is a string literal whose reading `standard_conforming_strings`
+/// changes: a plain or national one holding a backslash.
+fn is_plain_string_with_backslash(token: &Token) -> bool {
+    matches!(
+        token,
+        Token::SingleQuotedString(text) | Token::NationalStringLiteral(text) if text.contains('\\')
+    )
+}
+
 /// The unquoted words of a text, lower case (none if it does not tokenize). For
 /// statements the parser refused, whose effects can only be guessed from their words.
-pub(crate) fn words(dialect: Dialect, sql: &str) -> Vec<String> {
-    Tokenizer::new(sqlparser_dialect(dialect), sql)
+pub(crate) fn words(dialect: Dialect, sql: &str, literals: StringLiterals) -> Vec<String> {
+    Tokenizer::new(tokenizer_dialect(dialect, literals), sql)
         .tokenize()
         .map(|tokens| {
             tokens
@@ -464,8 +573,12 @@ fn scan(tokens: &[TokenWithSpan]) -> Result<Vec<Lead>, Refusal> {
 mod tests {
     use super::*;
 
+    fn lex_std(dialect: Dialect, sql: &str) -> Result<Lexed, Refusal> {
+        lex(dialect, sql, StringLiterals::Standard)
+    }
+
     fn significant_text(dialect: Dialect, sql: &str) -> String {
-        let lexed = lex(dialect, sql).expect("lexes");
+        let lexed = lex_std(dialect, sql).expect("lexes");
         lexed
             .into_tokens()
             .iter()
@@ -539,13 +652,13 @@ mod tests {
 
     #[test]
     fn statements_are_counted_at_top_level_only() {
-        let lexed = lex(Dialect::Postgres, " ; SELECT ';' ; ; select (1;2) ;").expect("lexes");
+        let lexed = lex_std(Dialect::Postgres, " ; SELECT ';' ; ; select (1;2) ;").expect("lexes");
         let leads = lexed.statement_leads();
         assert_eq!(leads.len(), 2);
         assert_eq!(leads[0].first, "SELECT");
         assert_eq!(leads[1].first, "SELECT");
         assert_eq!(
-            lex(Dialect::Postgres, "/* only */ -- comments\n")
+            lex_std(Dialect::Postgres, "/* only */ -- comments\n")
                 .expect("lexes")
                 .statement_count(),
             0
@@ -554,7 +667,7 @@ mod tests {
 
     #[test]
     fn leads_hold_two_words() {
-        let lexed = lex(Dialect::Postgres, "prepare transaction 'x'").expect("lexes");
+        let lexed = lex_std(Dialect::Postgres, "prepare transaction 'x'").expect("lexes");
         assert_eq!(
             lexed.statement_leads(),
             vec![Lead {
@@ -567,15 +680,15 @@ mod tests {
     #[test]
     fn long_operator_chains_are_refused_before_parsing() {
         let ok = format!("SELECT 1{}", "+1".repeat(MAX_EXPRESSION_DEPTH - 1));
-        assert!(lex(Dialect::Postgres, &ok).is_ok());
+        assert!(lex_std(Dialect::Postgres, &ok).is_ok());
         let deep = format!("SELECT 1{}", "+1".repeat(MAX_EXPRESSION_DEPTH + 1));
         assert!(matches!(
-            lex(Dialect::Postgres, &deep),
+            lex_std(Dialect::Postgres, &deep),
             Err(Refusal::TooDeep)
         ));
         let parenthesised = format!("SELECT 1{}", "+(1)".repeat(MAX_EXPRESSION_DEPTH + 1));
         assert!(matches!(
-            lex(Dialect::Postgres, &parenthesised),
+            lex_std(Dialect::Postgres, &parenthesised),
             Err(Refusal::TooDeep)
         ));
     }
@@ -587,12 +700,12 @@ mod tests {
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!("SELECT * FROM t WHERE id IN ({list})");
-        assert!(lex(Dialect::Postgres, &sql).is_ok());
+        assert!(lex_std(Dialect::Postgres, &sql).is_ok());
     }
 
     #[test]
     fn fingerprints_fold_values_but_not_shape() {
-        let print = |sql: &str| lex(Dialect::Postgres, sql).expect("lexes").fingerprint;
+        let print = |sql: &str| lex_std(Dialect::Postgres, sql).expect("lexes").fingerprint;
         assert_eq!(
             print("SELECT * FROM t WHERE id = 1"),
             print("select *  from T where id = 42 /* x */")
@@ -611,7 +724,7 @@ mod tests {
 
     #[test]
     fn the_leading_comment_is_kept() {
-        let lexed = lex(
+        let lexed = lex_std(
             Dialect::Postgres,
             "  /* warpdrive: no-cache */ SELECT 1 /* later */",
         )
@@ -620,14 +733,49 @@ mod tests {
             lexed.leading_comment.as_deref(),
             Some(" warpdrive: no-cache ")
         );
-        let later = lex(Dialect::Postgres, "SELECT /* warpdrive: no-cache */ 1").expect("lexes");
+        let later =
+            lex_std(Dialect::Postgres, "SELECT /* warpdrive: no-cache */ 1").expect("lexes");
         assert_eq!(later.leading_comment, None);
+    }
+
+    #[test]
+    fn backslashes_in_strings_read_as_the_session_reads_them() {
+        let text = r"SELECT 'x\' AS a, '; SET search_path = s2; SELECT 1 --'";
+        // standard_conforming_strings on: one SELECT of two strings.
+        let standard = lex_std(Dialect::Postgres, text).expect("lexes");
+        assert_eq!(standard.statement_count(), 1);
+        // Off: `\'` is a quote inside the first string, and a SET follows.
+        let escaped =
+            lex(Dialect::Postgres, text, StringLiterals::BackslashEscapes).expect("lexes");
+        assert_eq!(escaped.statement_count(), 3);
+        assert!(matches!(
+            lex(Dialect::Postgres, text, StringLiterals::Unknown),
+            Err(Refusal::AmbiguousBackslash)
+        ));
+        // Escape strings read the same either way, so no doubt arises.
+        let e_string = r"SELECT E'x\' AS a'";
+        for literals in [StringLiterals::Standard, StringLiterals::Unknown] {
+            assert_eq!(
+                lex(Dialect::Postgres, e_string, literals)
+                    .expect("lexes")
+                    .statement_count(),
+                1
+            );
+        }
+        // Dollar quotes and identifiers keep their meaning under backslash escapes.
+        let other = lex(
+            Dialect::Postgres,
+            r#"SELECT $$a\$$, "b\" FROM t"#,
+            StringLiterals::BackslashEscapes,
+        )
+        .expect("lexes");
+        assert_eq!(other.statement_count(), 1);
     }
 
     #[test]
     fn unterminated_strings_are_refused() {
         assert!(matches!(
-            lex(Dialect::Postgres, "SELECT 'open"),
+            lex_std(Dialect::Postgres, "SELECT 'open"),
             Err(Refusal::Tokenizer(_))
         ));
     }

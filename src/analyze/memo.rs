@@ -1,14 +1,14 @@
 //! A bounded memo in front of the analyzer, so the hot path never parses the same text
 //! twice.
 //!
-//! Keyed by blake3 over the dialect and the exact text: two texts that differ in a single
-//! byte (a comment, a literal) are analysed separately, so the memo can never hand out a
-//! verdict for other SQL. Bounded by entry count, with quick_cache's S3-FIFO eviction,
+//! Keyed by blake3 over the dialect, how string literals are read, and the exact text:
+//! two texts that differ in a single byte (a comment, a literal) are analysed
+//! separately, so the memo can never hand out a verdict for other SQL. Bounded by entry count, with quick_cache's S3-FIFO eviction,
 //! which keeps the texts an application repeats and lets one-off texts pass through.
 
 use std::sync::Arc;
 
-use super::{Analysis, Analyzer, Dialect};
+use super::{Analysis, Analyzer, Dialect, StringLiterals};
 
 /// Default number of analyses kept.
 pub const DEFAULT_MEMO_ENTRIES: usize = 16_384;
@@ -28,18 +28,24 @@ impl AnalysisMemo {
         }
     }
 
-    /// The analysis of `sql`, from the memo when this text was analysed before.
+    /// The analysis of `sql` (standard string literals), from the memo when this text was
+    /// analysed before.
     pub fn analyze(&self, dialect: Dialect, sql: &str) -> Arc<Analysis> {
-        self.analyze_bytes(dialect, sql.as_bytes())
+        self.analyze_bytes(dialect, sql.as_bytes(), StringLiterals::Standard)
     }
 
     /// The analysis of query text as received (see [`Analyzer::analyze_bytes`]).
-    pub fn analyze_bytes(&self, dialect: Dialect, sql: &[u8]) -> Arc<Analysis> {
-        let key = memo_key(dialect, sql);
+    pub fn analyze_bytes(
+        &self,
+        dialect: Dialect,
+        sql: &[u8],
+        literals: StringLiterals,
+    ) -> Arc<Analysis> {
+        let key = memo_key(dialect, literals, sql);
         if let Some(known) = self.memo.get(&key) {
             return known;
         }
-        let analysis = Arc::new(self.analyzer.analyze_bytes(dialect, sql));
+        let analysis = Arc::new(self.analyzer.analyze_bytes(dialect, sql, literals));
         self.memo.insert(key, Arc::clone(&analysis));
         analysis
     }
@@ -55,9 +61,11 @@ impl AnalysisMemo {
     }
 }
 
-fn memo_key(dialect: Dialect, sql: &[u8]) -> [u8; 32] {
+fn memo_key(dialect: Dialect, literals: StringLiterals, sql: &[u8]) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new();
     hasher.update(dialect.name().as_bytes());
+    hasher.update(&[0]);
+    hasher.update(literals.name().as_bytes());
     hasher.update(&[0]);
     hasher.update(sql);
     *hasher.finalize().as_bytes()

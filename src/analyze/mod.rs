@@ -65,6 +65,33 @@ impl fmt::Display for Dialect {
     }
 }
 
+/// How the client's server reads a backslash in a plain string literal (`'…'`):
+/// PostgreSQL's `standard_conforming_strings`. The same text can be other statements
+/// under the other reading (`'x\' ; SET …'`), so it is analysed as the server will read
+/// it. MySQL strings always take backslash escapes here.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StringLiterals {
+    /// `standard_conforming_strings = on`, PostgreSQL's default: a backslash is itself.
+    #[default]
+    Standard,
+    /// `standard_conforming_strings = off`: a backslash escapes, as in `E'…'`.
+    BackslashEscapes,
+    /// Not known (a request in flight may change it): a text whose reading depends on it
+    /// is refused as `parseerror`, and the session's state after it is unknown.
+    Unknown,
+}
+
+impl StringLiterals {
+    /// The mode's name, for the memo's key.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            StringLiterals::Standard => "standard",
+            StringLiterals::BackslashEscapes => "backslash-escapes",
+            StringLiterals::Unknown => "unknown",
+        }
+    }
+}
+
 /// The analyzer's decision, spelled as Hyperdrive's cache statuses.
 ///
 /// `Cacheable` is the analyzer's "yes"; the cache later reports it as `hit` or `miss`.
@@ -237,8 +264,10 @@ pub struct Analysis {
     pub stable_functions: Vec<String>,
     /// Why the status is what it is; empty for a plain cacheable read.
     pub reasons: Vec<Reason>,
-    /// What the text does to the client's session (settings, pins), in order.
-    pub effects: Vec<SessionEffect>,
+    /// What the text does to the client's session (settings, pins), one list per
+    /// statement in order (for text that was not parsed, everything guessed is in the
+    /// first).
+    pub statement_effects: Vec<Vec<SessionEffect>>,
     /// The query's shape, for cache rules: 16 hex digits, equal for texts that differ
     /// only in literal values (empty when the text was not tokenized).
     pub fingerprint: String,
@@ -247,6 +276,22 @@ pub struct Analysis {
 }
 
 impl Analysis {
+    /// Every session effect of the text, in statement order.
+    pub fn effects(&self) -> impl Iterator<Item = &SessionEffect> {
+        self.statement_effects.iter().flatten()
+    }
+
+    /// The effect of a text that is one statement with exactly one effect.
+    pub fn sole_effect(&self) -> Option<&SessionEffect> {
+        match self.statement_effects.as_slice() {
+            [only] if self.statements == 1 => match only.as_slice() {
+                [effect] => Some(effect),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// The status under a deployment's policy for STABLE functions.
     pub fn status_under(&self, policy: StableFunctions) -> Status {
         match policy {
@@ -283,7 +328,7 @@ impl Analysis {
             volatile_functions: Vec::new(),
             stable_functions: Vec::new(),
             reasons: vec![reason],
-            effects: Vec::new(),
+            statement_effects: Vec::new(),
             fingerprint: String::new(),
             hint: None,
         }
@@ -352,9 +397,14 @@ impl Analyzer {
 
     /// Analyzes query text as received; text that is not UTF-8 is a parse error (the
     /// analyzer reads UTF-8 only).
-    pub fn analyze_bytes(&self, dialect: Dialect, sql: &[u8]) -> Analysis {
+    pub fn analyze_bytes(
+        &self,
+        dialect: Dialect,
+        sql: &[u8],
+        literals: StringLiterals,
+    ) -> Analysis {
         match std::str::from_utf8(sql) {
-            Ok(sql) => self.analyze(dialect, sql),
+            Ok(sql) => self.analyze_as(dialect, sql, literals),
             Err(_) => {
                 let mut analysis = Analysis::verdict(
                     Status::ParseError,
@@ -364,14 +414,19 @@ impl Analyzer {
                         "query text is not valid UTF-8; warpdrive analyses UTF-8 text only (client_encoding UTF8)",
                     ),
                 );
-                analysis.effects = effects::unread_effects(sql);
+                analysis.statement_effects = vec![effects::unread_effects(sql)];
                 analysis
             }
         }
     }
 
-    /// Analyzes one query string as a client sent it.
+    /// Analyzes one query string as a client sent it, with standard string literals.
     pub fn analyze(&self, dialect: Dialect, sql: &str) -> Analysis {
+        self.analyze_as(dialect, sql, StringLiterals::Standard)
+    }
+
+    /// Analyzes one query string as a server reading string literals that way would.
+    pub fn analyze_as(&self, dialect: Dialect, sql: &str, literals: StringLiterals) -> Analysis {
         if sql.len() > self.options.max_query_bytes {
             let mut analysis = Analysis::verdict(
                 Status::OversizedQuery,
@@ -383,20 +438,30 @@ impl Analyzer {
                     self.options.max_query_bytes
                 )),
             );
-            analysis.effects = effects::unread_effects(sql.as_bytes());
+            analysis.statement_effects = vec![effects::unread_effects(sql.as_bytes())];
             return analysis;
         }
-        let lexed = match lex::lex(dialect, sql) {
+        let lexed = match lex::lex(dialect, sql, literals) {
             Ok(lexed) => lexed,
+            Err(lex::Refusal::AmbiguousBackslash) => {
+                let mut analysis = lex::Refusal::AmbiguousBackslash.into_analysis();
+                analysis.statement_effects = vec![vec![effects::pin(
+                    "a text read while standard_conforming_strings was not known",
+                )]];
+                return analysis;
+            }
             Err(refusal) => {
                 let mut analysis = refusal.into_analysis();
-                analysis.effects = effects::unread_effects(sql.as_bytes());
+                analysis.statement_effects = vec![effects::unread_effects(sql.as_bytes())];
                 return analysis;
             }
         };
         let fingerprint = lexed.fingerprint.clone();
         let hint = lexed.leading_comment.as_deref().and_then(hint::parse);
-        let mut analysis = self.classify(dialect, sql, lexed);
+        let mut analysis = self.classify(dialect, sql, lexed, literals);
+        if literals == StringLiterals::BackslashEscapes {
+            effects::pin_escaped_values(&mut analysis.statement_effects);
+        }
         analysis.fingerprint = fingerprint;
         match hint {
             Some(Ok(hint)) => analysis.hint = Some(hint),
@@ -408,7 +473,13 @@ impl Analyzer {
         analysis
     }
 
-    fn classify(&self, dialect: Dialect, sql: &str, lexed: lex::Lexed) -> Analysis {
+    fn classify(
+        &self,
+        dialect: Dialect,
+        sql: &str,
+        lexed: lex::Lexed,
+        literals: StringLiterals,
+    ) -> Analysis {
         if lexed.statement_count() == 0 {
             return Analysis::verdict(
                 Status::NotAQuery,
@@ -428,15 +499,20 @@ impl Analyzer {
             Ok(statements) => self.classify_parsed(dialect, &statements),
             Err(error) => {
                 let mut analysis = statement::classify_unparsed(&leading, &error.to_string());
-                analysis.effects = effects::unparsed_effects(&leading, &lex::words(dialect, sql));
+                analysis.statement_effects = vec![effects::unparsed_effects(
+                    &leading,
+                    &lex::words(dialect, sql, literals),
+                )];
                 analysis
             }
         };
         if leading.len() == 1 && effects::is_database_ddl(&leading[0]) {
             // Rare statements: their words are read again rather than slowing every other.
-            analysis
-                .effects
-                .extend(effects::database_ddl_effects(&lex::words(dialect, sql)));
+            let needs = effects::database_ddl_effects(&lex::words(dialect, sql, literals));
+            match analysis.statement_effects.first_mut() {
+                Some(first) => first.extend(needs),
+                None => analysis.statement_effects.push(needs),
+            }
         }
         analysis
     }
@@ -454,7 +530,7 @@ impl Analyzer {
         for parsed in statements {
             let class = statement::classify(parsed);
             let found = walk::walk(dialect, rules, parsed);
-            effects.extend(effects::effects(dialect, parsed, found.functions()));
+            effects.push(effects::effects(dialect, parsed, found.functions()));
             let statement_kind = if found.changes_data() {
                 class.kind.min(Kind::Write)
             } else {
@@ -478,7 +554,7 @@ impl Analyzer {
         };
         reasons.dedup();
         let mut analysis = facts.into_analysis(status, kind, count, reasons);
-        analysis.effects = effects;
+        analysis.statement_effects = effects;
         analysis
     }
 }

@@ -527,7 +527,11 @@ proptest! {
 }
 
 fn effects(sql: &str) -> Vec<SessionEffect> {
-    pg(sql).effects
+    flat(&pg(sql))
+}
+
+fn flat(analysis: &crate::analyze::Analysis) -> Vec<SessionEffect> {
+    analysis.effects().cloned().collect()
 }
 
 fn set(name: &str, value: &str) -> SessionEffect {
@@ -641,7 +645,7 @@ fn texts_not_read_are_scanned_for_session_state() {
     let oversized = analyzer.analyze(Dialect::Postgres, &long("SELECT PG_ADVISORY_LOCK(1)"));
     assert_eq!(oversized.status, Status::OversizedQuery);
     assert_eq!(
-        oversized.effects,
+        flat(&oversized),
         vec![pinned("session-level advisory locks")]
     );
     let set = analyzer.analyze(
@@ -649,14 +653,17 @@ fn texts_not_read_are_scanned_for_session_state() {
         &format!("-- note\n{}", long("SET x = 1")),
     );
     assert_eq!(
-        set.effects,
+        flat(&set),
         vec![pinned("a session statement warpdrive could not read")]
     );
     let insert = analyzer.analyze(Dialect::Postgres, &long("INSERT INTO t VALUES (1)"));
-    assert!(insert.effects.is_empty(), "{:?}", insert.effects);
-    let not_utf8 =
-        analyzer.analyze_bytes(Dialect::Postgres, b"SELECT set_config('a', '\xff', false)");
-    assert_eq!(not_utf8.effects, vec![pinned("set_config()")]);
+    assert!(flat(&insert).is_empty(), "{:?}", flat(&insert));
+    let not_utf8 = analyzer.analyze_bytes(
+        Dialect::Postgres,
+        b"SELECT set_config('a', '\xff', false)",
+        StringLiterals::Standard,
+    );
+    assert_eq!(flat(&not_utf8), vec![pinned("set_config()")]);
 }
 
 #[test]
@@ -688,13 +695,13 @@ fn unparsed_session_statements_pin_the_client() {
     let unparsed = pg("SET search_path = app,, public");
     assert_eq!(unparsed.status, Status::NotAQuery);
     assert_eq!(
-        unparsed.effects,
+        flat(&unparsed),
         vec![pinned("a session statement warpdrive could not parse")]
     );
     let lock = pg("SELECT pg_advisory_lock(1) FROM t WHERE a::text COLLATE \"C\" = 'x' ,");
     assert_eq!(lock.status, Status::ParseError);
-    assert_eq!(lock.effects, vec![pinned("session-level advisory locks")]);
-    assert!(pg("SELECT a FROM t WHERE ,").effects.is_empty());
+    assert_eq!(flat(&lock), vec![pinned("session-level advisory locks")]);
+    assert!(flat(&pg("SELECT a FROM t WHERE ,")).is_empty());
 }
 
 #[test]
@@ -727,7 +734,7 @@ fn state_that_cannot_move_pins_the_client() {
     );
     assert!(effects("DECLARE c CURSOR FOR SELECT 1").is_empty());
     assert_eq!(
-        my("SET @total = 0").effects,
+        flat(&my("SET @total = 0")),
         vec![pinned("MySQL user variables")]
     );
 }

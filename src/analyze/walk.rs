@@ -96,7 +96,7 @@ impl Facts {
             volatile_functions: self.volatile_functions.into_iter().collect(),
             stable_functions: self.stable_functions.into_iter().collect(),
             reasons,
-            effects: Vec::new(),
+            statement_effects: Vec::new(),
             fingerprint: String::new(),
             hint: None,
         }

@@ -90,6 +90,14 @@ pub fn affects_results(name: &str) -> bool {
             .any(|prefix| name.starts_with(prefix))
 }
 
+/// The statements of the settings that can change what a query returns, in name order.
+pub fn result_settings(settings: &BTreeMap<String, String>) -> impl Iterator<Item = &str> {
+    settings
+        .iter()
+        .filter(|(name, _)| affects_results(name))
+        .map(|(_, statement)| statement.as_str())
+}
+
 struct Writer(blake3::Hasher);
 
 impl Writer {
@@ -108,10 +116,8 @@ impl KeyInputs<'_> {
         writer.field(tag::DEPLOYMENT, self.deployment.as_bytes());
         writer.field(tag::DATABASE, self.database.as_bytes());
         writer.field(tag::ROLE, self.role.as_bytes());
-        for (name, statement) in self.settings {
-            if affects_results(name) {
-                writer.field(tag::SETTING, statement.as_bytes());
-            }
+        for statement in result_settings(self.settings) {
+            writer.field(tag::SETTING, statement.as_bytes());
         }
         match self.request {
             Request::Simple { sql } => writer.field(tag::SIMPLE, sql),

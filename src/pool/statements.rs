@@ -2,10 +2,12 @@
 //! first out.
 //!
 //! Origin-side names are derived from the statement's text, parameter types and the
-//! search_path it was prepared under (see [`origin_statement_name`]), so clients that
-//! prepare the same statement share it, two different statements never collide,
-//! whatever the clients call them, and clients with different search paths (a schema per
-//! tenant) never run each other's plans.
+//! session settings it was prepared under (see [`origin_statement_name`]), so clients
+//! that prepare the same statement share it, two different statements never collide,
+//! whatever the clients call them, and clients whose settings make PostgreSQL read the
+//! text differently (search_path for a schema per tenant, transform_null_equals,
+//! standard_conforming_strings, DateStyle for typed literals, …) never run each other's
+//! plans.
 
 use std::collections::HashMap;
 
@@ -25,15 +27,26 @@ pub fn origin_statement_name(identity: &[u8; 32]) -> Bytes {
 }
 
 /// A statement's identity: blake3 over its length-prefixed text and parameter types, and
-/// the search_path setting in force when it was prepared (PostgreSQL resolves the names
-/// in a statement with it, and analyses the statement again when it changes).
-pub fn statement_identity(sql: &[u8], parameter_types: &[u8], search_path: &[u8]) -> [u8; 32] {
+/// the settings in force when it was prepared, each length-prefixed. PostgreSQL parses and
+/// analyses a statement once, under the settings of that moment (search_path to resolve
+/// names; transform_null_equals, standard_conforming_strings, backslash_quote to read
+/// the text; DateStyle, IntervalStyle and TimeZone to fold typed literals), and does not
+/// do so again when they change: two clients may share an origin statement only if all
+/// of them match.
+pub fn statement_identity<'a>(
+    sql: &[u8],
+    parameter_types: &[u8],
+    settings: impl IntoIterator<Item = &'a str>,
+) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(&(sql.len() as u64).to_le_bytes());
-    hasher.update(sql);
-    hasher.update(&(parameter_types.len() as u64).to_le_bytes());
-    hasher.update(parameter_types);
-    hasher.update(search_path);
+    for part in [sql, parameter_types] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    for setting in settings {
+        hasher.update(&(setting.len() as u64).to_le_bytes());
+        hasher.update(setting.as_bytes());
+    }
     *hasher.finalize().as_bytes()
 }
 
@@ -113,16 +126,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_depend_on_text_types_and_search_path_only() {
-        let name = |types: &[u8], path: &[u8]| {
-            origin_statement_name(&statement_identity(b"SELECT $1", types, path))
+    fn names_depend_on_text_types_and_settings_only() {
+        let name = |types: &[u8], settings: &[&str]| {
+            origin_statement_name(&statement_identity(
+                b"SELECT $1",
+                types,
+                settings.iter().copied(),
+            ))
         };
-        let a = name(&[0, 1, 0, 0, 0, 23], b"");
-        let b = name(&[0, 1, 0, 0, 0, 25], b"");
-        let c = name(&[0, 1, 0, 0, 0, 23], b"");
-        let d = name(&[0, 1, 0, 0, 0, 23], b"SET search_path TO tenant_2");
+        let a = name(&[0, 1, 0, 0, 0, 23], &[]);
+        let b = name(&[0, 1, 0, 0, 0, 25], &[]);
+        let c = name(&[0, 1, 0, 0, 0, 23], &[]);
+        let d = name(&[0, 1, 0, 0, 0, 23], &["SET search_path TO tenant_2"]);
+        let e = name(&[0, 1, 0, 0, 0, 23], &["SET transform_null_equals TO on"]);
+        let split = name(&[0, 1, 0, 0, 0, 23], &["SET a TO b", "SET c TO d"]);
+        let joined = name(&[0, 1, 0, 0, 0, 23], &["SET a TO bSET c TO d"]);
         assert_ne!(a, b);
         assert_ne!(a, d);
+        assert_ne!(d, e);
+        assert_ne!(split, joined);
         assert_eq!(a, c);
         assert!(a.starts_with(b"wd_"));
         assert_eq!(a.len(), 35);

@@ -64,16 +64,17 @@ pub(super) struct InFlight {
     started: Instant,
     failed: bool,
     recording: Option<Recording>,
-    /// Statements it runs.
-    statements: usize,
-    /// What they do to the session, in order; settled at ReadyForQuery.
-    effects: Vec<SessionEffect>,
+    /// What its statements do to the session, one list per statement in order; settled
+    /// at ReadyForQuery.
+    effects: Vec<Vec<SessionEffect>>,
+    /// Statements completed so far.
+    completed: usize,
 }
 
 /// What a request did, once its ReadyForQuery arrived.
 pub(super) struct Finished {
-    /// Its session effects, in order.
-    pub(super) effects: Vec<SessionEffect>,
+    /// Its session effects, one list per statement in order.
+    pub(super) effects: Vec<Vec<SessionEffect>>,
     /// What the origin said of it.
     pub(super) outcome: Outcome,
 }
@@ -93,21 +94,28 @@ impl InFlight {
             started,
             failed: false,
             recording: None,
-            statements: 0,
             effects: Vec::new(),
+            completed: 0,
         }
     }
 
-    /// Adds statements this request runs, with their effects.
-    pub(super) fn runs(&mut self, statements: usize, effects: &[SessionEffect]) {
-        self.statements += statements;
+    /// Whether this request may change the setting `name`.
+    pub(super) fn may_change_setting(&self, name: &str) -> bool {
+        self.effects
+            .iter()
+            .flatten()
+            .any(|effect| effect.may_change_setting(name))
+    }
+
+    /// Adds the statements this request runs, by their effects.
+    pub(super) fn runs(&mut self, effects: &[Vec<SessionEffect>]) {
         self.effects.extend(effects.iter().cloned());
     }
 
     /// Takes in the messages of this request sent before its Sync.
     pub(super) fn absorb(&mut self, unsynced: Unsynced) {
-        self.statements += unsynced.statements;
         self.failed |= unsynced.failed;
+        self.completed += unsynced.completed;
         let mut effects = unsynced.effects;
         effects.append(&mut self.effects);
         self.effects = effects;
@@ -308,6 +316,15 @@ impl Session {
         }
     }
 
+    /// A statement of the request at the front (or of messages sent before a Sync not
+    /// sent yet) completed.
+    pub(super) fn note_completed(&mut self) {
+        match self.requests.front_mut() {
+            Some(request) => request.completed += 1,
+            None => self.unsynced.completed += 1,
+        }
+    }
+
     /// ReadyForQuery ended the request at the front: store its result if it is whole and
     /// was produced outside a transaction, and count it.
     pub(super) fn finish_request(&mut self, ready: TransactionStatus) -> Finished {
@@ -316,7 +333,7 @@ impl Session {
                 effects: Vec::new(),
                 outcome: Outcome {
                     failed: false,
-                    statements: 0,
+                    completed: 0,
                     in_transaction: ready != TransactionStatus::Idle,
                 },
             };
@@ -363,7 +380,7 @@ impl Session {
             effects: request.effects,
             outcome: Outcome {
                 failed: request.failed,
-                statements: request.statements,
+                completed: request.completed,
                 in_transaction: ready != TransactionStatus::Idle,
             },
         }

@@ -18,6 +18,7 @@ use super::error::{ClientError, sqlstate};
 use super::relay::{Expect, OnError};
 use super::{Session, SessionError};
 use crate::analyze::{Analysis, Dialect, SessionEffect};
+use crate::cache::key::result_settings;
 use crate::cache::policy::{Decision, decide};
 use crate::cache::{CacheStatus, Described, Entry, Request};
 use crate::pool::statements::{origin_statement_name, statement_identity};
@@ -30,7 +31,7 @@ use crate::wire::pg::frontend::{Bind, Close, Describe, FrontendMessage, Parse, T
 pub(super) struct ClientStatement {
     /// The name on origin connections.
     pub(super) origin_name: Bytes,
-    /// Identity (text, parameter types, search_path), for the unnamed statement.
+    /// Identity (text, parameter types, settings), for the unnamed statement.
     pub(super) identity: [u8; 32],
     /// The SQL text.
     pub(super) sql: Bytes,
@@ -58,10 +59,10 @@ pub(super) struct Unsynced {
     pub(super) query_bytes: usize,
     /// The status of what they executed, when they executed something.
     pub(super) status: Option<CacheStatus>,
-    /// Statements executed.
-    pub(super) statements: usize,
-    /// Session effects of what they executed, in order.
-    pub(super) effects: Vec<SessionEffect>,
+    /// Session effects of what they executed, one list per Execute, in order.
+    pub(super) effects: Vec<Vec<SessionEffect>>,
+    /// Executes that completed.
+    pub(super) completed: usize,
     /// Whether the origin (or warpdrive) reported an error for them.
     pub(super) failed: bool,
 }
@@ -261,20 +262,20 @@ impl Session {
             FrontendMessage::Describe(describe) => self.translate_describe(describe),
             FrontendMessage::Execute(execute) => {
                 let analysis = self.portals.get(&execute.portal).cloned();
+                let mut effects = Vec::new();
                 if let Some(analysis) = &analysis {
-                    if let Some(tag) = self.deallocate_locally(&analysis.effects) {
+                    if let Some(tag) = self.deallocate_locally(analysis.sole_effect()) {
                         let mut reply = BytesMut::new();
                         encode::command_complete(&mut reply, tag.0);
                         self.relay
                             .push(Expect::Synthetic(reply.freeze(), OnError::Restore(tag.1)));
                         return true;
                     }
-                    self.let_go_of_databases(&analysis.effects);
-                    self.unsynced
-                        .effects
-                        .extend(analysis.effects.iter().cloned());
+                    self.let_go_of_databases(analysis);
+                    effects.extend(analysis.effects().cloned());
                 }
-                self.unsynced.statements += 1;
+                // One list per Execute sent, so that completions count statements.
+                self.unsynced.effects.push(effects);
                 self.send_to_origin(execute.frame.raw());
                 self.relay.push(Expect::Execute);
                 true
@@ -285,21 +286,21 @@ impl Session {
     }
 
     fn client_statement(&self, parse: &Parse) -> ClientStatement {
-        let search_path = self
-            .settings
-            .current()
-            .get("search_path")
-            .map_or(&[][..], |path| path.as_bytes());
-        let identity = statement_identity(&parse.sql, &parse.parameter_types, search_path);
+        let identity = statement_identity(
+            &parse.sql,
+            &parse.parameter_types,
+            result_settings(self.settings.current()),
+        );
         ClientStatement {
             origin_name: origin_statement_name(&identity),
             identity,
             sql: parse.sql.clone(),
             parameter_types: parse.parameter_types.clone(),
-            analysis: self
-                .ctx
-                .analyzer
-                .analyze_bytes(Dialect::Postgres, &parse.sql),
+            analysis: self.ctx.analyzer.analyze_bytes(
+                Dialect::Postgres,
+                &parse.sql,
+                self.string_literals(),
+            ),
         }
     }
 
@@ -520,13 +521,13 @@ impl Session {
     /// also removes its SQL-level PREPAREs; an unknown name is the origin's to refuse).
     pub(super) fn deallocate_locally(
         &mut self,
-        effects: &[SessionEffect],
+        effect: Option<&SessionEffect>,
     ) -> Option<(&'static str, Vec<(Bytes, ClientStatement)>)> {
-        match effects {
-            [SessionEffect::Deallocate { name: None }] if self.pinned.is_none() => {
+        match effect? {
+            SessionEffect::Deallocate { name: None } if self.pinned.is_none() => {
                 Some(("DEALLOCATE ALL", self.statements.drain().collect()))
             }
-            [SessionEffect::Deallocate { name: Some(name) }] => {
+            SessionEffect::Deallocate { name: Some(name) } => {
                 let name = Bytes::copy_from_slice(name.as_bytes());
                 let statement = self.statements.remove(&name)?;
                 Some(("DEALLOCATE", vec![(name, statement)]))

@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::analyze::{Analysis, AnalysisMemo, Dialect, SessionEffect};
+use crate::analyze::{Analysis, AnalysisMemo, Dialect, SessionEffect, StringLiterals};
 use crate::auth::scram::ScramSecret;
 use crate::cache::{CacheStatus, Request, Store};
 use crate::cancel::{CancelHandle, CancelRegistry, CancelTarget};
@@ -46,7 +46,7 @@ use crate::wire::pg::{Frame, WireError, encode};
 use error::{ClientError, sqlstate};
 use extended::ClientStatement;
 use relay::{Delivery, Event, Expect, OnError, Relay};
-use settings::{SettingMap, Settings};
+use settings::{STANDARD_CONFORMING_STRINGS, SettingMap, Settings};
 
 /// Why a session ended early.
 #[derive(Debug, thiserror::Error)]
@@ -294,6 +294,7 @@ async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), SessionError
         pool: admitted.pool,
         database: admitted.database,
         settings: Settings::new(admitted.settings),
+        standard_conforming_strings: admitted.standard_conforming_strings,
         requests: std::collections::VecDeque::new(),
         statements: HashMap::new(),
         unnamed: None,
@@ -322,6 +323,8 @@ struct Session {
     /// The origin database the client asked for.
     database: String,
     settings: Settings,
+    /// `standard_conforming_strings` as the origin last reported it to this client.
+    standard_conforming_strings: bool,
     /// Requests at the origin, one per ReadyForQuery owed, for metrics and recording.
     requests: std::collections::VecDeque<caching::InFlight>,
     /// Named statements by client name.
@@ -363,10 +366,10 @@ enum Wake {
 }
 
 /// Whether a statement may be answered by warpdrive itself (see `answer_locally`).
-fn is_answered_locally(effects: &[SessionEffect]) -> bool {
+fn is_answered_locally(effect: Option<&SessionEffect>) -> bool {
     matches!(
-        effects,
-        [SessionEffect::DiscardAll | SessionEffect::Deallocate { .. }]
+        effect,
+        Some(SessionEffect::DiscardAll | SessionEffect::Deallocate { .. })
     )
 }
 
@@ -611,12 +614,15 @@ impl Session {
         if !self.batch.is_empty() {
             self.send_batch(false).await?;
         }
-        let analysis = self.ctx.analyzer.analyze_bytes(Dialect::Postgres, sql);
-        if is_answered_locally(&analysis.effects) {
+        let analysis =
+            self.ctx
+                .analyzer
+                .analyze_bytes(Dialect::Postgres, sql, self.string_literals());
+        if is_answered_locally(analysis.sole_effect()) {
             // Answered in turn: the replies to requests still in flight come first, and
             // they say whether a transaction is open or failed.
             self.settle_in_flight().await?;
-            if self.answer_locally(&analysis.effects) {
+            if self.answer_locally(analysis.sole_effect()) {
                 self.ctx.metrics.record(
                     CacheStatus::NotAQuery,
                     frame.len(),
@@ -645,7 +651,7 @@ impl Session {
             return self.answer_error(error).await;
         }
         self.send_pending_closes();
-        self.let_go_of_databases(&analysis.effects);
+        self.let_go_of_databases(&analysis);
         self.send_to_origin(frame.raw());
         if let Some(checkout) = self.checkout.as_mut() {
             // A simple query destroys the unnamed statement.
@@ -653,17 +659,46 @@ impl Session {
         }
         self.relay.push(Expect::UntilReady);
         in_flight.absorb(std::mem::take(&mut self.unsynced));
-        in_flight.runs(analysis.statements, &analysis.effects);
+        in_flight.runs(&analysis.statement_effects);
         self.requests.push_back(in_flight);
         self.flush_origin().await?;
         self.arm_deadline();
         Ok(())
     }
 
+    /// How the origin will read string literals in the next text this client sends: as
+    /// it last reported, unless a request in flight may change that.
+    fn string_literals(&self) -> StringLiterals {
+        let pending = self
+            .requests
+            .iter()
+            .any(|request| request.may_change_setting(STANDARD_CONFORMING_STRINGS))
+            || self
+                .unsynced
+                .effects
+                .iter()
+                .flatten()
+                .any(|effect| effect.may_change_setting(STANDARD_CONFORMING_STRINGS));
+        match (pending, self.standard_conforming_strings) {
+            (true, _) => StringLiterals::Unknown,
+            (false, true) => StringLiterals::Standard,
+            (false, false) => StringLiterals::BackslashEscapes,
+        }
+    }
+
+    /// Follows the origin's reports of `standard_conforming_strings`.
+    fn note_parameter_status(&mut self, frame: &Frame) {
+        if let Ok(BackendMessage::ParameterStatus { name, value }) = BackendMessage::decode(frame)
+            && &name[..] == STANDARD_CONFORMING_STRINGS.as_bytes()
+        {
+            self.standard_conforming_strings = &value[..] == b"on";
+        }
+    }
+
     /// DROP DATABASE and its kin fail while any session is connected to the database:
     /// warpdrive's own idle connections to it close first.
-    fn let_go_of_databases(&self, effects: &[SessionEffect]) {
-        for effect in effects {
+    fn let_go_of_databases(&self, analysis: &Analysis) {
+        for effect in analysis.effects() {
             if let SessionEffect::NeedsDatabaseUnused { database } = effect {
                 self.ctx.pools.close_idle(database);
             }
@@ -694,12 +729,12 @@ impl Session {
     /// answered here, without touching the shared origin connection. True if answered.
     /// In a failed transaction they go to the origin, which refuses them as PostgreSQL
     /// does.
-    fn answer_locally(&mut self, effects: &[SessionEffect]) -> bool {
+    fn answer_locally(&mut self, effect: Option<&SessionEffect>) -> bool {
         if self.status == TransactionStatus::Failed {
             return false;
         }
-        let tag = match effects {
-            [SessionEffect::DiscardAll]
+        let tag = match effect {
+            Some(SessionEffect::DiscardAll)
                 if self.pinned.is_none() && self.status == TransactionStatus::Idle =>
             {
                 self.settings.discard_all();
@@ -707,7 +742,7 @@ impl Session {
                 self.unnamed = None;
                 "DISCARD ALL"
             }
-            _ => match self.deallocate_locally(effects) {
+            _ => match self.deallocate_locally(effect) {
                 Some((tag, _)) => tag,
                 None => return false,
             },
@@ -741,6 +776,9 @@ impl Session {
             if self.relay.on_origin(&frame, &mut events) == Delivery::Forward {
                 self.client.out.extend_from_slice(frame.raw());
                 self.note_result(&frame);
+            }
+            if frame.tag() == backend_tag::PARAMETER_STATUS {
+                self.note_parameter_status(&frame);
             }
             // The events of this reply first: a synthetic reply drained next belongs to
             // the request after it.
@@ -804,6 +842,7 @@ impl Session {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Failed => self.note_failure(),
+            Event::Completed => self.note_completed(),
             Event::Undo { undo, skipped } => self.undo(undo, skipped),
             Event::Stale { origin_name } => {
                 if let Some(checkout) = self.checkout.as_mut() {
@@ -885,7 +924,7 @@ impl Session {
         };
         let failed = finished.outcome.failed;
         let mut pins: Vec<&str> = Vec::new();
-        for effect in &finished.effects {
+        for effect in finished.effects.iter().flatten() {
             match effect {
                 // Whatever the outcome: a failed request may still have taken a session
                 // lock before its error, and the lock outlives the transaction.

@@ -112,6 +112,9 @@ pub enum Event {
     },
     /// The origin reported an error.
     Failed,
+    /// A statement of the client's completed (CommandComplete, EmptyQueryResponse, or
+    /// PortalSuspended for an Execute with a row limit).
+    Completed,
 }
 
 /// Whether the client gets an origin message.
@@ -298,6 +301,7 @@ impl Relay {
                     }
                     tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
                         self.queue.pop_front();
+                        events.push(Event::Completed);
                     }
                     tag::COPY_IN_RESPONSE => self.start_copy_in(),
                     _ => {}
@@ -305,6 +309,7 @@ impl Relay {
                 Delivery::Forward
             }
             Expect::Sync | Expect::UntilReady => {
+                let until_ready = matches!(front, Expect::UntilReady);
                 match message_tag {
                     tag::READY_FOR_QUERY => {
                         self.queue.pop_front();
@@ -315,6 +320,9 @@ impl Relay {
                         }
                     }
                     tag::ERROR_RESPONSE => events.push(Event::Failed),
+                    tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE if until_ready => {
+                        events.push(Event::Completed);
+                    }
                     tag::COPY_IN_RESPONSE => self.start_copy_in(),
                     _ => {}
                 }
@@ -394,7 +402,10 @@ mod tests {
         });
         let (client, events) = run(&mut relay, origin);
         assert_eq!(tags(&client), "12CZ");
-        assert_eq!(events, vec![Event::Ready(TransactionStatus::Idle)]);
+        assert_eq!(
+            events,
+            vec![Event::Completed, Event::Ready(TransactionStatus::Idle)]
+        );
         assert!(relay.is_idle());
     }
 
@@ -418,6 +429,28 @@ mod tests {
             encode::ready_for_query(b, TransactionStatus::Idle);
         });
         assert_eq!(tags(&run(&mut relay, origin).0), "2Z");
+    }
+
+    #[test]
+    fn completed_statements_are_counted_up_to_an_error() {
+        let mut relay = Relay::default();
+        relay.push(Expect::UntilReady);
+        let origin = frames(|b| {
+            encode::command_complete(b, "SET");
+            encode::command_complete(b, "BEGIN");
+            encode::error_response(b, "ERROR", "22012", "division by zero", None);
+            encode::ready_for_query(b, TransactionStatus::Failed);
+        });
+        let (_, events) = run(&mut relay, origin);
+        assert_eq!(
+            events,
+            vec![
+                Event::Completed,
+                Event::Completed,
+                Event::Failed,
+                Event::Ready(TransactionStatus::Failed)
+            ]
+        );
     }
 
     #[test]

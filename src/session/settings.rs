@@ -12,15 +12,25 @@ use std::collections::BTreeMap;
 
 use crate::analyze::SessionEffect;
 
-/// Quotes text as a SQL string literal (standard_conforming_strings on).
+/// Quotes text as a SQL string literal that reads the same whatever the connection's
+/// `standard_conforming_strings`: an escape string (`E'…'`) when it holds a backslash.
 pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+    let quoted = text.replace('\'', "''");
+    if quoted.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
 }
 
 /// Quotes a name as a SQL identifier.
 pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
+
+/// The setting that decides how PostgreSQL reads backslashes in string literals; the
+/// origin reports its value (ParameterStatus) whenever it changes.
+pub const STANDARD_CONFORMING_STRINGS: &str = "standard_conforming_strings";
 
 /// Settings as name (lower case) → the statement that applies the value.
 pub type SettingMap = BTreeMap<String, String>;
@@ -113,15 +123,16 @@ const KEPT_BY_RESET_ALL: [&str; 2] = ["role", "session_authorization"];
 pub struct Outcome {
     /// Whether an error ended it.
     pub failed: bool,
-    /// Number of statements it ran (or tried).
-    pub statements: usize,
+    /// Number of its statements that completed (CommandComplete, or an empty query's
+    /// reply) before the end or the error: the error, if any, was in the next one.
+    pub completed: usize,
     /// Whether the origin reported a transaction block open after it.
     pub in_transaction: bool,
 }
 
-/// warpdrive cannot tell which settings a request left on the connection (a failure
-/// part-way through several statements that change settings or control transactions, an
-/// unknown savepoint): only the connection itself knows, so the client must keep it.
+/// warpdrive cannot tell which settings a request left on the connection (a transaction
+/// control statement that PostgreSQL would have refused succeeded, an unknown
+/// savepoint): only the connection itself knows, so the client must keep it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("settings changed in a way warpdrive cannot follow across connections")]
 pub struct Untracked;
@@ -133,7 +144,7 @@ struct Snapshot {
     connection: SettingMap,
 }
 
-/// An open transaction block, as far as settings are concerned.
+/// A transaction block, as far as settings are concerned.
 #[derive(Clone, Debug)]
 struct Transaction {
     /// The settings when it began: a rollback returns to them.
@@ -142,6 +153,11 @@ struct Transaction {
     savepoints: Vec<(String, Snapshot)>,
     /// An error aborted it: COMMIT now rolls back.
     aborted: bool,
+    /// The implicit block PostgreSQL opens for one request (a query string, or the
+    /// messages up to Sync) outside a transaction: it commits at the request's end, and
+    /// a BEGIN inside the request turns it into an explicit block that keeps what ran
+    /// before the BEGIN.
+    implicit: bool,
 }
 
 /// A client's settings.
@@ -173,27 +189,38 @@ impl Settings {
         sync_sql(&self.current, on_connection)
     }
 
-    /// Follows one request's effects, in statement order, given what the origin said of
-    /// it. `connection` is the serving connection's settings, which change alike. As in
-    /// PostgreSQL, changes inside a transaction are undone when it (or the savepoint they
-    /// follow) rolls back, and a failed statement changes nothing.
+    /// Follows one request's effects (one list per statement, in order), given what the
+    /// origin said of it. `connection` is the serving connection's settings, which change
+    /// alike. As in PostgreSQL, the request runs in an implicit transaction block unless
+    /// one is open: a ROLLBACK in it undoes what the request did before, a BEGIN turns it
+    /// into a transaction that keeps what ran before the BEGIN, and an error undoes the
+    /// block (or aborts the transaction, whose end then undoes it).
     pub fn settle(
         &mut self,
-        effects: &[SessionEffect],
+        statements: &[Vec<SessionEffect>],
         outcome: Outcome,
         connection: &mut SettingMap,
     ) -> Result<(), Untracked> {
-        if !outcome.failed {
-            for effect in effects {
-                self.follow(effect, connection)?;
+        let touches = statements.iter().flatten().any(|effect| {
+            effect.changes_settings() || matches!(effect, SessionEffect::Transaction(_))
+        });
+        if touches {
+            if self.transaction.is_none() {
+                self.open(true, connection);
             }
-        } else if outcome.statements > 1
-            && effects.iter().any(|effect| {
-                effect.changes_settings() || matches!(effect, SessionEffect::Transaction(_))
-            })
-        {
-            // Which of the statements ran before the error is not known here.
-            return Err(Untracked);
+            let followed = statements
+                .iter()
+                .take(outcome.completed)
+                .flatten()
+                .try_for_each(|effect| self.follow(effect, connection));
+            if outcome.failed {
+                self.abort(connection);
+            }
+            if self.transaction.as_ref().is_some_and(|t| t.implicit) {
+                // The request ended: its implicit block commits.
+                self.transaction = None;
+            }
+            followed?;
         }
         self.reconcile(outcome, connection)
     }
@@ -223,11 +250,10 @@ impl Settings {
                 if unchanged { Ok(()) } else { Err(Untracked) }
             }
             (None, true) => {
-                self.transaction = Some(Transaction {
-                    base: self.snapshot(connection),
-                    savepoints: Vec::new(),
-                    aborted: outcome.failed,
-                });
+                self.open(false, connection);
+                if let Some(transaction) = self.transaction.as_mut() {
+                    transaction.aborted = outcome.failed;
+                }
                 Ok(())
             }
         }
@@ -251,14 +277,32 @@ impl Settings {
         }
     }
 
-    fn begin(&mut self, connection: &SettingMap) {
-        if self.transaction.is_none() {
-            self.transaction = Some(Transaction {
-                base: self.snapshot(connection),
-                savepoints: Vec::new(),
-                aborted: false,
-            });
+    fn open(&mut self, implicit: bool, connection: &SettingMap) {
+        self.transaction = Some(Transaction {
+            base: self.snapshot(connection),
+            savepoints: Vec::new(),
+            aborted: false,
+            implicit,
+        });
+    }
+
+    /// An error: an implicit block rolls back at once; an explicit one is aborted and
+    /// rolls back when it ends.
+    fn abort(&mut self, connection: &mut SettingMap) {
+        match self.transaction.as_mut() {
+            Some(transaction) if transaction.implicit => self.roll_back(connection),
+            Some(transaction) => transaction.aborted = true,
+            None => {}
         }
+    }
+
+    /// The explicit transaction, or `Untracked` where PostgreSQL would have refused a
+    /// statement that needs one (which therefore did not succeed as warpdrive believes).
+    fn explicit(&mut self) -> Result<&mut Transaction, Untracked> {
+        self.transaction
+            .as_mut()
+            .filter(|transaction| !transaction.implicit)
+            .ok_or(Untracked)
     }
 
     fn follow(
@@ -269,29 +313,36 @@ impl Settings {
         use crate::analyze::TransactionControl as Control;
         match effect {
             SessionEffect::Transaction(control) => match control {
-                Control::Begin => self.begin(connection),
+                Control::Begin => match self.transaction.as_mut() {
+                    Some(transaction) => transaction.implicit = false,
+                    None => self.open(false, connection),
+                },
                 Control::Commit | Control::CommitAndChain => {
-                    if self.transaction.as_ref().is_some_and(|t| t.aborted) {
+                    let chain = matches!(control, Control::CommitAndChain);
+                    let transaction = self.transaction.as_ref().ok_or(Untracked)?;
+                    if chain && transaction.implicit {
+                        return Err(Untracked);
+                    }
+                    if transaction.aborted {
                         self.roll_back(connection);
                     }
-                    self.transaction = None;
-                    if matches!(control, Control::CommitAndChain) {
-                        self.begin(connection);
-                    }
+                    // What follows in the same request runs in a new block.
+                    self.open(!chain, connection);
                 }
                 Control::Rollback | Control::RollbackAndChain => {
-                    self.roll_back(connection);
-                    if matches!(control, Control::RollbackAndChain) {
-                        self.begin(connection);
+                    let chain = matches!(control, Control::RollbackAndChain);
+                    if chain && self.transaction.as_ref().is_none_or(|t| t.implicit) {
+                        return Err(Untracked);
                     }
+                    self.roll_back(connection);
+                    self.open(!chain, connection);
                 }
                 Control::Savepoint(name) => {
                     let snapshot = self.snapshot(connection);
-                    let transaction = self.transaction.as_mut().ok_or(Untracked)?;
-                    transaction.savepoints.push((name.clone(), snapshot));
+                    self.explicit()?.savepoints.push((name.clone(), snapshot));
                 }
                 Control::RollbackTo(name) | Control::Release(name) => {
-                    let transaction = self.transaction.as_mut().ok_or(Untracked)?;
+                    let transaction = self.explicit()?;
                     let at = transaction
                         .savepoints
                         .iter()
@@ -393,7 +444,7 @@ mod tests {
 
     const OK: Outcome = Outcome {
         failed: false,
-        statements: 1,
+        completed: 1,
         in_transaction: false,
     };
     const OK_IN_TRANSACTION: Outcome = Outcome {
@@ -409,7 +460,7 @@ mod tests {
     ) {
         for (effect, outcome) in requests {
             settings
-                .settle(std::slice::from_ref(effect), *outcome, connection)
+                .settle(&[vec![effect.clone()]], *outcome, connection)
                 .expect("tracked");
         }
     }
@@ -442,23 +493,141 @@ mod tests {
         assert_eq!(connection, expected);
     }
 
+    /// Settles one request of several statements, each with the effects given.
+    fn request(
+        settings: &mut Settings,
+        connection: &mut SettingMap,
+        statements: &[&[SessionEffect]],
+        outcome: Outcome,
+    ) -> Result<(), Untracked> {
+        let statements: Vec<Vec<SessionEffect>> = statements.iter().map(|s| s.to_vec()).collect();
+        settings.settle(&statements, outcome, connection)
+    }
+
+    fn path(value: &str) -> SettingMap {
+        map(&[("search_path", &set_statement("search_path", value))])
+    }
+
     #[test]
-    fn one_query_string_with_begin_set_rollback_changes_nothing() {
+    fn a_rollback_in_one_request_undoes_what_came_before_it() {
+        // `SET search_path = s2; BEGIN; SET search_path = public; ROLLBACK`: BEGIN absorbs
+        // the implicit block, so the ROLLBACK undoes the first SET too.
         let mut settings = Settings::new(SettingMap::new());
         let mut connection = SettingMap::new();
-        let effects = [
-            control(T::Begin),
-            set("timezone", "'UTC'"),
-            control(T::Rollback),
-        ];
-        let outcome = Outcome {
-            statements: 3,
-            ..OK
-        };
-        settings
-            .settle(&effects, outcome, &mut connection)
-            .expect("tracked");
+        let all = Outcome { completed: 4, ..OK };
+        request(
+            &mut settings,
+            &mut connection,
+            &[
+                &[set("search_path", "s2")],
+                &[control(T::Begin)],
+                &[set("search_path", "public")],
+                &[control(T::Rollback)],
+            ],
+            all,
+        )
+        .expect("tracked");
         assert!(settings.current().is_empty() && connection.is_empty());
+        // Without BEGIN too: a ROLLBACK in the implicit block rolls it back.
+        request(
+            &mut settings,
+            &mut connection,
+            &[&[set("search_path", "s2")], &[control(T::Rollback)]],
+            all,
+        )
+        .expect("tracked");
+        assert!(settings.current().is_empty());
+        // A COMMIT keeps what came before; what follows runs in a new block.
+        request(
+            &mut settings,
+            &mut connection,
+            &[
+                &[set("search_path", "a")],
+                &[control(T::Commit)],
+                &[set("search_path", "b")],
+                &[control(T::Rollback)],
+            ],
+            all,
+        )
+        .expect("tracked");
+        assert_eq!(settings.current(), &path("a"));
+        assert_eq!(connection, path("a"));
+    }
+
+    #[test]
+    fn an_error_undoes_the_block_it_happened_in() {
+        let mut settings = Settings::new(SettingMap::new());
+        let mut connection = SettingMap::new();
+        // `SET a; SELECT 1/0`: the implicit block rolls back, the SET with it.
+        let failed_second = Outcome {
+            failed: true,
+            completed: 1,
+            in_transaction: false,
+        };
+        request(
+            &mut settings,
+            &mut connection,
+            &[&[set("search_path", "a")], &[]],
+            failed_second,
+        )
+        .expect("tracked");
+        assert!(settings.current().is_empty() && connection.is_empty());
+        // `SET a; COMMIT; SET b; SELECT 1/0`: only the block after the COMMIT is undone.
+        request(
+            &mut settings,
+            &mut connection,
+            &[
+                &[set("search_path", "a")],
+                &[control(T::Commit)],
+                &[set("search_path", "b")],
+                &[],
+            ],
+            Outcome {
+                completed: 3,
+                ..failed_second
+            },
+        )
+        .expect("tracked");
+        assert_eq!(settings.current(), &path("a"));
+        // `SET b; BEGIN; SET c; SELECT 1/0; COMMIT`: the transaction is aborted; its end
+        // rolls back to before `SET b`, whatever ends it.
+        request(
+            &mut settings,
+            &mut connection,
+            &[
+                &[set("search_path", "b")],
+                &[control(T::Begin)],
+                &[set("search_path", "c")],
+                &[],
+                &[control(T::Commit)],
+            ],
+            Outcome {
+                failed: true,
+                completed: 3,
+                in_transaction: true,
+            },
+        )
+        .expect("tracked");
+        assert_eq!(settings.current(), &path("c"));
+        run(&mut settings, &mut connection, &[(control(T::Commit), OK)]);
+        assert_eq!(settings.current(), &path("a"));
+        assert_eq!(connection, path("a"));
+    }
+
+    #[test]
+    fn statements_postgres_refuses_outside_a_transaction_are_untracked() {
+        let mut settings = Settings::new(SettingMap::new());
+        let mut connection = SettingMap::new();
+        for refused in [
+            control(T::Savepoint("s".into())),
+            control(T::Release("s".into())),
+            control(T::RollbackAndChain),
+        ] {
+            assert_eq!(
+                request(&mut settings, &mut connection, &[&[refused]], OK),
+                Err(Untracked)
+            );
+        }
     }
 
     #[test]
@@ -495,7 +664,7 @@ mod tests {
         );
         assert_eq!(
             settings.settle(
-                &[control(T::Release("nope".into()))],
+                &[vec![control(T::Release("nope".into()))]],
                 OK_IN_TRANSACTION,
                 &mut connection
             ),
@@ -522,28 +691,6 @@ mod tests {
             ],
         );
         assert!(settings.current().is_empty() && connection.is_empty());
-    }
-
-    #[test]
-    fn a_failure_among_several_statements_that_change_settings_is_untracked() {
-        let mut settings = Settings::new(SettingMap::new());
-        let mut connection = SettingMap::new();
-        let outcome = Outcome {
-            failed: true,
-            statements: 3,
-            in_transaction: true,
-        };
-        let effects = [control(T::Begin), set("search_path", "a")];
-        assert_eq!(
-            settings.settle(&effects, outcome, &mut connection),
-            Err(Untracked)
-        );
-        // Without setting changes only the transaction's state matters.
-        let mut settings = Settings::new(SettingMap::new());
-        let effects = [SessionEffect::Pin {
-            feature: "x".into(),
-        }];
-        assert_eq!(settings.settle(&effects, outcome, &mut connection), Ok(()));
     }
 
     #[test]
@@ -633,6 +780,7 @@ mod tests {
     #[test]
     fn quoting() {
         assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(r"a\'b"), r"E'a\\''b'");
         assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
     }
 }

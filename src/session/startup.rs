@@ -8,7 +8,9 @@ use bytes::{Bytes, BytesMut};
 use rand::RngExt;
 
 use super::error::{ClientError, sqlstate};
-use super::settings::{SettingMap, parse_options, set_config_statement};
+use super::settings::{
+    STANDARD_CONFORMING_STRINGS, SettingMap, parse_options, set_config_statement,
+};
 use super::{SessionContext, SessionError};
 use crate::auth::md5::verify_md5;
 use crate::auth::scram::{MECHANISM, ServerExchange};
@@ -30,6 +32,8 @@ pub struct Admitted {
     pub database: String,
     /// Its startup settings.
     pub settings: SettingMap,
+    /// Whether the origin reported `standard_conforming_strings` on for it.
+    pub standard_conforming_strings: bool,
     /// The pool serving that database.
     pub pool: Pool,
 }
@@ -199,6 +203,10 @@ pub async fn admit(
             return refuse(&mut client, error).await;
         }
     };
+    let standard_conforming_strings = reported
+        .iter()
+        .find(|(name, _)| &name[..] == STANDARD_CONFORMING_STRINGS.as_bytes())
+        .is_none_or(|(_, value)| &value[..] == b"on");
     for (name, value) in reported {
         encode::parameter_status_bytes(&mut client.out, &name, &value);
     }
@@ -207,6 +215,7 @@ pub async fn admit(
         user,
         database,
         settings,
+        standard_conforming_strings,
         pool,
     }))
 }
