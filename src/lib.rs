@@ -18,6 +18,7 @@
 //! | [`pool`] | origin connections: connect, authenticate, pool per database, reset on return | sessions, SQL |
 //! | [`session`] | one client: startup, authentication, statements, settings, relaying replies | pool internals, byte layouts of the origin |
 //! | [`cancel`] | routing CancelRequests to the origin backend serving a client | SQL |
+//! | [`catalog`] | reading the origin's catalog (functions, triggers, …) for the analyzer, per database | sessions, caches |
 //! | [`server`] | listeners, accept loop, drain on shutdown | message formats |
 //!
 //! The analyzer and the wire layer are pure: no sockets, no clocks, no global state.
@@ -28,6 +29,7 @@ pub mod analyze;
 pub mod auth;
 pub mod cache;
 pub mod cancel;
+pub mod catalog;
 pub mod check;
 pub mod clock;
 pub mod config;

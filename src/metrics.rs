@@ -103,6 +103,12 @@ pub struct DeploymentMetrics {
     pub coalesced_waits: AtomicU64,
     /// Clients pinned to their origin connection.
     pub pinned_sessions: AtomicU64,
+    /// Cacheable queries of pinned clients, forwarded without looking at the cache.
+    pub pinned_bypasses: AtomicU64,
+    /// Reads of the origin's catalog.
+    pub catalog_reads: AtomicU64,
+    /// Reads of the origin's catalog that failed.
+    pub catalog_read_failures: AtomicU64,
     /// Queries that completed.
     pub completed: AtomicU64,
     /// Queries that ended in an error.
@@ -125,6 +131,9 @@ impl DeploymentMetrics {
             revalidations_failed: AtomicU64::new(0),
             coalesced_waits: AtomicU64::new(0),
             pinned_sessions: AtomicU64::new(0),
+            pinned_bypasses: AtomicU64::new(0),
+            catalog_reads: AtomicU64::new(0),
+            catalog_read_failures: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             pool: Arc::new(PoolMetrics::default()),
@@ -199,6 +208,9 @@ impl DeploymentMetrics {
             entries: store.entries,
             bytes: store.bytes,
             pinned_sessions: load(&self.pinned_sessions),
+            pinned_bypasses: load(&self.pinned_bypasses),
+            catalog_reads: load(&self.catalog_reads),
+            catalog_read_failures: load(&self.catalog_read_failures),
             completed: load(&self.completed),
             errors: load(&self.errors),
             origin_connections: load(&self.pool.open),
@@ -239,6 +251,18 @@ impl DeploymentMetrics {
             (
                 "warpdrive_pinned_sessions_total",
                 self.pinned_sessions.load(Ordering::Relaxed),
+            ),
+            (
+                "warpdrive_cache_pinned_bypasses_total",
+                self.pinned_bypasses.load(Ordering::Relaxed),
+            ),
+            (
+                "warpdrive_catalog_reads_total",
+                self.catalog_reads.load(Ordering::Relaxed),
+            ),
+            (
+                "warpdrive_catalog_read_failures_total",
+                self.catalog_read_failures.load(Ordering::Relaxed),
             ),
             (
                 "warpdrive_origin_connections",
@@ -323,6 +347,15 @@ pub struct DeploymentSnapshot {
     pub bytes: u64,
     /// Pinned sessions.
     pub pinned_sessions: u64,
+    /// Cacheable queries of pinned clients, forwarded without the cache.
+    #[serde(default)]
+    pub pinned_bypasses: u64,
+    /// Catalog reads.
+    #[serde(default)]
+    pub catalog_reads: u64,
+    /// Failed catalog reads.
+    #[serde(default)]
+    pub catalog_read_failures: u64,
     /// Completed queries.
     pub completed: u64,
     /// Failed queries.
@@ -368,8 +401,13 @@ pub fn stats_table(snapshots: &[DeploymentSnapshot]) -> String {
         );
         let _ = writeln!(
             out,
-            "  queries: {} completed, {} errors; {} pinned sessions",
-            snapshot.completed, snapshot.errors, snapshot.pinned_sessions
+            "  queries: {} completed, {} errors; {} pinned sessions, whose {} cacheable queries bypassed the cache",
+            snapshot.completed, snapshot.errors, snapshot.pinned_sessions, snapshot.pinned_bypasses
+        );
+        let _ = writeln!(
+            out,
+            "  catalog: {} reads, {} failed",
+            snapshot.catalog_reads, snapshot.catalog_read_failures
         );
         let _ = writeln!(
             out,
@@ -422,6 +460,12 @@ const HELP: &str = "\
 # TYPE warpdrive_cache_bytes gauge
 # HELP warpdrive_pinned_sessions_total Clients pinned to their origin connection.
 # TYPE warpdrive_pinned_sessions_total counter
+# HELP warpdrive_cache_pinned_bypasses_total Cacheable queries of pinned clients, forwarded without the cache.
+# TYPE warpdrive_cache_pinned_bypasses_total counter
+# HELP warpdrive_catalog_reads_total Reads of the origin's catalog (functions, triggers) to judge code statements run.
+# TYPE warpdrive_catalog_reads_total counter
+# HELP warpdrive_catalog_read_failures_total Reads of the origin's catalog that failed.
+# TYPE warpdrive_catalog_read_failures_total counter
 # HELP warpdrive_origin_connections Origin connections open now.
 # TYPE warpdrive_origin_connections gauge
 # HELP warpdrive_origin_connections_opened_total Origin connections opened.

@@ -107,15 +107,47 @@ impl SessionEffect {
     }
 }
 
-/// Session-level advisory lock functions (the `_xact_` variants end with the
-/// transaction and need nothing).
-const SESSION_LOCK_FUNCTIONS: [&str; 5] = [
-    "pg_advisory_lock",
-    "pg_advisory_lock_shared",
-    "pg_try_advisory_lock",
-    "pg_try_advisory_lock_shared",
-    "get_lock",
+/// Built-in functions whose effect outlives the statement on the connection that ran it,
+/// with what that effect is. Session-level advisory locks (the `_xact_` variants end with
+/// the transaction and need nothing); set_config(), which changes settings warpdrive
+/// cannot track (and row-level security policies may read them); setseed(), which seeds
+/// the connection's random(); backups and replication origins tied to the session.
+pub(crate) const SESSION_STATE_FUNCTIONS: [(&str, &str); 10] = [
+    ("pg_advisory_lock", ADVISORY_LOCKS),
+    ("pg_advisory_lock_shared", ADVISORY_LOCKS),
+    ("pg_try_advisory_lock", ADVISORY_LOCKS),
+    ("pg_try_advisory_lock_shared", ADVISORY_LOCKS),
+    ("get_lock", ADVISORY_LOCKS),
+    ("set_config", "set_config()"),
+    ("setseed", "setseed()"),
+    ("pg_backup_start", "a backup started with pg_backup_start()"),
+    ("pg_start_backup", "a backup started with pg_start_backup()"),
+    (
+        "pg_replication_origin_session_setup",
+        "a replication origin set up for the session",
+    ),
 ];
+
+const ADVISORY_LOCKS: &str = "session-level advisory locks";
+
+/// What calling a built-in function leaves on the connection, if anything.
+pub(crate) fn session_state_feature(function: &str) -> Option<&'static str> {
+    SESSION_STATE_FUNCTIONS
+        .iter()
+        .find(|(name, _)| *name == function)
+        .map(|(_, feature)| *feature)
+}
+
+/// The pins for calls of these functions, one per feature.
+fn session_state_pins<'a>(functions: impl IntoIterator<Item = &'a str>) -> Vec<SessionEffect> {
+    let mut features: Vec<&str> = functions
+        .into_iter()
+        .filter_map(session_state_feature)
+        .collect();
+    features.sort_unstable();
+    features.dedup();
+    features.into_iter().map(pin).collect()
+}
 
 /// State that stays on the origin connection, or that warpdrive cannot know.
 pub(crate) fn pin(feature: &str) -> SessionEffect {
@@ -146,6 +178,14 @@ fn setting_name(name: &ObjectName) -> String {
         })
         .collect::<Vec<_>>()
         .join(".")
+}
+
+/// Whether a name is in the session's own temporary schema (`pg_temp.x`).
+fn in_pg_temp(name: &ObjectName) -> bool {
+    name.0.len() > 1
+        && name.0[0]
+            .as_ident()
+            .is_some_and(|schema| schema.value.eq_ignore_ascii_case("pg_temp"))
 }
 
 /// A savepoint's name as PostgreSQL folds it: unquoted names are lower case.
@@ -291,11 +331,18 @@ pub(crate) fn effects(
         ))],
         Statement::Prepare { .. } => vec![pin("SQL-level PREPARE")],
         Statement::LISTEN { .. } => vec![pin("LISTEN")],
-        Statement::CreateTable(create) if create.temporary => vec![pin("temporary tables")],
-        Statement::CreateView(view) if view.temporary => vec![pin("temporary views")],
+        Statement::CreateTable(create) if create.temporary || in_pg_temp(&create.name) => {
+            vec![pin("temporary tables")]
+        }
+        Statement::CreateView(view) if view.temporary || in_pg_temp(&view.name) => {
+            vec![pin("temporary views")]
+        }
         Statement::CreateSequence {
-            temporary: true, ..
-        } => vec![pin("temporary sequences")],
+            temporary, name, ..
+        } if *temporary || in_pg_temp(name) => vec![pin("temporary sequences")],
+        Statement::CreateFunction(function) if in_pg_temp(&function.name) => {
+            vec![pin("temporary functions")]
+        }
         Statement::Declare { stmts } if stmts.iter().any(|d| d.hold == Some(true)) => {
             vec![pin("WITH HOLD cursors")]
         }
@@ -305,23 +352,14 @@ pub(crate) fn effects(
         },
         _ => Vec::new(),
     };
-    if SESSION_LOCK_FUNCTIONS
-        .iter()
-        .any(|f| functions.contains(*f))
-    {
-        found.push(pin("session-level advisory locks"));
-    }
-    // set_config() changes settings warpdrive cannot track (and row-level security
-    // policies may read them): the client keeps its connection, and no cache.
-    if functions.contains("set_config") {
-        found.push(pin("set_config()"));
-    }
+    found.extend(session_state_pins(functions.iter().map(String::as_str)));
     found
 }
 
 /// What statements sqlparser could not parse may do to the session, guessed from their
 /// words. warpdrive cannot replay what it could not read, so session statements,
-/// temporary objects, WITH HOLD cursors, session locks and set_config() pin the client.
+/// temporary objects, WITH HOLD cursors and the functions of [`SESSION_STATE_FUNCTIONS`]
+/// pin the client.
 pub(crate) fn unparsed_effects(leads: &[Lead], words: &[String]) -> Vec<SessionEffect> {
     let mut found = Vec::new();
     for lead in leads {
@@ -331,20 +369,13 @@ pub(crate) fn unparsed_effects(leads: &[Lead], words: &[String]) -> Vec<SessionE
                 "a session statement warpdrive could not parse"
             }
             ("CREATE", "TEMP" | "TEMPORARY" | "LOCAL" | "GLOBAL") => "temporary objects",
+            ("CREATE", _) if words.iter().any(|w| w == "pg_temp") => "temporary objects",
             ("DECLARE", _) if words.iter().any(|w| w == "hold") => "WITH HOLD cursors",
             _ => continue,
         };
         found.push(pin(feature));
     }
-    if words
-        .iter()
-        .any(|w| SESSION_LOCK_FUNCTIONS.contains(&w.as_str()))
-    {
-        found.push(pin("session-level advisory locks"));
-    }
-    if words.iter().any(|w| w == "set_config") {
-        found.push(pin("set_config()"));
-    }
+    found.extend(session_state_pins(words.iter().map(String::as_str)));
     found
 }
 
@@ -378,8 +409,8 @@ pub(crate) fn database_ddl_effects(words: &[String]) -> Vec<SessionEffect> {
 }
 
 /// What a text the analyzer did not read (too long, not UTF-8, not tokenizable) may do
-/// to the session, from a plain case-insensitive scan: naming a session lock or
-/// set_config(), or beginning like a session statement, a temporary object or a cursor,
+/// to the session, from a plain case-insensitive scan: naming a function of
+/// [`SESSION_STATE_FUNCTIONS`], or beginning like a session statement, a temporary object or a cursor,
 /// pins the client. A false alarm only costs pooling for that client; a miss would leave
 /// session state on a shared connection.
 pub(crate) fn unread_effects(text: &[u8]) -> Vec<SessionEffect> {
@@ -397,15 +428,12 @@ pub(crate) fn unread_effects(text: &[u8]) -> Vec<SessionEffect> {
     if session_statement || temporary {
         found.push(pin("a session statement warpdrive could not read"));
     }
-    if ["advisory_lock", "get_lock"]
-        .iter()
-        .any(|name| lowered.contains(name))
-    {
-        found.push(pin("session-level advisory locks"));
-    }
-    if lowered.contains("set_config") {
-        found.push(pin("set_config()"));
-    }
+    found.extend(session_state_pins(
+        SESSION_STATE_FUNCTIONS
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| lowered.contains(name)),
+    ));
     found
 }
 

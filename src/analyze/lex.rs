@@ -23,7 +23,7 @@ use sqlparser::dialect::{Dialect as SqlDialect, MySqlDialect, PostgreSqlDialect}
 use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace, Word};
 
-use super::{Analysis, Dialect, Kind, Reason, Status, StringLiterals};
+use super::{Analysis, CodeBlock, Dialect, Kind, Reason, Status, StringLiterals};
 
 /// Longest chain of operators (summed over enclosing parentheses) the analyzer accepts.
 /// Release builds walk chains ten times deeper on a 2 MiB stack; debug builds about
@@ -167,6 +167,8 @@ pub(crate) struct Lexed {
     pub leading_comment: Option<String>,
     /// Hex fingerprint of the query's shape (literals and placeholders folded).
     pub fingerprint: String,
+    /// The `DO` blocks among its statements.
+    pub blocks: Vec<CodeBlock>,
 }
 
 impl Lexed {
@@ -212,12 +214,89 @@ pub(crate) fn lex(dialect: Dialect, sql: &str, literals: StringLiterals) -> Resu
     let tokens = rewrite(dialect, raw);
     let leads = scan(&tokens)?;
     let fingerprint = fingerprint(&tokens);
+    let blocks = match dialect {
+        Dialect::Postgres => anonymous_blocks(&tokens, literals),
+        Dialect::Mysql => Vec::new(),
+    };
     Ok(Lexed {
         tokens,
         leads,
         leading_comment: leading_comment.flatten(),
         fingerprint,
+        blocks,
     })
+}
+
+/// The `DO [LANGUAGE l] code` statements among significant tokens.
+fn anonymous_blocks(tokens: &[TokenWithSpan], literals: StringLiterals) -> Vec<CodeBlock> {
+    let mut blocks = Vec::new();
+    let statements = tokens.split(|token| token.token == Token::SemiColon);
+    for statement in statements {
+        let Some((first, rest)) = statement.split_first() else {
+            continue;
+        };
+        if keyword(first) != Some(Keyword::DO) {
+            continue;
+        }
+        let mut language = "plpgsql".to_owned();
+        let mut body = None;
+        let mut rest = rest.iter();
+        while let Some(token) = rest.next() {
+            if keyword(token) == Some(Keyword::LANGUAGE) {
+                if let Some(name) = rest.next() {
+                    language = match &name.token {
+                        Token::Word(word) if word.quote_style.is_none() => {
+                            word.value.to_lowercase()
+                        }
+                        Token::Word(word) => word.value.clone(),
+                        other => string_body(other, literals).unwrap_or_default(),
+                    };
+                }
+            } else {
+                body = string_body(&token.token, literals);
+            }
+        }
+        blocks.push(CodeBlock { language, body });
+    }
+    blocks
+}
+
+/// The text of a string token as PostgreSQL reads it; `None` where escapes would have
+/// to be interpreted.
+fn string_body(token: &Token, literals: StringLiterals) -> Option<String> {
+    match token {
+        Token::DollarQuotedString(quoted) => Some(quoted.value.clone()),
+        Token::SingleQuotedString(raw)
+            if literals == StringLiterals::Standard || !raw.contains('\\') =>
+        {
+            Some(raw.replace("''", "'"))
+        }
+        Token::EscapedStringLiteral(raw) if !raw.contains('\\') => Some(raw.replace("''", "'")),
+        _ => None,
+    }
+}
+
+/// The significant tokens of PostgreSQL text, read with both settings of
+/// `standard_conforming_strings` when they differ (code stored in the catalog, whose
+/// strings PostgreSQL reads under the setting in force when it runs). `None` when the
+/// text does not tokenize.
+pub(crate) fn postgres_readings(text: &str) -> Option<Vec<Vec<Token>>> {
+    let read = |literals| {
+        Tokenizer::new(tokenizer_dialect(Dialect::Postgres, literals), text)
+            .tokenize()
+            .ok()
+            .map(|tokens| {
+                tokens
+                    .into_iter()
+                    .filter(|token| !matches!(token, Token::Whitespace(_)))
+                    .collect::<Vec<_>>()
+            })
+    };
+    let standard = read(StringLiterals::Standard)?;
+    if !standard.iter().any(is_plain_string_with_backslash) {
+        return Some(vec![standard]);
+    }
+    Some(vec![standard, read(StringLiterals::BackslashEscapes)?])
 }
 
 /// Whether a token is a string literal whose reading `standard_conforming_strings`
@@ -246,6 +325,29 @@ pub(crate) fn words(dialect: Dialect, sql: &str, literals: StringLiterals) -> Ve
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Every name in a text, lower case unless quoted, sorted and without duplicates (none if
+/// it does not tokenize). For statements the parser refused, whose calls and targets can
+/// only be guessed.
+pub(crate) fn names(dialect: Dialect, sql: &str, literals: StringLiterals) -> Vec<String> {
+    let names: std::collections::BTreeSet<String> =
+        Tokenizer::new(tokenizer_dialect(dialect, literals), sql)
+            .tokenize()
+            .map(|tokens| {
+                tokens
+                    .into_iter()
+                    .filter_map(|token| match token {
+                        Token::Word(word) if word.quote_style.is_none() => {
+                            Some(word.value.to_lowercase())
+                        }
+                        Token::Word(word) => Some(word.value),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+    names.into_iter().collect()
 }
 
 /// A query's shape: its tokens with literals and placeholders replaced by `?`, unquoted

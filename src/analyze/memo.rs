@@ -50,6 +50,11 @@ impl AnalysisMemo {
         analysis
     }
 
+    /// The analyzer behind the memo.
+    pub fn analyzer(&self) -> &Analyzer {
+        &self.analyzer
+    }
+
     /// Number of analyses held.
     pub fn len(&self) -> usize {
         self.memo.len()

@@ -19,6 +19,8 @@
 //! current database or search_path (part of the cache key, not of the verdict), and
 //! per-deployment policy, which is applied by [`Analysis::status_under`].
 
+pub mod catalog;
+pub mod code;
 pub mod effects;
 pub mod hint;
 mod lex;
@@ -37,7 +39,7 @@ use sqlparser::parser::{Parser, ParserOptions};
 pub use effects::{SessionEffect, TransactionControl};
 pub use hint::CacheHint;
 pub use memo::AnalysisMemo;
-pub use rules::{Rules, RulesError, Volatility};
+pub use rules::{Rules, RulesError, SessionRule, SessionSafety, Volatility};
 
 /// The SQL dialect of a deployment's origin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
@@ -238,6 +240,30 @@ impl Serialize for Reason {
     }
 }
 
+/// Code a text runs that only the origin's catalog can judge, beyond the functions it
+/// names and the tables it writes, which [`Analysis`] lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UserCode {
+    /// Anonymous code blocks (`DO`), in order.
+    pub blocks: Vec<CodeBlock>,
+    /// For text the parser refused: every name in it, any of which may be a function it
+    /// calls or a table it writes (sorted, no duplicates).
+    pub names: Vec<String>,
+    /// The text was not read at all (too long, not UTF-8, not tokenizable): whoever
+    /// judges it must look at the text itself.
+    pub unread: bool,
+}
+
+/// A `DO` block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CodeBlock {
+    /// Its language (`plpgsql` unless it says otherwise).
+    pub language: String,
+    /// Its code; `None` when warpdrive could not be sure how PostgreSQL reads the string
+    /// (escapes in a quoted body).
+    pub body: Option<String>,
+}
+
 /// Everything the analyzer found out about one query string.
 ///
 /// Names are normalised the way the dialect resolves them: PostgreSQL folds unquoted
@@ -273,6 +299,8 @@ pub struct Analysis {
     pub fingerprint: String,
     /// A `/* warpdrive: … */` hint in a leading comment.
     pub hint: Option<CacheHint>,
+    /// Code it runs that only the origin's catalog can judge.
+    pub user_code: UserCode,
 }
 
 impl Analysis {
@@ -331,7 +359,15 @@ impl Analysis {
             statement_effects: Vec::new(),
             fingerprint: String::new(),
             hint: None,
+            user_code: UserCode::default(),
         }
+    }
+
+    /// A verdict on text that was not read: its effects guessed from its bytes.
+    fn unread(mut self, sql: &[u8]) -> Analysis {
+        self.statement_effects = vec![effects::unread_effects(sql)];
+        self.user_code.unread = true;
+        self
     }
 }
 
@@ -387,6 +423,14 @@ impl Analyzer {
         )
     }
 
+    /// The rules in force for a dialect, shared.
+    pub fn shared_rules(&self, dialect: Dialect) -> Arc<Rules> {
+        match dialect {
+            Dialect::Postgres => Arc::clone(&self.postgres),
+            Dialect::Mysql => Arc::clone(&self.mysql),
+        }
+    }
+
     /// The rules in force for a dialect.
     pub fn rules(&self, dialect: Dialect) -> &Rules {
         match dialect {
@@ -405,18 +449,15 @@ impl Analyzer {
     ) -> Analysis {
         match std::str::from_utf8(sql) {
             Ok(sql) => self.analyze_as(dialect, sql, literals),
-            Err(_) => {
-                let mut analysis = Analysis::verdict(
-                    Status::ParseError,
-                    Kind::Unknown,
-                    1,
-                    Reason::new(
-                        "query text is not valid UTF-8; warpdrive analyses UTF-8 text only (client_encoding UTF8)",
-                    ),
-                );
-                analysis.statement_effects = vec![effects::unread_effects(sql)];
-                analysis
-            }
+            Err(_) => Analysis::verdict(
+                Status::ParseError,
+                Kind::Unknown,
+                1,
+                Reason::new(
+                    "query text is not valid UTF-8; warpdrive analyses UTF-8 text only (client_encoding UTF8)",
+                ),
+            )
+            .unread(sql),
         }
     }
 
@@ -428,7 +469,7 @@ impl Analyzer {
     /// Analyzes one query string as a server reading string literals that way would.
     pub fn analyze_as(&self, dialect: Dialect, sql: &str, literals: StringLiterals) -> Analysis {
         if sql.len() > self.options.max_query_bytes {
-            let mut analysis = Analysis::verdict(
+            return Analysis::verdict(
                 Status::OversizedQuery,
                 Kind::Unknown,
                 0,
@@ -437,24 +478,21 @@ impl Analyzer {
                     sql.len(),
                     self.options.max_query_bytes
                 )),
-            );
-            analysis.statement_effects = vec![effects::unread_effects(sql.as_bytes())];
-            return analysis;
+            )
+            .unread(sql.as_bytes());
         }
         let lexed = match lex::lex(dialect, sql, literals) {
             Ok(lexed) => lexed,
             Err(lex::Refusal::AmbiguousBackslash) => {
-                let mut analysis = lex::Refusal::AmbiguousBackslash.into_analysis();
+                let mut analysis = lex::Refusal::AmbiguousBackslash
+                    .into_analysis()
+                    .unread(sql.as_bytes());
                 analysis.statement_effects = vec![vec![effects::pin(
                     "a text read while standard_conforming_strings was not known",
                 )]];
                 return analysis;
             }
-            Err(refusal) => {
-                let mut analysis = refusal.into_analysis();
-                analysis.statement_effects = vec![effects::unread_effects(sql.as_bytes())];
-                return analysis;
-            }
+            Err(refusal) => return refusal.into_analysis().unread(sql.as_bytes()),
         };
         let fingerprint = lexed.fingerprint.clone();
         let hint = lexed.leading_comment.as_deref().and_then(hint::parse);
@@ -489,6 +527,7 @@ impl Analyzer {
             );
         }
         let leading = lexed.statement_leads();
+        let blocks = lexed.blocks.clone();
         let options = ParserOptions::new().with_trailing_commas(false);
         let parsed = Parser::new(lex::sqlparser_dialect(dialect))
             .with_options(options)
@@ -503,9 +542,11 @@ impl Analyzer {
                     &leading,
                     &lex::words(dialect, sql, literals),
                 )];
+                analysis.user_code.names = lex::names(dialect, sql, literals);
                 analysis
             }
         };
+        analysis.user_code.blocks = blocks;
         if leading.len() == 1 && effects::is_database_ddl(&leading[0]) {
             // Rare statements: their words are read again rather than slowing every other.
             let needs = effects::database_ddl_effects(&lex::words(dialect, sql, literals));

@@ -20,6 +20,10 @@
 //!
 //! [relations]                   # lower-case name or "schema.name"; a trailing * is a prefix
 //! "pg_stat_*" = { class = "volatile", reason = "statistics change without writes" }
+//!
+//! [session]                     # user functions: can they change the caller's session?
+//! "app.set_tenant" = "unsafe"   # overrides what warpdrive reads in the function's body
+//! "st_*" = { safety = "safe", reason = "PostGIS, written in C; keeps no session state" }
 //! ```
 //!
 //! A function that is called but not listed is treated as volatile: the analyzer cannot
@@ -122,6 +126,50 @@ struct RawRules {
     functions: HashMap<String, RawRule>,
     #[serde(default)]
     relations: HashMap<String, RawRule>,
+    #[serde(default)]
+    session: HashMap<String, RawSessionRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSessionRule {
+    Safety(SessionSafety),
+    Explained {
+        safety: SessionSafety,
+        reason: Option<String>,
+    },
+}
+
+impl From<RawSessionRule> for SessionRule {
+    fn from(raw: RawSessionRule) -> SessionRule {
+        match raw {
+            RawSessionRule::Safety(safety) => SessionRule {
+                safety,
+                reason: None,
+            },
+            RawSessionRule::Explained { safety, reason } => SessionRule { safety, reason },
+        }
+    }
+}
+
+/// Whether a user-defined function can change the state of the session that calls it
+/// (settings, locks, temporary objects, prepared statements, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionSafety {
+    /// It cannot: its callers stay pooled.
+    Safe,
+    /// It can: a client that calls it keeps its origin connection.
+    Unsafe,
+}
+
+/// A rule saying whether a function is session-safe, overriding the reading of its body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRule {
+    /// Safe or not.
+    pub safety: SessionSafety,
+    /// Why, as the rules file says.
+    pub reason: Option<String>,
 }
 
 #[derive(Default, Deserialize)]
@@ -153,6 +201,16 @@ impl From<RawRule> for Rule {
     }
 }
 
+/// A key's pattern prefix: `Some(None)` for an exact key, `Some(Some(prefix))` for a
+/// pattern ending in `*`, `None` for an invalid key (not lower case, or a `*` elsewhere).
+fn pattern_prefix(key: &str) -> Option<Option<&str>> {
+    let star = key.find('*');
+    if key != key.to_lowercase() || star.is_some_and(|at| at + 1 != key.len()) {
+        return None;
+    }
+    Some(key.strip_suffix('*'))
+}
+
 /// The volatility rules of one dialect.
 #[derive(Clone, Debug)]
 pub struct Rules {
@@ -162,6 +220,9 @@ pub struct Rules {
     relations: HashMap<String, Rule>,
     /// Relation prefix patterns, longest first.
     relation_patterns: Vec<(String, Rule)>,
+    session: HashMap<String, SessionRule>,
+    /// Session-safety prefix patterns, longest first.
+    session_patterns: Vec<(String, SessionRule)>,
 }
 
 impl Rules {
@@ -184,6 +245,8 @@ impl Rules {
             functions: HashMap::new(),
             relations: HashMap::new(),
             relation_patterns: Vec::new(),
+            session: HashMap::new(),
+            session_patterns: Vec::new(),
         };
         rules.merge_text(text, origin)?;
         Ok(rules)
@@ -225,11 +288,8 @@ impl Rules {
             self.functions.insert(name, rule.into());
         }
         for (name, rule) in raw.relations {
-            let star = name.find('*');
-            if name != name.to_lowercase() || star.is_some_and(|at| at + 1 != name.len()) {
-                return Err(bad_key("relations", &name));
-            }
-            match name.strip_suffix('*') {
+            let prefix = pattern_prefix(&name).ok_or_else(|| bad_key("relations", &name))?;
+            match prefix {
                 Some(prefix) => {
                     self.relation_patterns.retain(|(known, _)| known != prefix);
                     self.relation_patterns
@@ -240,8 +300,23 @@ impl Rules {
                 }
             }
         }
+        for (name, rule) in raw.session {
+            let prefix = pattern_prefix(&name).ok_or_else(|| bad_key("session", &name))?;
+            match prefix {
+                Some(prefix) => {
+                    self.session_patterns.retain(|(known, _)| known != prefix);
+                    self.session_patterns.push((prefix.to_owned(), rule.into()));
+                }
+                None => {
+                    self.session.insert(name, rule.into());
+                }
+            }
+        }
+        let longest_first = |a: &String, b: &String| b.len().cmp(&a.len()).then_with(|| a.cmp(b));
         self.relation_patterns
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+            .sort_by(|a, b| longest_first(&a.0, &b.0));
+        self.session_patterns
+            .sort_by(|a, b| longest_first(&a.0, &b.0));
         self.sources
             .push(raw.meta.source.unwrap_or_else(|| origin.to_owned()));
         Ok(())
@@ -267,6 +342,23 @@ impl Rules {
                 .find(|(prefix, _)| name.starts_with(prefix.as_str()))
                 .map(|(_, rule)| rule)
         })
+    }
+
+    /// Whether the rules declare a user function session-safe or not: an exact entry for
+    /// its `"schema.name"` or its bare name, else the longest pattern matching either.
+    pub fn session(&self, schema: &str, name: &str) -> Option<&SessionRule> {
+        let qualified = format!("{schema}.{name}");
+        self.session
+            .get(&qualified)
+            .or_else(|| self.session.get(name))
+            .or_else(|| {
+                self.session_patterns
+                    .iter()
+                    .find(|(prefix, _)| {
+                        qualified.starts_with(prefix.as_str()) || name.starts_with(prefix.as_str())
+                    })
+                    .map(|(_, rule)| rule)
+            })
     }
 
     /// Number of function entries.
@@ -443,5 +535,31 @@ mod tests {
         )
         .expect_err("inner star refused");
         assert!(matches!(star, RulesError::BadKey { .. }));
+        let safety = Rules::parse(Dialect::Postgres, "[session]\nf = \"maybe\"\n", "f.toml")
+            .expect_err("bad safety refused");
+        assert!(safety.to_string().contains("f.toml"), "{safety}");
+    }
+
+    #[test]
+    fn session_rules_by_qualified_then_bare_name() {
+        let rules = Rules::parse(
+            Dialect::Postgres,
+            r#"
+            [session]
+            "app.set_tenant" = "unsafe"
+            set_tenant = { safety = "safe", reason = "only in tests" }
+            "st_*" = "safe"
+            "app.st_*" = "unsafe"
+            "#,
+            "test",
+        )
+        .expect("parses");
+        let safety = |schema: &str| rules.session(schema, "set_tenant").map(|r| r.safety);
+        assert_eq!(safety("app"), Some(SessionSafety::Unsafe));
+        assert_eq!(safety("public"), Some(SessionSafety::Safe));
+        assert_eq!(rules.session("app", "other"), None);
+        let pattern = |schema: &str| rules.session(schema, "st_distance").map(|r| r.safety);
+        assert_eq!(pattern("public"), Some(SessionSafety::Safe));
+        assert_eq!(pattern("app"), Some(SessionSafety::Unsafe));
     }
 }

@@ -738,3 +738,48 @@ fn state_that_cannot_move_pins_the_client() {
         vec![pinned("MySQL user variables")]
     );
 }
+
+#[test]
+fn code_only_the_catalog_can_judge_is_reported() {
+    let block = pg("DO $$BEGIN PERFORM set_tenant('8'); END$$");
+    assert_eq!(
+        block.user_code.blocks,
+        vec![crate::analyze::CodeBlock {
+            language: "plpgsql".into(),
+            body: Some("BEGIN PERFORM set_tenant('8'); END".into()),
+        }]
+    );
+    let quoted = pg("DO LANGUAGE plpython3u 'plpy.notice(''hi'')'");
+    assert_eq!(quoted.user_code.blocks[0].language, "plpython3u");
+    assert_eq!(
+        quoted.user_code.blocks[0].body.as_deref(),
+        Some("plpy.notice('hi')")
+    );
+    assert_eq!(pg("CALL app.refresh(1)").functions, vec!["app.refresh"]);
+    let unparsed = pg("SELECT \"SetTenant\"(x)::text COLLATE \"C\" FROM t ,");
+    assert_eq!(unparsed.status, Status::ParseError);
+    assert!(unparsed.user_code.names.contains(&"SetTenant".to_owned()));
+    assert!(unparsed.user_code.names.contains(&"t".to_owned()));
+    assert!(pg("SELECT 1").user_code == crate::analyze::UserCode::default());
+    let not_utf8 = analyzer().analyze_bytes(
+        Dialect::Postgres,
+        b"SELECT f('\xff')",
+        StringLiterals::Standard,
+    );
+    assert!(not_utf8.user_code.unread);
+}
+
+#[test]
+fn objects_in_pg_temp_are_temporary() {
+    for sql in [
+        "CREATE TABLE pg_temp.scratch (a int)",
+        "CREATE VIEW pg_temp.v AS SELECT 1",
+        "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+    ] {
+        let effects = effects(sql);
+        assert!(
+            matches!(effects.as_slice(), [SessionEffect::Pin { feature }] if feature.starts_with("temporary")),
+            "{sql}: {effects:?}"
+        );
+    }
+}

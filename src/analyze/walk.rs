@@ -99,6 +99,7 @@ impl Facts {
             statement_effects: Vec::new(),
             fingerprint: String::new(),
             hint: None,
+            user_code: super::UserCode::default(),
         }
     }
 }
@@ -351,6 +352,9 @@ impl Visitor for Walker<'_> {
     fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<()> {
         self.statement_depth += 1;
         self.record_targets(statement);
+        if let Statement::Call(procedure) = statement {
+            self.record_function(&procedure.name);
+        }
         if self.statement_depth > 1 && !matches!(statement, Statement::Query(_)) {
             self.facts.changes_data = true;
             self.record_write(

@@ -146,7 +146,7 @@ impl Pool {
     }
 
     /// The origin this pool connects to.
-    pub fn target(&self) -> &OriginTarget {
+    pub fn target(&self) -> &Arc<OriginTarget> {
         &self.inner.target
     }
 
@@ -168,6 +168,25 @@ impl Pool {
 
     fn known_baseline(&self) -> Option<ServerParameters> {
         self.inner.baseline.lock().ok().and_then(|b| b.clone())
+    }
+
+    /// Checks out a connection only if one is free right now (idle, or room to open one);
+    /// `None` without waiting otherwise.
+    pub async fn checkout_if_free(&self) -> Option<Result<Checkout, PoolError>> {
+        let permit = Arc::clone(&self.inner.permits).try_acquire_owned().ok()?;
+        Some(self.checkout_with(permit).await)
+    }
+
+    async fn checkout_with(&self, permit: OwnedSemaphorePermit) -> Result<Checkout, PoolError> {
+        let conn = match self.inner.take_idle() {
+            Some(conn) => conn,
+            None => self.inner.open().await?,
+        };
+        Ok(Checkout {
+            conn: Some(conn),
+            permit: Some(permit),
+            pool: Arc::clone(&self.inner),
+        })
     }
 
     /// Checks out a connection, waiting at most `acquire_timeout` for one to be free.
@@ -194,15 +213,7 @@ impl Pool {
                 .map_err(|_| PoolError::Closed)?
             }
         };
-        let conn = match self.inner.take_idle() {
-            Some(conn) => conn,
-            None => self.inner.open().await?,
-        };
-        Ok(Checkout {
-            conn: Some(conn),
-            permit: Some(permit),
-            pool: Arc::clone(&self.inner),
-        })
+        self.checkout_with(permit).await
     }
 }
 

@@ -69,12 +69,17 @@ pub(super) struct InFlight {
     effects: Vec<Vec<SessionEffect>>,
     /// Statements completed so far.
     completed: usize,
+    /// Why code it runs may change the session (the catalog's judgement): each pins the
+    /// client at its end.
+    pins: Vec<String>,
 }
 
 /// What a request did, once its ReadyForQuery arrived.
 pub(super) struct Finished {
     /// Its session effects, one list per statement in order.
     pub(super) effects: Vec<Vec<SessionEffect>>,
+    /// Why code it ran may have changed the session.
+    pub(super) pins: Vec<String>,
     /// What the origin said of it.
     pub(super) outcome: Outcome,
 }
@@ -96,6 +101,17 @@ impl InFlight {
             recording: None,
             effects: Vec::new(),
             completed: 0,
+            pins: Vec::new(),
+        }
+    }
+
+    /// Code the request runs may change the session: the client is pinned at its end,
+    /// and its result, which may depend on that change, is not stored (a cacheable
+    /// request becomes `volatile`).
+    pub(super) fn changes_session(&mut self, why: String) {
+        self.pins.push(why);
+        if self.recording.take().is_some() || self.status == CacheStatus::Miss {
+            self.status = CacheStatus::Volatile;
         }
     }
 
@@ -116,6 +132,7 @@ impl InFlight {
     pub(super) fn absorb(&mut self, unsynced: Unsynced) {
         self.failed |= unsynced.failed;
         self.completed += unsynced.completed;
+        self.pins.extend(unsynced.pins);
         let mut effects = unsynced.effects;
         effects.append(&mut self.effects);
         self.effects = effects;
@@ -146,6 +163,10 @@ impl Session {
             // A pinned session may read its own temporary tables, or settings set with
             // set_config() that are not in the key: its reads are its own.
             Decision::Cache(_) if self.pinned.is_some() => {
+                self.ctx
+                    .metrics
+                    .pinned_bypasses
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Decision::Refuse(CacheStatus::Uncacheable)
             }
             // Pipelined behind requests in flight: those may change the settings the key
@@ -331,6 +352,7 @@ impl Session {
         let Some(request) = self.requests.pop_front() else {
             return Finished {
                 effects: Vec::new(),
+                pins: Vec::new(),
                 outcome: Outcome {
                     failed: false,
                     completed: 0,
@@ -378,6 +400,7 @@ impl Session {
         );
         Finished {
             effects: request.effects,
+            pins: request.pins,
             outcome: Outcome {
                 failed: request.failed,
                 completed: request.completed,

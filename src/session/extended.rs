@@ -8,6 +8,7 @@
 //! first. The client's names, Close of statements, and the errors PostgreSQL raises for
 //! unknown or duplicate names are handled here, for this client alone.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -63,6 +64,8 @@ pub(super) struct Unsynced {
     pub(super) effects: Vec<Vec<SessionEffect>>,
     /// Executes that completed.
     pub(super) completed: usize,
+    /// Why code they ran may have changed the session.
+    pub(super) pins: Vec<String>,
     /// Whether the origin (or warpdrive) reported an error for them.
     pub(super) failed: bool,
 }
@@ -116,7 +119,7 @@ impl Session {
             return Ok(());
         }
         let query_bytes: usize = batch.iter().map(|message| message.frame().len()).sum();
-        let in_flight = if sync {
+        let mut in_flight = if sync {
             match self.decide_batch(&batch, query_bytes, started).await {
                 Consulted::Hit(entry, statement) => {
                     return self
@@ -136,6 +139,17 @@ impl Session {
             }
             None
         };
+        for (analysis, text) in self.executed_statements(&batch) {
+            if let Some(pin) = self
+                .user_code_pin(&analysis, text.as_deref(), started)
+                .await
+            {
+                match in_flight.as_mut() {
+                    Some(in_flight) => in_flight.changes_session(pin),
+                    None => self.unsynced.pins.push(pin),
+                }
+            }
+        }
         if let Err(error) = self.connect().await {
             if let Some(in_flight) = in_flight {
                 self.ctx.metrics.record(
@@ -223,6 +237,47 @@ impl Session {
         };
         let query_bytes = query_bytes + self.unsynced.query_bytes;
         Consulted::Forward(Box::new(InFlight::forwarded(status, query_bytes, started)))
+    }
+
+    /// The statements a batch executes, in order, with their text when warpdrive has it
+    /// (not for a portal bound by an earlier batch).
+    fn executed_statements(
+        &self,
+        batch: &[FrontendMessage],
+    ) -> Vec<(Arc<Analysis>, Option<Bytes>)> {
+        let mut parsed: HashMap<&Bytes, ClientStatement> = HashMap::new();
+        let mut bound: HashMap<&Bytes, (Arc<Analysis>, Option<Bytes>)> = HashMap::new();
+        let mut executed = Vec::new();
+        for message in batch {
+            match message {
+                FrontendMessage::Parse(parse) => {
+                    parsed.insert(&parse.name, self.client_statement(parse));
+                }
+                FrontendMessage::Bind(bind) => {
+                    let statement = match parsed.get(&bind.statement) {
+                        Some(statement) => Some(statement),
+                        None if bind.statement.is_empty() => self.unnamed.as_ref(),
+                        None => self.statements.get(&bind.statement),
+                    };
+                    if let Some(statement) = statement {
+                        bound.insert(
+                            &bind.portal,
+                            (Arc::clone(&statement.analysis), Some(statement.sql.clone())),
+                        );
+                    }
+                }
+                FrontendMessage::Execute(execute) => {
+                    let statement = bound.get(&execute.portal).cloned().or_else(|| {
+                        self.portals
+                            .get(&execute.portal)
+                            .map(|analysis| (Arc::clone(analysis), None))
+                    });
+                    executed.extend(statement);
+                }
+                _ => {}
+            }
+        }
+        executed
     }
 
     /// The status of a batch part sent on a Flush, when it executes something.

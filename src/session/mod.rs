@@ -20,6 +20,7 @@ mod recorder;
 mod relay;
 pub mod settings;
 mod startup;
+mod user_code;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +35,7 @@ use crate::analyze::{Analysis, AnalysisMemo, Dialect, SessionEffect, StringLiter
 use crate::auth::scram::ScramSecret;
 use crate::cache::{CacheStatus, Request, Store};
 use crate::cancel::{CancelHandle, CancelRegistry, CancelTarget};
+use crate::catalog::Catalogs;
 use crate::config::Deployment;
 use crate::conn::{Conn, ConnError, FLUSH_THRESHOLD, Stream};
 use crate::metrics::DeploymentMetrics;
@@ -89,6 +91,8 @@ pub struct SessionContext {
     pub analyzer: Arc<AnalysisMemo>,
     /// Cancel keys of live sessions.
     pub cancels: Arc<CancelRegistry>,
+    /// The origin's catalog, per database, for judging code statements run.
+    pub catalogs: Arc<Catalogs>,
     /// The deployment's result cache.
     pub cache: Arc<Store>,
     /// The deployment's counters.
@@ -115,7 +119,12 @@ impl SessionContext {
             .iter()
             .map(|user| (user.name.clone(), ScramSecret::new(&user.password)))
             .collect();
+        let catalogs = Arc::new(Catalogs::new(
+            analyzer.analyzer().shared_rules(Dialect::Postgres),
+            Arc::clone(&metrics),
+        ));
         SessionContext {
+            catalogs,
             deployment,
             pools,
             tls,
@@ -200,6 +209,8 @@ async fn run_internal(
     sql: &str,
 ) -> Result<Result<Vec<(Bytes, Bytes)>, crate::wire::pg::backend::ErrorFields>, ConnError> {
     conn.state = ConnState::Busy;
+    // A simple query destroys the unnamed statement.
+    conn.unnamed_statement = None;
     let origin = &mut conn.origin.conn;
     let exchange = async {
         encode::query(&mut origin.out, sql);
@@ -305,6 +316,7 @@ async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), SessionError
         batch_bytes: 0,
         status: TransactionStatus::Idle,
         pinned: None,
+        catalog_changing: false,
         unsynced: extended::Unsynced::default(),
         deadline: None,
         timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
@@ -343,6 +355,9 @@ struct Session {
     status: TransactionStatus,
     /// Why the client is pinned to its connection, if it is.
     pinned: Option<String>,
+    /// DDL (or a DO block, which may run some) went to the origin in the current
+    /// transaction: the catalog is read again once it ends.
+    catalog_changing: bool,
     /// Extended-protocol messages sent without their Sync yet.
     unsynced: extended::Unsynced,
     /// When the request in flight has run for max_query_duration.
@@ -507,20 +522,28 @@ impl Session {
                     }
                 }
             }
-            FrontendMessage::FunctionCall(frame) => match self.connect().await {
-                Ok(()) => {
-                    self.send_to_origin(frame.raw());
-                    self.relay.push(Expect::UntilReady);
-                    self.requests.push_back(caching::InFlight::forwarded(
-                        CacheStatus::Uncacheable,
-                        frame.len(),
-                        std::time::Instant::now(),
-                    ));
-                    self.flush_origin().await?;
-                    self.arm_deadline();
+            FrontendMessage::FunctionCall(call) => {
+                let received = std::time::Instant::now();
+                let pin = self.function_call_pin(call.function, received).await;
+                match self.connect().await {
+                    Ok(()) => {
+                        self.send_to_origin(call.frame.raw());
+                        self.relay.push(Expect::UntilReady);
+                        let mut in_flight = caching::InFlight::forwarded(
+                            CacheStatus::Uncacheable,
+                            call.frame.len(),
+                            received,
+                        );
+                        if let Some(pin) = pin {
+                            in_flight.changes_session(pin);
+                        }
+                        self.requests.push_back(in_flight);
+                        self.flush_origin().await?;
+                        self.arm_deadline();
+                    }
+                    Err(error) => self.answer_error(error).await?,
                 }
-                Err(error) => self.answer_error(error).await?,
-            },
+            }
             FrontendMessage::Password(_) => {
                 self.protocol_violation(WireError::UnexpectedTag { tag: b'p' })
                     .await?;
@@ -644,6 +667,9 @@ impl Session {
             }
             caching::Consulted::Forward(in_flight) => *in_flight,
         };
+        if let Some(pin) = self.user_code_pin(&analysis, Some(sql), started).await {
+            in_flight.changes_session(pin);
+        }
         if let Err(error) = self.connect().await {
             self.ctx
                 .metrics
@@ -924,6 +950,7 @@ impl Session {
         };
         let failed = finished.outcome.failed;
         let mut pins: Vec<&str> = Vec::new();
+        let mut discarded = false;
         for effect in finished.effects.iter().flatten() {
             match effect {
                 // Whatever the outcome: a failed request may still have taken a session
@@ -937,6 +964,7 @@ impl Session {
                     self.statements.clear();
                     if matches!(effect, SessionEffect::DiscardAll) {
                         self.unnamed = None;
+                        discarded = true;
                     }
                 }
                 _ => {}
@@ -947,8 +975,20 @@ impl Session {
             .settle(&finished.effects, finished.outcome, &mut conn.settings)
             .err()
             .map(|untracked| untracked.to_string());
-        for feature in pins.into_iter().map(str::to_owned).chain(untracked) {
-            self.pin(&feature);
+        let pins: Vec<String> = pins
+            .into_iter()
+            .map(str::to_owned)
+            .chain(finished.pins)
+            .chain(untracked)
+            .collect();
+        if discarded && pins.is_empty() && status == TransactionStatus::Idle {
+            self.unpin();
+        }
+        for feature in &pins {
+            self.pin(feature);
+        }
+        if status == TransactionStatus::Idle && std::mem::take(&mut self.catalog_changing) {
+            self.ctx.catalogs.note_changed(&self.database);
         }
         if self.relay.awaits_origin() {
             self.deadline = Some(Instant::now() + self.pool.settings().max_query_duration);
@@ -978,6 +1018,17 @@ impl Session {
                 .pinned_sessions
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.pinned = Some(feature.to_owned());
+        }
+    }
+
+    /// DISCARD ALL ran on the pinned connection: the session's state is known again
+    /// (PostgreSQL's defaults and the startup settings), so the client is pooled again.
+    /// The connection itself stays unusable for others and is closed when released: a
+    /// reset connection can still differ from a new one (custom settings a function
+    /// created read as empty rather than missing).
+    fn unpin(&mut self) {
+        if let Some(feature) = self.pinned.take() {
+            tracing::info!(%feature, "DISCARD ALL ended the pin; the client is pooled again");
         }
     }
 

@@ -203,6 +203,7 @@ pub async fn admit(
             return refuse(&mut client, error).await;
         }
     };
+    ctx.catalogs.prefetch(&pool);
     let standard_conforming_strings = reported
         .iter()
         .find(|(name, _)| &name[..] == STANDARD_CONFORMING_STRINGS.as_bytes())

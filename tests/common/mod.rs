@@ -23,7 +23,7 @@ pub struct TestDatabase {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-async fn admin() -> Client {
+pub async fn admin() -> Client {
     let (client, connection) = tokio_postgres::connect(
         &format!("host=127.0.0.1 port=5432 user={ORIGIN_USER} dbname=postgres"),
         NoTls,
@@ -89,8 +89,14 @@ pub struct Proxy {
 }
 
 pub fn deployment(database: &str, pool: PoolSettings) -> Deployment {
+    deployment_as(database, ORIGIN_USER, pool)
+}
+
+/// A deployment whose origin user (and client user) is `user` (trust authentication at
+/// the origin, PASSWORD towards warpdrive).
+pub fn deployment_as(database: &str, user: &str, pool: PoolSettings) -> Deployment {
     let origin = OriginUrl::parse(&format!(
-        "postgres://{ORIGIN_USER}:{PASSWORD}@127.0.0.1:5432/{database}?sslmode=disable"
+        "postgres://{user}:{PASSWORD}@127.0.0.1:5432/{database}?sslmode=disable"
     ))
     .expect("origin URL");
     let mut deployment = Deployment::from_origin("127.0.0.1:0".parse().expect("addr"), origin);
@@ -171,7 +177,15 @@ impl Proxy {
     }
 
     pub async fn connect(&self, database: &str) -> Client {
-        let (client, connection) = tokio_postgres::connect(&self.url(database), NoTls)
+        self.connect_as(database, ORIGIN_USER).await
+    }
+
+    pub async fn connect_as(&self, database: &str, user: &str) -> Client {
+        let url = format!(
+            "host=127.0.0.1 port={} user={user} password={PASSWORD} dbname={database}",
+            self.addr.port()
+        );
+        let (client, connection) = tokio_postgres::connect(&url, NoTls)
             .await
             .expect("connect through warpdrive");
         tokio::spawn(async move {

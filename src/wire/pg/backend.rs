@@ -269,6 +269,33 @@ impl BackendMessage {
     }
 }
 
+/// The column values of a DataRow (`None` for NULL), in text or binary as the query
+/// asked. Decoded only where warpdrive reads rows itself (its own catalog queries); rows
+/// relayed to clients are never decoded.
+pub fn decode_data_row(frame: &Frame) -> Result<Vec<Option<Bytes>>, WireError> {
+    if frame.tag() != tag::DATA_ROW {
+        return Err(WireError::UnexpectedTag { tag: frame.tag() });
+    }
+    let mut reader = Reader::new("DataRow", frame.body());
+    let columns = reader.u16()?;
+    let mut values = Vec::with_capacity(usize::from(columns));
+    for _ in 0..columns {
+        let len = reader.i32()?;
+        values.push(match usize::try_from(len) {
+            Ok(len) => Some(reader.bytes(len)?),
+            Err(_) if len == -1 => None,
+            Err(_) => {
+                return Err(WireError::Malformed {
+                    message: "DataRow",
+                    problem: "negative column length other than -1",
+                });
+            }
+        });
+    }
+    reader.finish()?;
+    Ok(values)
+}
+
 fn decode_authentication(body: Bytes) -> Result<Authentication, WireError> {
     let mut reader = Reader::new("Authentication", body);
     let request = match reader.i32()? {
@@ -325,6 +352,39 @@ mod tests {
             .expect("valid")
             .expect("whole");
         BackendMessage::decode(&frame).expect("decodes")
+    }
+
+    #[test]
+    fn data_rows_decode_with_nulls_and_refuse_overruns() {
+        use bytes::BufMut;
+        let row = |write: &dyn Fn(&mut BytesMut)| {
+            let mut buf = BytesMut::new();
+            encode::message(&mut buf, tag::DATA_ROW, |b| write(b));
+            split_frame(&mut buf, 1 << 20)
+                .expect("valid")
+                .expect("whole")
+        };
+        let good = row(&|b| {
+            b.put_u16(2);
+            b.put_i32(3);
+            b.put_slice(b"abc");
+            b.put_i32(-1);
+        });
+        assert_eq!(
+            decode_data_row(&good).expect("decodes"),
+            vec![Some(Bytes::from_static(b"abc")), None]
+        );
+        let overrun = row(&|b| {
+            b.put_u16(1);
+            b.put_i32(9);
+            b.put_slice(b"abc");
+        });
+        assert!(decode_data_row(&overrun).is_err());
+        let negative = row(&|b| {
+            b.put_u16(1);
+            b.put_i32(-2);
+        });
+        assert!(decode_data_row(&negative).is_err());
     }
 
     #[test]

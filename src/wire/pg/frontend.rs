@@ -70,6 +70,16 @@ impl Target {
     }
 }
 
+/// FunctionCall: a function called by OID (the "fast path"); the arguments stay in the
+/// frame, which is forwarded as is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionCall {
+    /// The frame as received.
+    pub frame: Frame,
+    /// The function's OID.
+    pub function: u32,
+}
+
 /// Query: one simple-protocol query string.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Query {
@@ -167,7 +177,7 @@ pub enum FrontendMessage {
     /// CopyFail.
     CopyFail(Frame),
     /// FunctionCall (fast-path function call), forwarded as is.
-    FunctionCall(Frame),
+    FunctionCall(FunctionCall),
     /// PasswordMessage, SASLInitialResponse or SASLResponse; which one depends on the
     /// authentication exchange in progress.
     Password(Frame),
@@ -249,7 +259,11 @@ impl FrontendMessage {
             tag::COPY_DONE => empty_body(frame, "CopyDone", FrontendMessage::CopyDone)?,
             tag::COPY_DATA => FrontendMessage::CopyData(frame),
             tag::COPY_FAIL => FrontendMessage::CopyFail(frame),
-            tag::FUNCTION_CALL => FrontendMessage::FunctionCall(frame),
+            tag::FUNCTION_CALL => {
+                let mut reader = Reader::new("FunctionCall", body);
+                let function = reader.u32()?;
+                FrontendMessage::FunctionCall(FunctionCall { frame, function })
+            }
             tag::PASSWORD => FrontendMessage::Password(frame),
             tag => return Err(WireError::UnexpectedTag { tag }),
         };
@@ -271,8 +285,8 @@ impl FrontendMessage {
             | FrontendMessage::CopyData(frame)
             | FrontendMessage::CopyDone(frame)
             | FrontendMessage::CopyFail(frame)
-            | FrontendMessage::FunctionCall(frame)
             | FrontendMessage::Password(frame) => frame,
+            FrontendMessage::FunctionCall(call) => &call.frame,
         }
     }
 }

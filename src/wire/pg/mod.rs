@@ -178,6 +178,20 @@ impl Reader {
         Ok(self.body.get_i16())
     }
 
+    pub(crate) fn u16(&mut self) -> Result<u16, WireError> {
+        if self.body.len() < 2 {
+            return Err(self.malformed("body ends early"));
+        }
+        Ok(self.body.get_u16())
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, WireError> {
+        if self.body.len() < 4 {
+            return Err(self.malformed("body ends early"));
+        }
+        Ok(self.body.get_u32())
+    }
+
     pub(crate) fn i32(&mut self) -> Result<i32, WireError> {
         if self.body.len() < 4 {
             return Err(self.malformed("body ends early"));

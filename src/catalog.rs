@@ -1,0 +1,520 @@
+//! Reading the origin's catalog for the analyzer: user functions and their bodies,
+//! triggers, rewrite rules, cascading foreign keys, partitions, event triggers. The facts
+//! go to [`crate::analyze::catalog::Catalog`], which judges them; this module only reads
+//! and keeps them.
+//!
+//! One catalog per origin database, shared by a deployment's sessions. It is read when a
+//! database's first client arrives (in the background), before it is next used after DDL
+//! that went through warpdrive, once it is [`MAX_AGE`] old (DDL may also reach the origin
+//! directly), and on demand when a statement calls a function it does not list (at most
+//! once per [`FORCED_READ_INTERVAL`]). One read at a time per database; the others wait.
+//!
+//! A read runs on a pooled connection, never beyond the pool's `max_size`. An asker that
+//! holds no connection waits for one as its own statement would; one that holds a
+//! connection (inside a transaction) takes one only if it is free at that moment. When
+//! none is, a catalog that is only old keeps serving; a missing one is an error, and the
+//! statement that needed it is treated as changing the session.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::analyze::Rules;
+use crate::analyze::catalog::{Catalog, CatalogFacts, FunctionFacts, RelationFacts};
+use crate::conn::{Conn, ConnError};
+use crate::metrics::DeploymentMetrics;
+use crate::pool::{ConnState, Pool, PooledConn};
+use crate::wire::pg::backend::{BackendMessage, TransactionStatus, decode_data_row, tag};
+use crate::wire::pg::encode;
+
+/// How long a catalog serves before it is read again in the background.
+pub const MAX_AGE: Duration = Duration::from_secs(10);
+
+/// The shortest time between two reads forced by a call of a function the catalog does
+/// not list (an application calling a missing function must not make warpdrive read the
+/// catalog at every call).
+pub const FORCED_READ_INTERVAL: Duration = Duration::from_secs(1);
+
+/// After a failed read, how long askers get the same failure before the next attempt.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// The longest one read may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why the catalog could not be read.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// Every pooled connection was busy, and the asking session's own was not idle.
+    #[error("no origin connection was free to read the catalog")]
+    NoConnection,
+    /// No connection to the origin.
+    #[error("cannot connect to the origin to read its catalog: {0}")]
+    Connect(String),
+    /// The connection failed during the read.
+    #[error("the origin connection failed while reading its catalog: {0}")]
+    Lost(String),
+    /// The origin refused a catalog query.
+    #[error("the origin refused a catalog query: {0}")]
+    Refused(String),
+    /// The origin's answer was not what the queries ask for.
+    #[error("unexpected answer to a catalog query: {0}")]
+    Unexpected(String),
+    /// The read took longer than its bound.
+    #[error("reading the origin's catalog took longer than {}s", READ_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+impl From<ConnError> for CatalogError {
+    fn from(error: ConnError) -> Self {
+        CatalogError::Lost(error.to_string())
+    }
+}
+
+/// A catalog and when the read that produced it began (it holds what had committed by
+/// then).
+#[derive(Clone)]
+pub struct Snapshot {
+    /// The judged catalog.
+    pub catalog: Arc<Catalog>,
+    /// When its read began.
+    pub read_at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    current: Option<Snapshot>,
+    /// The last time DDL went through warpdrive to this database.
+    changed_at: Option<Instant>,
+    /// The last failed read, with its error.
+    failed: Option<(Instant, CatalogError)>,
+    /// A read ahead was started (once per database).
+    prefetched: bool,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: Mutex<State>,
+    /// Held while reading: one read at a time.
+    reading: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The current snapshot if it is usable for a request that needs a read begun at or
+    /// after `after` (and after the last DDL seen).
+    fn usable(&self, after: Option<Instant>) -> Option<Snapshot> {
+        let state = self.state();
+        let current = state.current.as_ref()?;
+        let needed = state.changed_at.max(after);
+        needed
+            .is_none_or(|needed| current.read_at >= needed)
+            .then(|| current.clone())
+    }
+}
+
+/// Where a read runs: a connection of this pool, waited for (up to the pool's
+/// acquire_timeout) only when the asker holds none, since otherwise it may wait for its
+/// own.
+#[derive(Clone, Copy)]
+pub struct Reader<'a> {
+    /// The pool.
+    pub pool: &'a Pool,
+    /// Whether to wait for a connection to be free.
+    pub wait: bool,
+}
+
+/// The catalogs of one deployment's databases.
+pub struct Catalogs {
+    rules: Arc<Rules>,
+    metrics: Arc<DeploymentMetrics>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+impl Catalogs {
+    /// Catalogs judged with `rules` (their `[session]` entries), counting their reads
+    /// into `metrics`.
+    pub fn new(rules: Arc<Rules>, metrics: Arc<DeploymentMetrics>) -> Catalogs {
+        Catalogs {
+            rules,
+            metrics,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn slot(&self, database: &str) -> Arc<Slot> {
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match slots.get(database) {
+            Some(slot) => Arc::clone(slot),
+            None => Arc::clone(slots.entry(database.to_owned()).or_default()),
+        }
+    }
+
+    /// The catalog of `database` to judge with now: read first when there is none yet,
+    /// DDL went through warpdrive since, or it is [`MAX_AGE`] old (when it is only old and
+    /// cannot be read now, it serves a while longer).
+    pub async fn current(
+        &self,
+        database: &str,
+        reader: Reader<'_>,
+    ) -> Result<Snapshot, CatalogError> {
+        let slot = self.slot(database);
+        let aged = match slot.usable(None) {
+            Some(snapshot) if snapshot.read_at.elapsed() < MAX_AGE => return Ok(snapshot),
+            aged => aged,
+        };
+        match (self.read(&slot, reader, None, MAX_AGE).await, aged) {
+            (Ok(snapshot), _) => Ok(snapshot),
+            (Err(error), Some(aged)) => {
+                tracing::debug!(%error, %database, "the origin's catalog is old but cannot be read now; the last one read serves");
+                Ok(aged)
+            }
+            (Err(error), None) => Err(error),
+        }
+    }
+
+    /// A catalog read at or after `after` (a statement calls a function the current one
+    /// does not list), unless one was read less than [`FORCED_READ_INTERVAL`] ago.
+    pub async fn read_since(
+        &self,
+        database: &str,
+        after: Instant,
+        reader: Reader<'_>,
+    ) -> Result<Snapshot, CatalogError> {
+        let slot = self.slot(database);
+        let recent = slot
+            .usable(None)
+            .filter(|snapshot| snapshot.read_at.elapsed() < FORCED_READ_INTERVAL);
+        match recent {
+            Some(snapshot) => Ok(snapshot),
+            None => {
+                self.read(&slot, reader, Some(after), FORCED_READ_INTERVAL)
+                    .await
+            }
+        }
+    }
+
+    /// Reads the catalog of `pool`'s database in the background if there is none yet, so
+    /// that a database's first statements find it.
+    pub fn prefetch(self: &Arc<Self>, pool: &Pool) {
+        let database = pool.target().database.clone();
+        if std::mem::replace(&mut self.slot(&database).state().prefetched, true) {
+            return;
+        }
+        let (catalogs, pool) = (Arc::clone(self), pool.clone());
+        tokio::spawn(async move {
+            let reader = Reader {
+                pool: &pool,
+                wait: false,
+            };
+            if let Err(error) = catalogs.current(&database, reader).await {
+                tracing::debug!(%error, %database, "the origin's catalog was not read ahead; it will be when first needed");
+            }
+        });
+    }
+
+    /// DDL went through warpdrive to `database`: the next user reads the catalog again.
+    pub fn note_changed(&self, database: &str) {
+        self.slot(database).state().changed_at = Some(Instant::now());
+    }
+
+    /// Reads unless a read already done gives what is needed: a catalog read at or after
+    /// `after` and after the last DDL seen, younger than `young`. The connection is taken
+    /// before the read lock, so that a reader never holds the lock while it waits for a
+    /// connection (which another asker, waiting for the lock, may hold).
+    async fn read(
+        &self,
+        slot: &Slot,
+        reader: Reader<'_>,
+        after: Option<Instant>,
+        young: Duration,
+    ) -> Result<Snapshot, CatalogError> {
+        let done = |slot: &Slot| {
+            slot.usable(after)
+                .filter(|snapshot| snapshot.read_at.elapsed() < young)
+        };
+        // Wait out a read in progress (holding no connection), then see if it did.
+        loop {
+            if let Some(snapshot) = done(slot) {
+                return Ok(snapshot);
+            }
+            if slot.reading.try_lock().is_ok() {
+                break;
+            }
+            drop(slot.reading.lock().await);
+        }
+        if let Some((at, error)) = &slot.state().failed
+            && at.elapsed() < RETRY_AFTER_FAILURE
+        {
+            return Err(error.clone());
+        }
+        let taken = if reader.wait {
+            Some(reader.pool.checkout().await)
+        } else {
+            reader.pool.checkout_if_free().await
+        };
+        let mut checkout = match taken {
+            None => return Err(CatalogError::NoConnection),
+            Some(Err(error)) => return Err(CatalogError::Connect(error.to_string())),
+            Some(Ok(checkout)) => checkout,
+        };
+        let _reading = slot.reading.lock().await;
+        if let Some(snapshot) = done(slot) {
+            return Ok(snapshot);
+        }
+        let read_at = Instant::now();
+        let read = read_on(checkout.conn()).await;
+        if checkout.conn().state == ConnState::Busy {
+            checkout.discard();
+        }
+        self.metrics.catalog_reads.fetch_add(1, Ordering::Relaxed);
+        let mut state = slot.state();
+        match read {
+            Ok(facts) => {
+                let snapshot = Snapshot {
+                    catalog: Arc::new(Catalog::new(facts, &self.rules)),
+                    read_at,
+                };
+                tracing::debug!(took = ?read_at.elapsed(), "read the origin's catalog");
+                state.current = Some(snapshot.clone());
+                state.failed = None;
+                Ok(snapshot)
+            }
+            Err(error) => {
+                self.metrics
+                    .catalog_read_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "cannot read the origin's catalog");
+                state.failed = Some((Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
+    }
+}
+
+/// User functions. `body` is the text of a SQL-standard body where there is one
+/// (PostgreSQL 14 and later keep it parsed, with an empty `prosrc`).
+fn functions_query(sql_standard_bodies: bool) -> String {
+    let body = if sql_standard_bodies {
+        "CASE WHEN p.prosqlbody IS NOT NULL THEN pg_catalog.pg_get_function_sqlbody(p.oid) ELSE p.prosrc END"
+    } else {
+        "p.prosrc"
+    };
+    format!(
+        "SELECT p.oid, n.nspname, p.proname, l.lanname, {body},
+           (SELECT pg_catalog.string_agg(f::text, ',')
+              FROM pg_catalog.pg_aggregate a,
+                   pg_catalog.unnest(ARRAY[a.aggtransfn::oid, a.aggfinalfn::oid,
+                     a.aggcombinefn::oid, a.aggserialfn::oid, a.aggdeserialfn::oid,
+                     a.aggmtransfn::oid, a.aggminvtransfn::oid, a.aggmfinalfn::oid]) AS f
+             WHERE a.aggfnoid = p.oid AND f <> 0)
+         FROM pg_catalog.pg_proc p
+         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+         JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema');"
+    )
+}
+
+/// Relations whose writes run code or write elsewhere: with their trigger functions,
+/// whether rules act on writes, and what else a write reaches.
+const RELATIONS_QUERY: &str = "WITH
+  triggers AS (SELECT tgrelid AS rel, tgfoid FROM pg_catalog.pg_trigger
+               WHERE NOT tgisinternal AND tgenabled <> 'D'),
+  rules AS (SELECT DISTINCT ev_class AS rel FROM pg_catalog.pg_rewrite WHERE ev_type <> '1'),
+  reaches AS (SELECT confrelid AS rel, conrelid AS other FROM pg_catalog.pg_constraint
+              WHERE contype = 'f' AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))
+              UNION SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits),
+  rels AS (SELECT rel FROM triggers UNION SELECT rel FROM rules
+           UNION SELECT rel FROM reaches UNION SELECT other FROM reaches)
+SELECT c.oid, n.nspname, c.relname,
+  (SELECT pg_catalog.string_agg(t.tgfoid::text, ',') FROM triggers t WHERE t.rel = c.oid),
+  EXISTS (SELECT 1 FROM rules r WHERE r.rel = c.oid),
+  (SELECT pg_catalog.string_agg(w.other::text, ',') FROM reaches w WHERE w.rel = c.oid)
+FROM rels JOIN pg_catalog.pg_class c ON c.oid = rels.rel
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;";
+
+const EVENT_TRIGGERS_QUERY: &str =
+    "SELECT evtfoid FROM pg_catalog.pg_event_trigger WHERE evtenabled <> 'D';";
+
+const BUILTINS_QUERY: &str = "SELECT p.oid,
+  CASE WHEN n.nspname = 'pg_catalog' THEN p.proname ELSE n.nspname || '.' || p.proname END
+FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname IN ('pg_catalog', 'information_schema');";
+
+/// Runs the catalog queries on an idle origin connection, in one round trip and one
+/// implicit transaction (one snapshot). The connection counts as busy until the origin's
+/// ReadyForQuery, so that it is closed, not reused, if the read fails half-way.
+async fn read_on(conn: &mut PooledConn) -> Result<CatalogFacts, CatalogError> {
+    conn.state = ConnState::Busy;
+    // A simple query destroys the unnamed statement.
+    conn.unnamed_statement = None;
+    let major = conn
+        .origin
+        .parameters
+        .iter()
+        .find(|(name, _)| &name[..] == b"server_version")
+        .and_then(|(_, value)| server_major(value))
+        .unwrap_or(0);
+    let exchange = tokio::time::timeout(READ_TIMEOUT, exchange(&mut conn.origin.conn, major));
+    let (status, facts) = exchange.await.map_err(|_| CatalogError::Timeout)??;
+    conn.state = ConnState::Ready(status);
+    facts
+}
+
+/// Sends the queries and reads every answer up to ReadyForQuery: the transaction status,
+/// and the facts or the origin's refusal.
+async fn exchange(
+    conn: &mut Conn,
+    major: u32,
+) -> Result<(TransactionStatus, Result<CatalogFacts, CatalogError>), CatalogError> {
+    // Bounded by warpdrive, not by a statement_timeout the session may have set; SET LOCAL
+    // ends with this query's implicit transaction.
+    let sql = format!(
+        "SET LOCAL statement_timeout = 0;{}{RELATIONS_QUERY}{EVENT_TRIGGERS_QUERY}{BUILTINS_QUERY}",
+        functions_query(major >= 14)
+    );
+    encode::query(&mut conn.out, &sql);
+    conn.flush().await.map_err(ConnError::Io)?;
+    let mut results: Vec<Vec<Vec<Option<Bytes>>>> = Vec::new();
+    let mut rows = Vec::new();
+    let mut refusal = None;
+    loop {
+        let frame = conn.read_frame().await?.ok_or(ConnError::TruncatedFrame)?;
+        match frame.tag() {
+            tag::DATA_ROW => rows.push(decode_data_row(&frame).map_err(ConnError::Wire)?),
+            tag::COMMAND_COMPLETE => results.push(std::mem::take(&mut rows)),
+            tag::ERROR_RESPONSE => {
+                if let Ok(BackendMessage::ErrorResponse(fields)) = BackendMessage::decode(&frame) {
+                    refusal = Some(fields.message());
+                }
+            }
+            tag::READY_FOR_QUERY => {
+                let status = match BackendMessage::decode(&frame) {
+                    Ok(BackendMessage::ReadyForQuery(status)) => status,
+                    _ => return Err(CatalogError::Unexpected("a malformed ReadyForQuery".into())),
+                };
+                let facts = match refusal {
+                    Some(message) => Err(CatalogError::Refused(message)),
+                    // The first result is the SET's.
+                    None => facts_from(results.into_iter().skip(1)),
+                };
+                return Ok((status, facts));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The facts from the four results, in query order.
+fn facts_from(
+    mut results: impl Iterator<Item = Vec<Vec<Option<Bytes>>>>,
+) -> Result<CatalogFacts, CatalogError> {
+    let mut next = || results.next().unwrap_or_default();
+    Ok(CatalogFacts {
+        functions: next()
+            .iter()
+            .map(|row| function(row))
+            .collect::<Result<_, _>>()?,
+        relations: next()
+            .iter()
+            .map(|row| relation(row))
+            .collect::<Result<_, _>>()?,
+        event_trigger_functions: next()
+            .iter()
+            .map(|row| oid(row.first()))
+            .collect::<Result<_, _>>()?,
+        builtins: next()
+            .iter()
+            .map(|row| Ok((oid(row.first())?, text(row.get(1))?)))
+            .collect::<Result<_, CatalogError>>()?,
+    })
+}
+
+/// The major version from `server_version` (`15.19 (Debian …)` → 15).
+fn server_major(version: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(version).ok()?;
+    text.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn text(value: Option<&Option<Bytes>>) -> Result<String, CatalogError> {
+    match value {
+        Some(Some(bytes)) => Ok(String::from_utf8_lossy(bytes).into_owned()),
+        _ => Err(CatalogError::Unexpected(
+            "a column is missing or NULL".to_owned(),
+        )),
+    }
+}
+
+fn oid(value: Option<&Option<Bytes>>) -> Result<u32, CatalogError> {
+    let text = text(value)?;
+    text.parse()
+        .map_err(|_| CatalogError::Unexpected(format!("{text:?} is not an OID")))
+}
+
+/// A comma-separated list of OIDs (NULL: none).
+fn oids(value: Option<&Option<Bytes>>) -> Result<Vec<u32>, CatalogError> {
+    match value {
+        Some(Some(_)) => text(value)?
+            .split(',')
+            .map(|part| {
+                part.parse()
+                    .map_err(|_| CatalogError::Unexpected(format!("{part:?} is not an OID")))
+            })
+            .collect(),
+        _ => Ok(Vec::new()),
+    }
+}
+
+fn function(row: &[Option<Bytes>]) -> Result<FunctionFacts, CatalogError> {
+    Ok(FunctionFacts {
+        oid: oid(row.first())?,
+        schema: text(row.get(1))?,
+        name: text(row.get(2))?,
+        language: text(row.get(3))?,
+        body: text(row.get(4)).unwrap_or_default(),
+        support: oids(row.get(5))?,
+    })
+}
+
+fn relation(row: &[Option<Bytes>]) -> Result<RelationFacts, CatalogError> {
+    Ok(RelationFacts {
+        oid: oid(row.first())?,
+        schema: text(row.get(1))?,
+        name: text(row.get(2))?,
+        trigger_functions: oids(row.get(3))?,
+        has_write_rules: text(row.get(4))? == "t",
+        also_writes: oids(row.get(5))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_and_oid_lists_parse() {
+        assert_eq!(server_major(b"15.19 (Debian 15.19-0+deb12u1)"), Some(15));
+        assert_eq!(server_major(b"9.6.24"), Some(9));
+        assert_eq!(server_major(b"devel"), None);
+        let list = Some(Bytes::from_static(b"1,20,300"));
+        assert_eq!(oids(Some(&list)).expect("parses"), vec![1, 20, 300]);
+        assert_eq!(oids(Some(&None)).expect("null is none"), Vec::<u32>::new());
+        let bad = Some(Bytes::from_static(b"1,x"));
+        assert!(oids(Some(&bad)).is_err());
+        assert!(functions_query(true).contains("prosqlbody"));
+        assert!(!functions_query(false).contains("prosqlbody"));
+    }
+}
