@@ -282,7 +282,7 @@ impl Catalogs {
         match read {
             Ok(facts) => {
                 let snapshot = Snapshot {
-                    catalog: Arc::new(Catalog::new(facts, &self.rules)),
+                    catalog: Arc::new(Catalog::new(facts, Arc::clone(&self.rules))),
                     read_at,
                 };
                 tracing::debug!(took = ?read_at.elapsed(), "read the origin's catalog");
@@ -325,19 +325,31 @@ fn functions_query(sql_standard_bodies: bool) -> String {
     )
 }
 
-/// Relations whose writes run code or write elsewhere: with their trigger functions,
-/// whether rules act on writes, and what else a write reaches.
+/// Relations whose writes run code or write elsewhere: the user functions that run on a
+/// write (triggers, column defaults, CHECK constraints, the constraints of its columns'
+/// domains), whether rules act on writes, and what else a write reaches.
 const RELATIONS_QUERY: &str = "WITH
-  triggers AS (SELECT tgrelid AS rel, tgfoid FROM pg_catalog.pg_trigger
-               WHERE NOT tgisinternal AND tgenabled <> 'D'),
+  uses AS (SELECT d.objid, d.classid, d.refobjid FROM pg_catalog.pg_depend d
+           WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384),
+  runs AS (SELECT tgrelid AS rel, tgfoid AS fn FROM pg_catalog.pg_trigger
+           WHERE NOT tgisinternal AND tgenabled <> 'D'
+           UNION SELECT ad.adrelid, u.refobjid FROM pg_catalog.pg_attrdef ad
+             JOIN uses u ON u.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND u.objid = ad.oid
+           UNION SELECT co.conrelid, u.refobjid FROM pg_catalog.pg_constraint co
+             JOIN uses u ON u.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND u.objid = co.oid
+             WHERE co.conrelid <> 0
+           UNION SELECT a.attrelid, u.refobjid FROM pg_catalog.pg_attribute a
+             JOIN pg_catalog.pg_constraint co ON co.contypid = a.atttypid
+             JOIN uses u ON u.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND u.objid = co.oid
+             WHERE a.attnum > 0 AND NOT a.attisdropped),
   rules AS (SELECT DISTINCT ev_class AS rel FROM pg_catalog.pg_rewrite WHERE ev_type <> '1'),
   reaches AS (SELECT confrelid AS rel, conrelid AS other FROM pg_catalog.pg_constraint
               WHERE contype = 'f' AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))
               UNION SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits),
-  rels AS (SELECT rel FROM triggers UNION SELECT rel FROM rules
+  rels AS (SELECT rel FROM runs UNION SELECT rel FROM rules
            UNION SELECT rel FROM reaches UNION SELECT other FROM reaches)
 SELECT c.oid, n.nspname, c.relname,
-  (SELECT pg_catalog.string_agg(t.tgfoid::text, ',') FROM triggers t WHERE t.rel = c.oid),
+  (SELECT pg_catalog.string_agg(r.fn::text, ',') FROM runs r WHERE r.rel = c.oid),
   EXISTS (SELECT 1 FROM rules r WHERE r.rel = c.oid),
   (SELECT pg_catalog.string_agg(w.other::text, ',') FROM reaches w WHERE w.rel = c.oid)
 FROM rels JOIN pg_catalog.pg_class c ON c.oid = rels.rel
@@ -494,7 +506,7 @@ fn relation(row: &[Option<Bytes>]) -> Result<RelationFacts, CatalogError> {
         oid: oid(row.first())?,
         schema: text(row.get(1))?,
         name: text(row.get(2))?,
-        trigger_functions: oids(row.get(3))?,
+        write_functions: oids(row.get(3))?,
         has_write_rules: text(row.get(4))? == "t",
         also_writes: oids(row.get(5))?,
     })

@@ -180,14 +180,17 @@ async fn code_that_leaves_the_session_alone_does_not_pin() {
              CREATE TABLE tenants (id int);
              CREATE FUNCTION pick() RETURNS trigger LANGUAGE plpgsql AS
                $$BEGIN PERFORM set_config('app.tenant', NEW.id::text, false); RETURN NEW; END$$;
-             CREATE TRIGGER tenants_pick AFTER INSERT ON tenants FOR EACH ROW EXECUTE FUNCTION pick();",
+             CREATE TRIGGER tenants_pick AFTER INSERT ON tenants FOR EACH ROW EXECUTE FUNCTION pick();
+             CREATE FUNCTION stamp() RETURNS text LANGUAGE sql AS
+               $$ SELECT set_config('app.stamp', 'x', false) $$;
+             CREATE TABLE stamped (id int, s text DEFAULT stamp());",
         )
         .await
         .unwrap();
-    let proxy = Proxy::for_database(&db, 2).await;
+    let proxy = Proxy::for_database(&db, 3).await;
     let client = proxy.connect(&db.name).await;
     for sql in [
-        "SELECT add_one(1)",
+        "SELECT add_one(1), coalesce(NULL, 2), greatest(1, 2), now()",
         "SELECT place(1)",
         "INSERT INTO orders VALUES (2, 3)",
         "DO $$BEGIN INSERT INTO orders VALUES (3, 4); END$$",
@@ -208,6 +211,12 @@ async fn code_that_leaves_the_session_alone_does_not_pin() {
     assert_eq!(one(&client, TENANT).await.as_deref(), Some("9"));
     let other = proxy.connect(&db.name).await;
     assert_eq!(one(&other, TENANT).await, None);
+    // A column default that sets state runs on INSERT: that writer is pinned too.
+    other
+        .simple_query("INSERT INTO stamped (id) VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(proxy.snapshot().pinned_sessions, 2);
     drop((client, other));
     proxy.stop().await;
     db.drop_now().await;

@@ -10,15 +10,17 @@
 //!   the rules say so, or when its body ([`read_code`]) changes the session, runs dynamic
 //!   SQL, is in a language warpdrive cannot read, or calls an unsafe function or writes an
 //!   unsafe relation; the rules can also declare it safe, which ends the reading;
-//! - a relation is unsafe when one of its triggers runs an unsafe function, rewrite rules
-//!   act on writes to it, or a write to it also writes an unsafe relation (partitions and
-//!   inheritance children, tables whose foreign keys cascade from it).
+//! - a relation is unsafe when a write to it runs an unsafe function (a trigger, a column
+//!   default, a CHECK or domain constraint), rewrite rules act on writes to it, or a write
+//!   to it also writes an unsafe relation (partitions and inheritance children, tables
+//!   whose foreign keys cascade from it).
 //!
 //! [`Catalog::judge`] then looks up what one statement names. Names are matched the
 //! conservative way: a bare name stands for that name in every schema (search_path can
 //! pick any of them, and a user function can even shadow a built-in one).
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use super::code::read_code;
 use super::rules::SessionSafety;
@@ -53,8 +55,9 @@ pub struct RelationFacts {
     pub schema: String,
     /// Its name, as stored.
     pub name: String,
-    /// The functions of its enabled user-defined triggers.
-    pub trigger_functions: Vec<u32>,
+    /// The user functions that run when it is written: its enabled triggers', its column
+    /// defaults', its CHECK constraints', its columns' domain constraints'.
+    pub write_functions: Vec<u32>,
     /// Whether rewrite rules act on INSERT, UPDATE or DELETE on it.
     pub has_write_rules: bool,
     /// Relations a write to it may also write: partitions, inheritance children, tables
@@ -104,7 +107,7 @@ enum Node {
 }
 
 /// The catalog of one origin database, judged.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Catalog {
     /// User function OIDs by bare and by schema-qualified name.
     functions: HashMap<String, Vec<u32>>,
@@ -114,6 +117,9 @@ pub struct Catalog {
     event_triggers: Verdict,
     builtin_names: HashSet<String>,
     builtin_oids: HashMap<u32, String>,
+    /// The rules, for the names of built-in functions and SQL syntax that reads like a
+    /// call (`coalesce(…)`), which the origin's `pg_proc` does not list.
+    rules: Arc<Rules>,
     /// Unsafe functions and relations by lower-case bare name, for text that was not read.
     unsafe_names: HashMap<String, String>,
 }
@@ -145,7 +151,7 @@ fn is_keyword(name: &str) -> bool {
 
 impl Catalog {
     /// Judges every function and relation of `facts`, with the rules' session entries.
-    pub fn new(facts: CatalogFacts, rules: &Rules) -> Catalog {
+    pub fn new(facts: CatalogFacts, rules: Arc<Rules>) -> Catalog {
         let mut catalog = Catalog {
             builtin_names: facts
                 .builtins
@@ -153,7 +159,12 @@ impl Catalog {
                 .map(|(_, name)| name.clone())
                 .collect(),
             builtin_oids: facts.builtins.into_iter().collect(),
-            ..Catalog::default()
+            rules: Arc::clone(&rules),
+            functions: HashMap::new(),
+            relations: HashMap::new(),
+            verdicts: HashMap::new(),
+            event_triggers: Verdict::Safe,
+            unsafe_names: HashMap::new(),
         };
         let mut names: HashMap<Node, String> = HashMap::new();
         for function in &facts.functions {
@@ -218,8 +229,8 @@ impl Catalog {
         for relation in &facts.relations {
             let node = Node::Relation(relation.oid);
             let edges = runs.entry(node).or_default();
-            for function in &relation.trigger_functions {
-                edges.push((Node::Function(*function), "has a trigger that runs"));
+            for function in &relation.write_functions {
+                edges.push((Node::Function(*function), "runs on writes"));
             }
             for other in &relation.also_writes {
                 edges.push((Node::Relation(*other), "also writes"));
@@ -287,7 +298,7 @@ impl Catalog {
     }
 
     fn is_builtin(&self, name: &str) -> bool {
-        self.builtin_names.contains(name)
+        self.builtin_names.contains(name) || self.rules.is_builtin_function(name)
     }
 
     /// What `analysis` may do to the session. `text` is the statement as sent, looked at
@@ -456,7 +467,7 @@ mod tests {
             oid,
             schema: "public".into(),
             name: name.into(),
-            trigger_functions: triggers.to_vec(),
+            write_functions: triggers.to_vec(),
             has_write_rules: false,
             also_writes: also_writes.to_vec(),
         }
@@ -516,7 +527,7 @@ mod tests {
 
     #[test]
     fn functions_are_judged_through_what_they_call() {
-        let catalog = Catalog::new(facts(), &Rules::builtin(Dialect::Postgres));
+        let catalog = Catalog::new(facts(), Arc::new(Rules::builtin(Dialect::Postgres)));
         let direct = judge(&catalog, "SELECT set_tenant('8')");
         assert_eq!(
             direct,
@@ -532,7 +543,10 @@ mod tests {
         );
         assert!(changes(&judge(&catalog, "SELECT py()")));
         assert_eq!(
-            judge(&catalog, "SELECT add(1, lower('a')::int)"),
+            judge(
+                &catalog,
+                "SELECT add(1, lower('a')::int), coalesce(NULL, 1), now()"
+            ),
             Judgement::Harmless
         );
         assert_eq!(judge(&catalog, "SELECT recursive(3)"), Judgement::Harmless);
@@ -544,7 +558,7 @@ mod tests {
 
     #[test]
     fn writes_are_judged_by_their_triggers_and_what_they_also_write() {
-        let catalog = Catalog::new(facts(), &Rules::builtin(Dialect::Postgres));
+        let catalog = Catalog::new(facts(), Arc::new(Rules::builtin(Dialect::Postgres)));
         assert_eq!(
             judge(&catalog, "INSERT INTO orders VALUES (1)"),
             Judgement::Harmless
@@ -571,7 +585,7 @@ mod tests {
             "test",
         )
         .expect("rules");
-        let catalog = Catalog::new(facts(), &rules);
+        let catalog = Catalog::new(facts(), Arc::new(rules));
         assert_eq!(
             judge(&catalog, "SELECT set_tenant('8')"),
             Judgement::Harmless
@@ -580,7 +594,7 @@ mod tests {
             judge(&catalog, "SELECT add(1, 2)"),
             Judgement::ChangesSession("public.add() may change session state: tests".into())
         );
-        let builtin = Catalog::new(facts(), &Rules::builtin(Dialect::Postgres));
+        let builtin = Catalog::new(facts(), Arc::new(Rules::builtin(Dialect::Postgres)));
         assert!(changes(&judge(
             &builtin,
             "DO $$BEGIN PERFORM set_config('role', 'x', false); END$$"
@@ -598,7 +612,7 @@ mod tests {
 
     #[test]
     fn function_calls_by_oid() {
-        let catalog = Catalog::new(facts(), &Rules::builtin(Dialect::Postgres));
+        let catalog = Catalog::new(facts(), Arc::new(Rules::builtin(Dialect::Postgres)));
         assert!(changes(&catalog.judge_function(2078)));
         assert_eq!(catalog.judge_function(1), Judgement::Harmless);
         assert_eq!(catalog.judge_function(42), Judgement::Harmless);

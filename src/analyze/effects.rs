@@ -156,13 +156,17 @@ pub(crate) fn pin(feature: &str) -> SessionEffect {
     }
 }
 
-/// With `standard_conforming_strings = off`, a setting value holding a backslash would
-/// be read differently when replayed: the client keeps its connection instead.
-pub(crate) fn pin_escaped_values(statements: &mut [Vec<SessionEffect>]) {
+/// A setting value with a backslash in a plain string reads differently on a connection
+/// whose `standard_conforming_strings` differs (the replay is read under the
+/// connection's setting, not the client's): the client keeps its connection instead.
+/// An escape string (`E'…'`) reads the same everywhere.
+pub(crate) fn pin_ambiguous_values(statements: &mut [Vec<SessionEffect>]) {
     for effect in statements.iter_mut().flatten() {
-        if matches!(effect, SessionEffect::Set { value, .. } if value.contains('\\')) {
-            *effect =
-                pin("a setting value with a backslash under standard_conforming_strings = off");
+        if let SessionEffect::Set { value, .. } = effect
+            && value.contains('\\')
+            && !(value.starts_with("E'") || value.starts_with("e'"))
+        {
+            *effect = pin("a setting value with a backslash in a plain string");
         }
     }
 }

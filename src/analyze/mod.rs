@@ -497,9 +497,6 @@ impl Analyzer {
         let fingerprint = lexed.fingerprint.clone();
         let hint = lexed.leading_comment.as_deref().and_then(hint::parse);
         let mut analysis = self.classify(dialect, sql, lexed, literals);
-        if literals == StringLiterals::BackslashEscapes {
-            effects::pin_escaped_values(&mut analysis.statement_effects);
-        }
         analysis.fingerprint = fingerprint;
         match hint {
             Some(Ok(hint)) => analysis.hint = Some(hint),
@@ -594,6 +591,9 @@ impl Analyzer {
             facts.verdict(class)
         };
         reasons.dedup();
+        if dialect == Dialect::Postgres {
+            effects::pin_ambiguous_values(&mut effects);
+        }
         let mut analysis = facts.into_analysis(status, kind, count, reasons);
         analysis.statement_effects = effects;
         analysis

@@ -223,6 +223,9 @@ pub struct Rules {
     session: HashMap<String, SessionRule>,
     /// Session-safety prefix patterns, longest first.
     session_patterns: Vec<(String, SessionRule)>,
+    /// The functions of the built-in rules: the database's own, and the SQL syntax that
+    /// reads like a call (`coalesce`, `current_date`, …).
+    builtin_functions: std::collections::HashSet<String>,
 }
 
 impl Rules {
@@ -233,8 +236,10 @@ impl Rules {
             Dialect::Mysql => MYSQL_RULES,
         };
         let origin = format!("built-in {dialect} rules");
-        Rules::parse(dialect, text, &origin)
-            .expect("the built-in rules are checked by the unit tests")
+        let mut rules = Rules::parse(dialect, text, &origin)
+            .expect("the built-in rules are checked by the unit tests");
+        rules.builtin_functions = rules.functions.keys().cloned().collect();
+        rules
     }
 
     /// Parses rules from TOML text. `origin` names the text in errors.
@@ -247,6 +252,7 @@ impl Rules {
             relation_patterns: Vec::new(),
             session: HashMap::new(),
             session_patterns: Vec::new(),
+            builtin_functions: std::collections::HashSet::new(),
         };
         rules.merge_text(text, origin)?;
         Ok(rules)
@@ -361,6 +367,12 @@ impl Rules {
             })
     }
 
+    /// Whether a function is one of the built-in rules' (the database's own or SQL
+    /// syntax), whatever a rules file of the user's says about it.
+    pub fn is_builtin_function(&self, name: &str) -> bool {
+        self.builtin_functions.contains(name)
+    }
+
     /// Number of function entries.
     pub fn function_count(&self) -> usize {
         self.functions.len()
@@ -416,6 +428,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn builtin_functions_stay_builtin_under_overrides() {
+        let rules = Rules::builtin(Dialect::Postgres);
+        assert!(rules.is_builtin_function("coalesce"));
+        assert!(rules.is_builtin_function("lower"));
+        assert!(!rules.is_builtin_function("slugify"));
     }
 
     #[test]

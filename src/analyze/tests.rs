@@ -783,3 +783,17 @@ fn objects_in_pg_temp_are_temporary() {
         );
     }
 }
+
+#[test]
+fn setting_values_with_backslashes_in_plain_strings_pin() {
+    // Replayed on a connection with the other standard_conforming_strings, the value
+    // would read differently; an escape string reads the same everywhere.
+    assert_eq!(
+        effects(r"SET app.pattern = '\d+'"),
+        vec![pinned("a setting value with a backslash in a plain string")]
+    );
+    assert_eq!(
+        effects(r"SET app.pattern = E'\\d+'"),
+        vec![set("app.pattern", r"E'\\d+'")]
+    );
+}

@@ -245,25 +245,33 @@ impl Session {
         &self,
         batch: &[FrontendMessage],
     ) -> Vec<(Arc<Analysis>, Option<Bytes>)> {
-        let mut parsed: HashMap<&Bytes, ClientStatement> = HashMap::new();
+        let mut parsed: HashMap<&Bytes, (Arc<Analysis>, &Bytes)> = HashMap::new();
         let mut bound: HashMap<&Bytes, (Arc<Analysis>, Option<Bytes>)> = HashMap::new();
         let mut executed = Vec::new();
         for message in batch {
             match message {
                 FrontendMessage::Parse(parse) => {
-                    parsed.insert(&parse.name, self.client_statement(parse));
+                    let analysis = self.ctx.analyzer.analyze_bytes(
+                        Dialect::Postgres,
+                        &parse.sql,
+                        self.string_literals(),
+                    );
+                    parsed.insert(&parse.name, (analysis, &parse.sql));
                 }
                 FrontendMessage::Bind(bind) => {
                     let statement = match parsed.get(&bind.statement) {
-                        Some(statement) => Some(statement),
-                        None if bind.statement.is_empty() => self.unnamed.as_ref(),
-                        None => self.statements.get(&bind.statement),
+                        Some((analysis, sql)) => Some((Arc::clone(analysis), (*sql).clone())),
+                        None if bind.statement.is_empty() => self
+                            .unnamed
+                            .as_ref()
+                            .map(|s| (Arc::clone(&s.analysis), s.sql.clone())),
+                        None => self
+                            .statements
+                            .get(&bind.statement)
+                            .map(|s| (Arc::clone(&s.analysis), s.sql.clone())),
                     };
-                    if let Some(statement) = statement {
-                        bound.insert(
-                            &bind.portal,
-                            (Arc::clone(&statement.analysis), Some(statement.sql.clone())),
-                        );
+                    if let Some((analysis, sql)) = statement {
+                        bound.insert(&bind.portal, (analysis, Some(sql)));
                     }
                 }
                 FrontendMessage::Execute(execute) => {
