@@ -412,3 +412,39 @@ async fn function_calls_by_oid_are_judged_like_statements() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_all_makes_a_pinned_client_pooled_again() {
+    let db = TestDatabase::create("code_discard").await;
+    db.direct()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION set_tenant(t text) RETURNS text LANGUAGE sql
+               AS $$ SELECT set_config('app.tenant', t, false) $$",
+        )
+        .await
+        .unwrap();
+    let proxy = Proxy::start(common::cached_deployment(&db.name, 2)).await;
+    let client = proxy.connect(&db.name).await;
+    client.simple_query("SELECT set_tenant('3')").await.unwrap();
+    assert_eq!(proxy.snapshot().pinned_sessions, 1);
+    for _ in 0..2 {
+        client.simple_query("SELECT 42 AS answer").await.unwrap();
+    }
+    assert_eq!(
+        proxy.count("hit"),
+        0,
+        "a pinned client is not served from the cache"
+    );
+    client.batch_execute("DISCARD ALL").await.unwrap();
+    // Pooled again, on a fresh connection: the tenant is not merely empty but unset, and
+    // the cache serves the client.
+    assert_eq!(one(&client, TENANT).await, None);
+    for _ in 0..2 {
+        client.simple_query("SELECT 42 AS answer").await.unwrap();
+    }
+    assert_eq!(proxy.count("hit"), 1);
+    drop(client);
+    proxy.stop().await;
+    db.drop_now().await;
+}

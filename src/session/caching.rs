@@ -115,12 +115,14 @@ impl InFlight {
         }
     }
 
-    /// Whether this request may change the setting `name`.
+    /// Whether this request may change the setting `name` (code it runs may change any).
     pub(super) fn may_change_setting(&self, name: &str) -> bool {
-        self.effects
-            .iter()
-            .flatten()
-            .any(|effect| effect.may_change_setting(name))
+        !self.pins.is_empty()
+            || self
+                .effects
+                .iter()
+                .flatten()
+                .any(|effect| effect.may_change_setting(name))
     }
 
     /// Adds the statements this request runs, by their effects.

@@ -17,8 +17,9 @@ use bytes::{Bytes, BytesMut};
 use super::caching::{Consulted, InFlight};
 use super::error::{ClientError, sqlstate};
 use super::relay::{Expect, OnError};
+use super::settings::STANDARD_CONFORMING_STRINGS;
 use super::{Session, SessionError};
-use crate::analyze::{Analysis, Dialect, SessionEffect};
+use crate::analyze::{Analysis, Dialect, SessionEffect, StringLiterals};
 use crate::cache::key::result_settings;
 use crate::cache::policy::{Decision, decide};
 use crate::cache::{CacheStatus, Described, Entry, Request};
@@ -240,22 +241,24 @@ impl Session {
     }
 
     /// The statements a batch executes, in order, with their text when warpdrive has it
-    /// (not for a portal bound by an earlier batch).
+    /// (not for a portal bound by an earlier batch). A Parse after an Execute that may
+    /// change standard_conforming_strings is read without knowing it, as the origin
+    /// parses each message after the ones before it ran.
     fn executed_statements(
         &self,
         batch: &[FrontendMessage],
     ) -> Vec<(Arc<Analysis>, Option<Bytes>)> {
         let mut parsed: HashMap<&Bytes, (Arc<Analysis>, &Bytes)> = HashMap::new();
         let mut bound: HashMap<&Bytes, (Arc<Analysis>, Option<Bytes>)> = HashMap::new();
-        let mut executed = Vec::new();
+        let mut executed: Vec<(Arc<Analysis>, Option<Bytes>)> = Vec::new();
+        let mut literals = self.string_literals();
         for message in batch {
             match message {
                 FrontendMessage::Parse(parse) => {
-                    let analysis = self.ctx.analyzer.analyze_bytes(
-                        Dialect::Postgres,
-                        &parse.sql,
-                        self.string_literals(),
-                    );
+                    let analysis =
+                        self.ctx
+                            .analyzer
+                            .analyze_bytes(Dialect::Postgres, &parse.sql, literals);
                     parsed.insert(&parse.name, (analysis, &parse.sql));
                 }
                 FrontendMessage::Bind(bind) => {
@@ -280,6 +283,13 @@ impl Session {
                             .get(&execute.portal)
                             .map(|analysis| (Arc::clone(analysis), None))
                     });
+                    if let Some((analysis, _)) = &statement
+                        && analysis
+                            .effects()
+                            .any(|effect| effect.may_change_setting(STANDARD_CONFORMING_STRINGS))
+                    {
+                        literals = StringLiterals::Unknown;
+                    }
                     executed.extend(statement);
                 }
                 _ => {}

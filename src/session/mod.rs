@@ -699,6 +699,7 @@ impl Session {
             .requests
             .iter()
             .any(|request| request.may_change_setting(STANDARD_CONFORMING_STRINGS))
+            || !self.unsynced.pins.is_empty()
             || self
                 .unsynced
                 .effects
