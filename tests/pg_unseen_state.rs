@@ -7,27 +7,9 @@
 
 mod common;
 
-use common::{Proxy, RawClient, TestDatabase};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use common::{Proxy, RawClient, TWO_SCHEMAS, TestDatabase, last_value as value};
+use tokio_postgres::Client;
 use warpdrive::wire::pg::encode;
-
-/// The first column of the first row of the last result, as text (None for NULL).
-async fn value(client: &Client, sql: &str) -> Option<String> {
-    let messages = client.simple_query(sql).await.expect(sql);
-    messages
-        .iter()
-        .rev()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql} returned no row"))
-}
-
-/// A table `t2` in `public` and in `s2`, each saying which one it is.
-const TWO_SCHEMAS: &str = "CREATE SCHEMA s2;
-    CREATE TABLE public.t2 (v text); INSERT INTO public.t2 VALUES ('public');
-    CREATE TABLE s2.t2 (v text); INSERT INTO s2.t2 VALUES ('s2');";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_in_one_query_string_undoes_what_came_before_it() {

@@ -8,26 +8,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proxy, RawClient, TestDatabase};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use common::{Proxy, RawClient, TWO_SCHEMAS, TestDatabase, first_column as column, last_value};
+use tokio_postgres::Client;
 use warpdrive::wire::pg::encode;
 
-/// The first column of every row, as text (None for NULL).
-async fn column(client: &Client, sql: &str) -> Vec<Option<String>> {
-    client
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
-            _ => None,
-        })
-        .collect()
-}
-
 async fn one(client: &Client, sql: &str) -> Option<String> {
-    column(client, sql).await.remove(0)
+    last_value(client, sql).await
 }
 
 /// A login role and a role it may become, for one test; dropped by [`Roles::drop_now`].
@@ -340,14 +326,7 @@ fn function_call(m: &mut bytes::BytesMut, oid: u32, arguments: &[&str]) {
 async fn function_calls_by_oid_are_judged_like_statements() {
     let db = TestDatabase::create("code_fastpath").await;
     let direct = db.direct().await;
-    direct
-        .batch_execute(
-            "CREATE SCHEMA s2;
-             CREATE TABLE public.t2 (v text); INSERT INTO public.t2 VALUES ('public');
-             CREATE TABLE s2.t2 (v text); INSERT INTO s2.t2 VALUES ('s2');",
-        )
-        .await
-        .unwrap();
+    direct.batch_execute(TWO_SCHEMAS).await.unwrap();
     let oid = |signature: &str| {
         let direct = &direct;
         let signature = signature.to_owned();

@@ -19,11 +19,11 @@
 //! - whether it writes data, and then every name it mentions: the triggers of a table it
 //!   writes run too.
 
-use sqlparser::tokenizer::{Token, Word};
+use sqlparser::tokenizer::Token;
 
 use super::NameSet;
 use super::effects::session_state_feature;
-use super::lex::postgres_readings;
+use super::lex::{folded, postgres_readings};
 
 /// What a body may do, as far as its text shows.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -85,7 +85,7 @@ fn read_tokens(tokens: &[Token]) -> CodeReading {
         let Token::Word(word) = token else {
             continue;
         };
-        mentions.insert(name_of(word));
+        mentions.insert(folded(word));
         if word.quote_style.is_some() {
             if tokens.get(at + 1) == Some(&Token::LParen) {
                 reading.calls.insert(called_name(tokens, at));
@@ -132,25 +132,17 @@ fn read_tokens(tokens: &[Token]) -> CodeReading {
     reading
 }
 
-/// A word as PostgreSQL resolves it: unquoted names fold to lower case.
-fn name_of(word: &Word) -> String {
-    match word.quote_style {
-        Some(_) => word.value.clone(),
-        None => word.value.to_lowercase(),
-    }
-}
-
 /// The name of the function called at `at`, with its schema when one precedes it
 /// (`pg_catalog.f` is the built-in `f`).
 fn called_name(tokens: &[Token], at: usize) -> String {
     let Some(Token::Word(function)) = tokens.get(at) else {
         return String::new();
     };
-    let function = name_of(function);
+    let function = folded(function);
     let schema =
         at.checked_sub(2)
             .and_then(|before| match (&tokens[before], &tokens[before + 1]) {
-                (Token::Word(schema), Token::Period) => Some(name_of(schema)),
+                (Token::Word(schema), Token::Period) => Some(folded(schema)),
                 _ => None,
             });
     match schema {

@@ -308,18 +308,23 @@ fn is_plain_string_with_backslash(token: &Token) -> bool {
     )
 }
 
-/// The unquoted words of a text, lower case (none if it does not tokenize). For
-/// statements the parser refused, whose effects can only be guessed from their words.
-pub(crate) fn words(dialect: Dialect, sql: &str, literals: StringLiterals) -> Vec<String> {
+/// A PostgreSQL name as written: unquoted names fold to lower case, quoted ones stay.
+pub(crate) fn folded(word: &Word) -> String {
+    match word.quote_style {
+        Some(_) => word.value.clone(),
+        None => word.value.to_lowercase(),
+    }
+}
+
+/// The word tokens of a text, in order (none if it does not tokenize).
+fn word_tokens(dialect: Dialect, sql: &str, literals: StringLiterals) -> Vec<Word> {
     Tokenizer::new(tokenizer_dialect(dialect, literals), sql)
         .tokenize()
         .map(|tokens| {
             tokens
                 .into_iter()
                 .filter_map(|token| match token {
-                    Token::Word(word) if word.quote_style.is_none() => {
-                        Some(word.value.to_lowercase())
-                    }
+                    Token::Word(word) => Some(word),
                     _ => None,
                 })
                 .collect()
@@ -327,26 +332,23 @@ pub(crate) fn words(dialect: Dialect, sql: &str, literals: StringLiterals) -> Ve
         .unwrap_or_default()
 }
 
-/// Every name in a text, lower case unless quoted, sorted and without duplicates (none if
-/// it does not tokenize). For statements the parser refused, whose calls and targets can
-/// only be guessed.
+/// The unquoted words of a text, lower case, in order. For statements the parser
+/// refused, whose effects can only be guessed from their words.
+pub(crate) fn words(dialect: Dialect, sql: &str, literals: StringLiterals) -> Vec<String> {
+    word_tokens(dialect, sql, literals)
+        .into_iter()
+        .filter(|word| word.quote_style.is_none())
+        .map(|word| word.value.to_lowercase())
+        .collect()
+}
+
+/// Every name in a text, lower case unless quoted, sorted and without duplicates. For
+/// statements the parser refused, whose calls and targets can only be guessed.
 pub(crate) fn names(dialect: Dialect, sql: &str, literals: StringLiterals) -> Vec<String> {
-    let names: std::collections::BTreeSet<String> =
-        Tokenizer::new(tokenizer_dialect(dialect, literals), sql)
-            .tokenize()
-            .map(|tokens| {
-                tokens
-                    .into_iter()
-                    .filter_map(|token| match token {
-                        Token::Word(word) if word.quote_style.is_none() => {
-                            Some(word.value.to_lowercase())
-                        }
-                        Token::Word(word) => Some(word.value),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+    let names: std::collections::BTreeSet<String> = word_tokens(dialect, sql, literals)
+        .into_iter()
+        .map(|word| folded(&word))
+        .collect();
     names.into_iter().collect()
 }
 

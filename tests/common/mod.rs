@@ -396,3 +396,30 @@ pub async fn psql(port: u16, database: &str, commands: &[&str], sslmode: &str) -
     .await
     .expect("psql runs")
 }
+
+/// The first column of every row a simple query returns, as text (None for NULL).
+pub async fn first_column(client: &Client, sql: &str) -> Vec<Option<String>> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The first column of the last row a simple query returns.
+pub async fn last_value(client: &Client, sql: &str) -> Option<String> {
+    first_column(client, sql)
+        .await
+        .pop()
+        .unwrap_or_else(|| panic!("{sql} returned no row"))
+}
+
+/// A table `t2` in `public` and in schema `s2`, each holding the name of its schema.
+pub const TWO_SCHEMAS: &str = "CREATE SCHEMA s2;
+    CREATE TABLE public.t2 (v text); INSERT INTO public.t2 VALUES ('public');
+    CREATE TABLE s2.t2 (v text); INSERT INTO s2.t2 VALUES ('s2');";
