@@ -30,7 +30,7 @@ use crate::pool::{ConnState, Pool, PooledConn};
 use crate::wire::pg::backend::{BackendMessage, TransactionStatus, decode_data_row, tag};
 use crate::wire::pg::encode;
 
-/// How long a catalog serves before it is read again in the background.
+/// How long a catalog serves before the next asker reads it again.
 pub const MAX_AGE: Duration = Duration::from_secs(10);
 
 /// The shortest time between two reads forced by a call of a function the catalog does
@@ -47,7 +47,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// Why the catalog could not be read.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum CatalogError {
-    /// Every pooled connection was busy, and the asking session's own was not idle.
+    /// Every pooled connection was busy, and the asking session holds one already.
     #[error("no origin connection was free to read the catalog")]
     NoConnection,
     /// No connection to the origin.
@@ -172,6 +172,11 @@ impl Catalogs {
         let aged = match slot.usable(None) {
             Some(snapshot) if snapshot.read_at.elapsed() < MAX_AGE => return Ok(snapshot),
             aged => aged,
+        };
+        // An old catalog still serves: reading it again never waits for a connection.
+        let reader = Reader {
+            wait: reader.wait && aged.is_none(),
+            ..reader
         };
         match (self.read(&slot, reader, None, MAX_AGE).await, aged) {
             (Ok(snapshot), _) => Ok(snapshot),

@@ -1,6 +1,6 @@
 //! Code a request runs that its text does not show: user-defined functions and
-//! procedures, the triggers of the tables it writes, DO blocks, functions called by OID
-//! (FunctionCall). Before the request is sent, the origin's catalog
+//! procedures, what runs when it writes a table (triggers, defaults, constraints), DO
+//! blocks, functions called by OID (FunctionCall). Before the request is sent, the origin's catalog
 //! ([`crate::catalog`]) judges whether that code may change the session (a setting, the
 //! role, a lock, …). If it may, the client's session state is unknown from then on: the
 //! client is pinned at the request's end (its connection is closed, never reused, when it
