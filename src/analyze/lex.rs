@@ -9,8 +9,10 @@
 //! - rewrite the few constructs sqlparser 0.63 cannot parse but whose meaning is plain,
 //!   into an equivalent it can: PostgreSQL `FOR NO KEY UPDATE` / `FOR KEY SHARE` (still a
 //!   locking clause), MySQL `LOCK IN SHARE MODE` (`FOR SHARE`), MariaDB
-//!   `NEXT VALUE FOR s` / `PREVIOUS VALUE FOR s` (`nextval(s)` / `lastval(s)`), and a
-//!   statement-leading PostgreSQL `TABLE t` (`SELECT * FROM t`);
+//!   `NEXT VALUE FOR s` / `PREVIOUS VALUE FOR s` (`nextval(s)` / `lastval(s)`), a
+//!   statement-leading PostgreSQL `TABLE t` (`SELECT * FROM t`), and PostgreSQL's
+//!   `ONLY t` (the table without its inheritance children: `t`, which sqlparser would
+//!   read as a table named `only`);
 //! - refuse text whose expressions chain deeper than [`MAX_EXPRESSION_DEPTH`] operators:
 //!   sqlparser builds `1+1+…+1` as a left-deep tree without a recursion check, and
 //!   walking or dropping a tree a million levels deep would overflow the stack;
@@ -444,6 +446,28 @@ impl<'a> Significant<'a> {
                 .is_some_and(|t| t.token == Token::SemiColon)
     }
 
+    /// Whether the `ONLY` at `position` is the inheritance keyword before a table name
+    /// (after FROM, JOIN, a comma in a FROM list, UPDATE, TABLE, INTO, TRUNCATE, ON), not the `ONLY` of
+    /// `FETCH FIRST n ROWS ONLY`.
+    fn names_a_table_after_only(&self, position: usize) -> bool {
+        use Keyword::*;
+        let after_table_keyword = position
+            .checked_sub(1)
+            .and_then(|p| self.get(p))
+            .is_some_and(|previous| {
+                previous.token == Token::Comma
+                    || matches!(
+                        keyword(previous),
+                        Some(FROM | JOIN | UPDATE | TABLE | INTO | TRUNCATE | ON)
+                    )
+            });
+        after_table_keyword
+            && matches!(
+                self.get(position + 1).map(|t| &t.token),
+                Some(Token::Word(_))
+            )
+    }
+
     /// End (exclusive position) of a dotted name starting at `position`.
     fn dotted_name_end(&self, position: usize) -> Option<usize> {
         let mut end = position;
@@ -493,6 +517,11 @@ fn find_rewrite(dialect: Dialect, sig: &Significant<'_>, position: usize) -> Opt
                     keep: end - position - 1,
                     suffix: Vec::new(),
                 });
+            }
+            if sig.keywords_at(position, &[ONLY]) && sig.names_a_table_after_only(position) {
+                // `FROM ONLY t`: the same table without its inheritance children, which
+                // sqlparser would read as a table named `only`.
+                return Some(simple(1, Vec::new()));
             }
             None
         }
@@ -700,6 +729,25 @@ mod tests {
         assert_eq!(
             significant_text(Dialect::Postgres, "select 1 from t for key share nowait"),
             "select 1 from t FOR SHARE nowait"
+        );
+    }
+
+    #[test]
+    fn only_before_a_table_is_dropped() {
+        assert_eq!(
+            significant_text(
+                Dialect::Postgres,
+                "SELECT x FROM ONLY secret, ONLY b JOIN ONLY c ON true"
+            ),
+            "SELECT x FROM secret , b JOIN c ON true"
+        );
+        assert_eq!(
+            significant_text(Dialect::Postgres, "UPDATE ONLY t SET a = 1"),
+            "UPDATE t SET a = 1"
+        );
+        assert_eq!(
+            significant_text(Dialect::Postgres, "SELECT a FROM t FETCH FIRST 1 ROWS ONLY"),
+            "SELECT a FROM t FETCH FIRST 1 ROWS ONLY"
         );
     }
 

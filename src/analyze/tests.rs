@@ -797,3 +797,37 @@ fn setting_values_with_backslashes_in_plain_strings_pin() {
         vec![set("app.pattern", r"E'\\d+'")]
     );
 }
+
+#[test]
+fn moving_date_and_time_literals_are_stable() {
+    for sql in [
+        "SELECT 'now'::timestamptz",
+        "SELECT 'today'::date",
+        "SELECT CAST('tomorrow' AS date)",
+        "SELECT timestamp 'now'",
+        "SELECT * FROM t WHERE d > 'yesterday'",
+        "SELECT * FROM t WHERE d > 'yesterday 13:00'",
+        "SELECT 'NOW'::timestamp",
+    ] {
+        let analysis = pg(sql);
+        assert_eq!(analysis.status, Status::Cacheable, "{sql}");
+        assert!(!analysis.stable_functions.is_empty(), "{sql}");
+        assert_eq!(
+            analysis.status_under(StableFunctions::Bypass),
+            Status::Volatile,
+            "{sql}"
+        );
+    }
+    for sql in [
+        "SELECT 'epoch'::timestamptz",
+        "SELECT 'allballs'::time",
+        "SELECT 'knowhow'",
+    ] {
+        let analysis = pg(sql);
+        assert_eq!(
+            analysis.status_under(StableFunctions::Bypass),
+            Status::Cacheable,
+            "{sql}"
+        );
+    }
+}

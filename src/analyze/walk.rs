@@ -7,7 +7,8 @@
 //! - writes hidden in a read: data-modifying CTEs (a nested INSERT/UPDATE/DELETE/MERGE),
 //!   `SELECT … INTO`, locking clauses at any depth;
 //! - volatility: volatile or unknown functions, volatile relations, MySQL variables,
-//!   `SQL_CALC_FOUND_ROWS`, `TABLESAMPLE` without `REPEATABLE`.
+//!   `SQL_CALC_FOUND_ROWS`, `TABLESAMPLE` without `REPEATABLE`;
+//! - clock-dependent literals (`'now'`, `'today'`, …), which count as STABLE functions.
 //!
 //! Names are resolved the way the dialect does: PostgreSQL folds unquoted identifiers to
 //! lower case and keeps quoted ones as written (so `"Lower"(x)` is not `lower(x)`), and
@@ -17,12 +18,15 @@ use std::ops::ControlFlow;
 
 use sqlparser::ast::{
     Expr, Ident, ObjectName, ObjectNamePart, Query, Select, SetExpr, Statement, TableFactor,
-    TableObject, Visit, Visitor,
+    TableObject, Value, ValueWithSpan, Visit, Visitor,
 };
 
 use super::rules::Volatility;
 use super::statement::Class;
 use super::{Analysis, Dialect, Kind, NameSet, Reason, Rules, Status};
+
+/// The special date/time input values PostgreSQL evaluates when the statement runs.
+const MOVING_TIME_WORDS: [&str; 4] = ["now", "today", "tomorrow", "yesterday"];
 
 /// What a walk found, merged over all statements of a text.
 #[derive(Debug, Default)]
@@ -333,6 +337,29 @@ impl Walker<'_> {
         }
     }
 
+    /// PostgreSQL reads `'now'`, `'today'`, `'tomorrow'` and `'yesterday'` as the clock
+    /// at execution, wherever a string becomes a date or time (a typed literal, a cast, a
+    /// comparison with a timestamp column, which the text does not show): such a literal
+    /// moves with the clock like `now()`, a STABLE function. (`'epoch'` and `'allballs'`
+    /// are constants.)
+    fn check_moving_time(&mut self, value: &Value) {
+        let text = match value {
+            Value::SingleQuotedString(text)
+            | Value::EscapedStringLiteral(text)
+            | Value::NationalStringLiteral(text)
+            | Value::UnicodeStringLiteral(text) => text,
+            Value::DollarQuotedString(quoted) => &quoted.value,
+            _ => return,
+        };
+        let moving = text
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .map(str::to_ascii_lowercase)
+            .find(|word| MOVING_TIME_WORDS.contains(&word.as_str()));
+        if let Some(word) = moving {
+            self.facts.stable_functions.insert(format!("'{word}'"));
+        }
+    }
+
     fn check_variable(&mut self, first_part: &Ident) {
         if self.dialect == Dialect::Mysql
             && first_part.quote_style.is_none()
@@ -425,6 +452,13 @@ impl Visitor for Walker<'_> {
             return ControlFlow::Continue(());
         }
         self.record_relation(relation);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_value(&mut self, value: &ValueWithSpan) -> ControlFlow<()> {
+        if self.dialect == Dialect::Postgres {
+            self.check_moving_time(&value.value);
+        }
         ControlFlow::Continue(())
     }
 
