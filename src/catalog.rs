@@ -5,8 +5,8 @@
 //!
 //! One catalog per origin database, shared by a deployment's sessions. It is read when a
 //! database's first client arrives (in the background), before it is next used after DDL
-//! that went through warpdrive, once it is [`MAX_AGE`] old (DDL may also reach the origin
-//! directly), and on demand when a statement calls a function it does not list (at most
+//! that went through warpdrive, once it is the pool's `catalog_max_age` old (DDL may also
+//! reach the origin directly), and on demand when a statement calls a function it does not list (at most
 //! once per [`FORCED_READ_INTERVAL`]). One read at a time per database; the others wait.
 //!
 //! A read runs on a pooled connection, never beyond the pool's `max_size`. An asker that
@@ -22,16 +22,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::analyze::Rules;
-use crate::analyze::catalog::{Catalog, CatalogFacts, FunctionFacts, RelationFacts};
+use crate::analyze::catalog::{
+    CastFacts, Catalog, CatalogFacts, FunctionFacts, FunctionRef, OperatorFacts, RelationFacts,
+    RelationKind, TypeFacts,
+};
+use crate::analyze::{AnalysisMemo, Volatility};
 use crate::conn::{Conn, ConnError};
 use crate::metrics::DeploymentMetrics;
 use crate::pool::{ConnState, Pool, PooledConn};
 use crate::wire::pg::backend::{BackendMessage, TransactionStatus, decode_data_row, tag};
 use crate::wire::pg::encode;
-
-/// How long a catalog serves before the next asker reads it again.
-pub const MAX_AGE: Duration = Duration::from_secs(10);
 
 /// The shortest time between two reads forced by a call of a function the catalog does
 /// not list (an application calling a missing function must not make warpdrive read the
@@ -133,17 +133,17 @@ pub struct Reader<'a> {
 
 /// The catalogs of one deployment's databases.
 pub struct Catalogs {
-    rules: Arc<Rules>,
+    analyzer: Arc<AnalysisMemo>,
     metrics: Arc<DeploymentMetrics>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
 }
 
 impl Catalogs {
-    /// Catalogs judged with `rules` (their `[session]` entries), counting their reads
-    /// into `metrics`.
-    pub fn new(rules: Arc<Rules>, metrics: Arc<DeploymentMetrics>) -> Catalogs {
+    /// Catalogs judged with `analyzer` (its rules; it reads view definitions and
+    /// policies), counting their reads into `metrics`.
+    pub fn new(analyzer: Arc<AnalysisMemo>, metrics: Arc<DeploymentMetrics>) -> Catalogs {
         Catalogs {
-            rules,
+            analyzer,
             metrics,
             slots: Mutex::new(HashMap::new()),
         }
@@ -161,16 +161,17 @@ impl Catalogs {
     }
 
     /// The catalog of `database` to judge with now: read first when there is none yet,
-    /// DDL went through warpdrive since, or it is [`MAX_AGE`] old (when it is only old and
-    /// cannot be read now, it serves a while longer).
+    /// DDL went through warpdrive since, or it is `catalog_max_age` old (when it is only
+    /// old and cannot be read now, it serves a while longer).
     pub async fn current(
         &self,
         database: &str,
         reader: Reader<'_>,
     ) -> Result<Snapshot, CatalogError> {
         let slot = self.slot(database);
+        let max_age = reader.pool.settings().catalog_max_age;
         let aged = match slot.usable(None) {
-            Some(snapshot) if snapshot.read_at.elapsed() < MAX_AGE => return Ok(snapshot),
+            Some(snapshot) if snapshot.read_at.elapsed() < max_age => return Ok(snapshot),
             aged => aged,
         };
         // An old catalog still serves: reading it again never waits for a connection.
@@ -178,7 +179,7 @@ impl Catalogs {
             wait: reader.wait && aged.is_none(),
             ..reader
         };
-        match (self.read(&slot, reader, None, MAX_AGE).await, aged) {
+        match (self.read(&slot, reader, None, max_age).await, aged) {
             (Ok(snapshot), _) => Ok(snapshot),
             (Err(error), Some(aged)) => {
                 tracing::debug!(%error, %database, "the origin's catalog is old but cannot be read now; the last one read serves");
@@ -287,7 +288,7 @@ impl Catalogs {
         match read {
             Ok(facts) => {
                 let snapshot = Snapshot {
-                    catalog: Arc::new(Catalog::new(facts, Arc::clone(&self.rules))),
+                    catalog: Arc::new(Catalog::new(facts, &self.analyzer)),
                     read_at,
                 };
                 tracing::debug!(took = ?read_at.elapsed(), "read the origin's catalog");
@@ -322,7 +323,8 @@ fn functions_query(sql_standard_bodies: bool) -> String {
                    pg_catalog.unnest(ARRAY[a.aggtransfn::oid, a.aggfinalfn::oid,
                      a.aggcombinefn::oid, a.aggserialfn::oid, a.aggdeserialfn::oid,
                      a.aggmtransfn::oid, a.aggminvtransfn::oid, a.aggmfinalfn::oid]) AS f
-             WHERE a.aggfnoid = p.oid AND f <> 0)
+             WHERE a.aggfnoid = p.oid AND f <> 0),
+           p.provolatile, p.pronargs
          FROM pg_catalog.pg_proc p
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
          JOIN pg_catalog.pg_language l ON l.oid = p.prolang
@@ -330,9 +332,10 @@ fn functions_query(sql_standard_bodies: bool) -> String {
     )
 }
 
-/// Relations whose writes run code or write elsewhere: the user functions that run on a
-/// write (triggers, column defaults, CHECK constraints, the constraints of its columns'
-/// domains), whether rules act on writes, and what else a write reaches.
+/// Every relation that can be read or written: its kind, a user view's definition, the
+/// user functions that run on a write (triggers, column defaults, CHECK constraints, the
+/// constraints of its columns' domains), whether rules act on writes, and what else a
+/// write reaches.
 const RELATIONS_QUERY: &str = "WITH
   uses AS (SELECT d.objid, d.classid, d.refobjid FROM pg_catalog.pg_depend d
            WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384),
@@ -350,15 +353,19 @@ const RELATIONS_QUERY: &str = "WITH
   rules AS (SELECT DISTINCT ev_class AS rel FROM pg_catalog.pg_rewrite WHERE ev_type <> '1'),
   reaches AS (SELECT confrelid AS rel, conrelid AS other FROM pg_catalog.pg_constraint
               WHERE contype = 'f' AND (confdeltype IN ('c', 'n', 'd') OR confupdtype IN ('c', 'n', 'd'))
-              UNION SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits),
-  rels AS (SELECT rel FROM runs UNION SELECT rel FROM rules
-           UNION SELECT rel FROM reaches UNION SELECT other FROM reaches)
-SELECT c.oid, n.nspname, c.relname,
+              UNION SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits)
+SELECT c.oid, n.nspname, c.relname, c.relkind,
+  CASE WHEN c.relkind = 'v' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       THEN pg_catalog.pg_get_viewdef(c.oid) END,
   (SELECT pg_catalog.string_agg(r.fn::text, ',') FROM runs r WHERE r.rel = c.oid),
   EXISTS (SELECT 1 FROM rules r WHERE r.rel = c.oid),
   (SELECT pg_catalog.string_agg(w.other::text, ',') FROM reaches w WHERE w.rel = c.oid)
-FROM rels JOIN pg_catalog.pg_class c ON c.oid = rels.rel
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;";
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND n.nspname <> 'pg_toast';";
+
+/// The USING expressions of row-level-security policies.
+const POLICIES_QUERY: &str = "SELECT polrelid, pg_catalog.pg_get_expr(polqual, polrelid)
+FROM pg_catalog.pg_policy WHERE polqual IS NOT NULL;";
 
 const EVENT_TRIGGERS_QUERY: &str =
     "SELECT evtfoid FROM pg_catalog.pg_event_trigger WHERE evtenabled <> 'D';";
@@ -367,6 +374,36 @@ const BUILTINS_QUERY: &str = "SELECT p.oid,
   CASE WHEN n.nspname = 'pg_catalog' THEN p.proname ELSE n.nspname || '.' || p.proname END
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 WHERE n.nspname IN ('pg_catalog', 'information_schema');";
+
+/// User operators with the function each runs.
+const OPERATORS_QUERY: &str = "SELECT n.nspname, o.oprname, pn.nspname, p.proname, p.provolatile
+FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema');";
+
+const BUILTIN_OPERATORS_QUERY: &str = "SELECT DISTINCT oprname FROM pg_catalog.pg_operator
+WHERE oprnamespace = 'pg_catalog'::pg_catalog.regnamespace;";
+
+/// User types (not arrays) with their input function, and a domain's base type.
+const TYPES_QUERY: &str = "SELECT t.oid, n.nspname, t.typname, pn.nspname, p.proname, p.provolatile, t.typbasetype
+FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+JOIN pg_catalog.pg_proc p ON p.oid = t.typinput JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND t.typcategory <> 'A';";
+
+/// The CHECK expressions of domains.
+const DOMAIN_CHECKS_QUERY: &str = "SELECT contypid, pg_catalog.pg_get_expr(conbin, 0)
+FROM pg_catalog.pg_constraint WHERE contypid <> 0 AND contype = 'c';";
+
+const BUILTIN_TYPES_QUERY: &str = "SELECT t.typname FROM pg_catalog.pg_type t
+JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+WHERE n.nspname IN ('pg_catalog', 'information_schema') AND t.typcategory <> 'A';";
+
+/// User casts that run a function, by the type they cast to.
+const CASTS_QUERY: &str = "SELECT tn.nspname, t.typname, pn.nspname, p.proname, p.provolatile
+FROM pg_catalog.pg_cast c JOIN pg_catalog.pg_type t ON t.oid = c.casttarget
+JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
+JOIN pg_catalog.pg_proc p ON p.oid = c.castfunc JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+WHERE c.oid >= 16384;";
 
 /// Runs the catalog queries on an idle origin connection, in one round trip and one
 /// implicit transaction (one snapshot). The connection counts as busy until the origin's
@@ -397,7 +434,7 @@ async fn exchange(
     // Bounded by warpdrive, not by a statement_timeout the session may have set; SET LOCAL
     // ends with this query's implicit transaction.
     let sql = format!(
-        "SET LOCAL statement_timeout = 0;{}{RELATIONS_QUERY}{EVENT_TRIGGERS_QUERY}{BUILTINS_QUERY}",
+        "SET LOCAL statement_timeout = 0;{}{RELATIONS_QUERY}{POLICIES_QUERY}{EVENT_TRIGGERS_QUERY}         {BUILTINS_QUERY}{OPERATORS_QUERY}{BUILTIN_OPERATORS_QUERY}{TYPES_QUERY}         {DOMAIN_CHECKS_QUERY}{BUILTIN_TYPES_QUERY}{CASTS_QUERY}",
         functions_query(major >= 14)
     );
     encode::query(&mut conn.out, &sql);
@@ -432,29 +469,90 @@ async fn exchange(
     }
 }
 
-/// The facts from the four results, in query order.
+/// The facts from the results, in query order.
 fn facts_from(
     mut results: impl Iterator<Item = Vec<Vec<Option<Bytes>>>>,
 ) -> Result<CatalogFacts, CatalogError> {
     let mut next = || results.next().unwrap_or_default();
+    let functions = rows(next(), function)?;
+    let mut relations = rows(next(), relation)?;
+    for (relation, policy) in rows(next(), |row| Ok((oid(row.first())?, text(row.get(1))?)))? {
+        if let Some(relation) = relations.iter_mut().find(|r| r.oid == relation) {
+            relation.policies.push(policy);
+        }
+    }
+    let event_trigger_functions = rows(next(), |row| oid(row.first()))?;
+    let builtins = rows(next(), |row| Ok((oid(row.first())?, text(row.get(1))?)))?;
+    let operators = rows(next(), |row| {
+        Ok(OperatorFacts {
+            schema: text(row.first())?,
+            name: text(row.get(1))?,
+            function: function_ref(&row[2.min(row.len())..])?,
+        })
+    })?;
+    let builtin_operators = rows(next(), |row| text(row.first()))?;
+    let mut types = rows(next(), |row| {
+        Ok(TypeFacts {
+            oid: oid(row.first())?,
+            schema: text(row.get(1))?,
+            name: text(row.get(2))?,
+            input: function_ref(&row[3.min(row.len())..])?,
+            base: oid(row.get(6))?,
+            checks: Vec::new(),
+        })
+    })?;
+    for (domain, check) in rows(next(), |row| Ok((oid(row.first())?, text(row.get(1))?)))? {
+        if let Some(domain) = types.iter_mut().find(|t| t.oid == domain) {
+            domain.checks.push(check);
+        }
+    }
+    let builtin_types = rows(next(), |row| text(row.first()))?;
+    let casts = rows(next(), |row| {
+        Ok(CastFacts {
+            target_schema: text(row.first())?,
+            target: text(row.get(1))?,
+            function: function_ref(&row[2.min(row.len())..])?,
+        })
+    })?;
     Ok(CatalogFacts {
-        functions: next()
-            .iter()
-            .map(|row| function(row))
-            .collect::<Result<_, _>>()?,
-        relations: next()
-            .iter()
-            .map(|row| relation(row))
-            .collect::<Result<_, _>>()?,
-        event_trigger_functions: next()
-            .iter()
-            .map(|row| oid(row.first()))
-            .collect::<Result<_, _>>()?,
-        builtins: next()
-            .iter()
-            .map(|row| Ok((oid(row.first())?, text(row.get(1))?)))
-            .collect::<Result<_, CatalogError>>()?,
+        functions,
+        relations,
+        event_trigger_functions,
+        builtins,
+        operators,
+        builtin_operators,
+        types,
+        builtin_types,
+        casts,
     })
+}
+
+fn rows<T>(
+    rows: Vec<Vec<Option<Bytes>>>,
+    read: impl Fn(&[Option<Bytes>]) -> Result<T, CatalogError>,
+) -> Result<Vec<T>, CatalogError> {
+    rows.iter().map(|row| read(row)).collect()
+}
+
+/// A function as three columns: schema, name, `provolatile`.
+fn function_ref(columns: &[Option<Bytes>]) -> Result<FunctionRef, CatalogError> {
+    Ok(FunctionRef {
+        schema: text(columns.first())?,
+        name: text(columns.get(1))?,
+        volatility: volatility(columns.get(2))?,
+    })
+}
+
+/// `provolatile`: `i`, `s` or `v`.
+fn volatility(value: Option<&Option<Bytes>>) -> Result<Volatility, CatalogError> {
+    match text(value)?.as_str() {
+        "i" => Ok(Volatility::Immutable),
+        "s" => Ok(Volatility::Stable),
+        "v" => Ok(Volatility::Volatile),
+        other => Err(CatalogError::Unexpected(format!(
+            "{other:?} is not a volatility class"
+        ))),
+    }
 }
 
 /// The major version from `server_version` (`15.19 (Debian …)` → 15).
@@ -496,6 +594,7 @@ fn oids(value: Option<&Option<Bytes>>) -> Result<Vec<u32>, CatalogError> {
 }
 
 fn function(row: &[Option<Bytes>]) -> Result<FunctionFacts, CatalogError> {
+    let arguments = text(row.get(7))?;
     Ok(FunctionFacts {
         oid: oid(row.first())?,
         schema: text(row.get(1))?,
@@ -503,6 +602,10 @@ fn function(row: &[Option<Bytes>]) -> Result<FunctionFacts, CatalogError> {
         language: text(row.get(3))?,
         body: text(row.get(4)).unwrap_or_default(),
         support: oids(row.get(5))?,
+        volatility: volatility(row.get(6))?,
+        arguments: arguments
+            .parse()
+            .map_err(|_| CatalogError::Unexpected(format!("{arguments:?} is not a count")))?,
     })
 }
 
@@ -511,9 +614,12 @@ fn relation(row: &[Option<Bytes>]) -> Result<RelationFacts, CatalogError> {
         oid: oid(row.first())?,
         schema: text(row.get(1))?,
         name: text(row.get(2))?,
-        write_functions: oids(row.get(3))?,
-        has_write_rules: text(row.get(4))? == "t",
-        also_writes: oids(row.get(5))?,
+        kind: RelationKind::from_relkind(&text(row.get(3))?),
+        definition: text(row.get(4)).ok(),
+        policies: Vec::new(),
+        write_functions: oids(row.get(5))?,
+        has_write_rules: text(row.get(6))? == "t",
+        also_writes: oids(row.get(7))?,
     })
 }
 

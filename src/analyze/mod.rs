@@ -254,6 +254,26 @@ pub struct UserCode {
     pub unread: bool,
 }
 
+/// What only the origin's catalog can tell about a PostgreSQL read: names whose meaning
+/// depends on the database (sorted, no duplicates).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CatalogNames {
+    /// Functions the rules do not know (user-defined, or an extension's): volatile unless
+    /// the catalog declares them immutable or stable.
+    pub unknown_functions: Vec<String>,
+    /// Operators applied (`+`, `###`, `schema.###`): a user-defined one runs its function.
+    pub operators: Vec<String>,
+    /// Types converted to (casts, typed literals), as `pg_type` names them: a user type
+    /// runs its input function, its casts and its domain checks.
+    pub types: Vec<String>,
+    /// The last part of `x.name` references: a column, or a call `name(x)` of a
+    /// function with one argument (attribute notation).
+    pub attributes: Vec<String>,
+    /// Whether the text alone makes the read volatile (a volatile function or relation,
+    /// sampling, …), whatever the catalog says.
+    pub volatile_anyway: bool,
+}
+
 /// A `DO` block.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CodeBlock {
@@ -301,12 +321,23 @@ pub struct Analysis {
     pub hint: Option<CacheHint>,
     /// Code it runs that only the origin's catalog can judge.
     pub user_code: UserCode,
+    /// What only the origin's catalog can resolve for a read.
+    pub catalog_names: CatalogNames,
 }
 
 impl Analysis {
     /// Every session effect of the text, in statement order.
     pub fn effects(&self) -> impl Iterator<Item = &SessionEffect> {
         self.statement_effects.iter().flatten()
+    }
+
+    /// This analysis with another status and that one reason (what the session learns
+    /// beyond the text, such as the origin's catalog being unreadable).
+    pub fn refused(&self, status: Status, reason: impl Into<String>) -> Analysis {
+        let mut refused = self.clone();
+        refused.status = status;
+        refused.reasons = vec![Reason::new(reason)];
+        refused
     }
 
     /// The effect of a text that is one statement with exactly one effect.
@@ -360,6 +391,7 @@ impl Analysis {
             fingerprint: String::new(),
             hint: None,
             user_code: UserCode::default(),
+            catalog_names: CatalogNames::default(),
         }
     }
 

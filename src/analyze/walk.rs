@@ -23,7 +23,32 @@ use sqlparser::ast::{
 
 use super::rules::Volatility;
 use super::statement::Class;
-use super::{Analysis, Dialect, Kind, NameSet, Reason, Rules, Status};
+use super::{Analysis, CatalogNames, Dialect, Kind, NameSet, Reason, Rules, Status};
+
+/// The `pg_type` name of a built-in SQL type as sqlparser shows it (`INTEGER` → `int4`,
+/// `TIMESTAMP WITH TIME ZONE` → `timestamptz`); other names in lower case, without
+/// modifiers.
+fn builtin_type_name(data_type: &sqlparser::ast::DataType) -> String {
+    let shown = data_type.to_string().to_lowercase();
+    let bare = shown.split('(').next().unwrap_or_default().trim();
+    let name = match bare {
+        "int" | "integer" | "int4" => "int4",
+        "bigint" | "int8" => "int8",
+        "smallint" | "int2" => "int2",
+        "boolean" | "bool" => "bool",
+        "real" | "float4" => "float4",
+        "double precision" | "float" | "float8" => "float8",
+        "decimal" | "numeric" | "dec" => "numeric",
+        "character varying" | "varchar" => "varchar",
+        "character" | "char" | "bpchar" => "bpchar",
+        "time" | "time without time zone" => "time",
+        "time with time zone" | "timetz" => "timetz",
+        "timestamp" | "timestamp without time zone" => "timestamp",
+        "timestamp with time zone" | "timestamptz" => "timestamptz",
+        other => other,
+    };
+    name.to_owned()
+}
 
 /// The special date/time input values PostgreSQL evaluates when the statement runs.
 const MOVING_TIME_WORDS: [&str; 4] = ["now", "today", "tomorrow", "yesterday"];
@@ -40,8 +65,16 @@ pub(crate) struct Facts {
     writes: Vec<Reason>,
     /// Whether a read hides a data change (so its kind is a write).
     changes_data: bool,
-    /// Reasons the read is `volatile`.
+    /// Reasons the read is `volatile` whatever the origin's catalog says.
     volatility: Vec<Reason>,
+    /// Functions the rules do not know: volatile unless the catalog says otherwise.
+    unknown_functions: NameSet,
+    /// Operators used: user-defined ones run their function.
+    operators: NameSet,
+    /// Types converted to: user types run input functions, casts, domain checks.
+    types: NameSet,
+    /// The last part of `x.name` references: a column, or a call of `name(x)`.
+    attributes: NameSet,
 }
 
 impl Facts {
@@ -55,6 +88,10 @@ impl Facts {
         self.writes.extend(other.writes);
         self.changes_data |= other.changes_data;
         self.volatility.extend(other.volatility);
+        self.unknown_functions.extend(other.unknown_functions);
+        self.operators.extend(other.operators);
+        self.types.extend(other.types);
+        self.attributes.extend(other.attributes);
     }
 
     /// The functions called.
@@ -76,8 +113,16 @@ impl Facts {
         if !self.writes.is_empty() {
             return (Status::Uncacheable, self.writes.clone());
         }
-        if !self.volatility.is_empty() {
-            return (Status::Volatile, self.volatility.clone());
+        if !self.volatility.is_empty() || !self.unknown_functions.is_empty() {
+            let unknown = self.unknown_functions.iter().map(|name| {
+                Reason::new(format!(
+                    "calls unknown function {name}(): functions not in the rules are treated as volatile unless the origin's catalog declares them immutable or stable; declare it in a rules file to decide yourself"
+                ))
+            });
+            return (
+                Status::Volatile,
+                self.volatility.iter().cloned().chain(unknown).collect(),
+            );
         }
         (Status::Cacheable, Vec::new())
     }
@@ -90,6 +135,13 @@ impl Facts {
         reasons: Vec<Reason>,
     ) -> Analysis {
         let tables_read = self.read.difference(&self.written).cloned().collect();
+        let catalog_names = CatalogNames {
+            unknown_functions: self.unknown_functions.into_iter().collect(),
+            operators: self.operators.into_iter().collect(),
+            types: self.types.into_iter().collect(),
+            attributes: self.attributes.into_iter().collect(),
+            volatile_anyway: !self.volatility.is_empty(),
+        };
         Analysis {
             status,
             kind,
@@ -104,6 +156,7 @@ impl Facts {
             fingerprint: String::new(),
             hint: None,
             user_code: super::UserCode::default(),
+            catalog_names,
         }
     }
 }
@@ -182,9 +235,7 @@ impl Walker<'_> {
             }
             Some(_) => {}
             None => {
-                self.facts.volatility.push(Reason::new(format!(
-                    "calls unknown function {resolved}(): functions not in the rules are treated as volatile; declare it immutable or stable in a rules file to cache it"
-                )));
+                self.facts.unknown_functions.insert(resolved.clone());
                 self.facts.volatile_functions.insert(resolved);
             }
         }
@@ -360,6 +411,71 @@ impl Walker<'_> {
         }
     }
 
+    /// Records what the origin's catalog must resolve in a PostgreSQL expression: the
+    /// operators it applies, the types it converts to, the `x.name` it references.
+    fn record_catalog_names(&mut self, expr: &Expr) {
+        if self.dialect != Dialect::Postgres {
+            return;
+        }
+        match expr {
+            Expr::BinaryOp { op, .. }
+            | Expr::AnyOp { compare_op: op, .. }
+            | Expr::AllOp { compare_op: op, .. } => self.record_operator(&op.to_string()),
+            Expr::UnaryOp { op, .. } => self.record_operator(&op.to_string()),
+            Expr::Cast { data_type, .. } => self.record_type(data_type),
+            Expr::TypedString(typed) => self.record_type(&typed.data_type),
+            Expr::CompoundIdentifier(parts) if parts.len() > 1 => {
+                if let Some(last) = parts.last() {
+                    let attribute = self.ident(last);
+                    self.facts.attributes.insert(attribute);
+                }
+            }
+            Expr::CompoundFieldAccess { access_chain, .. } => {
+                for access in access_chain {
+                    if let sqlparser::ast::AccessExpr::Dot(Expr::Identifier(field)) = access {
+                        let attribute = self.ident(field);
+                        self.facts.attributes.insert(attribute);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// An operator by its symbol (`+`, `###`), or `schema.symbol` for `OPERATOR(s.#)`;
+    /// keyword operators (AND, OR, …) are not in the catalog.
+    fn record_operator(&mut self, shown: &str) {
+        let name = match shown
+            .strip_prefix("OPERATOR(")
+            .and_then(|rest| rest.strip_suffix(')'))
+        {
+            Some(qualified) => qualified.replace(' ', ""),
+            None if shown.chars().any(|c| c.is_ascii_alphabetic()) => return,
+            None => shown.to_owned(),
+        };
+        self.facts.operators.insert(name);
+    }
+
+    /// A type converted to, by the name the catalog knows it under.
+    fn record_type(&mut self, data_type: &sqlparser::ast::DataType) {
+        use sqlparser::ast::{ArrayElemTypeDef, DataType};
+        match data_type {
+            DataType::Custom(name, _) => {
+                let name = self.parts(name).join(".");
+                self.facts.types.insert(name);
+            }
+            DataType::Array(
+                ArrayElemTypeDef::SquareBracket(element, _)
+                | ArrayElemTypeDef::AngleBracket(element)
+                | ArrayElemTypeDef::Parenthesis(element)
+                | ArrayElemTypeDef::Qualified(element, _),
+            ) => self.record_type(element),
+            other => {
+                self.facts.types.insert(builtin_type_name(other));
+            }
+        }
+    }
+
     fn check_variable(&mut self, first_part: &Ident) {
         if self.dialect == Dialect::Mysql
             && first_part.quote_style.is_none()
@@ -463,6 +579,7 @@ impl Visitor for Walker<'_> {
     }
 
     fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        self.record_catalog_names(expr);
         match expr {
             Expr::Function(function) => self.record_function(&function.name),
             Expr::Identifier(ident) => self.check_variable(ident),

@@ -26,6 +26,7 @@
 //! max_query_duration = "60s"
 //! prepared_statements_per_connection = 256
 //! health_check_interval = "30s"
+//! catalog_max_age = "10s"
 //!
 //! [deployment.limits]
 //! max_message_bytes = "64MiB"
@@ -141,6 +142,10 @@ pub struct PoolSettings {
     /// Idle connections unused this long get the empty query `;` as a health check.
     /// Default 30 s.
     pub health_check_interval: Duration,
+    /// What warpdrive read of the origin's catalog (views, functions, triggers, …) is
+    /// read again once this old, to see DDL that did not pass through warpdrive.
+    /// Default 10 s, at most 1 h.
+    pub catalog_max_age: Duration,
 }
 
 impl Default for PoolSettings {
@@ -154,6 +159,7 @@ impl Default for PoolSettings {
             max_query_duration: Duration::from_secs(60),
             prepared_statements_per_connection: 256,
             health_check_interval: Duration::from_secs(30),
+            catalog_max_age: Duration::from_secs(10),
         }
     }
 }
@@ -292,6 +298,7 @@ struct RawPool {
     max_query_duration: Option<RawDuration>,
     prepared_statements_per_connection: Option<usize>,
     health_check_interval: Option<RawDuration>,
+    catalog_max_age: Option<RawDuration>,
 }
 
 #[derive(Default, Deserialize)]
@@ -534,7 +541,20 @@ fn validate_deployment(index: usize, raw: RawDeployment) -> Result<Deployment, C
             pool.health_check_interval,
             defaults.health_check_interval,
         )?,
+        catalog_max_age: duration(
+            &key("pool.catalog_max_age"),
+            pool.catalog_max_age,
+            defaults.catalog_max_age,
+        )?,
     };
+    if deployment.pool.catalog_max_age.is_zero()
+        || deployment.pool.catalog_max_age > Duration::from_secs(3600)
+    {
+        return Err(ConfigError::invalid(
+            key("pool.catalog_max_age"),
+            "must be more than 0 and at most 1h",
+        ));
+    }
     if deployment.pool.max_size == 0 {
         return Err(ConfigError::invalid(
             key("pool.max_size"),

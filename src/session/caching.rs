@@ -8,6 +8,10 @@
 //! not show), and only when the client is not pinned to its connection (it may read its
 //! own temporary tables, or settings set with set_config()).
 //!
+//! Before it is looked up, a read is refined with the origin's catalog (see
+//! [`super::catalog`]): a view over a volatile function is volatile, a user function its
+//! owner declared immutable is cacheable, and the base tables of views count as read.
+//!
 //! A hit produces exactly the replies the client's own messages call for: the entry
 //! holds only result messages, and ParseComplete, BindComplete, CloseComplete and
 //! ReadyForQuery are synthesised per the client's batch.
@@ -161,6 +165,17 @@ impl Session {
         started: Instant,
     ) -> Consulted {
         let in_transaction = self.status != TransactionStatus::Idle;
+        // What the read really runs (views, user functions, operators, …) decides, when
+        // it could be cached at all.
+        let may_cache = self.ctx.deployment.cache.enabled
+            && !in_transaction
+            && self.pinned.is_none()
+            && !self.relay.awaits_origin();
+        let refined = match may_cache {
+            true => self.refine_for_cache(analysis, started).await,
+            false => None,
+        };
+        let analysis = refined.as_ref().unwrap_or(analysis);
         let decision = match decide(&self.ctx.deployment.cache, analysis, in_transaction).0 {
             // A pinned session may read its own temporary tables, or settings set with
             // set_config() that are not in the key: its reads are its own.

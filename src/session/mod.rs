@@ -14,13 +14,13 @@
 //! leaves. Internal errors become ErrorResponses in [`error`], the only place that does so.
 
 mod caching;
+mod catalog;
 pub mod error;
 mod extended;
 mod recorder;
 mod relay;
 pub mod settings;
 mod startup;
-mod user_code;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -119,10 +119,7 @@ impl SessionContext {
             .iter()
             .map(|user| (user.name.clone(), ScramSecret::new(&user.password)))
             .collect();
-        let catalogs = Arc::new(Catalogs::new(
-            analyzer.analyzer().shared_rules(Dialect::Postgres),
-            Arc::clone(&metrics),
-        ));
+        let catalogs = Arc::new(Catalogs::new(Arc::clone(&analyzer), Arc::clone(&metrics)));
         SessionContext {
             catalogs,
             deployment,
