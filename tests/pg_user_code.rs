@@ -8,46 +8,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proxy, RawClient, TWO_SCHEMAS, TestDatabase, first_column as column, last_value};
+use common::{
+    Proxy, RawClient, Roles, TWO_SCHEMAS, TestDatabase, first_column as column, last_value,
+};
 use tokio_postgres::Client;
 use warpdrive::wire::pg::encode;
 
 async fn one(client: &Client, sql: &str) -> Option<String> {
     last_value(client, sql).await
-}
-
-/// A login role and a role it may become, for one test; dropped by [`Roles::drop_now`].
-struct Roles {
-    app: String,
-    other: String,
-}
-
-impl Roles {
-    async fn create(db: &TestDatabase) -> Roles {
-        let roles = Roles {
-            app: format!("{}_app", db.name),
-            other: format!("{}_other", db.name),
-        };
-        let admin = common::admin().await;
-        admin
-            .batch_execute(&format!(
-                "DROP ROLE IF EXISTS {app}; DROP ROLE IF EXISTS {other};
-                 CREATE ROLE {app} LOGIN; CREATE ROLE {other}; GRANT {other} TO {app};",
-                app = roles.app,
-                other = roles.other
-            ))
-            .await
-            .expect("roles");
-        roles
-    }
-
-    async fn drop_now(self) {
-        common::admin()
-            .await
-            .batch_execute(&format!("DROP ROLE {}; DROP ROLE {}", self.app, self.other))
-            .await
-            .expect("drop roles");
-    }
 }
 
 /// Tenants 7 and 8 under row-level security keyed by the custom setting app.tenant, and

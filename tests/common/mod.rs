@@ -423,3 +423,37 @@ pub async fn last_value(client: &Client, sql: &str) -> Option<String> {
 pub const TWO_SCHEMAS: &str = "CREATE SCHEMA s2;
     CREATE TABLE public.t2 (v text); INSERT INTO public.t2 VALUES ('public');
     CREATE TABLE s2.t2 (v text); INSERT INTO s2.t2 VALUES ('s2');";
+
+/// A login role and a role it may become, for one test; dropped by [`Roles::drop_now`].
+pub struct Roles {
+    pub app: String,
+    pub other: String,
+}
+
+impl Roles {
+    pub async fn create(db: &TestDatabase) -> Roles {
+        let roles = Roles {
+            app: format!("{}_app", db.name),
+            other: format!("{}_other", db.name),
+        };
+        let admin = admin().await;
+        admin
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS {app}; DROP ROLE IF EXISTS {other};
+                 CREATE ROLE {app} LOGIN; CREATE ROLE {other}; GRANT {other} TO {app};",
+                app = roles.app,
+                other = roles.other
+            ))
+            .await
+            .expect("roles");
+        roles
+    }
+
+    pub async fn drop_now(self) {
+        admin()
+            .await
+            .batch_execute(&format!("DROP ROLE {}; DROP ROLE {}", self.app, self.other))
+            .await
+            .expect("drop roles");
+    }
+}
