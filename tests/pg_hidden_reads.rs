@@ -26,7 +26,10 @@ async fn calls(direct: &Client) -> String {
 
 /// Runs `sql` three times through warpdrive: the function behind it must run each time.
 async fn three_times_uncached(proxy: &Proxy, db: &TestDatabase, direct: &Client, sql: &str) {
-    direct.batch_execute("TRUNCATE calls").await.unwrap();
+    direct
+        .batch_execute("TRUNCATE calls")
+        .await
+        .expect("empty the call log");
     let hits = proxy.count("hit");
     let client = proxy.connect(&db.name).await;
     for _ in 0..3 {
