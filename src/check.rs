@@ -5,7 +5,9 @@
 
 use serde::Serialize;
 
-use crate::analyze::{Analysis, CacheHint, Dialect, Kind, Reason, StableFunctions, Status};
+use crate::analyze::{
+    Analysis, CacheHint, CatalogNames, Dialect, Kind, Reason, StableFunctions, Status,
+};
 use crate::cache::CacheStatus;
 use crate::cache::policy::{Decision, decide};
 use crate::config::CacheSettings;
@@ -108,6 +110,9 @@ pub struct CheckReport<'a> {
     pub fingerprint: &'a str,
     /// A `/* warpdrive: … */` hint in a leading comment.
     pub hint: Option<CacheHint>,
+    /// What the proxy resolves with the origin's catalog (user functions, operators,
+    /// types converted to, `x.name` references): `check` has no catalog.
+    pub catalog_names: &'a CatalogNames,
     /// With a configuration: what the deployment's cache rules make of it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<PolicyReport>,
@@ -132,6 +137,7 @@ impl<'a> CheckReport<'a> {
             reasons: analysis.reasons_under(policy),
             fingerprint: &analysis.fingerprint,
             hint: analysis.hint,
+            catalog_names: &analysis.catalog_names,
             cache: None,
         }
     }
@@ -188,6 +194,12 @@ impl<'a> CheckReport<'a> {
                 StableFunctions::Bypass => "bypass",
             },
         );
+        if !self.catalog_names.unknown_functions.is_empty() {
+            out.push_str(&format!(
+                "origin's catalog:   the proxy judges {} by the volatility the origin's catalog declares\n",
+                list(&self.catalog_names.unknown_functions)
+            ));
+        }
         out.push_str(&format!("fingerprint:        {}\n", self.fingerprint));
         for reason in &self.reasons {
             out.push_str(&format!("why:                {reason}\n"));
