@@ -297,3 +297,33 @@ async fn the_catalog_is_read_again_after_ddl_and_when_old() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everyday_operators_and_casts_stay_cacheable() {
+    let db = TestDatabase::create("hidden_everyday").await;
+    db.direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE docs (id int, body jsonb, tags text[], name text, at timestamptz);
+             INSERT INTO docs VALUES (1, '{\"a\": 1}', '{x}', 'one', '2026-01-01');",
+        )
+        .await
+        .unwrap();
+    let proxy = Proxy::start(common::cached_deployment(&db.name, 2)).await;
+    let client = proxy.connect(&db.name).await;
+    let reads = [
+        "SELECT d.id FROM docs d WHERE d.body ->> 'a' = '1' AND d.body @> '{\"a\": 1}'",
+        "SELECT id FROM docs WHERE tags && ARRAY['x'] AND name || '!' <> 'two' AND id != 2",
+        "SELECT id FROM docs WHERE name ~ '^o' AND name LIKE 'o%' AND id BETWEEN 0 AND 9",
+        "SELECT -id, id % 2, id::text, CAST(id AS bigint), at::date, '1 day'::interval FROM docs",
+        "SELECT id::numeric(10, 2), name::varchar(3), at::timestamp with time zone FROM docs",
+    ];
+    for sql in reads {
+        first_column(&client, sql).await;
+        first_column(&client, sql).await;
+    }
+    assert_eq!(proxy.count("hit"), reads.len() as u64);
+    drop(client);
+    proxy.stop().await;
+    db.drop_now().await;
+}

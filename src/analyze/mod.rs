@@ -263,9 +263,12 @@ pub struct CatalogNames {
     pub unknown_functions: Vec<String>,
     /// Operators applied (`+`, `###`, `schema.###`): a user-defined one runs its function.
     pub operators: Vec<String>,
-    /// Types converted to (casts, typed literals), as `pg_type` names them: a user type
+    /// Types converted to (casts, typed literals) by a name of their own: a user type
     /// runs its input function, its casts and its domain checks.
     pub types: Vec<String>,
+    /// SQL types converted to (`integer`, `text`, …), as `pg_type` names them: only a
+    /// user-defined cast to one runs a function of the user's.
+    pub sql_types: Vec<String>,
     /// The last part of `x.name` references: a column, or a call `name(x)` of a
     /// function with one argument (attribute notation).
     pub attributes: Vec<String>,

@@ -45,6 +45,8 @@ fn builtin_type_name(data_type: &sqlparser::ast::DataType) -> String {
         "time with time zone" | "timetz" => "timetz",
         "timestamp" | "timestamp without time zone" => "timestamp",
         "timestamp with time zone" | "timestamptz" => "timestamptz",
+        "bit varying" | "varbit" => "varbit",
+        other if other.starts_with("interval") => "interval",
         other => other,
     };
     name.to_owned()
@@ -71,8 +73,10 @@ pub(crate) struct Facts {
     unknown_functions: NameSet,
     /// Operators used: user-defined ones run their function.
     operators: NameSet,
-    /// Types converted to: user types run input functions, casts, domain checks.
+    /// Types converted to by name: user types run input functions, casts, domain checks.
     types: NameSet,
+    /// SQL types converted to (by `pg_type` name): user casts to them run functions.
+    sql_types: NameSet,
     /// The last part of `x.name` references: a column, or a call of `name(x)`.
     attributes: NameSet,
 }
@@ -91,6 +95,7 @@ impl Facts {
         self.unknown_functions.extend(other.unknown_functions);
         self.operators.extend(other.operators);
         self.types.extend(other.types);
+        self.sql_types.extend(other.sql_types);
         self.attributes.extend(other.attributes);
     }
 
@@ -139,6 +144,7 @@ impl Facts {
             unknown_functions: self.unknown_functions.into_iter().collect(),
             operators: self.operators.into_iter().collect(),
             types: self.types.into_iter().collect(),
+            sql_types: self.sql_types.into_iter().collect(),
             attributes: self.attributes.into_iter().collect(),
             volatile_anyway: !self.volatility.is_empty(),
         };
@@ -471,7 +477,7 @@ impl Walker<'_> {
                 | ArrayElemTypeDef::Qualified(element, _),
             ) => self.record_type(element),
             other => {
-                self.facts.types.insert(builtin_type_name(other));
+                self.facts.sql_types.insert(builtin_type_name(other));
             }
         }
     }

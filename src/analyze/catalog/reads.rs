@@ -116,9 +116,6 @@ fn facts_of(lookup: &mut impl Lookup, analysis: &Analysis) -> ReadFacts {
         let why = analysis.reasons.first().map(ToString::to_string);
         return ReadFacts::volatile(why.unwrap_or_else(|| "is volatile".to_owned()));
     }
-    facts
-        .stable
-        .extend(analysis.stable_functions.iter().cloned());
     let catalog = lookup.catalog();
     for function in &names.unknown_functions {
         let oids = catalog.functions_named(function);
@@ -167,8 +164,11 @@ fn facts_of(lookup: &mut impl Lookup, analysis: &Analysis) -> ReadFacts {
             }
         }
     }
-    for name in &analysis.catalog_names.types {
+    for name in &names.types {
         facts.merge(type_facts(lookup, name));
+    }
+    for name in &names.sql_types {
+        facts.merge(casts_to(lookup, name));
     }
     for table in &analysis.tables_read {
         let oids = lookup.catalog().relations_named(table).to_vec();
@@ -183,8 +183,8 @@ fn facts_of(lookup: &mut impl Lookup, analysis: &Analysis) -> ReadFacts {
     facts
 }
 
-/// What converting to a type involves: a user type's facts, the user casts to a built-in
-/// type; a type the catalog does not know is unknown.
+/// What converting to a type named in the text involves: a user type's facts, the user
+/// casts to a built-in type; a type the catalog does not know is unknown.
 fn type_facts(lookup: &mut impl Lookup, name: &str) -> ReadFacts {
     if let Some(facts) = lookup.user_type(name) {
         return facts;
@@ -195,6 +195,11 @@ fn type_facts(lookup: &mut impl Lookup, name: &str) -> ReadFacts {
         facts.unknown.insert(format!("type {name}"));
         return facts;
     }
+    casts_to(lookup, name)
+}
+
+/// What converting to a built-in type involves: the user casts to it.
+fn casts_to(lookup: &mut impl Lookup, name: &str) -> ReadFacts {
     let mut facts = ReadFacts::default();
     for function in lookup.reads().casts.get(name).cloned().unwrap_or_default() {
         let class = lookup.catalog().class_of(&function);
@@ -259,12 +264,20 @@ impl Lookup for Judging<'_> {
 }
 
 impl Judging<'_> {
+    /// The facts of a read a definition holds (a view's, a policy's, a check's), with
+    /// the STABLE functions its own text calls.
+    fn definition(&mut self, text: &str) -> (ReadFacts, std::sync::Arc<Analysis>) {
+        let analysis = self.analyzer.analyze(Dialect::Postgres, text);
+        let mut facts = facts_of(self, &analysis);
+        facts
+            .stable
+            .extend(analysis.stable_functions.iter().cloned());
+        (facts, analysis)
+    }
+
     /// The facts of an expression as a read: `SELECT expression`.
     fn expression(&mut self, expression: &str) -> ReadFacts {
-        let analysis = self
-            .analyzer
-            .analyze(Dialect::Postgres, &format!("SELECT {expression}"));
-        facts_of(self, &analysis)
+        self.definition(&format!("SELECT {expression}")).0
     }
 
     fn judge_relation(&mut self, relation: &RelationFacts) -> ReadFacts {
@@ -274,8 +287,7 @@ impl Judging<'_> {
                 "reads sequence {name}, whose values change with every nextval()"
             )),
             (RelationKind::View, Some(definition)) => {
-                let analysis = self.analyzer.analyze(Dialect::Postgres, definition);
-                let mut facts = facts_of(self, &analysis);
+                let (mut facts, analysis) = self.definition(definition);
                 facts.tables.extend(analysis.tables_read.iter().cloned());
                 if let Some(why) = facts.volatile.take() {
                     facts.volatile = Some(format!("reads view {name}, which {why}"));
@@ -467,6 +479,9 @@ impl Catalog {
             return Refinement::Unknown(facts.unknown.into_iter().collect());
         }
         let unknown = &analysis.catalog_names.unknown_functions;
+        if facts == ReadFacts::default() && unknown.is_empty() {
+            return Refinement::Unchanged;
+        }
         let status = if facts.volatile.is_some() {
             Status::Volatile
         } else {
