@@ -14,7 +14,6 @@
 //! missing afterwards did not exist when the request arrived, unless DDL in this
 //! transaction may have created it.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::Session;
@@ -162,15 +161,16 @@ impl Session {
         received: Instant,
         ask: impl Fn(&Catalog) -> Answer<T>,
     ) -> Result<(Answer<T>, Instant), CatalogError> {
-        let catalogs = Arc::clone(&self.ctx.catalogs);
-        let database = self.database.clone();
-        let current = catalogs.current(&database, self.catalog_reader()).await?;
+        let catalogs = &self.ctx.catalogs;
+        let current = catalogs
+            .current(&self.database, self.catalog_reader())
+            .await?;
         let answer = ask(&current.catalog);
         if answer.is_ok() || self.catalog_changing {
             return Ok((answer, current.read_at));
         }
         let again = catalogs
-            .read_since(&database, received, self.catalog_reader())
+            .read_since(&self.database, received, self.catalog_reader())
             .await?;
         Ok((ask(&again.catalog), again.read_at))
     }

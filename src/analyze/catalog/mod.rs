@@ -207,11 +207,10 @@ fn keys(schema: &str, name: &str) -> [String; 2] {
 
 /// The name a statement uses for a relation, as the catalog keys it: `schema.name` or
 /// `name` (a database prefix is dropped).
-fn relation_key(written: &str) -> String {
-    let parts: Vec<&str> = written.split('.').collect();
-    match parts.as_slice() {
-        [.., schema, name] => format!("{schema}.{name}"),
-        _ => written.to_owned(),
+fn relation_key(written: &str) -> &str {
+    match written.match_indices('.').nth_back(1) {
+        Some((dot, _)) => &written[dot + 1..],
+        None => written,
     }
 }
 
@@ -259,7 +258,7 @@ impl Catalog {
     /// The OIDs of the relations a name may stand for.
     fn relations_named(&self, name: &str) -> &[u32] {
         self.relations
-            .get(&relation_key(name))
+            .get(relation_key(name))
             .map_or(&[], Vec::as_slice)
     }
 
@@ -286,6 +285,13 @@ impl Catalog {
 pub(crate) mod tests {
     use super::*;
     use crate::analyze::{Analyzer, AnalyzerOptions};
+
+    #[test]
+    fn relation_keys_drop_the_database() {
+        assert_eq!(relation_key("t"), "t");
+        assert_eq!(relation_key("s.t"), "s.t");
+        assert_eq!(relation_key("db.s.t"), "s.t");
+    }
 
     pub(crate) fn memo(rules: Rules) -> AnalysisMemo {
         AnalysisMemo::new(

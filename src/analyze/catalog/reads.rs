@@ -171,11 +171,12 @@ fn facts_of(lookup: &mut impl Lookup, analysis: &Analysis) -> ReadFacts {
         facts.merge(casts_to(lookup, name));
     }
     for table in &analysis.tables_read {
-        let oids = lookup.catalog().relations_named(table).to_vec();
-        if oids.is_empty() {
+        let count = lookup.catalog().relations_named(table).len();
+        if count == 0 {
             facts.unknown.insert(table.clone());
         }
-        for oid in oids {
+        for at in 0..count {
+            let oid = lookup.catalog().relations_named(table)[at];
             let read = lookup.relation(oid);
             facts.merge(read);
         }
