@@ -101,13 +101,10 @@ async fn every_status_is_reached_and_counted() {
     let db = TestDatabase::create("statuses").await;
     let mut deployment = common::cached_deployment(&db.name, 2);
     deployment.cache.max_result_bytes = 4096;
-    deployment.cache.rules.push(warpdrive::config::CacheRule {
-        tables: vec!["private".into()],
-        fingerprint: None,
-        enabled: Some(false),
-        max_age: None,
-        stale_while_revalidate: None,
-    });
+    deployment
+        .cache
+        .rules
+        .push(common::caching_off_for("private"));
     let proxy = Proxy::start(deployment).await;
     let client = proxy.connect(&db.name).await;
     client

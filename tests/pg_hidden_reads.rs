@@ -101,13 +101,10 @@ async fn a_table_rule_reaches_the_views_over_its_table() {
         .await
         .unwrap();
     let mut deployment = common::cached_deployment(&db.name, 2);
-    deployment.cache.rules.push(warpdrive::config::CacheRule {
-        tables: vec!["secret".into()],
-        fingerprint: None,
-        enabled: Some(false),
-        max_age: None,
-        stale_while_revalidate: None,
-    });
+    deployment
+        .cache
+        .rules
+        .push(common::caching_off_for("secret"));
     let proxy = Proxy::start(deployment).await;
     let client = proxy.connect(&db.name).await;
     for sql in [

@@ -457,3 +457,14 @@ impl Roles {
             .expect("drop roles");
     }
 }
+
+/// A cache rule that turns caching off for queries reading `table`.
+pub fn caching_off_for(table: &str) -> warpdrive::config::CacheRule {
+    warpdrive::config::CacheRule {
+        tables: vec![table.to_owned()],
+        fingerprint: None,
+        enabled: Some(false),
+        max_age: None,
+        stale_while_revalidate: None,
+    }
+}
