@@ -251,7 +251,7 @@ pub fn query_raw(buf: &mut BytesMut, sql: &[u8]) {
 /// Parse.
 pub fn parse(buf: &mut BytesMut, name: &[u8], sql: &[u8], parameter_types: &[u32]) {
     let mut types = BytesMut::with_capacity(2 + 4 * parameter_types.len());
-    types.put_i16(parameter_types.len() as i16);
+    types.put_u16(parameter_types.len() as u16);
     parameter_types.iter().for_each(|oid| types.put_u32(*oid));
     parse_raw(buf, name, sql, &types);
 }
@@ -277,9 +277,9 @@ pub fn bind(
     message(buf, frontend_tag::BIND, |b| {
         cstr(b, portal);
         cstr(b, statement);
-        b.put_i16(parameter_formats.len() as i16);
+        b.put_u16(parameter_formats.len() as u16);
         parameter_formats.iter().for_each(|f| b.put_i16(*f));
-        b.put_i16(values.len() as i16);
+        b.put_u16(values.len() as u16);
         for value in values {
             match value {
                 Some(value) => {
@@ -289,7 +289,7 @@ pub fn bind(
                 None => b.put_i32(-1),
             }
         }
-        b.put_i16(result_formats.len() as i16);
+        b.put_u16(result_formats.len() as u16);
         result_formats.iter().for_each(|f| b.put_i16(*f));
     });
 }

@@ -306,50 +306,37 @@ fn empty_body(
     }
 }
 
+/// Counts in Parse and Bind are unsigned 16-bit: PostgreSQL accepts up to 65 535
+/// parameters.
 fn check_parameter_types(types: &Bytes) -> Result<(), WireError> {
     let mut reader = Reader::new("Parse", types.clone());
-    let count = reader.i16()?;
-    if count < 0 {
-        return Err(WireError::Malformed {
-            message: "Parse",
-            problem: "negative parameter type count",
-        });
-    }
-    reader.bytes(count as usize * 4)?;
+    let count = reader.u16()?;
+    reader.bytes(usize::from(count) * 4)?;
     reader.finish()
 }
 
 fn check_bind_arguments(arguments: &Bytes) -> Result<(), WireError> {
-    let negative = WireError::Malformed {
-        message: "Bind",
-        problem: "negative count",
-    };
     let mut reader = Reader::new("Bind", arguments.clone());
-    let formats = reader.i16()?;
-    if formats < 0 {
-        return Err(negative);
-    }
-    reader.bytes(formats as usize * 2)?;
-    let values = reader.i16()?;
-    if values < 0 {
-        return Err(negative);
-    }
+    let formats = reader.u16()?;
+    reader.bytes(usize::from(formats) * 2)?;
+    let values = reader.u16()?;
     for _ in 0..values {
         let len = reader.i32()?;
-        if len >= 0 {
-            reader.bytes(len as usize)?;
-        } else if len != -1 {
-            return Err(WireError::Malformed {
-                message: "Bind",
-                problem: "parameter length below -1",
-            });
+        match usize::try_from(len) {
+            Ok(len) => {
+                reader.bytes(len)?;
+            }
+            Err(_) if len == -1 => {}
+            Err(_) => {
+                return Err(WireError::Malformed {
+                    message: "Bind",
+                    problem: "parameter length below -1",
+                });
+            }
         }
     }
-    let result_formats = reader.i16()?;
-    if result_formats < 0 {
-        return Err(negative);
-    }
-    reader.bytes(result_formats as usize * 2)?;
+    let result_formats = reader.u16()?;
+    reader.bytes(usize::from(result_formats) * 2)?;
     reader.finish()
 }
 
