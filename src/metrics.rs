@@ -107,6 +107,8 @@ pub struct DeploymentMetrics {
     pub pinned_bypasses: AtomicU64,
     /// Reads of the origin's catalog.
     pub catalog_reads: AtomicU64,
+    /// Connections closed for a startup packet of an invalid length.
+    pub invalid_startup_packets: AtomicU64,
     /// Reads of the origin's catalog that failed.
     pub catalog_read_failures: AtomicU64,
     /// Queries that completed.
@@ -133,6 +135,7 @@ impl DeploymentMetrics {
             pinned_sessions: AtomicU64::new(0),
             pinned_bypasses: AtomicU64::new(0),
             catalog_reads: AtomicU64::new(0),
+            invalid_startup_packets: AtomicU64::new(0),
             catalog_read_failures: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -210,6 +213,7 @@ impl DeploymentMetrics {
             pinned_sessions: load(&self.pinned_sessions),
             pinned_bypasses: load(&self.pinned_bypasses),
             catalog_reads: load(&self.catalog_reads),
+            invalid_startup_packets: load(&self.invalid_startup_packets),
             catalog_read_failures: load(&self.catalog_read_failures),
             completed: load(&self.completed),
             errors: load(&self.errors),
@@ -263,6 +267,10 @@ impl DeploymentMetrics {
             (
                 "warpdrive_catalog_read_failures_total",
                 self.catalog_read_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "warpdrive_invalid_startup_packets_total",
+                self.invalid_startup_packets.load(Ordering::Relaxed),
             ),
             (
                 "warpdrive_origin_connections",
@@ -353,6 +361,9 @@ pub struct DeploymentSnapshot {
     /// Catalog reads.
     #[serde(default)]
     pub catalog_reads: u64,
+    /// Connections closed for an invalid startup packet length.
+    #[serde(default)]
+    pub invalid_startup_packets: u64,
     /// Failed catalog reads.
     #[serde(default)]
     pub catalog_read_failures: u64,
@@ -466,6 +477,8 @@ const HELP: &str = "\
 # TYPE warpdrive_catalog_reads_total counter
 # HELP warpdrive_catalog_read_failures_total Reads of the origin's catalog that failed.
 # TYPE warpdrive_catalog_read_failures_total counter
+# HELP warpdrive_invalid_startup_packets_total Connections closed without a word for a startup packet of an invalid length.
+# TYPE warpdrive_invalid_startup_packets_total counter
 # HELP warpdrive_origin_connections Origin connections open now.
 # TYPE warpdrive_origin_connections gauge
 # HELP warpdrive_origin_connections_opened_total Origin connections opened.

@@ -5,8 +5,7 @@
 
 mod common;
 
-use common::{Proxy, RawClient, TestDatabase, last_value};
-use warpdrive::wire::pg::encode;
+use common::{Proxy, TestDatabase, last_value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_with_more_than_32767_parameters_run() {
@@ -23,10 +22,148 @@ async fn statements_with_more_than_32767_parameters_run() {
         .iter()
         .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
         .collect();
-    let row = client.query_one(&sql, &parameters).await.expect("40 000 parameters");
+    let row = client
+        .query_one(&sql, &parameters)
+        .await
+        .expect("40 000 parameters");
     assert_eq!(row.get::<_, i64>(0), 40_000);
     assert_eq!(row.get::<_, i64>(1), (0..40_000i64).sum::<i64>());
     drop(client);
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_application_name_has_none() {
+    let db = TestDatabase::create("drv_appname").await;
+    let proxy = Proxy::for_database(&db, 1).await;
+    let named = tokio_postgres::connect(
+        &format!("{} application_name=reports", proxy.url(&db.name)),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect");
+    tokio::spawn(named.1);
+    let anonymous = proxy.connect(&db.name).await;
+    for _ in 0..2 {
+        assert_eq!(
+            last_value(&named.0, "SHOW application_name")
+                .await
+                .as_deref(),
+            Some("reports")
+        );
+        assert_eq!(
+            last_value(&anonymous, "SHOW application_name")
+                .await
+                .as_deref(),
+            Some("")
+        );
+    }
+    drop((named.0, anonymous));
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminate_before_startup_closes_without_a_word() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDatabase::create("drv_terminate").await;
+    let proxy = Proxy::for_database(&db, 1).await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(b"X\x00\x00\x00\x04").await.unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.unwrap();
+    assert!(reply.is_empty(), "{reply:?}");
+    assert_eq!(proxy.snapshot().invalid_startup_packets, 1);
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_objects_named_through_pg_temp_pin_their_client() {
+    let db = TestDatabase::create("drv_pg_temp").await;
+    let proxy = Proxy::for_database(&db, 2).await;
+    let forms = [
+        (
+            "CREATE TABLE pg_temp.foo (a int)",
+            "SELECT count(*) FROM foo",
+        ),
+        (
+            "CREATE TYPE pg_temp.mood AS ENUM ('ok')",
+            "SELECT 'ok'::pg_temp.mood",
+        ),
+        (
+            "CREATE DOMAIN pg_temp.d AS int CHECK (VALUE > 0)",
+            "SELECT 1::pg_temp.d",
+        ),
+        (
+            "SET search_path = pg_temp, public; CREATE TABLE foo (a int)",
+            "SELECT count(*) FROM foo",
+        ),
+    ];
+    for (create, using) in forms {
+        let owner = proxy.connect(&db.name).await;
+        owner.batch_execute(create).await.expect(create);
+        // The object is on the owner's connection, which it keeps.
+        let other = proxy.connect(&db.name).await;
+        other
+            .batch_execute(
+                "CREATE TEMPORARY TABLE foo (a int); CREATE TYPE pg_temp.mood AS ENUM ('x')",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("after {create}: {e}"));
+        owner
+            .batch_execute(using)
+            .await
+            .unwrap_or_else(|e| panic!("{using}: {e}"));
+        drop((owner, other));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+/// The first message a server answers a startup for protocol 3.2 with a `_pq_.` option.
+async fn negotiation_reply(address: std::net::SocketAddr, database: &str) -> Vec<u8> {
+    use bytes::BufMut;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut body = bytes::BytesMut::new();
+    body.put_i32((3 << 16) | 2);
+    for (name, value) in [
+        ("user", common::ORIGIN_USER),
+        ("database", database),
+        ("_pq_.test_option", "on"),
+    ] {
+        body.put_slice(name.as_bytes());
+        body.put_u8(0);
+        body.put_slice(value.as_bytes());
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    let mut packet = bytes::BytesMut::new();
+    packet.put_i32(body.len() as i32 + 4);
+    packet.put_slice(&body);
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream.write_all(&packet).await.expect("send startup");
+    let mut header = [0u8; 5];
+    stream.read_exact(&mut header).await.expect("a reply");
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let mut rest = vec![0u8; len - 4];
+    stream.read_exact(&mut rest).await.expect("the whole reply");
+    [header.to_vec(), rest].concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_negotiation_is_answered_as_postgresql_15_answers() {
+    let db = TestDatabase::create("drv_negotiate").await;
+    let proxy = Proxy::start(common::trust_deployment(&db.name, 1)).await;
+    let origin: std::net::SocketAddr = "127.0.0.1:5432".parse().expect("address");
+    let direct = negotiation_reply(origin, &db.name).await;
+    let through = negotiation_reply(proxy.addr, &db.name).await;
+    assert_eq!(direct[0], b'v', "{direct:?}");
+    assert_eq!(through, direct);
     proxy.stop().await;
     db.drop_now().await;
 }

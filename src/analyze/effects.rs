@@ -184,6 +184,26 @@ fn setting_name(name: &ObjectName) -> String {
         .join(".")
 }
 
+/// Whether a CREATE statement names an object in `pg_temp` (CREATE TYPE, DOMAIN, …,
+/// which have no TEMPORARY form).
+fn creates_in_pg_temp(statement: &Statement) -> bool {
+    let shown = statement.to_string().to_ascii_lowercase();
+    shown.starts_with("create ") && shown.contains("pg_temp.")
+}
+
+/// Whether a search_path value puts the temporary schema first, so that objects created
+/// without a schema are temporary.
+fn temporary_first(search_path: &str) -> bool {
+    let first = search_path
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_matches(|c| c == '\'' || c == '"')
+        .to_ascii_lowercase();
+    first == "pg_temp" || first.starts_with("pg_temp_")
+}
+
 /// Whether a name is in the session's own temporary schema (`pg_temp.x`).
 fn in_pg_temp(name: &ObjectName) -> bool {
     name.0.len() > 1
@@ -215,6 +235,9 @@ fn values_sql(values: &[Expr]) -> String {
 fn assignment(dialect: Dialect, name: String, value: String) -> SessionEffect {
     if dialect == Dialect::Mysql && name.starts_with('@') {
         return pin("MySQL user variables");
+    }
+    if dialect == Dialect::Postgres && name == "search_path" && temporary_first(&value) {
+        return pin("temporary objects (search_path starts with pg_temp)");
     }
     if value.eq_ignore_ascii_case("default") {
         SessionEffect::Reset { name }
@@ -347,6 +370,9 @@ pub(crate) fn effects(
         Statement::CreateFunction(function) if in_pg_temp(&function.name) => {
             vec![pin("temporary functions")]
         }
+        // Every other CREATE of an object in the session's temporary schema (a type, a
+        // domain, an index, …), by its name as written.
+        create if creates_in_pg_temp(create) => vec![pin("temporary objects")],
         Statement::Declare { stmts } if stmts.iter().any(|d| d.hold == Some(true)) => {
             vec![pin("WITH HOLD cursors")]
         }

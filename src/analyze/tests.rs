@@ -775,6 +775,10 @@ fn objects_in_pg_temp_are_temporary() {
         "CREATE TABLE pg_temp.scratch (a int)",
         "CREATE VIEW pg_temp.v AS SELECT 1",
         "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "CREATE TYPE pg_temp.mood AS ENUM ('sad', 'ok')",
+        "CREATE DOMAIN pg_temp.d AS int",
+        "SET search_path = pg_temp, public",
+        "SET search_path TO 'pg_temp'",
     ] {
         let effects = effects(sql);
         assert!(

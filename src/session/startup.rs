@@ -17,6 +17,7 @@ use crate::auth::scram::{MECHANISM, ServerExchange};
 use crate::config::ClientAuth;
 use crate::conn::{Conn, ConnError, Stream};
 use crate::pool::Pool;
+use crate::wire::pg::WireError;
 use crate::wire::pg::backend::TransactionStatus;
 use crate::wire::pg::encode;
 use crate::wire::pg::frontend::FrontendMessage;
@@ -48,8 +49,19 @@ async fn opening(
         let packet = match client.read_startup().await {
             Ok(Some(packet)) => packet,
             Ok(None) => return Ok(None),
+            Err(ConnError::Wire(
+                error @ (WireError::BadLength { .. } | WireError::TooLarge { .. }),
+            )) => {
+                // As PostgreSQL does with an invalid length (garbage, an HTTP request, a
+                // Terminate before startup): log it and close without a word.
+                tracing::info!(%error, "invalid length of startup packet; connection closed");
+                ctx.metrics
+                    .invalid_startup_packets
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(None);
+            }
             Err(ConnError::Wire(error)) => {
-                // Garbage before startup (an HTTP request, a wrong port): say so, then close.
+                // A startup packet of a valid length that is not the protocol: say so.
                 let refusal = ClientError::fatal(
                     sqlstate::PROTOCOL_VIOLATION,
                     format!("invalid startup packet: {error}"),
@@ -132,7 +144,8 @@ pub async fn admit(
         .filter(|name| name.starts_with("_pq_."))
         .collect();
     if startup.minor_version > 0 || !protocol_options.is_empty() {
-        encode::negotiate_protocol_version(&mut client.out, 0, &protocol_options);
+        // warpdrive speaks protocol 3.0, as PostgreSQL before 18 does.
+        encode::negotiate_protocol_version(&mut client.out, 3, 0, &protocol_options);
     }
     let Some(user) = startup.parameter("user").map(str::to_owned) else {
         return refuse(
@@ -242,6 +255,11 @@ fn startup_settings(startup: &StartupMessage) -> Result<SettingMap, String> {
             }
         }
     }
+    // Origin connections carry warpdrive's own name; a client that gave none has the
+    // empty one, as PostgreSQL would give it.
+    settings
+        .entry("application_name".to_owned())
+        .or_insert_with(|| set_config_statement("application_name", ""));
     Ok(settings)
 }
 

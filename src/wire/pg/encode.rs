@@ -152,11 +152,18 @@ pub fn error_response_with_severity(buf: &mut BytesMut, fields: &ErrorFields, se
     });
 }
 
-/// NegotiateProtocolVersion: the newest minor version supported, and the protocol
-/// options (`_pq_.*`) not recognised.
-pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unrecognised: &[&str]) {
+/// NegotiateProtocolVersion: the newest protocol version supported, and the protocol
+/// options (`_pq_.*`) not recognised. PostgreSQL sends the whole version number
+/// (`major << 16 | minor`: 196608 for 3.0), though the protocol documentation speaks of
+/// the minor version; clients check it as PostgreSQL sends it.
+pub fn negotiate_protocol_version(
+    buf: &mut BytesMut,
+    major: u16,
+    minor: u16,
+    unrecognised: &[&str],
+) {
     message(buf, backend_tag::NEGOTIATE_PROTOCOL_VERSION, |b| {
-        b.put_i32(minor);
+        b.put_i32((i32::from(major) << 16) | i32::from(minor));
         b.put_i32(unrecognised.len() as i32);
         for option in unrecognised {
             cstr(b, option.as_bytes());

@@ -171,13 +171,6 @@ impl Reader {
         Ok(self.body.get_u8())
     }
 
-    pub(crate) fn i16(&mut self) -> Result<i16, WireError> {
-        if self.body.len() < 2 {
-            return Err(self.malformed("body ends early"));
-        }
-        Ok(self.body.get_i16())
-    }
-
     pub(crate) fn u16(&mut self) -> Result<u16, WireError> {
         if self.body.len() < 2 {
             return Err(self.malformed("body ends early"));
@@ -274,7 +267,7 @@ mod tests {
         assert_eq!(&reader.cstr().expect("cstr")[..], b"a");
         assert!(reader.i32().is_err());
         let mut leftover = Reader::new("Test", Bytes::from_static(b"\x00\x01x"));
-        assert_eq!(leftover.i16().expect("i16"), 1);
+        assert_eq!(leftover.u16().expect("u16"), 1);
         assert!(leftover.finish().is_err());
     }
 }
