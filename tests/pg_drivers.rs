@@ -167,3 +167,82 @@ async fn protocol_negotiation_is_answered_as_postgresql_15_answers() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_passwords_are_normalised_with_saslprep() {
+    let db = TestDatabase::create("drv_saslprep").await;
+    let mut deployment = common::deployment(&db.name, common::small_pool(1));
+    deployment.users = vec![warpdrive::config::ClientUser {
+        name: common::ORIGIN_USER.to_owned(),
+        password: "IX-\u{2168}".to_owned(),
+    }];
+    let proxy = Proxy::start(deployment).await;
+    for password in ["IX-\u{2168}", "IX-IX"] {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(proxy.addr.port())
+            .user(common::ORIGIN_USER)
+            .password(password)
+            .dbname(&db.name);
+        let (client, connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("password {password:?}: {e}"));
+        tokio::spawn(connection);
+        assert_eq!(last_value(&client, "SELECT 1").await.as_deref(), Some("1"));
+    }
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+/// The salt of the server-first-message a SCRAM exchange for `user` gets.
+async fn scram_salt(address: std::net::SocketAddr, user: &str, database: &str) -> String {
+    let mut raw = common::RawClient::from_stream(
+        tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect"),
+    );
+    raw.send(|m| {
+        warpdrive::wire::pg::encode::startup_message(m, &[("user", user), ("database", database)])
+    })
+    .await;
+    raw.read_message().await;
+    raw.send(|m| {
+        warpdrive::wire::pg::encode::sasl_initial_response(
+            m,
+            "SCRAM-SHA-256",
+            b"n,,n=,r=abcdefghijklmnopqrstuvwx",
+        )
+    })
+    .await;
+    let (tag, body) = raw.read_message().await;
+    assert_eq!(tag, b'R');
+    let text = String::from_utf8_lossy(&body[4..]).into_owned();
+    text.split(',')
+        .find_map(|part| part.strip_prefix("s="))
+        .expect("a salt")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_users_cannot_be_told_from_known_ones_by_their_salt() {
+    let db = TestDatabase::create("drv_salt").await;
+    let proxy = Proxy::for_database(&db, 1).await;
+    let unknown = scram_salt(proxy.addr, "nobody_here", &db.name).await;
+    assert_eq!(
+        scram_salt(proxy.addr, "nobody_here", &db.name).await,
+        unknown
+    );
+    let known = scram_salt(proxy.addr, common::ORIGIN_USER, &db.name).await;
+    assert_eq!(
+        scram_salt(proxy.addr, common::ORIGIN_USER, &db.name).await,
+        known
+    );
+    assert_ne!(
+        scram_salt(proxy.addr, "somebody_else", &db.name).await,
+        unknown
+    );
+    proxy.stop().await;
+    db.drop_now().await;
+}

@@ -94,6 +94,13 @@ impl std::fmt::Debug for ScramSecret {
     }
 }
 
+/// A password as SCRAM hashes it: normalised with SASLprep (RFC 4013), as PostgreSQL
+/// does; a password SASLprep refuses (prohibited characters) is used as it is, as
+/// PostgreSQL does too.
+fn prepared(password: &str) -> std::borrow::Cow<'_, str> {
+    stringprep::saslprep(password).unwrap_or(std::borrow::Cow::Borrowed(password))
+}
+
 impl ScramSecret {
     /// Derives a secret from a password with a fresh random salt.
     pub fn new(password: &str) -> ScramSecret {
@@ -102,8 +109,21 @@ impl ScramSecret {
         ScramSecret::with_salt(password, salt, ITERATIONS)
     }
 
+    /// The secret warpdrive answers a user it does not know with: its salt derived from
+    /// `server_secret` and the name, so the same for every attempt (a random one would
+    /// tell unknown users from known ones), and keys no password matches.
+    pub fn mock(server_secret: &[u8; 32], user: &str) -> ScramSecret {
+        let keyed = |label: &str| hmac(server_secret, format!("{label}:{user}").as_bytes());
+        ScramSecret {
+            salt: keyed("salt")[..16].to_vec(),
+            iterations: ITERATIONS,
+            stored_key: keyed("stored key"),
+            server_key: keyed("server key"),
+        }
+    }
+
     fn with_salt(password: &str, salt: Vec<u8>, iterations: u32) -> ScramSecret {
-        let salted = salted_password(password.as_bytes(), &salt, iterations);
+        let salted = salted_password(prepared(password).as_bytes(), &salt, iterations);
         let client_key = hmac(&salted, b"Client Key");
         ScramSecret {
             salt,
@@ -262,7 +282,7 @@ impl ClientExchange {
             .ok()
             .filter(|&i| i > 0)
             .ok_or(ScramError::Malformed("bad iteration count"))?;
-        let salted = salted_password(self.password.as_bytes(), &salt, iterations);
+        let salted = salted_password(prepared(&self.password).as_bytes(), &salt, iterations);
         let client_key = hmac(&salted, b"Client Key");
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
         let without_proof = format!("c={},r={nonce}", BASE64.encode("n,,"));
@@ -303,6 +323,25 @@ impl ClientExchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_prepared_with_saslprep() {
+        // U+2168 ROMAN NUMERAL NINE normalises (NFKC) to "IX".
+        let raw = ScramSecret::with_salt("IX-\u{2168}", vec![7; 16], 4096);
+        let normalised = ScramSecret::with_salt("IX-IX", vec![7; 16], 4096);
+        assert_eq!(raw.stored_key, normalised.stored_key);
+        // A prohibited character (U+0007) leaves the password as it is.
+        assert_eq!(prepared("a\u{7}b"), "a\u{7}b");
+    }
+
+    #[test]
+    fn unknown_users_get_a_stable_salt_of_their_own() {
+        let secret = [3u8; 32];
+        let first = ScramSecret::mock(&secret, "nobody");
+        assert_eq!(first.salt, ScramSecret::mock(&secret, "nobody").salt);
+        assert_ne!(first.salt, ScramSecret::mock(&secret, "somebody").salt);
+        assert_ne!(first.salt, ScramSecret::mock(&[4u8; 32], "nobody").salt);
+    }
 
     /// RFC 7677 section 3 test vector (user "user", password "pencil").
     #[test]

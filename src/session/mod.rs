@@ -87,6 +87,9 @@ pub struct SessionContext {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// SCRAM secrets per user.
     pub secrets: HashMap<String, ScramSecret>,
+    /// The key unknown users' SCRAM salts are derived from (random per process, as
+    /// PostgreSQL's mock authentication nonce).
+    mock_secret: [u8; 32],
     /// The analyzer (with its memo).
     pub analyzer: Arc<AnalysisMemo>,
     /// Cancel keys of live sessions.
@@ -120,8 +123,11 @@ impl SessionContext {
             .map(|user| (user.name.clone(), ScramSecret::new(&user.password)))
             .collect();
         let catalogs = Arc::new(Catalogs::new(Arc::clone(&analyzer), Arc::clone(&metrics)));
+        let mut mock_secret = [0u8; 32];
+        rand::RngExt::fill(&mut rand::rng(), &mut mock_secret[..]);
         SessionContext {
             catalogs,
+            mock_secret,
             deployment,
             pools,
             tls,

@@ -350,9 +350,7 @@ async fn authenticate(
             // that a client cannot tell unknown users from wrong passwords.
             let secret = match known.and_then(|u| ctx.secrets.get(&u.name)) {
                 Some(secret) => secret.clone(),
-                None => {
-                    crate::auth::scram::ScramSecret::new(&rand::rng().random::<u64>().to_string())
-                }
+                None => crate::auth::scram::ScramSecret::mock(&ctx.mock_secret, user),
             };
             let (exchange, server_first) = match ServerExchange::start(&secret, client_first) {
                 Ok(started) => started,

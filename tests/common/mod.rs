@@ -289,26 +289,34 @@ impl RawClient {
         self.stream.write_all(&buf).await.expect("send");
     }
 
-    /// Messages (tag, body) up to and including the next ReadyForQuery.
-    pub async fn until_ready(&mut self) -> Vec<(u8, bytes::Bytes)> {
+    /// The next message (tag, body).
+    pub async fn read_message(&mut self) -> (u8, bytes::Bytes) {
         use tokio::io::AsyncReadExt;
-        let mut messages = Vec::new();
         loop {
-            while let Some(frame) =
+            if let Some(frame) =
                 warpdrive::wire::pg::split_frame(&mut self.buf, 1 << 30).expect("valid frame")
             {
-                let tag = frame.tag();
-                messages.push((tag, frame.body()));
-                if tag == b'Z' {
-                    return messages;
-                }
+                return (frame.tag(), frame.body());
             }
             let n =
                 tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf))
                     .await
                     .expect("reply within 10s")
                     .expect("read");
-            assert!(n > 0, "connection closed; got {messages:?}");
+            assert!(n > 0, "connection closed");
+        }
+    }
+
+    /// Messages (tag, body) up to and including the next ReadyForQuery.
+    pub async fn until_ready(&mut self) -> Vec<(u8, bytes::Bytes)> {
+        let mut messages = Vec::new();
+        loop {
+            let message = self.read_message().await;
+            let ready = message.0 == b'Z';
+            messages.push(message);
+            if ready {
+                return messages;
+            }
         }
     }
 
