@@ -246,3 +246,94 @@ async fn unknown_users_cannot_be_told_from_known_ones_by_their_salt() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+/// What a server answers a negotiation request sent twice: the first answer byte, then
+/// the SQLSTATE of the error that follows.
+async fn repeated_negotiation(address: std::net::SocketAddr, code: u32) -> (u8, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = Vec::new();
+    request.extend_from_slice(&8u32.to_be_bytes());
+    request.extend_from_slice(&code.to_be_bytes());
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream.write_all(&request).await.expect("send");
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await.expect("an answer");
+    stream.write_all(&request).await.expect("send again");
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await.expect("the error");
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    let code = text
+        .split('\0')
+        .find_map(|field| field.strip_prefix('C'))
+        .unwrap_or_default()
+        .to_owned();
+    (answer[0], code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_protocol_differences_are_gone() {
+    let db = TestDatabase::create("drv_small").await;
+    let proxy = Proxy::start(common::trust_deployment(&db.name, 1)).await;
+    // A second GSSENCRequest, or an SSLRequest after SSL was refused, is a FATAL
+    // "unsupported frontend protocol", as PostgreSQL's postmaster answers it (the local
+    // server offers GSS encryption, so it cannot be compared directly).
+    for code in [80_877_104, 80_877_103] {
+        assert_eq!(
+            repeated_negotiation(proxy.addr, code).await,
+            (b'N', "0A000".to_owned())
+        );
+    }
+    // replication=no and its spellings are ordinary connections.
+    for value in ["no", "false", "off", "n", "0"] {
+        let mut raw = common::RawClient::from_stream(
+            tokio::net::TcpStream::connect(proxy.addr)
+                .await
+                .expect("connect"),
+        );
+        raw.send(|m| {
+            warpdrive::wire::pg::encode::startup_message(
+                m,
+                &[
+                    ("user", common::ORIGIN_USER),
+                    ("database", &db.name),
+                    ("replication", value),
+                ],
+            )
+        })
+        .await;
+        let greeting = raw.until_ready().await;
+        assert_eq!(
+            greeting.first().map(|m| m.0),
+            Some(b'R'),
+            "{value}: {greeting:?}"
+        );
+        raw.send(|m| warpdrive::wire::pg::encode::query(m, "SELECT 1"))
+            .await;
+        assert_eq!(raw.tags().await, "TDCZ", "replication={value}");
+    }
+    proxy.stop().await;
+    // Something else than a password message during SCRAM gets an error, not silence.
+    let proxy = Proxy::for_database(&db, 1).await;
+    let mut raw = common::RawClient::from_stream(
+        tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect"),
+    );
+    raw.send(|m| {
+        warpdrive::wire::pg::encode::startup_message(
+            m,
+            &[("user", common::ORIGIN_USER), ("database", &db.name)],
+        )
+    })
+    .await;
+    assert_eq!(raw.read_message().await.0, b'R');
+    raw.send(|m| warpdrive::wire::pg::encode::query(m, "SELECT 1"))
+        .await;
+    let (tag, body) = raw.read_message().await;
+    assert_eq!(tag, b'E');
+    assert!(String::from_utf8_lossy(&body).contains("08P01"), "{body:?}");
+    proxy.stop().await;
+    db.drop_now().await;
+}

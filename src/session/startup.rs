@@ -45,6 +45,9 @@ async fn opening(
     mut client: Conn,
     ctx: &SessionContext,
 ) -> Result<Option<(Conn, StartupMessage)>, SessionError> {
+    // As PostgreSQL: one SSL negotiation, and a GSS one only before SSL or after SSL was
+    // refused; any other repeats as an unsupported protocol.
+    let (mut ssl_done, mut gss_done) = (false, false);
     loop {
         let packet = match client.read_startup().await {
             Ok(Some(packet)) => packet,
@@ -73,9 +76,26 @@ async fn opening(
             }
             Err(error) => return Err(error.into()),
         };
+        let repeated = match packet {
+            StartupPacket::SslRequest if ssl_done => Some((1234, 5679)),
+            StartupPacket::GssEncRequest if gss_done => Some((1234, 5680)),
+            _ => None,
+        };
+        if let Some((major, minor)) = repeated {
+            let refusal = ClientError::fatal(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
+                ),
+            );
+            refusal.encode(&mut client.out);
+            let _ = client.flush().await;
+            return Err(SessionError::Refused(refusal));
+        }
         match packet {
             StartupPacket::SslRequest => match &ctx.tls {
                 Some(acceptor) if !client.stream().is_tls() => {
+                    (ssl_done, gss_done) = (true, true);
                     client.send(b"S").await?;
                     if client.has_buffered_input() {
                         // Bytes sent before the handshake could have been injected by anyone.
@@ -95,9 +115,15 @@ async fn opening(
                         ctx.deployment.max_message_bytes,
                     );
                 }
-                _ => client.send(b"N").await?,
+                _ => {
+                    ssl_done = true;
+                    client.send(b"N").await?;
+                }
             },
-            StartupPacket::GssEncRequest => client.send(b"N").await?,
+            StartupPacket::GssEncRequest => {
+                gss_done = true;
+                client.send(b"N").await?;
+            }
             StartupPacket::Cancel(request) => {
                 if let Some(target) = ctx.cancels.target(&request) {
                     tracing::info!(
@@ -157,19 +183,30 @@ pub async fn admit(
         )
         .await;
     };
-    if startup
-        .parameter("replication")
-        .is_some_and(|v| v != "false" && v != "0" && v != "off")
-    {
-        return refuse(
-            &mut client,
-            ClientError::fatal(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "replication connections are not supported by warpdrive",
+    match startup.parameter("replication").map(replication) {
+        None | Some(Ok(false)) => {}
+        Some(Ok(true)) => {
+            return refuse(
+                &mut client,
+                ClientError::fatal(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "replication connections are not supported by warpdrive",
+                )
+                .hint("connect replication clients to the origin directly"),
             )
-            .hint("connect replication clients to the origin directly"),
-        )
-        .await;
+            .await;
+        }
+        Some(Err(value)) => {
+            return refuse(
+                &mut client,
+                ClientError::fatal(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!("invalid value for parameter \"replication\": \"{value}\""),
+                )
+                .hint("Valid values are: \"false\", 0, \"true\", 1, \"database\"."),
+            )
+            .await;
+        }
     }
     let database = startup
         .parameter("database")
@@ -232,6 +269,29 @@ pub async fn admit(
         standard_conforming_strings,
         pool,
     }))
+}
+
+/// Whether the `replication` startup parameter asks for a replication connection, read
+/// as PostgreSQL reads it: `database`, or a boolean; `Err` with the value otherwise.
+fn replication(value: &str) -> Result<bool, &str> {
+    if value == "database" {
+        return Ok(true);
+    }
+    parse_bool(value).ok_or(value)
+}
+
+/// A boolean as PostgreSQL's `parse_bool` reads it: any prefix of `true`, `false`, `yes`,
+/// `no` (case-insensitive), `on`, `off` (at least two letters), `1`, `0`.
+fn parse_bool(value: &str) -> Option<bool> {
+    let lower = value.to_ascii_lowercase();
+    let prefix_of = |word: &str, least: usize| lower.len() >= least && word.starts_with(&lower);
+    match () {
+        _ if lower == "1" => Some(true),
+        _ if lower == "0" => Some(false),
+        _ if prefix_of("true", 1) || prefix_of("yes", 1) || prefix_of("on", 2) => Some(true),
+        _ if prefix_of("false", 1) || prefix_of("no", 1) || prefix_of("off", 2) => Some(false),
+        _ => None,
+    }
 }
 
 /// Startup parameters that are settings: everything but the connection's identity,
@@ -378,11 +438,20 @@ async fn authenticate(
 /// The body of the next message, which must be a password-type message.
 async fn read_password(client: &mut Conn) -> Result<Bytes, SessionError> {
     match client.read_frame().await? {
-        Some(frame) => match FrontendMessage::decode(frame) {
+        Some(frame) => match FrontendMessage::decode(frame.clone()) {
             Ok(FrontendMessage::Password(frame)) => Ok(frame.body()),
-            _ => Err(SessionError::Protocol(
-                "expected a password message during authentication".into(),
-            )),
+            _ => {
+                let refusal = ClientError::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    format!(
+                        "expected password response, got message type {}",
+                        frame.tag()
+                    ),
+                );
+                refusal.encode(&mut client.out);
+                client.flush().await?;
+                Err(SessionError::Refused(refusal))
+            }
         },
         None => Err(SessionError::ClientGone),
     }
@@ -404,4 +473,22 @@ fn sasl_initial_data(body: &[u8]) -> Option<&[u8]> {
 pub fn finish_greeting(out: &mut BytesMut, process_id: i32, secret_key: &[u8]) {
     encode::backend_key_data(out, process_id, secret_key);
     encode::ready_for_query(out, TransactionStatus::Idle);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booleans_and_replication_read_as_postgresql_reads_them() {
+        for no in ["no", "n", "false", "f", "FALSE", "off", "of", "0"] {
+            assert_eq!(replication(no), Ok(false), "{no}");
+        }
+        for yes in ["yes", "y", "true", "t", "on", "1", "database"] {
+            assert_eq!(replication(yes), Ok(true), "{yes}");
+        }
+        for bad in ["o", "maybe", "2", ""] {
+            assert_eq!(replication(bad), Err(bad), "{bad}");
+        }
+    }
 }
