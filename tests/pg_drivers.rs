@@ -337,3 +337,26 @@ async fn small_protocol_differences_are_gone() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_origins_fatal_reaches_the_client_with_its_own_code() {
+    let db = TestDatabase::create("drv_fatal").await;
+    let proxy = Proxy::start(common::trust_deployment(&db.name, 1)).await;
+    let mut raw = common::RawClient::connect(proxy.addr, &db.name).await;
+    raw.send(|m| {
+        warpdrive::wire::pg::encode::query(
+            m,
+            "SET idle_in_transaction_session_timeout = '200ms'; BEGIN",
+        )
+    })
+    .await;
+    raw.until_ready().await;
+    // The origin ends the idle transaction with FATAL 25P03; the client sees exactly that.
+    let (tag, body) = raw.read_message().await;
+    assert_eq!(tag, b'E');
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("C25P03"), "{text}");
+    assert!(text.contains("SFATAL"), "{text}");
+    proxy.stop().await;
+    db.drop_now().await;
+}

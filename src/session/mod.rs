@@ -1050,15 +1050,17 @@ impl Session {
     async fn origin_closing(&mut self, fields: ErrorFields) -> Result<(), SessionError> {
         let reason = fields.message();
         tracing::warn!(%reason, pending = self.relay.pending_ready(), "origin is closing its connection");
-        let mut first = BytesMut::new();
-        encode::error_response_with_severity(&mut first, &fields, "ERROR");
-        self.end_requests_in_flight(Some(first.freeze()), &reason)
-            .await
+        self.end_requests_in_flight(Some(fields), &reason).await
     }
 
+    /// Ends what was in flight on a connection that is gone. With the origin's own error
+    /// (`origin_error`), a client whose transaction or pinned state died gets it as it
+    /// was sent, SQLSTATE and all (25P03 for an idle-in-transaction timeout, 57P01 for an
+    /// administrator's shutdown), and is closed; otherwise the first request in flight
+    /// gets it as an ERROR, since the client's session goes on.
     async fn end_requests_in_flight(
         &mut self,
-        first_reply: Option<Bytes>,
+        origin_error: Option<ErrorFields>,
         reason: &str,
     ) -> Result<(), SessionError> {
         let pending_ready = self.relay.pending_ready();
@@ -1076,10 +1078,20 @@ impl Session {
                 format!("the origin connection was lost ({reason}); the open transaction or pinned session state is gone"),
             )
             .hint("reconnect and retry the transaction");
-            fatal.encode(&mut self.client.out);
+            match &origin_error {
+                Some(fields) => {
+                    encode::error_response_with_severity(&mut self.client.out, fields, "FATAL");
+                }
+                None => fatal.encode(&mut self.client.out),
+            }
             self.client.flush().await?;
             return Err(SessionError::Refused(fatal));
         }
+        let first_reply = origin_error.map(|fields| {
+            let mut first = BytesMut::new();
+            encode::error_response_with_severity(&mut first, &fields, "ERROR");
+            first.freeze()
+        });
         for index in 0..pending_ready {
             match (&first_reply, index) {
                 (Some(first), 0) => self.client.out.extend_from_slice(first),
