@@ -360,3 +360,97 @@ async fn the_origins_fatal_reaches_the_client_with_its_own_code() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+/// Connects with these startup parameters; returns the client and the greeting's
+/// ParameterStatus values.
+async fn connect_with(
+    address: std::net::SocketAddr,
+    parameters: &[(&str, &str)],
+) -> (common::RawClient, Vec<(String, String)>) {
+    let mut raw = common::RawClient::from_stream(
+        tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect"),
+    );
+    raw.send(|m| warpdrive::wire::pg::encode::startup_message(m, parameters))
+        .await;
+    let greeting = raw.until_ready().await;
+    let statuses = greeting
+        .iter()
+        .filter(|(tag, _)| *tag == b'S')
+        .map(|(_, body)| {
+            let mut parts = body.split(|b| *b == 0);
+            let name = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            let value = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+            (name, value)
+        })
+        .collect();
+    (raw, statuses)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_is_told_its_own_encoding() {
+    let db = TestDatabase::create("drv_encoding").await;
+    let proxy = Proxy::start(common::trust_deployment(&db.name, 1)).await;
+    for spellings in [["LATIN1", "latin1"], ["EUC_JP", "eucjp"]] {
+        for spelling in spellings {
+            let (mut raw, statuses) = connect_with(
+                proxy.addr,
+                &[
+                    ("user", common::ORIGIN_USER),
+                    ("database", &db.name),
+                    ("client_encoding", spelling),
+                ],
+            )
+            .await;
+            let announced = statuses
+                .iter()
+                .find(|(name, _)| name == "client_encoding")
+                .map(|(_, value)| value.as_str());
+            assert_eq!(announced, Some(spellings[0]), "{spelling}: {statuses:?}");
+            if spellings[0] == "LATIN1" {
+                // The bytes the client gets are its encoding's: é is one byte in LATIN1.
+                raw.send(|m| warpdrive::wire::pg::encode::query(m, "SELECT chr(233)"))
+                    .await;
+                let replies = raw.until_ready().await;
+                let row = replies.iter().find(|(tag, _)| *tag == b'D').expect("a row");
+                assert!(row.1.ends_with(&[0, 0, 0, 1, 0xE9]), "{:?}", row.1);
+            }
+        }
+    }
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_at_startup_reach_every_client() {
+    let db = TestDatabase::create("drv_notices").await;
+    let proxy = Proxy::start(common::trust_deployment(&db.name, 1)).await;
+    let long_name = "a".repeat(70);
+    for _ in 0..2 {
+        let mut raw = common::RawClient::from_stream(
+            tokio::net::TcpStream::connect(proxy.addr)
+                .await
+                .expect("connect"),
+        );
+        raw.send(|m| {
+            warpdrive::wire::pg::encode::startup_message(
+                m,
+                &[
+                    ("user", common::ORIGIN_USER),
+                    ("database", &db.name),
+                    ("application_name", &long_name),
+                ],
+            )
+        })
+        .await;
+        let greeting = raw.until_ready().await;
+        let notice = greeting.iter().find(|(tag, _)| *tag == b'N');
+        assert!(
+            notice.is_some_and(|(_, body)| String::from_utf8_lossy(body).contains("truncated")),
+            "{greeting:?}"
+        );
+    }
+    proxy.stop().await;
+    db.drop_now().await;
+}

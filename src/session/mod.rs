@@ -39,7 +39,7 @@ use crate::catalog::Catalogs;
 use crate::config::Deployment;
 use crate::conn::{Conn, ConnError, FLUSH_THRESHOLD, Stream};
 use crate::metrics::DeploymentMetrics;
-use crate::pool::{Checkout, ConnState, Pool, PoolSet, PooledConn, ServerParameters};
+use crate::pool::{Checkout, ConnState, Pool, PoolSet, PooledConn};
 use crate::wire::pg::backend::{
     BackendMessage, ErrorFields, TransactionStatus, tag as backend_tag,
 };
@@ -103,7 +103,7 @@ pub struct SessionContext {
     /// Becomes true when the server starts shutting down.
     shutdown: tokio::sync::watch::Receiver<bool>,
     /// ParameterStatus the origin reported for each (database, setting, value) tried.
-    validated: Mutex<HashMap<(String, String, String), ServerParameters>>,
+    validated: Mutex<HashMap<(String, String, String), Arc<TriedSetting>>>,
 }
 
 impl SessionContext {
@@ -142,14 +142,14 @@ impl SessionContext {
     }
 
     /// Tries a startup setting (its replay statement) on an origin connection, once per
-    /// distinct value, and returns the ParameterStatus values the origin reported for it.
+    /// distinct value, and returns what the origin said of it.
     async fn validate_setting(
         &self,
         pool: &Pool,
         database: &str,
         name: &str,
         value: &str,
-    ) -> Result<ServerParameters, ClientError> {
+    ) -> Result<Arc<TriedSetting>, ClientError> {
         let key = (database.to_owned(), name.to_owned(), value.to_owned());
         if let Some(known) = self
             .validated
@@ -166,13 +166,17 @@ impl SessionContext {
         let conn = checkout.conn();
         let outcome = run_internal(conn, value).await;
         match outcome {
-            Ok(Ok(reports)) => {
+            Ok(Ok(reply)) => {
                 conn.settings.insert(name.to_owned(), value.to_owned());
-                let reports = Arc::new(reports);
+                let tried = Arc::new(TriedSetting {
+                    reports: reply.reports,
+                    value: reply.values.into_iter().next_back(),
+                    notices: reply.notices,
+                });
                 if let Ok(mut validated) = self.validated.lock() {
-                    validated.insert(key, Arc::clone(&reports));
+                    validated.insert(key, Arc::clone(&tried));
                 }
-                Ok(reports)
+                Ok(tried)
             }
             Ok(Err(fields)) => {
                 // The origin's reason when it is about the setting; else "not supported".
@@ -198,19 +202,44 @@ impl SessionContext {
     }
 }
 
+/// What trying a startup setting on the origin told.
+#[derive(Debug)]
+struct TriedSetting {
+    /// The ParameterStatus values the origin reported.
+    reports: Vec<(Bytes, Bytes)>,
+    /// The value in force afterwards, as `set_config()` returned it (the origin's own
+    /// spelling: `EUC_JP` for `eucjp`). The origin reports only what changed, and a
+    /// connection may already hold the value.
+    value: Option<Bytes>,
+    /// The notices the origin sent about it (a value it truncated, …), as frames: a
+    /// client setting it gets them as PostgreSQL would send them at startup.
+    notices: Vec<Bytes>,
+}
+
+/// What the origin answered a query of warpdrive's own.
+struct InternalReply {
+    /// ParameterStatus values reported.
+    reports: Vec<(Bytes, Bytes)>,
+    /// The first column of every row returned.
+    values: Vec<Bytes>,
+    /// NoticeResponse frames.
+    notices: Vec<Bytes>,
+}
+
 /// The longest warpdrive waits for the origin to answer a statement of its own (a
 /// settings replay, a startup parameter check): a connection that stays silent this long
 /// is dropped rather than leaving the client hanging.
 const INTERNAL_QUERY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Runs a query of warpdrive's own on an idle origin connection, swallowing its replies.
-/// Returns the ParameterStatus values reported, or the origin's error. The connection
+/// Returns the ParameterStatus values reported and the rows' first columns, or the
+/// origin's error. The connection
 /// counts as busy until the origin's ReadyForQuery, so that it is closed, not reused,
 /// if this is abandoned half-way.
 async fn run_internal(
     conn: &mut PooledConn,
     sql: &str,
-) -> Result<Result<Vec<(Bytes, Bytes)>, crate::wire::pg::backend::ErrorFields>, ConnError> {
+) -> Result<Result<InternalReply, crate::wire::pg::backend::ErrorFields>, ConnError> {
     conn.state = ConnState::Busy;
     // A simple query destroys the unnamed statement.
     conn.unnamed_statement = None;
@@ -219,23 +248,42 @@ async fn run_internal(
         encode::query(&mut origin.out, sql);
         origin.flush().await?;
         let mut reports = Vec::new();
+        let mut values = Vec::new();
+        let mut notices = Vec::new();
         let mut failure = None;
         loop {
             let frame = origin
                 .read_frame()
                 .await?
                 .ok_or(ConnError::TruncatedFrame)?;
+            match frame.tag() {
+                backend_tag::DATA_ROW => {
+                    let row = crate::wire::pg::backend::decode_data_row(&frame)?;
+                    values.extend(row.into_iter().next().flatten());
+                    continue;
+                }
+                backend_tag::NOTICE_RESPONSE => {
+                    notices.push(frame.into_raw());
+                    continue;
+                }
+                _ => {}
+            }
             match BackendMessage::decode(&frame)? {
                 BackendMessage::ParameterStatus { name, value } => reports.push((name, value)),
                 BackendMessage::ErrorResponse(fields) => failure = Some(fields),
                 BackendMessage::ReadyForQuery(status) => {
-                    return Ok::<_, ConnError>((status, reports, failure));
+                    let reply = InternalReply {
+                        reports,
+                        values,
+                        notices,
+                    };
+                    return Ok::<_, ConnError>((status, reply, failure));
                 }
                 _ => {}
             }
         }
     };
-    let (status, reports, failure) = tokio::time::timeout(INTERNAL_QUERY_TIMEOUT, exchange)
+    let (status, reply, failure) = tokio::time::timeout(INTERNAL_QUERY_TIMEOUT, exchange)
         .await
         .map_err(|_| {
             ConnError::Io(std::io::Error::new(
@@ -249,7 +297,7 @@ async fn run_internal(
     conn.state = ConnState::Ready(status);
     Ok(match failure {
         Some(fields) => Err(fields),
-        None => Ok(reports),
+        None => Ok(reply),
     })
 }
 

@@ -246,8 +246,8 @@ pub async fn admit(
     }
     encode::authentication_ok(&mut client.out);
     let pool = ctx.pools.get(&database);
-    let reported = match greeting_parameters(ctx, &pool, &database, &settings).await {
-        Ok(reported) => reported,
+    let (reported, notices) = match greeting_parameters(ctx, &pool, &database, &settings).await {
+        Ok(greeting) => greeting,
         Err(mut error) => {
             error.severity = super::error::Severity::Fatal;
             return refuse(&mut client, error).await;
@@ -258,6 +258,9 @@ pub async fn admit(
         .iter()
         .find(|(name, _)| &name[..] == STANDARD_CONFORMING_STRINGS.as_bytes())
         .is_none_or(|(_, value)| &value[..] == b"on");
+    for notice in notices {
+        client.out.extend_from_slice(&notice);
+    }
     for (name, value) in reported {
         encode::parameter_status_bytes(&mut client.out, &name, &value);
     }
@@ -323,15 +326,16 @@ fn startup_settings(startup: &StartupMessage) -> Result<SettingMap, String> {
     Ok(settings)
 }
 
-/// The ParameterStatus values to greet the client with: the origin's, with the values the
-/// origin reports for this client's startup settings. Each distinct setting is tried on
-/// the origin once; an invalid one is refused with the origin's own message.
+/// The ParameterStatus values to greet the client with (the origin's, with the values
+/// this client's startup settings have there), and the notices the origin sent about
+/// those settings. Each distinct setting is tried on the origin once; an invalid one is
+/// refused with the origin's own message.
 async fn greeting_parameters(
     ctx: &SessionContext,
     pool: &Pool,
     database: &str,
     settings: &SettingMap,
-) -> Result<Vec<(Bytes, Bytes)>, ClientError> {
+) -> Result<(Vec<(Bytes, Bytes)>, Vec<Bytes>), ClientError> {
     let baseline = pool
         .baseline_parameters()
         .await
@@ -347,9 +351,11 @@ async fn greeting_parameters(
             }
         })
         .collect();
+    let mut notices = Vec::new();
     for (name, value) in settings {
-        let reports = ctx.validate_setting(pool, database, name, value).await?;
-        for (report_name, report_value) in reports.iter() {
+        let tried = ctx.validate_setting(pool, database, name, value).await?;
+        notices.extend(tried.notices.iter().cloned());
+        for (report_name, report_value) in &tried.reports {
             match reported
                 .iter_mut()
                 .find(|(known, _)| known.eq_ignore_ascii_case(report_name))
@@ -358,8 +364,17 @@ async fn greeting_parameters(
                 None => reported.push((report_name.clone(), report_value.clone())),
             }
         }
+        // The value in force, whether the origin re-announced it or not (it announces
+        // only changes, and the connection tried may already have held it).
+        if let Some(value) = &tried.value
+            && let Some(entry) = reported
+                .iter_mut()
+                .find(|(known, _)| known.eq_ignore_ascii_case(name.as_bytes()))
+        {
+            entry.1 = value.clone();
+        }
     }
-    Ok(reported)
+    Ok((reported, notices))
 }
 
 /// Checks the client's credentials. The outer error is I/O; the inner one is a refusal.
