@@ -454,3 +454,36 @@ async fn notices_at_startup_reach_every_client() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warpdrives_own_cancel_never_hits_the_next_clients_query() {
+    let db = TestDatabase::create("drv_own_cancel").await;
+    let mut pool = common::small_pool(1);
+    pool.max_query_duration = std::time::Duration::from_millis(100);
+    let proxy = Proxy::start(common::deployment(&db.name, pool)).await;
+    let slow = proxy.connect(&db.name).await;
+    let other = proxy.connect(&db.name).await;
+    // The slow client's queries end right around their deadline, so warpdrive's cancel
+    // often arrives after the query it was meant for: it must not reach the other's.
+    let slow_task = tokio::spawn(async move {
+        for _ in 0..30 {
+            let _ = slow.simple_query("SELECT pg_sleep(0.1)").await;
+        }
+    });
+    let mut cancelled = 0;
+    for _ in 0..120 {
+        if let Err(error) = other.simple_query("SELECT pg_sleep(0.01)").await {
+            assert_eq!(
+                error.code(),
+                Some(&tokio_postgres::error::SqlState::QUERY_CANCELED),
+                "{error}"
+            );
+            cancelled += 1;
+        }
+    }
+    slow_task.await.unwrap();
+    assert_eq!(cancelled, 0, "another client's cancel reached this one");
+    drop(other);
+    proxy.stop().await;
+    db.drop_now().await;
+}

@@ -315,6 +315,19 @@ impl Checkout {
         &self.pool.target
     }
 
+    /// Waits until a CancelRequest warpdrive sent for this connection (`cancel`, the task
+    /// sending it, which ends when the origin has read it) can no longer cancel a query
+    /// sent afterwards: the task ends, then one round trip (the empty query) lets the
+    /// backend take in the interrupt while it waits for a command, where it is ignored.
+    /// A connection that does not answer is discarded.
+    pub async fn settle_cancel(&mut self, cancel: tokio::task::JoinHandle<()>) {
+        let _ = tokio::time::timeout(CANCEL_DELIVERY, cancel).await;
+        let conn = self.conn();
+        if !matches!(conn.state, ConnState::Ready(_)) || !round_trip(conn).await {
+            self.discard();
+        }
+    }
+
     /// Marks the connection as unusable: it is closed instead of returned.
     pub fn discard(&mut self) {
         if let Some(conn) = self.conn.as_mut() {
@@ -376,6 +389,34 @@ async fn roll_back(mut conn: PooledConn) -> Option<PooledConn> {
         conn.state = ConnState::Ready(TransactionStatus::Idle);
         conn
     })
+}
+
+/// How long a CancelRequest may take to reach the origin.
+const CANCEL_DELIVERY: Duration = Duration::from_secs(10);
+
+/// Runs the empty query `;` and reads up to its ReadyForQuery, whatever the transaction
+/// status or an error (a cancel landing on it); false when the origin did not answer in
+/// time.
+async fn round_trip(conn: &mut PooledConn) -> bool {
+    conn.unnamed_statement = None;
+    let io = &mut conn.origin.conn;
+    let exchange = async {
+        encode::query(&mut io.out, ";");
+        io.flush().await.ok()?;
+        loop {
+            let frame = io.read_frame().await.ok()??;
+            if let Ok(BackendMessage::ReadyForQuery(status)) = BackendMessage::decode(&frame) {
+                return Some(status);
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+        Ok(Some(status)) => {
+            conn.state = ConnState::Ready(status);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Runs the empty query `;`; true when the origin answered EmptyQueryResponse and

@@ -374,6 +374,7 @@ async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), SessionError
         shutdown: shutdown_signal(ctx.shutdown.clone()),
         draining: false,
         cancelled_by_warpdrive: false,
+        own_cancel: None,
         cancel,
     };
     session.main_loop().await
@@ -421,7 +422,18 @@ struct Session {
     /// Shutdown started: the session ends as soon as the client is between transactions.
     draining: bool,
     cancelled_by_warpdrive: bool,
+    /// The CancelRequest warpdrive sent for a request over max_query_duration, until it
+    /// can no longer land on a later query of this connection.
+    own_cancel: Option<tokio::task::JoinHandle<()>>,
     cancel: CancelHandle,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A client that leaves right after warpdrive cancelled its query: the connection
+        // returns only once that cancel cannot hit anyone else's.
+        self.release();
+    }
 }
 
 enum Wake {
@@ -667,6 +679,13 @@ impl Session {
                 "no origin connection",
             ));
         };
+        if !self.relay.awaits_origin()
+            && let Some(cancel) = self.own_cancel.take()
+        {
+            // The client keeps the connection (a transaction): its next query must not
+            // meet the cancel meant for the last one.
+            checkout.settle_cancel(cancel).await;
+        }
         if let Err(error) = apply_settings(checkout.conn(), self.settings.current()).await {
             checkout.discard();
             self.release();
@@ -675,9 +694,15 @@ impl Session {
         Ok(())
     }
 
-    /// Gives the connection back (or closes it, per its state).
+    /// Gives the connection back (or closes it, per its state). After warpdrive's own
+    /// cancel, only once the cancel can no longer hit the next client's query.
     fn release(&mut self) {
-        self.checkout = None;
+        match (self.checkout.take(), self.own_cancel.take()) {
+            (Some(mut checkout), Some(cancel)) => {
+                tokio::spawn(async move { checkout.settle_cancel(cancel).await });
+            }
+            (checkout, _) => drop(checkout),
+        }
         self.cancel.set_target(None);
         self.deadline = None;
         self.cancelled_by_warpdrive = false;
@@ -1182,13 +1207,13 @@ impl Session {
                 process_id,
                 "query exceeded max_query_duration; cancelling it at the origin"
             );
-            tokio::spawn(async move {
+            self.own_cancel = Some(tokio::spawn(async move {
                 if let Err(error) =
                     crate::pool::origin::cancel(&target, process_id, &secret_key).await
                 {
                     tracing::warn!(%error, "cancel request to the origin failed");
                 }
-            });
+            }));
         }
         self.cancelled_by_warpdrive = true;
         self.deadline = Some(Instant::now() + CANCEL_GRACE);
