@@ -6,6 +6,7 @@
 mod common;
 
 use common::{Proxy, TestDatabase, last_value};
+use warpdrive::wire::pg::encode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statements_with_more_than_32767_parameters_run() {
@@ -484,6 +485,54 @@ async fn warpdrives_own_cancel_never_hits_the_next_clients_query() {
     slow_task.await.unwrap();
     assert_eq!(cancelled, 0, "another client's cancel reached this one");
     drop(other);
+    proxy.stop().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_the_origin_skips_after_an_error_get_no_reply() {
+    let db = TestDatabase::create("drv_skip").await;
+    let proxy = Proxy::start(common::trust_deployment(&db.name, 1)).await;
+    let mut raw = common::RawClient::connect(proxy.addr, &db.name).await;
+    raw.send(|m| {
+        encode::parse(m, b"s1", b"SELECT 1", &[]);
+        encode::sync(m);
+    })
+    .await;
+    assert_eq!(raw.tags().await, "1Z");
+    // The first part of a batch fails; the rest arrives after the error, then its Sync.
+    raw.send(|m| {
+        common::parse_bind_execute(m, b"", b"SELECT 1 / 0");
+        encode::flush(m);
+    })
+    .await;
+    let mut tags = String::new();
+    while !tags.ends_with('E') {
+        tags.push(char::from(raw.read_message().await.0));
+    }
+    // PostgreSQL folds 1 / 0 when it plans, so the Bind fails.
+    assert_eq!(tags, "1E");
+    // The origin skips them all, a Close warpdrive answers itself included: PostgreSQL
+    // would have skipped it too, and the client keeps its statement.
+    raw.send(|m| {
+        encode::parse(m, b"", b"SELECT 2", &[]);
+        common::bind_execute(m, b"");
+        encode::close(m, warpdrive::wire::pg::frontend::Target::Statement, b"s1");
+        encode::sync(m);
+        encode::query(m, "SELECT 42");
+    })
+    .await;
+    assert_eq!(raw.tags().await, "Z");
+    let replies = raw.until_ready().await;
+    let shown: String = replies.iter().map(|(tag, _)| char::from(*tag)).collect();
+    assert_eq!(shown, "TDCZ");
+    assert!(replies[1].1.ends_with(b"42"), "{replies:?}");
+    raw.send(|m| {
+        common::bind_execute(m, b"s1");
+        encode::sync(m);
+    })
+    .await;
+    assert_eq!(raw.tags().await, "2DCZ");
     proxy.stop().await;
     db.drop_now().await;
 }

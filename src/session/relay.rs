@@ -133,6 +133,13 @@ pub struct Relay {
     /// The origin is in COPY FROM STDIN mode and the client has not ended it yet: a
     /// Sync sent now is ignored by the server (protocol docs, "COPY Operations").
     copy_in: bool,
+    /// An error came before the Sync that ends its batch was sent: the origin skips
+    /// every message up to that Sync, those sent from now on too, and so must the
+    /// expectations (a batch sent in parts: after a Flush, at the size bound, when the
+    /// client's input ran dry).
+    skipping: bool,
+    /// What pushing expectations while skipping took back, for the next drain.
+    skipped: Vec<Event>,
 }
 
 fn is_stale_statement_error(fields: &ErrorFields) -> bool {
@@ -147,6 +154,22 @@ fn is_stale_statement_error(fields: &ErrorFields) -> bool {
 impl Relay {
     /// Adds the expectation for the next message sent (or answered by warpdrive).
     pub fn push(&mut self, expect: Expect) {
+        if self.skipping {
+            match expect {
+                Expect::Sync => self.skipping = false,
+                Expect::Reply { on_error, .. } | Expect::Synthetic(_, on_error) => {
+                    if !matches!(on_error, OnError::Nothing | OnError::MaybeStale { .. }) {
+                        self.skipped.push(Event::Undo {
+                            undo: on_error,
+                            skipped: true,
+                        });
+                    }
+                    return;
+                }
+                Expect::Execute | Expect::SyntheticError(_) => return,
+                Expect::UntilReady | Expect::CopyEnd => {}
+            }
+        }
         match expect {
             Expect::Sync if self.copy_in => {}
             Expect::CopyEnd if self.copy_in => self.copy_in = false,
@@ -200,6 +223,7 @@ impl Relay {
     /// Writes the synthetic replies at the front of the queue; a synthetic error among
     /// them is reported as [`Event::Failed`].
     pub fn drain_synthetic(&mut self, out: &mut BytesMut, events: &mut Vec<Event>) {
+        events.append(&mut self.skipped);
         while let Some(front) = self.queue.front() {
             match front {
                 Expect::Synthetic(bytes, _) => out.extend_from_slice(bytes),
@@ -218,11 +242,12 @@ impl Relay {
     }
 
     /// Drops expectations up to the next Sync: the origin skips those messages after an
-    /// error, and so does warpdrive, taking back what sending them did.
+    /// error, and so does warpdrive, taking back what sending them did. When that Sync
+    /// is not sent yet, what is sent until it is skipped as well.
     fn skip_to_sync(&mut self, events: &mut Vec<Event>) {
         while let Some(front) = self.queue.front() {
             if matches!(front, Expect::Sync | Expect::UntilReady) {
-                break;
+                return;
             }
             if let Some(Expect::Reply { on_error: undo, .. } | Expect::Synthetic(_, undo)) =
                 self.queue.pop_front()
@@ -234,6 +259,7 @@ impl Relay {
                 });
             }
         }
+        self.skipping = true;
     }
 
     /// Decides the fate of one origin message and reports what the session must learn.
@@ -429,6 +455,61 @@ mod tests {
             encode::ready_for_query(b, TransactionStatus::Idle);
         });
         assert_eq!(tags(&run(&mut relay, origin).0), "2Z");
+    }
+
+    #[test]
+    fn messages_sent_after_an_error_before_their_sync_expect_nothing() {
+        // A batch forwarded in parts (no Sync yet: a Flush, the size bound, drained
+        // input): the origin reports an error for the first part, then skips every
+        // message up to the Sync, including those sent after the error.
+        let mut relay = Relay::default();
+        let bind = || Expect::Reply {
+            count: 1,
+            to_client: true,
+            on_error: OnError::Nothing,
+        };
+        relay.push(bind());
+        relay.push(Expect::Execute);
+        let (client, events) = run(
+            &mut relay,
+            frames(|b| {
+                encode::bind_complete(b);
+                encode::error_response(b, "ERROR", "57014", "canceling statement", None);
+            }),
+        );
+        assert_eq!(tags(&client), "2E");
+        assert_eq!(events, vec![Event::Failed]);
+        // The rest of the batch arrives and is sent: the origin skips it.
+        relay.push(bind());
+        relay.push(Expect::Synthetic(
+            bytes(encode::parse_complete),
+            OnError::UnnamedReplay,
+        ));
+        relay.push(Expect::Execute);
+        relay.push(Expect::Sync);
+        relay.push(Expect::UntilReady);
+        let (client, events) = run(
+            &mut relay,
+            frames(|b| {
+                encode::ready_for_query(b, TransactionStatus::Idle);
+                encode::command_complete(b, "DROP TABLE");
+                encode::ready_for_query(b, TransactionStatus::Idle);
+            }),
+        );
+        assert_eq!(tags(&client), "ZCZ");
+        assert_eq!(
+            events,
+            vec![
+                Event::Undo {
+                    undo: OnError::UnnamedReplay,
+                    skipped: true
+                },
+                Event::Ready(TransactionStatus::Idle),
+                Event::Completed,
+                Event::Ready(TransactionStatus::Idle),
+            ]
+        );
+        assert!(relay.is_idle());
     }
 
     #[test]
