@@ -170,6 +170,17 @@ impl Conn {
         }
     }
 
+    /// Whether a whole frame is buffered (the next read need not wait).
+    pub fn has_buffered_frame(&self) -> bool {
+        match self.read_buf.get(1..5) {
+            Some(&[a, b, c, d]) => {
+                let declared = u32::from_be_bytes([a, b, c, d]) as usize;
+                self.read_buf.len() > declared
+            }
+            _ => false,
+        }
+    }
+
     /// A frame already buffered, without reading.
     pub fn buffered_frame(&mut self) -> Result<Option<Frame>, ConnError> {
         Ok(split_frame(&mut self.read_buf, self.max_frame)?)

@@ -536,3 +536,64 @@ async fn messages_the_origin_skips_after_an_error_get_no_reply() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_without_sync_run_as_they_arrive() {
+    let db = TestDatabase::create("drv_nosync").await;
+    db.direct()
+        .await
+        .batch_execute("CREATE TABLE u (id int PRIMARY KEY); INSERT INTO u VALUES (1)")
+        .await
+        .unwrap();
+    let mut deployment = common::trust_deployment(&db.name, 1);
+    deployment.cache.enabled = true;
+    let proxy = Proxy::start(deployment).await;
+    let mut raw = common::RawClient::connect(proxy.addr, &db.name).await;
+    // libpq's pipeline without Sync or Flush: the unique violation, and the results
+    // before it, arrive while the client waits.
+    raw.send(|m| {
+        encode::parse(m, b"ins", b"INSERT INTO u VALUES ($1)", &[]);
+        for id in [b"2", b"1"] {
+            encode::bind(m, b"", b"ins", &[], &[Some(id)], &[]);
+            encode::execute(m, b"", 0);
+        }
+    })
+    .await;
+    let mut tags = String::new();
+    while !tags.ends_with('E') {
+        tags.push(char::from(raw.read_message().await.0));
+    }
+    assert_eq!(tags, "12C2E");
+    raw.send(encode::sync).await;
+    assert_eq!(raw.tags().await, "Z");
+    // asyncpg's executemany: large Bind/Execute pairs, the second failing; the error
+    // arrives before the client has sent the rest.
+    let large = vec![b'x'; 40 << 10];
+    raw.send(|m| {
+        encode::parse(m, b"big", b"SELECT length($1)", &[]);
+        encode::bind(m, b"", b"big", &[], &[Some(&large)], &[]);
+        encode::execute(m, b"", 0);
+        encode::bind(m, b"", b"ins", &[], &[Some(b"1")], &[]);
+        encode::execute(m, b"", 0);
+    })
+    .await;
+    let mut tags = String::new();
+    while !tags.ends_with('E') {
+        tags.push(char::from(raw.read_message().await.0));
+    }
+    assert_eq!(tags, "12DC2E");
+    raw.send(encode::sync).await;
+    assert_eq!(raw.tags().await, "Z");
+    // A batch sent whole with its Sync is still decided, and cached, as one request.
+    for _ in 0..2 {
+        raw.send(|m| {
+            common::parse_bind_execute(m, b"", b"SELECT count(*) FROM u");
+            encode::sync(m);
+        })
+        .await;
+        assert_eq!(raw.tags().await, "12DCZ");
+    }
+    assert_eq!(proxy.count("hit"), 1);
+    proxy.stop().await;
+    db.drop_now().await;
+}

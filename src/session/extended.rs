@@ -71,6 +71,19 @@ pub(super) struct Unsynced {
     pub(super) failed: bool,
 }
 
+/// How warpdrive sends the extended-protocol messages it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BatchEnd {
+    /// The client's Sync: the batch is decided (and may be served from the cache).
+    Sync,
+    /// The client's Flush: sent on with a Flush.
+    Flush,
+    /// Sent on as they are, without a Sync or Flush of the client's: the client's input
+    /// ran dry (it may wait for replies before sending more), or the batch reached its
+    /// size bound. Never cached.
+    AsTheyAre,
+}
+
 /// What a batch up to Sync executes, as far as the cache is concerned.
 enum BatchPlan {
     /// No Execute: preparing or describing only.
@@ -110,8 +123,9 @@ impl Session {
         });
     }
 
-    /// Sends the buffered extended-protocol messages, ending with Sync or Flush.
-    pub(super) async fn send_batch(&mut self, sync: bool) -> Result<(), SessionError> {
+    /// Sends the buffered extended-protocol messages, ended as `end` says.
+    pub(super) async fn send_batch(&mut self, end: BatchEnd) -> Result<(), SessionError> {
+        let sync = end == BatchEnd::Sync;
         let started = Instant::now();
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
@@ -186,7 +200,7 @@ impl Session {
                 in_flight.absorb(std::mem::take(&mut self.unsynced));
                 self.requests.push_back(in_flight);
             }
-        } else {
+        } else if end == BatchEnd::Flush {
             encode::flush(&mut buf);
         }
         self.send_to_origin(&buf);

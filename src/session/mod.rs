@@ -46,7 +46,7 @@ use crate::wire::pg::backend::{
 use crate::wire::pg::frontend::FrontendMessage;
 use crate::wire::pg::{Frame, WireError, encode};
 use error::{ClientError, sqlstate};
-use extended::ClientStatement;
+use extended::{BatchEnd, ClientStatement};
 use relay::{Delivery, Event, Expect, OnError, Relay};
 use settings::{STANDARD_CONFORMING_STRINGS, SettingMap, Settings};
 
@@ -371,6 +371,8 @@ async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), SessionError
         unsynced: extended::Unsynced::default(),
         deadline: None,
         timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        linger: None,
+        linger_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         shutdown: shutdown_signal(ctx.shutdown.clone()),
         draining: false,
         cancelled_by_warpdrive: false,
@@ -416,6 +418,11 @@ struct Session {
     deadline: Option<Instant>,
     /// The timer behind `deadline`, kept across loop turns (reset, not recreated).
     timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When extended-protocol messages are held without their Sync and the client sends
+    /// nothing more: they go to the origin as they are once this fires.
+    linger: Option<Instant>,
+    /// The timer behind `linger`.
+    linger_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// Completes when the server starts shutting down (false) or is gone (true); made
     /// once per session, so that waiting on it costs nothing per message.
     shutdown: ShutdownSignal,
@@ -440,6 +447,7 @@ enum Wake {
     Client(Result<Option<Frame>, ConnError>),
     Origin(Result<Option<Frame>, ConnError>),
     Deadline,
+    InputDry,
     Shutdown { server_gone: bool },
 }
 
@@ -461,6 +469,17 @@ fn shutdown_signal(mut draining: tokio::sync::watch::Receiver<bool>) -> Shutdown
 /// Extended-protocol messages buffered before Sync beyond this many bytes are sent on
 /// (as with Flush), so that a client cannot make warpdrive hold unbounded input.
 const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// How long extended-protocol messages wait without their Sync once the client has sent
+/// nothing more for this long: a client may wait for the replies (an early error, a libpq pipeline
+/// without Sync) before it sends the rest, as PostgreSQL runs messages as they arrive.
+/// A batch written at once arrives whole well within this, and is decided at its Sync.
+const INPUT_DRY: Duration = Duration::from_millis(2);
+
+/// Held messages this large go to the origin as soon as nothing more is buffered, without
+/// waiting [`INPUT_DRY`]: a pipeline of large Bind/Execute pairs (a bulk load) then runs
+/// as it arrives, and an early error reaches the client as early as it would directly.
+const DRY_AT_ONCE_BYTES: usize = 64 << 10;
 
 /// Grace period for the origin to answer a cancel before the connection is dropped.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
@@ -493,11 +512,22 @@ impl Session {
                     None => false,
                 };
                 let timer = &mut self.timer;
+                let lingering = match self.linger {
+                    Some(at) => {
+                        if self.linger_timer.deadline() != at {
+                            self.linger_timer.as_mut().reset(at);
+                        }
+                        true
+                    }
+                    None => false,
+                };
+                let linger_timer = &mut self.linger_timer;
                 tokio::select! {
                     biased;
                     frame = async { match origin { Some(origin) => origin.read_frame().await, None => std::future::pending().await } } => Wake::Origin(frame),
                     frame = client.read_frame() => Wake::Client(frame),
                     _ = timer, if armed => Wake::Deadline,
+                    _ = linger_timer, if lingering => Wake::InputDry,
                     server_gone = shutdown, if watching => Wake::Shutdown { server_gone },
                 }
             };
@@ -505,6 +535,22 @@ impl Session {
                 Wake::Client(Ok(Some(frame))) => {
                     if !self.on_client(frame).await? {
                         return Ok(());
+                    }
+                    self.linger = None;
+                    if !self.batch.is_empty() {
+                        if self.batch_bytes >= DRY_AT_ONCE_BYTES
+                            && !self.client.has_buffered_frame()
+                        {
+                            self.send_batch(BatchEnd::AsTheyAre).await?;
+                        } else {
+                            self.linger = Some(Instant::now() + INPUT_DRY);
+                        }
+                    }
+                }
+                Wake::InputDry => {
+                    self.linger = None;
+                    if !self.batch.is_empty() {
+                        self.send_batch(BatchEnd::AsTheyAre).await?;
                     }
                 }
                 Wake::Client(Ok(None)) => return Ok(()),
@@ -558,12 +604,12 @@ impl Session {
                 self.batch.push(message);
                 if self.batch_bytes > MAX_BATCH_BYTES {
                     // Bounded memory: a client that never sends Sync has its messages
-                    // forwarded as they come, as if it had sent Flush (not cacheable).
-                    self.send_batch(false).await?;
+                    // forwarded as they come (not cacheable).
+                    self.send_batch(BatchEnd::AsTheyAre).await?;
                 }
             }
-            FrontendMessage::Sync(_) => self.send_batch(true).await?,
-            FrontendMessage::Flush(_) => self.send_batch(false).await?,
+            FrontendMessage::Sync(_) => self.send_batch(BatchEnd::Sync).await?,
+            FrontendMessage::Flush(_) => self.send_batch(BatchEnd::Flush).await?,
             FrontendMessage::Terminate(_) => return Ok(false),
             FrontendMessage::CopyData(frame)
             | FrontendMessage::CopyDone(frame)
@@ -711,7 +757,7 @@ impl Session {
     async fn on_query(&mut self, frame: Frame, sql: &Bytes) -> Result<(), SessionError> {
         let started = std::time::Instant::now();
         if !self.batch.is_empty() {
-            self.send_batch(false).await?;
+            self.send_batch(BatchEnd::AsTheyAre).await?;
         }
         let analysis =
             self.ctx
