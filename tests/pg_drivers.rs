@@ -597,3 +597,107 @@ async fn messages_without_sync_run_as_they_arrive() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warpdrive_prepares_origin_passwords_with_saslprep_too() {
+    let db = TestDatabase::create("drv_saslprep_origin").await;
+    // The origin here is another warpdrive, since the local PostgreSQL trusts everyone.
+    let mut inner = common::deployment(&db.name, common::small_pool(1));
+    inner.users = vec![warpdrive::config::ClientUser {
+        name: common::ORIGIN_USER.to_owned(),
+        password: "IX-IX".to_owned(),
+    }];
+    let inner = Proxy::start(inner).await;
+    let origin = warpdrive::config::OriginUrl::parse(&format!(
+        "postgres://{}:IX-%E2%85%A8@127.0.0.1:{}/{}?sslmode=disable",
+        common::ORIGIN_USER,
+        inner.addr.port(),
+        db.name
+    ))
+    .expect("origin URL");
+    let mut outer = common::deployment(&db.name, common::small_pool(1));
+    outer.users = vec![warpdrive::config::ClientUser {
+        name: common::ORIGIN_USER.to_owned(),
+        password: common::PASSWORD.to_owned(),
+    }];
+    outer.origin = origin;
+    let outer = Proxy::start(outer).await;
+    let client = outer.connect(&db.name).await;
+    assert_eq!(last_value(&client, "SELECT 1").await.as_deref(), Some("1"));
+    drop(client);
+    outer.stop().await;
+    inner.stop().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_large_pipeline_leaves_every_later_reply_in_step() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDatabase::create("drv_cancel_pipe").await;
+    let proxy = Proxy::start(common::trust_deployment(&db.name, 1)).await;
+    let mut raw = common::RawClient::from_stream(
+        tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect"),
+    );
+    raw.send(|m| {
+        encode::startup_message(m, &[("user", common::ORIGIN_USER), ("database", &db.name)])
+    })
+    .await;
+    let greeting = raw.until_ready().await;
+    let key = &greeting
+        .iter()
+        .find(|(tag, _)| *tag == b'K')
+        .expect("BackendKeyData")
+        .1;
+    let process_id = i32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+    let secret = key[4..].to_vec();
+    let large = vec![b'x'; 32 << 10];
+    for round in 0..4 {
+        // asyncpg's executemany: many large Bind/Execute pairs and a Sync, then a cancel.
+        raw.send(|m| {
+            encode::parse(m, b"", b"SELECT pg_sleep(0.02), length($1)", &[]);
+            for _ in 0..128 {
+                encode::bind(m, b"", b"", &[], &[Some(&large)], &[]);
+                encode::execute(m, b"", 0);
+            }
+            encode::sync(m);
+        })
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(60 + 20 * round)).await;
+        let mut cancel = tokio::net::TcpStream::connect(proxy.addr)
+            .await
+            .expect("connect");
+        let mut request = bytes::BytesMut::new();
+        encode::cancel_request(&mut request, process_id, &secret);
+        cancel.write_all(&request).await.expect("cancel");
+        let _ = cancel.read_to_end(&mut Vec::new()).await;
+        let replies = raw.until_ready().await;
+        let error = replies
+            .iter()
+            .find(|(tag, _)| *tag == b'E')
+            .expect("the cancel's error");
+        assert!(String::from_utf8_lossy(&error.1).contains("57014"));
+        // What follows is answered exactly.
+        raw.send(|m| {
+            encode::parse(m, b"", b"SELECT $1::int AS n", &[]);
+            encode::describe(m, warpdrive::wire::pg::frontend::Target::Statement, b"");
+            encode::flush(m);
+        })
+        .await;
+        let mut tags = String::new();
+        while !tags.ends_with('T') {
+            tags.push(char::from(raw.read_message().await.0));
+        }
+        assert_eq!(tags, "1tT", "round {round}");
+        raw.send(encode::sync).await;
+        assert_eq!(raw.tags().await, "Z", "round {round}");
+        raw.send(|m| encode::query(m, "SELECT 42")).await;
+        let replies = raw.until_ready().await;
+        let shown: String = replies.iter().map(|(tag, _)| char::from(*tag)).collect();
+        assert_eq!(shown, "TDCZ", "round {round}");
+        assert!(replies[1].1.ends_with(b"42"));
+    }
+    proxy.stop().await;
+    db.drop_now().await;
+}
