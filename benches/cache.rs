@@ -9,8 +9,23 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use warpdrive::cache::{CachedRequest, Entry, KeyInputs, Lookup, Request, Store};
+use warpdrive::cache::{Entry, KeyScope, Lookup, Refetch, RefetchFuture, Store};
 use warpdrive::clock::Clock;
+use warpdrive::session::pg::request::Request;
+
+/// Entries are only read here: nothing ever refreshes them.
+#[derive(Debug)]
+struct NeverRefetched;
+
+impl Refetch for NeverRefetched {
+    fn weight(&self) -> usize {
+        0
+    }
+
+    fn fetch(&self) -> RefetchFuture<'_> {
+        Box::pin(async { Err("not refreshed in this benchmark".into()) })
+    }
+}
 
 fn bench_cache(c: &mut Criterion) {
     let store = Store::new(256 << 20, 50 << 20, Clock::system());
@@ -29,16 +44,12 @@ fn bench_cache(c: &mut Criterion) {
         arguments: Bytes::from_static(b"\x00\x00\x00\x01\x00\x00\x00\x0512345\x00\x00"),
         describes: Vec::new(),
     };
-    let key = |request: &Request| {
-        KeyInputs {
-            deployment: "bench",
-            database: "wd_bench",
-            role: "postgres",
-            settings: &settings,
-            request,
-        }
-        .key()
+    let scope = KeyScope {
+        deployment: "bench",
+        database: "wd_bench",
+        role: "postgres",
     };
+    let key = |request: &Request| request.key(scope, &settings);
     let Lookup::Miss(guard) = store.lookup(key(&request)) else {
         panic!("empty store")
     };
@@ -48,11 +59,7 @@ fn bench_cache(c: &mut Criterion) {
         max_age: Duration::from_secs(3600),
         stale_while_revalidate: Duration::from_secs(15),
         tables: Arc::from(vec!["pgbench_accounts".to_owned()]),
-        request: Arc::new(CachedRequest {
-            database: "wd_bench".to_owned(),
-            settings: settings.clone(),
-            request: request.clone(),
-        }),
+        refetch: Arc::new(NeverRefetched),
     });
     // Other entries, so that the lookup is not into an empty map.
     for i in 0..10_000u32 {

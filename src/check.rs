@@ -9,8 +9,8 @@ use crate::analyze::{
     Analysis, CacheHint, CatalogNames, Dialect, Kind, Reason, StableFunctions, Status,
 };
 use crate::cache::CacheStatus;
-use crate::cache::policy::{Decision, decide};
 use crate::config::CacheSettings;
+use crate::proxy::{Decision, decide};
 
 /// What a deployment's cache settings make of the query (`check --config`).
 #[derive(Debug, Serialize)]

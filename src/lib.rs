@@ -15,6 +15,9 @@
 //! | [`conn`] | buffered frame reads/writes over TCP or TLS | SQL, pools |
 //! | [`auth`] | SCRAM-SHA-256 and MD5, both directions | sockets |
 //! | [`tls`] | rustls configurations for clients and origins | sessions |
+//! | [`protocol`] | the neutral transaction status and the protocol a deployment speaks | byte layouts |
+//! | [`proxy`] | the composer: cache policy, lookup, single flight, record and fill, stale-while-revalidate | byte layouts |
+//! | [`cache`] | keys from canonical parts, entries of opaque bytes, the bounded store with single flight | SQL, wire formats, config |
 //! | [`pool`] | origin connections: connect, authenticate, pool per database, reset on return | sessions, SQL |
 //! | [`session`] | one client: startup, authentication, statements, settings, relaying replies | pool internals, byte layouts of the origin |
 //! | [`cancel`] | routing CancelRequests to the origin backend serving a client | SQL |
@@ -36,6 +39,8 @@ pub mod config;
 pub mod conn;
 pub mod metrics;
 pub mod pool;
+pub mod protocol;
+pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod tls;

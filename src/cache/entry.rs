@@ -1,50 +1,43 @@
-//! Cache entries and their freshness.
+//! Cache entries, their freshness, and the opaque way to fetch one again.
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-/// Which kind of Describe a request asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Described {
-    /// Describe of the statement: ParameterDescription, then RowDescription or NoData.
-    Statement,
-    /// Describe of the portal: RowDescription or NoData.
-    Portal,
+/// How a recording of an origin reply ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// A complete result: its segments, and whether it had rows.
+    Complete {
+        /// The entry's segments.
+        segments: Vec<Bytes>,
+        /// Whether any row was seen.
+        has_rows: bool,
+    },
+    /// Above max_result_bytes: streamed to the client, not kept.
+    Oversized,
+    /// Something made the reply unfit for the cache (an error, a notice, …).
+    Unusable,
 }
 
-/// A cacheable request, as needed both for its key and to run it again.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Request {
-    /// A simple-protocol query.
-    Simple {
-        /// Its text.
-        sql: Bytes,
-    },
-    /// One extended-protocol execution.
-    Extended {
-        /// The statement's text.
-        sql: Bytes,
-        /// Parameter type OIDs as the client sent them in Parse.
-        parameter_types: Bytes,
-        /// The Bind's parameter formats, values and result formats.
-        arguments: Bytes,
-        /// The Describes in the batch, in order (each is one segment of the entry, before
-        /// the Execute's).
-        describes: Vec<Described>,
-    },
-}
+/// Why a refetch failed, in the protocol's own words.
+pub type RefetchError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What a background revalidation needs to run a request again.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CachedRequest {
-    /// Origin database.
-    pub database: String,
-    /// The client's settings: name → the statement that sets it.
-    pub settings: std::collections::BTreeMap<String, String>,
-    /// The request.
-    pub request: Request,
+/// A refetch in progress.
+pub type RefetchFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Recorded, RefetchError>> + Send + 'a>>;
+
+/// How to run an entry's request again, supplied by the protocol that stored it: the
+/// cache only holds it, weighs it, and hands it to whoever refreshes a stale entry.
+pub trait Refetch: Send + Sync + fmt::Debug {
+    /// Bytes it holds, counted in the entry's weight.
+    fn weight(&self) -> usize;
+    /// Runs the request at the origin again and records its reply.
+    fn fetch(&self) -> RefetchFuture<'_>;
 }
 
 /// How fresh an entry is.
@@ -61,8 +54,7 @@ pub enum Freshness {
 /// A stored result.
 #[derive(Debug)]
 pub struct Entry {
-    /// The origin's messages: one segment per Describe answered, then the Execute's (rows
-    /// and CommandComplete); one segment in all for a simple query.
+    /// The origin's response bytes, in the segments the protocol recorded them in.
     pub segments: Vec<Bytes>,
     /// When its request was sent to the origin (cache clock): the age of the data, which
     /// the origin read after that, is never more than its age by this.
@@ -74,8 +66,11 @@ pub struct Entry {
     /// The relations it read (for invalidation).
     pub tables: Arc<[String]>,
     /// How to fetch it again.
-    pub request: Arc<CachedRequest>,
+    pub refetch: Arc<dyn Refetch>,
 }
+
+/// Bookkeeping counted in every entry's weight besides its bytes.
+const OVERHEAD: usize = 256;
 
 impl Entry {
     /// Its freshness at `now`. Durations saturate: an entry never becomes fresh again.
@@ -95,20 +90,38 @@ impl Entry {
         self.segments.iter().map(Bytes::len).sum()
     }
 
-    /// Its weight in the store: the result plus bookkeeping.
+    /// Its weight in the store: the result, the refetch, and bookkeeping.
     pub fn weight(&self) -> u64 {
-        const OVERHEAD: usize = 256;
-        let request = match &self.request.request {
-            Request::Simple { sql } => sql.len(),
-            Request::Extended { sql, arguments, .. } => sql.len() + arguments.len(),
-        };
-        (self.result_bytes() + request + OVERHEAD) as u64
+        (self.result_bytes() + self.refetch.weight() + OVERHEAD) as u64
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A refetch that answers with a fixed result, or fails.
+    #[derive(Debug)]
+    pub(crate) struct FixedRefetch(pub Option<&'static [u8]>);
+
+    impl Refetch for FixedRefetch {
+        fn weight(&self) -> usize {
+            100
+        }
+
+        fn fetch(&self) -> RefetchFuture<'_> {
+            let result = self.0;
+            Box::pin(async move {
+                match result {
+                    Some(bytes) => Ok(Recorded::Complete {
+                        segments: vec![Bytes::from_static(bytes)],
+                        has_rows: true,
+                    }),
+                    None => Err("the origin is gone".into()),
+                }
+            })
+        }
+    }
 
     fn entry(stored_at: u64, max_age: u64, swr: u64) -> Entry {
         Entry {
@@ -117,13 +130,7 @@ mod tests {
             max_age: Duration::from_secs(max_age),
             stale_while_revalidate: Duration::from_secs(swr),
             tables: Arc::from(Vec::new()),
-            request: Arc::new(CachedRequest {
-                database: "db".into(),
-                settings: Default::default(),
-                request: Request::Simple {
-                    sql: Bytes::from_static(b"SELECT 1"),
-                },
-            }),
+            refetch: Arc::new(FixedRefetch(None)),
         }
     }
 
@@ -145,7 +152,10 @@ mod tests {
     }
 
     #[test]
-    fn weight_counts_the_result() {
-        assert!(entry(0, 1, 1).weight() >= 4);
+    fn weight_is_the_result_the_refetch_and_the_overhead() {
+        let mut e = entry(0, 1, 1);
+        assert_eq!(e.weight(), 4 + 100 + 256);
+        e.segments.push(Bytes::from_static(b"more rows"));
+        assert_eq!(e.weight(), 4 + 9 + 100 + 256);
     }
 }

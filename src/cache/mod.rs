@@ -1,23 +1,22 @@
 //! The query-result cache: keys, entries with their freshness, and the bounded store
 //! with single flight.
 //!
-//! Pure: no sockets, no SQL parsing, no wire formats. An entry holds the encoded result
-//! messages (split in segments, one per Describe or Execute answered) exactly as the
-//! origin sent them; the session turns them back into the replies the client's own
-//! message sequence requires.
+//! Protocol-blind and pure: no sockets, no SQL, no wire formats, no configuration. A key
+//! hashes canonical parts the protocol module supplies; an entry holds the origin's
+//! response bytes (in segments the protocol chose) and an opaque way to fetch them
+//! again; the protocol turns them back into the replies a client's own messages call
+//! for. Which queries are cached and for how long is decided in [`crate::proxy`].
 
 pub mod entry;
 pub mod key;
-pub mod policy;
 pub mod store;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use entry::{CachedRequest, Described, Entry, Freshness, Request};
-pub use key::{CacheKey, KeyInputs};
-pub use policy::{Decision, Policy};
+pub use entry::{Entry, Freshness, Recorded, Refetch, RefetchError, RefetchFuture};
+pub use key::{CacheKey, KeyBuilder, KeyScope};
 pub use store::{FillGuard, Lookup, RevalidationGuard, Store, StoreStats};
 
 /// The cache status of a query, exactly as Cloudflare Hyperdrive names them.
@@ -90,23 +89,6 @@ impl CacheStatus {
 impl fmt::Display for CacheStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-impl From<crate::analyze::Status> for CacheStatus {
-    /// The cache status of an analyzer verdict that is not cacheable (a cacheable one
-    /// becomes hit or miss only at lookup; it maps to miss here).
-    fn from(status: crate::analyze::Status) -> CacheStatus {
-        use crate::analyze::Status;
-        match status {
-            Status::Cacheable => CacheStatus::Miss,
-            Status::Uncacheable => CacheStatus::Uncacheable,
-            Status::MultipleStatements => CacheStatus::MultipleStatements,
-            Status::NotAQuery => CacheStatus::NotAQuery,
-            Status::ParseError => CacheStatus::ParseError,
-            Status::Volatile => CacheStatus::Volatile,
-            Status::OversizedQuery => CacheStatus::OversizedQuery,
-        }
     }
 }
 

@@ -255,7 +255,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::cache::entry::{CachedRequest, Request};
+    use crate::cache::entry::tests::FixedRefetch;
     use crate::clock::ManualClock;
 
     fn entry(store: &Store, rows: &'static [u8]) -> Entry {
@@ -265,13 +265,7 @@ mod tests {
             max_age: Duration::from_secs(60),
             stale_while_revalidate: Duration::from_secs(15),
             tables: Arc::from(vec!["t".to_owned()]),
-            request: Arc::new(CachedRequest {
-                database: "db".into(),
-                settings: Default::default(),
-                request: Request::Simple {
-                    sql: Bytes::from_static(b"SELECT 1"),
-                },
-            }),
+            refetch: Arc::new(FixedRefetch(Some(b"v2"))),
         }
     }
 

@@ -16,15 +16,14 @@ use bytes::{Bytes, BytesMut};
 
 use super::caching::{Consulted, InFlight};
 use super::error::{ClientError, sqlstate};
+use super::pg::request::result_settings;
+use super::pg::request::{Described, Request};
 use super::relay::{Expect, OnError};
 use super::settings::STANDARD_CONFORMING_STRINGS;
 use super::{Session, SessionError};
 use crate::analyze::{Analysis, Dialect, SessionEffect, StringLiterals};
-use crate::cache::key::result_settings;
-use crate::cache::policy::{Decision, decide};
-use crate::cache::{CacheStatus, Described, Entry, Request};
+use crate::cache::{CacheStatus, Entry};
 use crate::pool::statements::{origin_statement_name, statement_identity};
-use crate::wire::pg::backend::TransactionStatus;
 use crate::wire::pg::encode;
 use crate::wire::pg::frontend::{Bind, Close, Describe, FrontendMessage, Parse, Target};
 
@@ -95,7 +94,7 @@ enum BatchPlan {
     /// Closes after it.
     Executes {
         statement: Box<ClientStatement>,
-        cacheable: Option<(Request, Vec<Described>)>,
+        cacheable: Option<Request>,
     },
 }
 
@@ -231,17 +230,11 @@ impl Session {
             BatchPlan::Unresolved => CacheStatus::Uncacheable,
             BatchPlan::Executes {
                 statement,
-                cacheable: Some((request, describes)),
+                cacheable: Some(request),
             } if !split => {
                 let query_bytes = query_bytes + self.unsynced.query_bytes;
                 return match self
-                    .consult(
-                        &statement.analysis,
-                        request,
-                        Some(describes),
-                        query_bytes,
-                        started,
-                    )
+                    .consult(&statement.analysis, request, query_bytes, started)
                     .await
                 {
                     Consulted::Hit(entry, ()) => Consulted::Hit(entry, statement),
@@ -326,11 +319,8 @@ impl Session {
     /// The status of a statement forwarded without consulting the cache: the policy's
     /// refusal, or `uncacheable` for cacheable text in a batch the cache does not serve.
     fn forwarded_status(&self, analysis: &Analysis) -> CacheStatus {
-        let in_transaction = self.status != TransactionStatus::Idle;
-        match decide(&self.ctx.deployment.cache, analysis, in_transaction).0 {
-            Decision::Refuse(status) => status,
-            Decision::Cache(_) => CacheStatus::Uncacheable,
-        }
+        self.composer()
+            .forwarded_status(analysis, self.status.into())
     }
 
     fn statement_error(&mut self, code: &'static str, message: String) -> bool {
@@ -660,16 +650,11 @@ impl Session {
         };
         let shape = self.cacheable_shape(batch, execute_at, executes.len(), bind, parsed.is_some());
         BatchPlan::Executes {
-            cacheable: shape.map(|describes| {
-                (
-                    Request::Extended {
-                        sql: statement.sql.clone(),
-                        parameter_types: statement.parameter_types.clone(),
-                        arguments: bind.arguments.clone(),
-                        describes: describes.clone(),
-                    },
-                    describes,
-                )
+            cacheable: shape.map(|describes| Request::Extended {
+                sql: statement.sql.clone(),
+                parameter_types: statement.parameter_types.clone(),
+                arguments: bind.arguments.clone(),
+                describes,
             }),
             statement: Box::new(statement),
         }

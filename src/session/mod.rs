@@ -17,7 +17,7 @@ mod caching;
 mod catalog;
 pub mod error;
 mod extended;
-mod recorder;
+pub mod pg;
 mod relay;
 pub mod settings;
 mod startup;
@@ -33,7 +33,7 @@ use tracing::Instrument;
 
 use crate::analyze::{Analysis, AnalysisMemo, Dialect, SessionEffect, StringLiterals};
 use crate::auth::scram::ScramSecret;
-use crate::cache::{CacheStatus, Request, Store};
+use crate::cache::{CacheStatus, Store};
 use crate::cancel::{CancelHandle, CancelRegistry, CancelTarget};
 use crate::catalog::Catalogs;
 use crate::config::Deployment;
@@ -47,6 +47,7 @@ use crate::wire::pg::frontend::FrontendMessage;
 use crate::wire::pg::{Frame, WireError, encode};
 use error::{ClientError, sqlstate};
 use extended::{BatchEnd, ClientStatement};
+use pg::request::Request;
 use relay::{Delivery, Event, Expect, OnError, Relay};
 use settings::{STANDARD_CONFORMING_STRINGS, SettingMap, Settings};
 
@@ -780,10 +781,7 @@ impl Session {
             }
         }
         let request = Request::Simple { sql: sql.clone() };
-        let mut in_flight = match self
-            .consult(&analysis, request, None, frame.len(), started)
-            .await
-        {
+        let mut in_flight = match self.consult(&analysis, request, frame.len(), started).await {
             caching::Consulted::Hit(entry, ()) => {
                 return self.answer_simple_hit(&entry, frame.len(), started).await;
             }

@@ -13,10 +13,13 @@
 //!    the hint's; never above 3600 s. Results without rows use `empty_max_age` when it
 //!    is shorter.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::CacheStatus;
+use bytes::Bytes;
+
 use crate::analyze::{Analysis, Status};
+use crate::cache::{CacheStatus, Entry, Refetch};
 use crate::config::CacheSettings;
 use crate::config::cache::MAX_LIFETIME;
 
@@ -29,6 +32,32 @@ pub struct Policy {
     pub stale_while_revalidate: Duration,
     /// max_age when the result has no rows.
     pub empty_max_age: Duration,
+}
+
+impl Policy {
+    /// The entry for a result recorded under this policy, its request sent at
+    /// `requested_at`.
+    pub fn entry(
+        &self,
+        segments: Vec<Bytes>,
+        has_rows: bool,
+        requested_at: Duration,
+        tables: Arc<[String]>,
+        refetch: Arc<dyn Refetch>,
+    ) -> Entry {
+        Entry {
+            segments,
+            stored_at: requested_at,
+            max_age: if has_rows {
+                self.max_age
+            } else {
+                self.empty_max_age
+            },
+            stale_while_revalidate: self.stale_while_revalidate,
+            tables,
+            refetch,
+        }
+    }
 }
 
 /// The decision for one query.
@@ -51,7 +80,7 @@ pub fn decide(
     }
     let status = analysis.status_under(settings.stable_functions);
     if status != Status::Cacheable {
-        return (Decision::Refuse(status.into()), Vec::new());
+        return (Decision::Refuse(refusal(status)), Vec::new());
     }
     if in_transaction {
         return (Decision::Refuse(CacheStatus::Transaction), Vec::new());
@@ -101,6 +130,20 @@ pub fn decide(
         }),
         matched,
     )
+}
+
+/// The cache status of an analyzer verdict that is not cacheable (a cacheable one
+/// becomes hit or miss only at lookup; it maps to miss here).
+fn refusal(status: Status) -> CacheStatus {
+    match status {
+        Status::Cacheable => CacheStatus::Miss,
+        Status::Uncacheable => CacheStatus::Uncacheable,
+        Status::MultipleStatements => CacheStatus::MultipleStatements,
+        Status::NotAQuery => CacheStatus::NotAQuery,
+        Status::ParseError => CacheStatus::ParseError,
+        Status::Volatile => CacheStatus::Volatile,
+        Status::OversizedQuery => CacheStatus::OversizedQuery,
+    }
 }
 
 #[cfg(test)]

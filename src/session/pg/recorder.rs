@@ -9,27 +9,13 @@
 //! an error, a notice, a parameter change or COPY, makes the reply unusable: it is
 //! forwarded as usual and not stored.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
-use crate::cache::Described;
+use super::request::Described;
+use crate::cache::Recorded;
+use crate::proxy::Record;
 use crate::wire::pg::Frame;
 use crate::wire::pg::backend::tag;
-
-/// How a recording ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Recorded {
-    /// A complete result: its segments, and whether it had rows.
-    Complete {
-        /// The entry's segments.
-        segments: Vec<Bytes>,
-        /// Whether any DataRow was seen.
-        has_rows: bool,
-    },
-    /// Above max_result_bytes: streamed to the client, not kept.
-    Oversized,
-    /// Something made the reply unfit for the cache.
-    Unusable,
-}
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
@@ -74,9 +60,12 @@ impl Recorder {
     fn describing(&self) -> Option<Described> {
         self.describes.get(self.segments.len() - 1).copied()
     }
+}
 
-    /// Takes one message the client was sent.
-    pub fn accept(&mut self, frame: &Frame) {
+impl Record for Recorder {
+    type Message = Frame;
+
+    fn accept(&mut self, frame: &Frame) {
         if !matches!(self.state, State::Recording | State::Complete) {
             return;
         }
@@ -139,9 +128,7 @@ impl Recorder {
         }
     }
 
-    /// Whether the recording gave up (too large, or unfit for the cache): nothing more
-    /// can make it storable.
-    pub fn gave_up(&self) -> Option<Recorded> {
+    fn gave_up(&self) -> Option<Recorded> {
         match self.state {
             State::Oversized => Some(Recorded::Oversized),
             State::Unusable => Some(Recorded::Unusable),
@@ -149,8 +136,7 @@ impl Recorder {
         }
     }
 
-    /// The outcome once the reply ended (ReadyForQuery).
-    pub fn finish(self) -> Recorded {
+    fn finish(self) -> Recorded {
         match self.state {
             State::Complete => Recorded::Complete {
                 segments: self.segments.into_iter().map(BytesMut::freeze).collect(),

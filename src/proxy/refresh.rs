@@ -1,0 +1,47 @@
+//! Stale-while-revalidate: a stale entry served to a client is fetched again in the
+//! background, through the refetch its protocol stored with it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::policy::Policy;
+use crate::cache::{Entry, Recorded, RevalidationGuard, Store};
+use crate::metrics::DeploymentMetrics;
+
+/// Refreshes `stale` in the background, within `deadline`. A failure leaves the stale
+/// entry in place until it expires.
+pub(super) fn spawn(
+    store: Arc<Store>,
+    refresh: RevalidationGuard,
+    stale: Arc<Entry>,
+    policy: Policy,
+    deadline: Duration,
+    metrics: Arc<DeploymentMetrics>,
+) {
+    tokio::spawn(async move {
+        let requested_at = store.clock().now();
+        let fetched = tokio::time::timeout(deadline, stale.refetch.fetch()).await;
+        let reason = match fetched {
+            Ok(Ok(Recorded::Complete { segments, has_rows })) => {
+                refresh.fill(policy.entry(
+                    segments,
+                    has_rows,
+                    requested_at,
+                    Arc::clone(&stale.tables),
+                    Arc::clone(&stale.refetch),
+                ));
+                metrics.revalidations_ok.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(Ok(_)) => {
+                "the origin's answer could not be cached (an error, a notice, or too large)"
+                    .to_owned()
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "it ran longer than max_query_duration".to_owned(),
+        };
+        tracing::info!(%reason, "revalidation of a stale cache entry failed; the entry is served until it expires");
+        metrics.revalidations_failed.fetch_add(1, Ordering::Relaxed);
+    });
+}
