@@ -29,7 +29,7 @@ use crate::analyze::catalog::{
 use crate::analyze::{AnalysisMemo, Volatility};
 use crate::conn::{Conn, ConnError};
 use crate::metrics::DeploymentMetrics;
-use crate::pool::{ConnState, Pool, PooledConn};
+use crate::pool::{ConnState, Pool, PooledConn, read_until_ready};
 use crate::wire::pg::backend::{BackendMessage, TransactionStatus, decode_data_row, tag};
 use crate::wire::pg::encode;
 
@@ -438,35 +438,29 @@ async fn exchange(
         functions_query(major >= 14)
     );
     encode::query(&mut conn.out, &sql);
-    conn.flush().await.map_err(ConnError::Io)?;
     let mut results: Vec<Vec<Vec<Option<Bytes>>>> = Vec::new();
     let mut rows = Vec::new();
     let mut refusal = None;
-    loop {
-        let frame = conn.read_frame().await?.ok_or(ConnError::TruncatedFrame)?;
+    let status = read_until_ready(conn, |frame| {
         match frame.tag() {
-            tag::DATA_ROW => rows.push(decode_data_row(&frame).map_err(ConnError::Wire)?),
+            tag::DATA_ROW => rows.push(decode_data_row(&frame)?),
             tag::COMMAND_COMPLETE => results.push(std::mem::take(&mut rows)),
             tag::ERROR_RESPONSE => {
                 if let Ok(BackendMessage::ErrorResponse(fields)) = BackendMessage::decode(&frame) {
                     refusal = Some(fields.message());
                 }
             }
-            tag::READY_FOR_QUERY => {
-                let status = match BackendMessage::decode(&frame) {
-                    Ok(BackendMessage::ReadyForQuery(status)) => status,
-                    _ => return Err(CatalogError::Unexpected("a malformed ReadyForQuery".into())),
-                };
-                let facts = match refusal {
-                    Some(message) => Err(CatalogError::Refused(message)),
-                    // The first result is the SET's.
-                    None => facts_from(results.into_iter().skip(1)),
-                };
-                return Ok((status, facts));
-            }
             _ => {}
         }
-    }
+        Ok(())
+    })
+    .await?;
+    let facts = match refusal {
+        Some(message) => Err(CatalogError::Refused(message)),
+        // The first result is the SET's.
+        None => facts_from(results.into_iter().skip(1)),
+    };
+    Ok((status, facts))
 }
 
 /// The facts from the results, in query order.

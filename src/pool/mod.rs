@@ -31,9 +31,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::PoolSettings;
 use crate::metrics::PoolMetrics;
-use crate::wire::pg::backend::{BackendMessage, TransactionStatus};
+use crate::wire::pg::backend::TransactionStatus;
 use crate::wire::pg::encode;
-pub use origin::{OriginConn, OriginError, OriginTarget};
+pub use origin::{OriginConn, OriginError, OriginTarget, read_until_ready};
 pub use statements::StatementCache;
 
 /// Why a checkout failed.
@@ -370,21 +370,10 @@ impl Drop for Checkout {
 async fn roll_back(mut conn: PooledConn) -> Option<PooledConn> {
     let io = &mut conn.origin.conn;
     encode::query(&mut io.out, "ROLLBACK");
-    tokio::time::timeout(Duration::from_secs(5), io.flush())
+    let settled = tokio::time::timeout(INTERNAL_EXCHANGE, read_until_ready(io, |_| Ok(())))
         .await
         .ok()?
         .ok()?;
-    let settled = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(frame) = io.read_frame().await.ok()? {
-            if let Ok(BackendMessage::ReadyForQuery(status)) = BackendMessage::decode(&frame) {
-                return Some(status);
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()?;
     (settled == TransactionStatus::Idle).then(|| {
         conn.state = ConnState::Ready(TransactionStatus::Idle);
         conn
@@ -394,24 +383,18 @@ async fn roll_back(mut conn: PooledConn) -> Option<PooledConn> {
 /// How long a CancelRequest may take to reach the origin.
 const CANCEL_DELIVERY: Duration = Duration::from_secs(10);
 
+/// The longest the pool waits for the origin to answer its own rollback or empty query.
+const INTERNAL_EXCHANGE: Duration = Duration::from_secs(5);
+
 /// Runs the empty query `;` and reads up to its ReadyForQuery, whatever the transaction
 /// status or an error (a cancel landing on it); false when the origin did not answer in
 /// time.
 async fn round_trip(conn: &mut PooledConn) -> bool {
     conn.unnamed_statement = None;
     let io = &mut conn.origin.conn;
-    let exchange = async {
-        encode::query(&mut io.out, ";");
-        io.flush().await.ok()?;
-        loop {
-            let frame = io.read_frame().await.ok()??;
-            if let Ok(BackendMessage::ReadyForQuery(status)) = BackendMessage::decode(&frame) {
-                return Some(status);
-            }
-        }
-    };
-    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
-        Ok(Some(status)) => {
+    encode::query(&mut io.out, ";");
+    match tokio::time::timeout(INTERNAL_EXCHANGE, read_until_ready(io, |_| Ok(()))).await {
+        Ok(Ok(status)) => {
             conn.state = ConnState::Ready(status);
             true
         }
@@ -419,28 +402,18 @@ async fn round_trip(conn: &mut PooledConn) -> bool {
     }
 }
 
-/// Runs the empty query `;`; true when the origin answered EmptyQueryResponse and
+/// Runs the empty query `;`; true when the origin answered without an error and
 /// ReadyForQuery 'I' in time.
 async fn healthy(conn: &mut PooledConn) -> bool {
     let io = &mut conn.origin.conn;
-    let check = async {
-        encode::query(&mut io.out, ";");
-        io.flush().await.ok()?;
-        loop {
-            let frame = io.read_frame().await.ok()??;
-            match BackendMessage::decode(&frame).ok()? {
-                BackendMessage::ReadyForQuery(status) => {
-                    return Some(status == TransactionStatus::Idle);
-                }
-                BackendMessage::ErrorResponse(_) => return Some(false),
-                _ => {}
-            }
-        }
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), check).await,
-        Ok(Some(true))
-    )
+    encode::query(&mut io.out, ";");
+    let mut failed = false;
+    let check = read_until_ready(io, |frame| {
+        failed |= frame.tag() == crate::wire::pg::backend::tag::ERROR_RESPONSE;
+        Ok(())
+    });
+    let status = tokio::time::timeout(INTERNAL_EXCHANGE, check).await;
+    matches!(status, Ok(Ok(TransactionStatus::Idle))) && !failed
 }
 
 /// Keeps `min_idle` connections ready, closes surplus idle ones after `idle_timeout`,

@@ -14,7 +14,10 @@ use crate::auth::md5::md5_response;
 use crate::auth::scram::{ClientExchange, MECHANISM, ScramError};
 use crate::config::{OriginUrl, SslMode};
 use crate::conn::{Conn, ConnError, Stream};
-use crate::wire::pg::backend::{Authentication, BackendMessage, ErrorFields, TransactionStatus};
+use crate::wire::pg::Frame;
+use crate::wire::pg::backend::{
+    Authentication, BackendMessage, ErrorFields, TransactionStatus, tag,
+};
 use crate::wire::pg::encode;
 
 /// Largest frame accepted from an origin (PostgreSQL's own limit is 1 GiB).
@@ -144,6 +147,27 @@ pub struct OriginConn {
     pub parameters: Vec<(Bytes, Bytes)>,
     /// When it was opened.
     pub opened: Instant,
+}
+
+/// Sends what is written to `conn` and reads the origin's replies up to ReadyForQuery,
+/// handing every other message to `each`: the transaction status the origin then
+/// reported. The one loop for every exchange warpdrive runs on its own.
+pub async fn read_until_ready(
+    conn: &mut Conn,
+    mut each: impl FnMut(Frame) -> Result<(), ConnError>,
+) -> Result<TransactionStatus, ConnError> {
+    conn.flush().await?;
+    loop {
+        let frame = conn.read_frame().await?.ok_or(ConnError::TruncatedFrame)?;
+        if frame.tag() != tag::READY_FOR_QUERY {
+            each(frame)?;
+            continue;
+        }
+        return match BackendMessage::decode(&frame)? {
+            BackendMessage::ReadyForQuery(status) => Ok(status),
+            _ => Err(ConnError::TruncatedFrame),
+        };
+    }
 }
 
 /// Opens the TCP connection and negotiates TLS per sslmode.

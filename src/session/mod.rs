@@ -39,7 +39,7 @@ use crate::catalog::Catalogs;
 use crate::config::Deployment;
 use crate::conn::{Conn, ConnError, FLUSH_THRESHOLD, Stream};
 use crate::metrics::DeploymentMetrics;
-use crate::pool::{Checkout, ConnState, Pool, PoolSet, PooledConn};
+use crate::pool::{Checkout, ConnState, Pool, PoolSet, PooledConn, read_until_ready};
 use crate::wire::pg::backend::{
     BackendMessage, ErrorFields, TransactionStatus, tag as backend_tag,
 };
@@ -245,46 +245,31 @@ async fn run_internal(
     // A simple query destroys the unnamed statement.
     conn.unnamed_statement = None;
     let origin = &mut conn.origin.conn;
-    let exchange = async {
-        encode::query(&mut origin.out, sql);
-        origin.flush().await?;
-        let mut reports = Vec::new();
-        let mut values = Vec::new();
-        let mut notices = Vec::new();
-        let mut failure = None;
-        loop {
-            let frame = origin
-                .read_frame()
-                .await?
-                .ok_or(ConnError::TruncatedFrame)?;
-            match frame.tag() {
-                backend_tag::DATA_ROW => {
-                    let row = crate::wire::pg::backend::decode_data_row(&frame)?;
-                    values.extend(row.into_iter().next().flatten());
-                    continue;
-                }
-                backend_tag::NOTICE_RESPONSE => {
-                    notices.push(frame.into_raw());
-                    continue;
-                }
-                _ => {}
-            }
-            match BackendMessage::decode(&frame)? {
-                BackendMessage::ParameterStatus { name, value } => reports.push((name, value)),
-                BackendMessage::ErrorResponse(fields) => failure = Some(fields),
-                BackendMessage::ReadyForQuery(status) => {
-                    let reply = InternalReply {
-                        reports,
-                        values,
-                        notices,
-                    };
-                    return Ok::<_, ConnError>((status, reply, failure));
-                }
-                _ => {}
-            }
-        }
+    encode::query(&mut origin.out, sql);
+    let mut reply = InternalReply {
+        reports: Vec::new(),
+        values: Vec::new(),
+        notices: Vec::new(),
     };
-    let (status, reply, failure) = tokio::time::timeout(INTERNAL_QUERY_TIMEOUT, exchange)
+    let mut failure = None;
+    let exchange = read_until_ready(origin, |frame| {
+        match frame.tag() {
+            backend_tag::DATA_ROW => {
+                let row = crate::wire::pg::backend::decode_data_row(&frame)?;
+                reply.values.extend(row.into_iter().next().flatten());
+            }
+            backend_tag::NOTICE_RESPONSE => reply.notices.push(frame.into_raw()),
+            _ => match BackendMessage::decode(&frame)? {
+                BackendMessage::ParameterStatus { name, value } => {
+                    reply.reports.push((name, value))
+                }
+                BackendMessage::ErrorResponse(fields) => failure = Some(fields),
+                _ => {}
+            },
+        }
+        Ok(())
+    });
+    let status = tokio::time::timeout(INTERNAL_QUERY_TIMEOUT, exchange)
         .await
         .map_err(|_| {
             ConnError::Io(std::io::Error::new(

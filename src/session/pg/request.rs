@@ -21,10 +21,10 @@ use bytes::Bytes;
 use super::recorder::Recorder;
 use crate::cache::{CacheKey, KeyBuilder, KeyScope, Recorded, Refetch, RefetchFuture};
 use crate::conn::ConnError;
-use crate::pool::{ConnState, Pool};
+use crate::pool::{ConnState, Pool, read_until_ready};
 use crate::proxy::Record;
 use crate::session::apply_settings;
-use crate::wire::pg::backend::{BackendMessage, TransactionStatus, tag};
+use crate::wire::pg::backend::{TransactionStatus, tag};
 use crate::wire::pg::encode;
 use crate::wire::pg::frontend::Target;
 
@@ -247,30 +247,18 @@ impl PgRefetch {
         let mut recorder = self.request.recorder(self.limit);
         conn.state = ConnState::Busy;
         let io = &mut conn.origin.conn;
-        io.flush()
-            .await
-            .map_err(|e| FetchError::Origin(ConnError::Io(e)))?;
         let mut failed = false;
-        loop {
-            let frame = io
-                .read_frame()
-                .await
-                .map_err(FetchError::Origin)?
-                .ok_or(FetchError::Origin(ConnError::TruncatedFrame))?;
+        let status = read_until_ready(io, |frame| {
             match frame.tag() {
-                tag::READY_FOR_QUERY => {
-                    if let Ok(BackendMessage::ReadyForQuery(status)) =
-                        BackendMessage::decode(&frame)
-                    {
-                        conn.state = ConnState::Ready(status);
-                        failed |= status != TransactionStatus::Idle;
-                    }
-                    break;
-                }
                 tag::ERROR_RESPONSE => failed = true,
                 _ => recorder.accept(&frame),
             }
-        }
+            Ok(())
+        })
+        .await
+        .map_err(FetchError::Origin)?;
+        conn.state = ConnState::Ready(status);
+        failed |= status != TransactionStatus::Idle;
         Ok(if failed {
             Recorded::Unusable
         } else {
