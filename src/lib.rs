@@ -44,4 +44,6 @@ pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod units;
+pub mod validate;
 pub mod wire;

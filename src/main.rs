@@ -4,14 +4,12 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use warpdrive::analyze::{Analyzer, AnalyzerOptions, Dialect, Rules, StableFunctions};
 use warpdrive::check::{CheckReport, PolicyReport};
-use warpdrive::config::cache::MAX_LIFETIME;
-use warpdrive::config::{Config, DEFAULT_ADMIN};
+use warpdrive::config::{ClientAuth, Config, DEFAULT_ADMIN, SingleDeployment};
 use warpdrive::metrics::DeploymentSnapshot;
 use warpdrive::server::Server;
 
@@ -31,6 +29,63 @@ enum Command {
     Check(CheckArgs),
     /// Print the counters of a running warpdrive (from its admin listener).
     Stats(StatsArgs),
+    /// Connect to each origin as the pool would, run the empty query, and name the cause
+    /// of any failure (exit status 1).
+    Validate(ValidateArgs),
+}
+
+/// How clients log in (`--client-auth`).
+#[derive(Clone, Copy, ValueEnum)]
+enum ClientAuthArg {
+    /// SCRAM-SHA-256, with the origin URL's user and password.
+    #[value(name = "scram-sha-256")]
+    ScramSha256,
+    /// MD5, with the origin URL's user and password.
+    Md5,
+    /// No password: anyone who can reach the listener logs in.
+    Trust,
+}
+
+impl From<ClientAuthArg> for ClientAuth {
+    fn from(arg: ClientAuthArg) -> ClientAuth {
+        match arg {
+            ClientAuthArg::ScramSha256 => ClientAuth::ScramSha256,
+            ClientAuthArg::Md5 => ClientAuth::Md5,
+            ClientAuthArg::Trust => ClientAuth::Trust,
+        }
+    }
+}
+
+/// `--dialect`.
+#[derive(Clone, Copy, ValueEnum)]
+enum DialectArg {
+    Postgres,
+    Mysql,
+}
+
+impl From<DialectArg> for Dialect {
+    fn from(arg: DialectArg) -> Dialect {
+        match arg {
+            DialectArg::Postgres => Dialect::Postgres,
+            DialectArg::Mysql => Dialect::Mysql,
+        }
+    }
+}
+
+/// `--stable-functions`.
+#[derive(Clone, Copy, ValueEnum)]
+enum StableFunctionsArg {
+    Cache,
+    Bypass,
+}
+
+impl From<StableFunctionsArg> for StableFunctions {
+    fn from(arg: StableFunctionsArg) -> StableFunctions {
+        match arg {
+            StableFunctionsArg::Cache => StableFunctions::Cache,
+            StableFunctionsArg::Bypass => StableFunctions::Bypass,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -64,6 +119,15 @@ struct ServeArgs {
     /// Forward every query; cache nothing (with --origin).
     #[arg(long, conflicts_with = "config")]
     caching_disabled: bool,
+    /// How clients log in (with --origin): with the origin URL's user and password, or
+    /// `trust` for no password.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "scram-sha-256",
+        conflicts_with = "config"
+    )]
+    client_auth: ClientAuthArg,
     /// Address of the admin listener (/metrics, /stats, /healthz); `off` for none.
     #[arg(long, value_name = "ADDR")]
     admin: Option<String>,
@@ -77,13 +141,13 @@ struct ServeArgs {
 struct CheckArgs {
     /// SQL dialect of the query.
     #[arg(long, value_enum)]
-    dialect: Dialect,
+    dialect: DialectArg,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
     /// Policy for STABLE functions such as now(): cache them, or bypass the cache.
     #[arg(long, value_enum)]
-    stable_functions: Option<StableFunctions>,
+    stable_functions: Option<StableFunctionsArg>,
     /// A rules file merged over the built-in volatility rules of the dialect.
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
@@ -110,6 +174,24 @@ struct StatsArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct ValidateArgs {
+    /// The origin to check: postgres://user:password@host:port/database[?sslmode=…].
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "config",
+        required_unless_present = "config"
+    )]
+    origin: Option<String>,
+    /// Check every deployment of this configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print one JSON array, an object per origin database checked.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Exit status for bad usage, the same clap uses for a bad flag.
 const USAGE_ERROR: u8 = 2;
 /// Exit status when a running warpdrive could not be asked.
@@ -121,6 +203,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args).map_err(|e| (USAGE_ERROR, e)),
         Command::Check(args) => check(args).map_err(|e| (USAGE_ERROR, e)),
         Command::Stats(args) => stats(args).map_err(|e| (UNAVAILABLE, e)),
+        Command::Validate(args) => validate(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -141,26 +224,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = match (&args.config, &args.origin) {
         (Some(path), _) => Config::from_file(path)?,
-        (None, Some(origin)) => {
-            let mut config = Config::single(args.listen, origin)?;
-            let cache = &mut config.deployments[0].cache;
-            let seconds = |flag: &str, value: u64| {
-                let duration = Duration::from_secs(value);
-                anyhow::ensure!(
-                    duration <= MAX_LIFETIME,
-                    "{flag} {value}: at most 3600 seconds"
-                );
-                Ok(duration)
-            };
-            if let Some(max_age) = args.max_age {
-                cache.max_age = seconds("--max-age", max_age)?;
-            }
-            if let Some(swr) = args.swr {
-                cache.stale_while_revalidate = seconds("--swr", swr)?;
-            }
-            cache.enabled = !args.caching_disabled;
-            config
-        }
+        (None, Some(origin)) => Config::single(&SingleDeployment {
+            client_auth: args.client_auth.into(),
+            max_age: args.max_age,
+            stale_while_revalidate: args.swr,
+            caching_disabled: args.caching_disabled,
+            ..SingleDeployment::new(args.listen, origin)
+        })?,
         (None, None) => anyhow::bail!("give --origin URL or --config FILE"),
     };
     if let Some(rules) = args.rules {
@@ -226,11 +296,12 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     let config_rules = config
         .as_ref()
         .and_then(|c| c.rules.clone())
-        .filter(|_| args.dialect == Dialect::Postgres);
+        .filter(|_| matches!(args.dialect, DialectArg::Postgres));
     let mut postgres = Rules::builtin(Dialect::Postgres);
     let mut mysql = Rules::builtin(Dialect::Mysql);
+    let dialect = Dialect::from(args.dialect);
     if let Some(path) = args.rules.as_ref().or(config_rules.as_ref()) {
-        match args.dialect {
+        match dialect {
             Dialect::Postgres => postgres = postgres.with_overrides_from(path)?,
             Dialect::Mysql => mysql = mysql.with_overrides_from(path)?,
         }
@@ -238,7 +309,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     let options = AnalyzerOptions {
         max_query_bytes: args.max_query_bytes,
     };
-    let analysis = Analyzer::new(postgres, mysql, options).analyze(args.dialect, &sql);
+    let analysis = Analyzer::new(postgres, mysql, options).analyze(dialect, &sql);
     let deployment = match (config, &args.config) {
         (Some(config), Some(path)) => {
             let deployment = match &args.deployment {
@@ -261,9 +332,10 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     };
     let policy = args
         .stable_functions
+        .map(StableFunctions::from)
         .or_else(|| deployment.as_ref().map(|d| d.cache.stable_functions))
         .unwrap_or_default();
-    let mut report = CheckReport::new(&analysis, args.dialect, policy);
+    let mut report = CheckReport::new(&analysis, dialect, policy);
     if let Some(deployment) = &deployment {
         report.cache = Some(PolicyReport::new(
             &deployment.name,
@@ -296,4 +368,41 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
         .context("the admin listener's /stats is not what this warpdrive expects")?;
     print!("{}", warpdrive::metrics::stats_table(&snapshots));
     Ok(())
+}
+
+fn validate(args: ValidateArgs) -> Result<(), (u8, anyhow::Error)> {
+    let config = match (&args.config, &args.origin) {
+        (Some(path), _) => Config::from_file(path),
+        (None, Some(origin)) => Config::single(&SingleDeployment {
+            // Only the origin is checked: how clients log in does not matter here.
+            client_auth: ClientAuth::Trust,
+            ..SingleDeployment::new(SocketAddr::from(([127, 0, 0, 1], 0)), origin)
+        }),
+        (None, None) => {
+            return Err((
+                USAGE_ERROR,
+                anyhow::anyhow!("give --origin URL or --config FILE"),
+            ));
+        }
+    }
+    .map_err(|error| (USAGE_ERROR, error.into()))?;
+    let checks = runtime()
+        .map_err(|error| (UNAVAILABLE, error))?
+        .block_on(warpdrive::validate::validate(&config));
+    if args.json {
+        let json = serde_json::to_string_pretty(&checks).map_err(|e| (UNAVAILABLE, e.into()))?;
+        println!("{json}");
+    } else {
+        for check in &checks {
+            println!("{}", check.to_text());
+        }
+    }
+    let failed = checks.iter().filter(|c| c.failure.is_some()).count();
+    match failed {
+        0 => Ok(()),
+        _ => Err((
+            UNAVAILABLE,
+            anyhow::anyhow!("{failed} of {} origin checks failed", checks.len()),
+        )),
+    }
 }

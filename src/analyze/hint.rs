@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::units::parse_duration;
+use crate::units::parse_duration;
 
 /// What a leading `/* warpdrive: … */` comment asks for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

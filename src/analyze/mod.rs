@@ -42,7 +42,7 @@ pub use memo::AnalysisMemo;
 pub use rules::{Rules, RulesError, SessionRule, SessionSafety, Volatility};
 
 /// The SQL dialect of a deployment's origin.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dialect {
     /// PostgreSQL (protocol 3.0 origins).
@@ -202,7 +202,7 @@ impl fmt::Display for Kind {
 }
 
 /// How a deployment treats STABLE functions (now(), current_date, current_user, …).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StableFunctions {
     /// Cache them, as Hyperdrive's documentation describes: the answer is fixed for the

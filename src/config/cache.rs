@@ -28,9 +28,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::units::{parse_bytes, parse_duration};
 use super::{ConfigError, RawBytes, RawDuration};
 use crate::analyze::StableFunctions;
+use crate::units::{parse_bytes, parse_duration};
 
 /// The longest max_age (or stale_while_revalidate) anything may ask for.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);

@@ -34,7 +34,6 @@
 
 pub mod cache;
 mod origin;
-pub mod units;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -221,6 +220,38 @@ impl Deployment {
     }
 }
 
+/// The single-deployment form's flags (`warpdrive serve --origin URL …`), validated like
+/// a configuration file.
+#[derive(Clone, Debug)]
+pub struct SingleDeployment {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// The origin URL.
+    pub origin: String,
+    /// How clients log in.
+    pub client_auth: ClientAuth,
+    /// `--max-age`, seconds.
+    pub max_age: Option<u64>,
+    /// `--swr`, seconds.
+    pub stale_while_revalidate: Option<u64>,
+    /// `--caching-disabled`.
+    pub caching_disabled: bool,
+}
+
+impl SingleDeployment {
+    /// The form with its defaults, in front of `origin`.
+    pub fn new(listen: SocketAddr, origin: &str) -> SingleDeployment {
+        SingleDeployment {
+            listen,
+            origin: origin.to_owned(),
+            client_auth: ClientAuth::ScramSha256,
+            max_age: None,
+            stale_while_revalidate: None,
+            caching_disabled: false,
+        }
+    }
+}
+
 /// The whole validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -373,11 +404,32 @@ impl Config {
     }
 
     /// The configuration of `warpdrive serve --origin URL`.
-    pub fn single(listen: SocketAddr, origin: &str) -> Result<Config, ConfigError> {
-        let origin = OriginUrl::parse(origin)
+    pub fn single(single: &SingleDeployment) -> Result<Config, ConfigError> {
+        let origin = OriginUrl::parse(&single.origin)
             .map_err(|problem| ConfigError::invalid("--origin", problem))?;
+        let mut deployment = Deployment::from_origin(single.listen, origin);
+        deployment.client_auth = single.client_auth;
+        check_passwords(&deployment, "--origin", "pass --client-auth trust")?;
+        let seconds = |flag: &str, value: u64| {
+            let duration = Duration::from_secs(value);
+            match duration <= cache::MAX_LIFETIME {
+                true => Ok(duration),
+                false => Err(ConfigError::invalid(
+                    flag,
+                    format!("{value} is too long: at most 3600 seconds"),
+                )),
+            }
+        };
+        let cache = &mut deployment.cache;
+        if let Some(max_age) = single.max_age {
+            cache.max_age = seconds("--max-age", max_age)?;
+        }
+        if let Some(swr) = single.stale_while_revalidate {
+            cache.stale_while_revalidate = seconds("--swr", swr)?;
+        }
+        cache.enabled = !single.caching_disabled;
         Ok(Config {
-            deployments: vec![Deployment::from_origin(listen, origin)],
+            deployments: vec![deployment],
             admin: DEFAULT_ADMIN.parse().ok(),
             rules: None,
         })
@@ -410,6 +462,24 @@ impl Config {
     }
 }
 
+/// Refuses users without a password unless clients are trusted: no client could log in.
+fn check_passwords(deployment: &Deployment, key: &str, or: &str) -> Result<(), ConfigError> {
+    match deployment
+        .users
+        .iter()
+        .find(|user| user.password.is_empty())
+    {
+        Some(user) if deployment.client_auth != ClientAuth::Trust => Err(ConfigError::invalid(
+            key,
+            format!(
+                "user {:?} has no password, so no client could log in; give one (in the origin URL or client.users) or {or}",
+                user.name
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn duration(
     key: &str,
     raw: Option<RawDuration>,
@@ -418,9 +488,8 @@ fn duration(
     let value = match raw {
         None => return Ok(default),
         Some(RawDuration::Seconds(seconds)) => Duration::from_secs(seconds),
-        Some(RawDuration::Text(text)) => {
-            units::parse_duration(&text).map_err(|problem| ConfigError::invalid(key, problem))?
-        }
+        Some(RawDuration::Text(text)) => crate::units::parse_duration(&text)
+            .map_err(|problem| ConfigError::invalid(key, problem))?,
     };
     if value.is_zero() {
         return Err(ConfigError::invalid(key, "must be longer than zero"));
@@ -483,20 +552,11 @@ fn validate_deployment(index: usize, raw: RawDeployment) -> Result<Deployment, C
             })
             .collect();
     }
-    if deployment.client_auth != ClientAuth::Trust
-        && let Some(user) = deployment
-            .users
-            .iter()
-            .find(|user| user.password.is_empty())
-    {
-        return Err(ConfigError::invalid(
-            key("client.users"),
-            format!(
-                "user {:?} has no password; give one (in the origin URL or client.users) or set client.auth = \"trust\"",
-                user.name
-            ),
-        ));
-    }
+    check_passwords(
+        &deployment,
+        &key("client.users"),
+        "set client.auth = \"trust\"",
+    )?;
     deployment.tls = match (raw.client.tls_cert, raw.client.tls_key) {
         (None, None) => None,
         (Some(cert), Some(key)) => Some(ServerTls { cert, key }),
@@ -579,7 +639,7 @@ fn validate_deployment(index: usize, raw: RawDeployment) -> Result<Deployment, C
     if let Some(raw) = raw.limits.max_message_bytes {
         let bytes = match raw {
             RawBytes::Bytes(bytes) => usize::try_from(bytes).unwrap_or(usize::MAX),
-            RawBytes::Text(text) => units::parse_bytes(&text).map_err(|problem| {
+            RawBytes::Text(text) => crate::units::parse_bytes(&text).map_err(|problem| {
                 ConfigError::invalid(key("limits.max_message_bytes"), problem)
             })?,
         };
@@ -682,6 +742,53 @@ mod tests {
         assert!(nopass.contains("no password"), "{nopass}");
         let twice = problem(&format!("{base}{base}"));
         assert!(twice.contains("deployment[1].name"), "{twice}");
+    }
+
+    #[test]
+    fn the_single_form_is_validated_like_a_file() {
+        let listen: SocketAddr = "127.0.0.1:6432".parse().expect("addr");
+        let problem = |single: SingleDeployment| match Config::single(&single) {
+            Ok(_) => panic!("must be refused"),
+            Err(error) => error.to_string(),
+        };
+        let nopass = problem(SingleDeployment::new(listen, "postgres://app@db/shop"));
+        assert!(nopass.contains("no password"), "{nopass}");
+        assert!(nopass.contains("--client-auth trust"), "{nopass}");
+        let trusted = Config::single(&SingleDeployment {
+            client_auth: ClientAuth::Trust,
+            ..SingleDeployment::new(listen, "postgres://app@db/shop")
+        })
+        .expect("trust needs no password");
+        assert_eq!(trusted.deployments[0].client_auth, ClientAuth::Trust);
+        let long = problem(SingleDeployment {
+            max_age: Some(3601),
+            ..SingleDeployment::new(listen, "postgres://app:s@db/shop")
+        });
+        assert!(
+            long.contains("--max-age") && long.contains("at most 3600"),
+            "{long}"
+        );
+        let swr = problem(SingleDeployment {
+            stale_while_revalidate: Some(7200),
+            ..SingleDeployment::new(listen, "postgres://app:s@db/shop")
+        });
+        assert!(swr.contains("--swr"), "{swr}");
+        let tuned = Config::single(&SingleDeployment {
+            max_age: Some(3600),
+            stale_while_revalidate: Some(0),
+            caching_disabled: true,
+            ..SingleDeployment::new(listen, "postgres://app:s@db/shop")
+        })
+        .expect("within bounds");
+        let cache = &tuned.deployments[0].cache;
+        assert_eq!(cache.max_age, Duration::from_secs(3600));
+        assert_eq!(cache.stale_while_revalidate, Duration::ZERO);
+        assert!(!cache.enabled);
+        let mysql = problem(SingleDeployment::new(listen, "mysql://app:s@db/shop"));
+        assert!(
+            mysql.contains("MySQL origins are not supported yet"),
+            "{mysql}"
+        );
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! The origin URL: `postgres://user:password@host:port/database?sslmode=…`.
+//! The origin URL: `postgres://user:password@host:port/database?sslmode=…`. Its scheme
+//! picks the protocol.
 
 use std::path::PathBuf;
+
+use crate::protocol::Protocol;
 
 /// TLS policy towards the origin, as libpq's `sslmode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +23,8 @@ pub enum SslMode {
 /// A parsed origin URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct OriginUrl {
+    /// The protocol the origin speaks, from the URL's scheme.
+    pub protocol: Protocol,
     /// Host name or address.
     pub host: String,
     /// Port (default 5432).
@@ -84,12 +89,20 @@ impl OriginUrl {
                 "not a valid URL ({error}); expected postgres://user:password@host:port/database"
             )
         })?;
-        if !matches!(url.scheme(), "postgres" | "postgresql") {
-            return Err(format!(
-                "scheme {:?} is not supported; expected postgres://user:password@host:port/database",
-                url.scheme()
-            ));
-        }
+        let protocol = match url.scheme() {
+            "postgres" | "postgresql" => Protocol::Postgres,
+            "mysql" | "mariadb" => {
+                return Err(
+                    "MySQL origins are not supported yet; this warpdrive serves PostgreSQL origins (postgres://user:password@host:port/database)"
+                        .to_owned(),
+                );
+            }
+            other => {
+                return Err(format!(
+                    "scheme {other:?} is not supported; expected postgres://user:password@host:port/database"
+                ));
+            }
+        };
         let host = url
             .host_str()
             .filter(|host| !host.is_empty())
@@ -135,6 +148,7 @@ impl OriginUrl {
             }
         }
         Ok(OriginUrl {
+            protocol,
             host,
             port: url.port().unwrap_or(5432),
             user,
@@ -156,6 +170,7 @@ mod tests {
             "postgres://app:p%40ss@10.0.0.5:6543/shop?sslmode=verify-full&sslrootcert=/ca.pem",
         )
         .expect("valid");
+        assert_eq!(url.protocol, Protocol::Postgres);
         assert_eq!(url.host, "10.0.0.5");
         assert_eq!(url.port, 6543);
         assert_eq!(url.user, "app");
@@ -181,10 +196,17 @@ mod tests {
     #[test]
     fn errors_say_what_is_wrong() {
         assert!(
-            OriginUrl::parse("mysql://u@h/d")
+            OriginUrl::parse("redis://u@h/d")
                 .unwrap_err()
-                .contains("scheme")
+                .contains("scheme \"redis\"")
         );
+        for mysql in ["mysql://u@h/d", "mariadb://u:p@h:3306/d"] {
+            let error = OriginUrl::parse(mysql).unwrap_err();
+            assert!(
+                error.contains("MySQL origins are not supported yet"),
+                "{error}"
+            );
+        }
         assert!(
             OriginUrl::parse("postgres://h/d")
                 .unwrap_err()
