@@ -199,7 +199,7 @@ pub async fn open_stream(target: &OriginTarget) -> Result<Stream, OriginError> {
     let Some(tls) = &target.tls else {
         return Ok(Stream::Plain(tcp));
     };
-    let mut conn = Conn::new(Stream::Plain(tcp), MAX_ORIGIN_FRAME);
+    let mut conn: Conn = Conn::new(Stream::Plain(tcp), MAX_ORIGIN_FRAME);
     encode::ssl_request(&mut conn.out);
     conn.flush().await?;
     let answer = conn.read_byte().await?;
@@ -245,7 +245,7 @@ pub async fn connect(target: &OriginTarget) -> Result<OriginConn, OriginError> {
 
 async fn connect_inner(target: &OriginTarget) -> Result<OriginConn, OriginError> {
     let stream = open_stream(target).await?;
-    let mut conn = Conn::new(stream, MAX_ORIGIN_FRAME);
+    let mut conn: Conn = Conn::new(stream, MAX_ORIGIN_FRAME);
     encode::startup_message(
         &mut conn.out,
         &[
@@ -376,7 +376,7 @@ pub async fn cancel(
             address: target.address(),
             timeout: target.connect_timeout,
         })??;
-    let mut conn = Conn::new(stream, MAX_ORIGIN_FRAME);
+    let mut conn: Conn = Conn::new(stream, MAX_ORIGIN_FRAME);
     encode::cancel_request(&mut conn.out, process_id, secret_key);
     conn.flush().await?;
     // The server closes the connection once it has read the request.

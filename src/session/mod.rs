@@ -316,7 +316,7 @@ pub async fn serve(tcp: TcpStream, ctx: Arc<SessionContext>) {
     let span = tracing::info_span!("client", deployment = %ctx.deployment.name, %peer);
     async move {
         let _ = tcp.set_nodelay(true);
-        let client = Conn::new(Stream::Plain(tcp), ctx.deployment.max_message_bytes);
+        let client: Conn = Conn::new(Stream::Plain(tcp), ctx.deployment.max_message_bytes);
         match run(client, &ctx).await {
             Ok(()) => tracing::debug!("client left"),
             Err(SessionError::ClientGone) => tracing::debug!("client disconnected"),

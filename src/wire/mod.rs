@@ -7,3 +7,18 @@
 //! reserved for it.
 
 pub mod pg;
+
+use bytes::BytesMut;
+
+/// How one protocol cuts a byte stream into messages.
+pub trait Framing {
+    /// One message.
+    type Frame;
+    /// Why bytes are not a message.
+    type Error;
+    /// Splits one message off the front of `buf`; `Ok(None)` when more bytes are
+    /// needed. A message above `limit` bytes is refused before memory is reserved for it.
+    fn split(buf: &mut BytesMut, limit: usize) -> Result<Option<Self::Frame>, Self::Error>;
+    /// Whether `buf` starts with a whole message.
+    fn holds_whole(buf: &[u8]) -> bool;
+}

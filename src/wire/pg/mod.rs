@@ -106,6 +106,26 @@ impl Frame {
     }
 }
 
+/// PostgreSQL's framing after startup: a tag byte, a length, a body.
+#[derive(Debug)]
+pub struct PgFraming;
+
+impl super::Framing for PgFraming {
+    type Frame = Frame;
+    type Error = WireError;
+
+    fn split(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, WireError> {
+        split_frame(buf, limit)
+    }
+
+    fn holds_whole(buf: &[u8]) -> bool {
+        match buf.get(1..HEADER_LEN) {
+            Some(&[a, b, c, d]) => buf.len() > u32::from_be_bytes([a, b, c, d]) as usize,
+            _ => false,
+        }
+    }
+}
+
 /// Splits one tagged frame off the front of `buf`.
 ///
 /// `Ok(None)` means more bytes are needed (and room for the whole frame is reserved once
