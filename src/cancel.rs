@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rand::RngExt;
 
 use crate::auth::scram::constant_time_eq;
-use crate::pool::OriginTarget;
+use crate::pool::pg::OriginTarget;
 use crate::wire::pg::startup::CancelRequest;
 
 /// The origin backend a client's query is running on.

@@ -29,7 +29,8 @@ use crate::analyze::catalog::{
 use crate::analyze::{AnalysisMemo, Volatility};
 use crate::conn::{Conn, ConnError};
 use crate::metrics::DeploymentMetrics;
-use crate::pool::{ConnState, Pool, PooledConn, read_until_ready};
+use crate::pool::ConnState;
+use crate::pool::pg::{PgPool as Pool, PgPooledConn as PooledConn, read_until_ready};
 use crate::wire::pg::backend::{BackendMessage, TransactionStatus, decode_data_row, tag};
 use crate::wire::pg::encode;
 
@@ -213,7 +214,7 @@ impl Catalogs {
     /// Reads the catalog of `pool`'s database in the background if there is none yet, so
     /// that a database's first statements find it.
     pub fn prefetch(self: &Arc<Self>, pool: &Pool) {
-        let database = pool.target().database.clone();
+        let database = pool.target().target.database.clone();
         if std::mem::replace(&mut self.slot(&database).state().prefetched, true) {
             return;
         }
@@ -280,7 +281,7 @@ impl Catalogs {
         }
         let read_at = Instant::now();
         let read = read_on(checkout.conn()).await;
-        if checkout.conn().state == ConnState::Busy {
+        if checkout.conn().state() == ConnState::Busy {
             checkout.discard();
         }
         self.metrics.catalog_reads.fetch_add(1, Ordering::Relaxed);
@@ -409,7 +410,7 @@ WHERE c.oid >= 16384;";
 /// implicit transaction (one snapshot). The connection counts as busy until the origin's
 /// ReadyForQuery, so that it is closed, not reused, if the read fails half-way.
 async fn read_on(conn: &mut PooledConn) -> Result<CatalogFacts, CatalogError> {
-    conn.state = ConnState::Busy;
+    conn.set_busy();
     // A simple query destroys the unnamed statement.
     conn.unnamed_statement = None;
     let major = conn
@@ -421,7 +422,7 @@ async fn read_on(conn: &mut PooledConn) -> Result<CatalogFacts, CatalogError> {
         .unwrap_or(0);
     let exchange = tokio::time::timeout(READ_TIMEOUT, exchange(&mut conn.origin.conn, major));
     let (status, facts) = exchange.await.map_err(|_| CatalogError::Timeout)??;
-    conn.state = ConnState::Ready(status);
+    conn.set_ready(status.into());
     facts
 }
 

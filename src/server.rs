@@ -14,7 +14,6 @@ use crate::cache::Store;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::{DeploymentMetrics, Registry};
-use crate::pool::PoolSet;
 use crate::session::{self, SessionContext};
 use crate::tls::TlsError;
 
@@ -100,7 +99,7 @@ impl Server {
             );
             let metrics = Arc::new(DeploymentMetrics::new(&name, Arc::clone(&store)));
             registry.add(Arc::clone(&metrics));
-            let pools = PoolSet::new(
+            let pools = crate::pool::pg::pools(
                 deployment.origin.clone(),
                 deployment.pool.clone(),
                 Arc::clone(&metrics.pool),

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Deployment};
 use crate::conn::ConnError;
-use crate::pool::{OriginError, OriginTarget, origin, read_until_ready};
+use crate::pool::pg::{OriginError, OriginTarget, origin, read_until_ready};
 use crate::wire::pg::backend::{BackendMessage, TransactionStatus, tag};
 use crate::wire::pg::encode;
 

@@ -17,28 +17,30 @@
 //!
 //! The pool never holds more than `max_size` connections. Slack beyond that, as seen
 //! by the origin: one short-lived connection per CancelRequest in flight.
+//!
+//! Generic over the protocol: a [`Backend`] opens connections and brings them back to a
+//! known state; the PostgreSQL one is in [`pg`]. Nothing here reads a message.
 
-pub mod origin;
-pub mod statements;
+pub mod backend;
+pub mod pg;
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+// Tokio's clock, so that maintenance can be tested on paused time.
+use tokio::time::Instant;
 
 use crate::config::PoolSettings;
 use crate::metrics::PoolMetrics;
-use crate::wire::pg::backend::TransactionStatus;
-use crate::wire::pg::encode;
-pub use origin::{OriginConn, OriginError, OriginTarget, read_until_ready};
-pub use statements::StatementCache;
+use crate::protocol::TxnStatus;
+pub use backend::Backend;
 
 /// Why a checkout failed.
 #[derive(Debug, thiserror::Error)]
-pub enum PoolError {
+pub enum PoolError<E> {
     /// Every connection stayed busy for the whole acquire timeout.
     #[error("Failed to acquire a connection from the pool.")]
     Timeout {
@@ -47,7 +49,7 @@ pub enum PoolError {
     },
     /// A new connection could not be opened.
     #[error(transparent)]
-    Origin(#[from] OriginError),
+    Origin(E),
     /// warpdrive is shutting down.
     #[error("warpdrive is shutting down")]
     Closed,
@@ -56,89 +58,112 @@ pub enum PoolError {
 /// Where a pooled connection stands in the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnState {
-    /// ReadyForQuery received with this status and nothing in flight.
-    Ready(TransactionStatus),
+    /// The origin said the last request ended, with this status, and nothing is in flight.
+    Ready(TxnStatus),
     /// Messages are in flight: the state is only known when their replies are read.
     Busy,
 }
 
-/// An origin connection with what warpdrive tracks about it.
-pub struct PooledConn {
-    /// The connection.
-    pub origin: OriginConn,
-    /// Protocol state.
-    pub state: ConnState,
-    /// Session settings applied on top of the connection's startup values
-    /// (name → `SET` value SQL).
-    pub settings: BTreeMap<String, String>,
-    /// Statements prepared on this connection by warpdrive.
-    pub statements: StatementCache,
-    /// Identity of the unnamed statement currently prepared here, if known.
-    pub unnamed_statement: Option<[u8; 32]>,
-    /// Statements that went stale (DDL changed them) and must be closed on the origin
-    /// before they are prepared again.
-    pub stale_statements: Vec<Bytes>,
-    /// Whether the connection may serve another client after this one: false once a
-    /// client left session state on it (LISTEN, temporary tables, SQL PREPARE, …).
-    pub reusable: bool,
+/// An origin connection with what the pool tracks about it.
+pub struct PooledConn<B: Backend> {
+    conn: B::Conn,
+    state: ConnState,
+    reusable: bool,
     last_used: Instant,
-    /// When the empty-query health check last succeeded (or the connection was used).
+    /// When the health check last succeeded (or the connection was used).
     last_checked: Instant,
 }
 
-impl PooledConn {
-    fn new(origin: OriginConn, statement_capacity: usize) -> PooledConn {
+impl<B: Backend> PooledConn<B> {
+    fn new(conn: B::Conn) -> PooledConn<B> {
         PooledConn {
-            origin,
-            state: ConnState::Ready(TransactionStatus::Idle),
-            settings: BTreeMap::new(),
-            statements: StatementCache::new(statement_capacity),
-            unnamed_statement: None,
-            stale_statements: Vec::new(),
+            conn,
+            state: ConnState::Ready(TxnStatus::Idle),
             reusable: true,
             last_used: Instant::now(),
             last_checked: Instant::now(),
         }
     }
+
+    /// Where it stands.
+    pub fn state(&self) -> ConnState {
+        self.state
+    }
+
+    /// Messages were sent: it counts as busy until the origin's answer is read, so that
+    /// it is closed, not reused, if that is abandoned.
+    pub fn set_busy(&mut self) {
+        self.state = ConnState::Busy;
+    }
+
+    /// The origin said its requests ended, with this status.
+    pub fn set_ready(&mut self, status: TxnStatus) {
+        self.state = ConnState::Ready(status);
+    }
+
+    /// A client left session state on it (LISTEN, temporary tables, SQL PREPARE, …): it
+    /// is closed, not returned, when the checkout ends.
+    pub fn keep_from_others(&mut self) {
+        self.reusable = false;
+    }
 }
 
-/// ParameterStatus (name, value) pairs as an origin reported them.
-pub type ServerParameters = Arc<Vec<(Bytes, Bytes)>>;
+/// The protocol's connection, as bb8 and deadpool hand out theirs.
+impl<B: Backend> std::ops::Deref for PooledConn<B> {
+    type Target = B::Conn;
 
-struct Inner {
-    target: Arc<OriginTarget>,
+    fn deref(&self) -> &B::Conn {
+        &self.conn
+    }
+}
+
+impl<B: Backend> std::ops::DerefMut for PooledConn<B> {
+    fn deref_mut(&mut self) -> &mut B::Conn {
+        &mut self.conn
+    }
+}
+
+struct Inner<B: Backend> {
+    target: Arc<B>,
     settings: PoolSettings,
     /// Keep `min_idle` connections even while no client uses the pool (the origin URL's
     /// own database).
     keep_warm: bool,
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<PooledConn>>,
-    baseline: Mutex<Option<ServerParameters>>,
+    idle: Mutex<Vec<PooledConn<B>>>,
+    greeting: Mutex<Option<B::Greeting>>,
     metrics: Arc<PoolMetrics>,
 }
 
 /// A pool of connections to one origin database.
-#[derive(Clone)]
-pub struct Pool {
-    inner: Arc<Inner>,
+pub struct Pool<B: Backend> {
+    inner: Arc<Inner<B>>,
 }
 
-impl Pool {
+impl<B: Backend> Clone for Pool<B> {
+    fn clone(&self) -> Self {
+        Pool {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<B: Backend> Pool<B> {
     /// A pool; starts its maintenance task (which needs a Tokio runtime). It counts into
     /// `metrics` (shared by the deployment's pools).
     pub fn new(
-        target: OriginTarget,
+        target: B,
         settings: PoolSettings,
         keep_warm: bool,
         metrics: Arc<PoolMetrics>,
-    ) -> Pool {
+    ) -> Pool<B> {
         let inner = Arc::new(Inner {
             permits: Arc::new(Semaphore::new(settings.max_size)),
             target: Arc::new(target),
             settings,
             keep_warm,
             idle: Mutex::new(Vec::new()),
-            baseline: Mutex::new(None),
+            greeting: Mutex::new(None),
             metrics,
         });
         tokio::spawn(maintain(Arc::downgrade(&inner)));
@@ -146,7 +171,7 @@ impl Pool {
     }
 
     /// The origin this pool connects to.
-    pub fn target(&self) -> &Arc<OriginTarget> {
+    pub fn target(&self) -> &Arc<B> {
         &self.inner.target
     }
 
@@ -155,32 +180,35 @@ impl Pool {
         &self.inner.settings
     }
 
-    /// The ParameterStatus values an origin connection reports at startup (opening one
-    /// if none was opened yet).
-    pub async fn baseline_parameters(&self) -> Result<ServerParameters, PoolError> {
-        if let Some(known) = self.known_baseline() {
+    /// What the origin says about itself when a connection opens (opening one if none was
+    /// opened yet).
+    pub async fn greeting(&self) -> Result<B::Greeting, PoolError<B::Error>> {
+        if let Some(known) = self.known_greeting() {
             return Ok(known);
         }
         let checkout = self.checkout().await?;
         drop(checkout);
-        self.known_baseline().ok_or(PoolError::Closed)
+        self.known_greeting().ok_or(PoolError::Closed)
     }
 
-    fn known_baseline(&self) -> Option<ServerParameters> {
-        self.inner.baseline.lock().ok().and_then(|b| b.clone())
+    fn known_greeting(&self) -> Option<B::Greeting> {
+        self.inner.greeting.lock().ok().and_then(|g| g.clone())
     }
 
     /// Checks out a connection only if one is free right now (idle, or room to open one);
     /// `None` without waiting otherwise.
-    pub async fn checkout_if_free(&self) -> Option<Result<Checkout, PoolError>> {
+    pub async fn checkout_if_free(&self) -> Option<Result<Checkout<B>, PoolError<B::Error>>> {
         let permit = Arc::clone(&self.inner.permits).try_acquire_owned().ok()?;
         Some(self.checkout_with(permit).await)
     }
 
-    async fn checkout_with(&self, permit: OwnedSemaphorePermit) -> Result<Checkout, PoolError> {
+    async fn checkout_with(
+        &self,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Checkout<B>, PoolError<B::Error>> {
         let conn = match self.inner.take_idle() {
             Some(conn) => conn,
-            None => self.inner.open().await?,
+            None => self.inner.open().await.map_err(PoolError::Origin)?,
         };
         Ok(Checkout {
             conn: Some(conn),
@@ -190,7 +218,7 @@ impl Pool {
     }
 
     /// Checks out a connection, waiting at most `acquire_timeout` for one to be free.
-    pub async fn checkout(&self) -> Result<Checkout, PoolError> {
+    pub async fn checkout(&self) -> Result<Checkout<B>, PoolError<B::Error>> {
         let permit = match Arc::clone(&self.inner.permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::Closed) => return Err(PoolError::Closed),
@@ -215,24 +243,24 @@ impl Pool {
         };
         self.checkout_with(permit).await
     }
-}
 
-impl Inner {
     /// Closes every idle connection.
-    fn close_idle(self: &Arc<Self>) {
-        let idle: Vec<PooledConn> = match self.idle.lock() {
+    fn close_idle(&self) {
+        let idle: Vec<PooledConn<B>> = match self.inner.idle.lock() {
             Ok(mut idle) => idle.drain(..).collect(),
             Err(_) => return,
         };
         for conn in idle {
-            self.close(conn);
+            self.inner.close(conn);
         }
     }
+}
 
-    fn take_idle(&self) -> Option<PooledConn> {
+impl<B: Backend> Inner<B> {
+    fn take_idle(&self) -> Option<PooledConn<B>> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(mut conn) = idle.pop() {
-            if conn.origin.conn.is_idle_and_open() {
+            if B::is_idle_and_open(&mut conn.conn) {
                 return Some(conn);
             }
             self.note_closed();
@@ -240,26 +268,23 @@ impl Inner {
         None
     }
 
-    async fn open(&self) -> Result<PooledConn, OriginError> {
+    async fn open(&self) -> Result<PooledConn<B>, B::Error> {
         self.metrics.open.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        match origin::connect(&self.target).await {
-            Ok(origin) => {
+        match self.target.connect().await {
+            Ok((conn, greeting)) => {
                 self.metrics.connect_latency.observe(started.elapsed());
                 self.metrics.opened.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut baseline) = self.baseline.lock()
-                    && baseline.is_none()
+                if let Ok(mut known) = self.greeting.lock()
+                    && known.is_none()
                 {
-                    *baseline = Some(Arc::new(origin.parameters.clone()));
+                    *known = Some(greeting);
                 }
-                Ok(PooledConn::new(
-                    origin,
-                    self.settings.prepared_statements_per_connection,
-                ))
+                Ok(PooledConn::new(conn))
             }
             Err(error) => {
                 self.metrics.open.fetch_sub(1, Ordering::Relaxed);
-                tracing::warn!(origin = %self.target.url, database = %self.target.database, %error, "cannot open origin connection");
+                tracing::warn!(origin = %self.target, %error, "cannot open origin connection");
                 Err(error)
             }
         }
@@ -270,61 +295,63 @@ impl Inner {
         self.metrics.closed.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn give_back(&self, mut conn: PooledConn) {
+    fn give_back(&self, mut conn: PooledConn<B>) {
         conn.last_used = Instant::now();
         conn.last_checked = conn.last_used;
         self.put_idle(conn);
     }
 
     /// Puts a connection in the idle list without counting it as used.
-    fn put_idle(&self, conn: PooledConn) {
+    fn put_idle(&self, conn: PooledConn<B>) {
         match self.idle.lock() {
             Ok(mut idle) => idle.push(conn),
             Err(_) => self.note_closed(),
         }
     }
 
-    /// Closes a connection politely (Terminate), in the background.
-    fn close(self: &Arc<Self>, mut conn: PooledConn) {
+    /// Closes a connection politely, in the background.
+    fn close(&self, conn: PooledConn<B>) {
         self.note_closed();
-        tokio::spawn(async move {
-            encode::terminate(&mut conn.origin.conn.out);
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn.origin.conn.flush()).await;
-        });
+        tokio::spawn(B::terminate(conn.conn));
     }
 }
 
 /// A checked-out connection. Dropping it returns the connection to the pool, rolling
 /// back an open transaction first, or closes it when its state is unknown.
-pub struct Checkout {
-    conn: Option<PooledConn>,
+pub struct Checkout<B: Backend> {
+    conn: Option<PooledConn<B>>,
     permit: Option<OwnedSemaphorePermit>,
-    pool: Arc<Inner>,
+    pool: Arc<Inner<B>>,
 }
 
-impl Checkout {
+impl<B: Backend> Checkout<B> {
     /// The connection.
-    pub fn conn(&mut self) -> &mut PooledConn {
+    pub fn conn(&mut self) -> &mut PooledConn<B> {
         self.conn
             .as_mut()
             .expect("a checkout holds its connection until dropped")
     }
 
     /// The origin this connection belongs to.
-    pub fn target(&self) -> &Arc<OriginTarget> {
+    pub fn target(&self) -> &Arc<B> {
         &self.pool.target
     }
 
-    /// Waits until a CancelRequest warpdrive sent for this connection (`cancel`, the task
-    /// sending it, which ends when the origin has read it) can no longer cancel a query
-    /// sent afterwards: the task ends, then one round trip (the empty query) lets the
-    /// backend take in the interrupt while it waits for a command, where it is ignored.
-    /// A connection that does not answer is discarded.
+    /// Waits until a cancel warpdrive sent for this connection (`cancel`, the task sending
+    /// it, which ends when the origin has read it) can no longer cancel a query sent
+    /// afterwards: the task ends, then one round trip lets the origin take in the
+    /// interrupt while it waits for a command, where it is ignored. A connection that
+    /// does not answer is discarded.
     pub async fn settle_cancel(&mut self, cancel: tokio::task::JoinHandle<()>) {
         let _ = tokio::time::timeout(CANCEL_DELIVERY, cancel).await;
         let conn = self.conn();
-        if !matches!(conn.state, ConnState::Ready(_)) || !round_trip(conn).await {
-            self.discard();
+        let answered = match conn.state {
+            ConnState::Ready(_) => B::round_trip(&mut conn.conn).await,
+            ConnState::Busy => None,
+        };
+        match answered {
+            Some(status) => conn.state = ConnState::Ready(status),
+            None => self.discard(),
         }
     }
 
@@ -337,13 +364,13 @@ impl Checkout {
     }
 }
 
-impl Drop for Checkout {
+impl<B: Backend> Drop for Checkout<B> {
     fn drop(&mut self) {
-        let (Some(conn), Some(permit)) = (self.conn.take(), self.permit.take()) else {
+        let (Some(mut conn), Some(permit)) = (self.conn.take(), self.permit.take()) else {
             return;
         };
         match conn.state {
-            ConnState::Ready(TransactionStatus::Idle) if conn.reusable => {
+            ConnState::Ready(TxnStatus::Idle) if conn.reusable => {
                 self.pool.give_back(conn);
                 drop(permit);
             }
@@ -351,9 +378,11 @@ impl Drop for Checkout {
                 let pool = Arc::clone(&self.pool);
                 tokio::spawn(async move {
                     let _permit = permit;
-                    match roll_back(conn).await {
-                        Some(conn) => pool.give_back(conn),
-                        None => pool.note_closed(),
+                    if B::roll_back(&mut conn.conn).await {
+                        conn.state = ConnState::Ready(TxnStatus::Idle);
+                        pool.give_back(conn);
+                    } else {
+                        pool.close(conn);
                     }
                 });
             }
@@ -365,61 +394,13 @@ impl Drop for Checkout {
     }
 }
 
-/// Rolls back the open transaction a client left behind; `None` if that failed and the
-/// connection must be closed.
-async fn roll_back(mut conn: PooledConn) -> Option<PooledConn> {
-    let io = &mut conn.origin.conn;
-    encode::query(&mut io.out, "ROLLBACK");
-    let settled = tokio::time::timeout(INTERNAL_EXCHANGE, read_until_ready(io, |_| Ok(())))
-        .await
-        .ok()?
-        .ok()?;
-    (settled == TransactionStatus::Idle).then(|| {
-        conn.state = ConnState::Ready(TransactionStatus::Idle);
-        conn
-    })
-}
-
-/// How long a CancelRequest may take to reach the origin.
+/// How long a cancel may take to reach the origin.
 const CANCEL_DELIVERY: Duration = Duration::from_secs(10);
-
-/// The longest the pool waits for the origin to answer its own rollback or empty query.
-const INTERNAL_EXCHANGE: Duration = Duration::from_secs(5);
-
-/// Runs the empty query `;` and reads up to its ReadyForQuery, whatever the transaction
-/// status or an error (a cancel landing on it); false when the origin did not answer in
-/// time.
-async fn round_trip(conn: &mut PooledConn) -> bool {
-    conn.unnamed_statement = None;
-    let io = &mut conn.origin.conn;
-    encode::query(&mut io.out, ";");
-    match tokio::time::timeout(INTERNAL_EXCHANGE, read_until_ready(io, |_| Ok(()))).await {
-        Ok(Ok(status)) => {
-            conn.state = ConnState::Ready(status);
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Runs the empty query `;`; true when the origin answered without an error and
-/// ReadyForQuery 'I' in time.
-async fn healthy(conn: &mut PooledConn) -> bool {
-    let io = &mut conn.origin.conn;
-    encode::query(&mut io.out, ";");
-    let mut failed = false;
-    let check = read_until_ready(io, |frame| {
-        failed |= frame.tag() == crate::wire::pg::backend::tag::ERROR_RESPONSE;
-        Ok(())
-    });
-    let status = tokio::time::timeout(INTERNAL_EXCHANGE, check).await;
-    matches!(status, Ok(Ok(TransactionStatus::Idle))) && !failed
-}
 
 /// Keeps `min_idle` connections ready, closes surplus idle ones after `idle_timeout`,
 /// drops idle connections the origin closed, and health-checks the ones idle for a
 /// while with the empty query. Stops when the pool is dropped.
-async fn maintain(pool: Weak<Inner>) {
+async fn maintain<B: Backend>(pool: Weak<Inner<B>>) {
     const TICK: Duration = Duration::from_secs(1);
     loop {
         tokio::time::sleep(TICK).await;
@@ -433,7 +414,7 @@ async fn maintain(pool: Weak<Inner>) {
             0
         };
         let mut due_for_check = Vec::new();
-        let expired: Vec<PooledConn> = {
+        let expired: Vec<PooledConn<B>> = {
             let Ok(mut idle) = pool.idle.lock() else {
                 return;
             };
@@ -443,7 +424,7 @@ async fn maintain(pool: Weak<Inner>) {
             let mut surplus_closed = 0;
             // Oldest first: the list is LIFO, so the front has waited longest.
             for mut conn in idle.drain(..) {
-                if !conn.origin.conn.is_idle_and_open() {
+                if !B::is_idle_and_open(&mut conn.conn) {
                     pool.note_closed();
                 } else if surplus_closed < surplus_allowed
                     && conn.last_used.elapsed() >= pool.settings.idle_timeout
@@ -463,11 +444,11 @@ async fn maintain(pool: Weak<Inner>) {
             pool.close(conn);
         }
         for mut conn in due_for_check {
-            if healthy(&mut conn).await {
+            if B::healthy(&mut conn.conn).await {
                 conn.last_checked = Instant::now();
                 pool.put_idle(conn);
             } else {
-                tracing::info!(origin = %pool.target.url, "an idle origin connection failed its health check; replacing it");
+                tracing::info!(origin = %pool.target, "an idle origin connection failed its health check; replacing it");
                 pool.close(conn);
             }
         }
@@ -486,49 +467,47 @@ async fn maintain(pool: Weak<Inner>) {
 }
 
 /// The pools of one deployment: one per database, created on first use.
-pub struct PoolSet {
-    url: crate::config::OriginUrl,
+pub struct PoolSet<B: Backend> {
+    /// The origin URL's own database, whose pool is kept warm.
+    home: String,
+    for_database: Box<dyn Fn(&str) -> B + Send + Sync>,
     metrics: Arc<PoolMetrics>,
-    tls: Option<Arc<rustls::ClientConfig>>,
     settings: PoolSettings,
-    pools: Mutex<std::collections::HashMap<String, Pool>>,
+    pools: Mutex<HashMap<String, Pool<B>>>,
 }
 
-impl PoolSet {
-    /// Pools for an origin; builds the TLS client configuration once.
+impl<B: Backend> PoolSet<B> {
+    /// Pools of connections to `for_database(name)`, `home` kept warm.
     pub fn new(
-        url: crate::config::OriginUrl,
+        home: String,
+        for_database: impl Fn(&str) -> B + Send + Sync + 'static,
         settings: PoolSettings,
         metrics: Arc<PoolMetrics>,
-    ) -> Result<PoolSet, crate::tls::TlsError> {
-        let tls = crate::tls::client_config(url.ssl_mode, url.ssl_root_cert.as_deref())?;
-        Ok(PoolSet {
-            url,
+    ) -> PoolSet<B> {
+        PoolSet {
+            home,
+            for_database: Box::new(for_database),
             metrics,
-            tls,
             settings,
-            pools: Mutex::new(std::collections::HashMap::new()),
-        })
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pool<B>>> {
+        self.pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The pool for `database`, created (and warming up) on first use.
-    pub fn get(&self, database: &str) -> Pool {
-        let mut pools = self
-            .pools
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        pools
+    pub fn get(&self, database: &str) -> Pool<B> {
+        self.pools()
             .entry(database.to_owned())
             .or_insert_with(|| {
                 Pool::new(
-                    OriginTarget {
-                        url: self.url.clone(),
-                        database: database.to_owned(),
-                        tls: self.tls.clone(),
-                        connect_timeout: self.settings.connect_timeout,
-                    },
+                    (self.for_database)(database),
                     self.settings.clone(),
-                    database == self.url.database,
+                    database == self.home,
                     Arc::clone(&self.metrics),
                 )
             })
@@ -538,26 +517,284 @@ impl PoolSet {
     /// Closes the idle connections to `database`, for a statement that needs nobody
     /// connected to it (DROP DATABASE, ALTER DATABASE, CREATE DATABASE … TEMPLATE).
     pub fn close_idle(&self, database: &str) {
-        let pool = self
-            .pools
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(database)
-            .cloned();
+        let pool = self.pools().get(database).cloned();
         if let Some(pool) = pool {
-            pool.inner.close_idle();
+            pool.close_idle();
         }
     }
 
     /// Every pool created so far, by database.
-    pub fn all(&self) -> Vec<(String, Pool)> {
-        let pools = self
-            .pools
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        pools
+    pub fn all(&self) -> Vec<(String, Pool<B>)> {
+        self.pools()
             .iter()
             .map(|(name, pool)| (name.clone(), pool.clone()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    use super::*;
+
+    /// What the scripted origin did, shared with the test.
+    #[derive(Default)]
+    struct Journal {
+        opened: AtomicUsize,
+        rolled_back: AtomicUsize,
+        round_trips: AtomicUsize,
+        terminated: AtomicUsize,
+        refuse_connects: AtomicBool,
+        rollback_fails: AtomicBool,
+        silent: AtomicBool,
+    }
+
+    /// An origin that answers as the journal says, without a socket.
+    struct Scripted(Arc<Journal>);
+
+    impl fmt::Display for Scripted {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("scripted origin")
+        }
+    }
+
+    struct FakeConn {
+        id: usize,
+        closed_by_origin: Arc<AtomicBool>,
+        journal: Arc<Journal>,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the scripted origin refuses")]
+    struct Refused;
+
+    impl Backend for Scripted {
+        type Conn = FakeConn;
+        type Greeting = &'static str;
+        type Error = Refused;
+
+        async fn connect(&self) -> Result<(FakeConn, &'static str), Refused> {
+            if self.0.refuse_connects.load(Ordering::SeqCst) {
+                return Err(Refused);
+            }
+            let id = self.0.opened.fetch_add(1, Ordering::SeqCst);
+            let conn = FakeConn {
+                id,
+                closed_by_origin: Arc::new(AtomicBool::new(false)),
+                journal: Arc::clone(&self.0),
+            };
+            Ok((conn, "server_version 15"))
+        }
+
+        fn is_idle_and_open(conn: &mut FakeConn) -> bool {
+            !conn.closed_by_origin.load(Ordering::SeqCst)
+        }
+
+        async fn roll_back(conn: &mut FakeConn) -> bool {
+            conn.journal.rolled_back.fetch_add(1, Ordering::SeqCst);
+            !conn.journal.rollback_fails.load(Ordering::SeqCst)
+        }
+
+        async fn round_trip(conn: &mut FakeConn) -> Option<TxnStatus> {
+            conn.journal.round_trips.fetch_add(1, Ordering::SeqCst);
+            (!conn.journal.silent.load(Ordering::SeqCst)).then_some(TxnStatus::Idle)
+        }
+
+        async fn healthy(conn: &mut FakeConn) -> bool {
+            !conn.journal.silent.load(Ordering::SeqCst)
+        }
+
+        async fn terminate(conn: FakeConn) {
+            conn.journal.terminated.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn pool(max_size: usize) -> (Pool<Scripted>, Arc<Journal>, Arc<PoolMetrics>) {
+        let journal = Arc::new(Journal::default());
+        let metrics = Arc::new(PoolMetrics::default());
+        let settings = PoolSettings {
+            min_idle: 0,
+            max_size,
+            acquire_timeout: Duration::from_millis(200),
+            ..PoolSettings::default()
+        };
+        let pool = Pool::new(
+            Scripted(Arc::clone(&journal)),
+            settings,
+            false,
+            Arc::clone(&metrics),
+        );
+        (pool, journal, metrics)
+    }
+
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn count(counter: &AtomicUsize) -> usize {
+        counter.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_reused_most_recent_first() {
+        let (pool, journal, _) = pool(3);
+        let mut a = pool.checkout().await.expect("a");
+        let mut b = pool.checkout().await.expect("b");
+        let (a_id, b_id) = (a.conn().id, b.conn().id);
+        drop(a);
+        drop(b);
+        assert_eq!(pool.checkout().await.expect("c").conn().id, b_id);
+        let mut again = pool.checkout().await.expect("d");
+        assert_eq!(again.conn().id, b_id);
+        let mut other = pool.checkout().await.expect("e");
+        assert_eq!(other.conn().id, a_id);
+        assert_eq!(count(&journal.opened), 2);
+    }
+
+    #[tokio::test]
+    async fn an_exhausted_pool_times_out_and_counts_it() {
+        let (pool, _, metrics) = pool(1);
+        let held = pool.checkout().await.expect("the only connection");
+        let Err(PoolError::Timeout { waited }) = pool.checkout().await else {
+            panic!("the pool is exhausted")
+        };
+        assert!(waited >= Duration::from_millis(200));
+        assert_eq!(metrics.acquire_timeouts.load(Ordering::SeqCst), 1);
+        assert!(pool.checkout_if_free().await.is_none());
+        drop(held);
+        assert!(pool.checkout_if_free().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_checkout_gets_the_connection_given_back() {
+        let (pool, journal, _) = pool(1);
+        let held = pool.checkout().await.expect("the only connection");
+        let waiter = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.checkout().await.map(|mut c| c.conn().id) })
+        };
+        settle().await;
+        drop(held);
+        assert_eq!(waiter.await.expect("task").expect("checkout"), 0);
+        assert_eq!(count(&journal.opened), 1);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_left_open_is_rolled_back_before_reuse() {
+        let (pool, journal, _) = pool(1);
+        let mut checkout = pool.checkout().await.expect("checkout");
+        checkout.conn().set_ready(TxnStatus::InTransaction);
+        drop(checkout);
+        let mut next = pool.checkout().await.expect("after the rollback");
+        assert_eq!(count(&journal.rolled_back), 1);
+        assert_eq!(next.conn().state(), ConnState::Ready(TxnStatus::Idle));
+        assert_eq!(next.conn().id, 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_rollback_closes_the_connection() {
+        let (pool, journal, metrics) = pool(1);
+        journal.rollback_fails.store(true, Ordering::SeqCst);
+        let mut checkout = pool.checkout().await.expect("checkout");
+        checkout.conn().set_ready(TxnStatus::Failed);
+        drop(checkout);
+        let mut next = pool.checkout().await.expect("a new connection");
+        assert_eq!(next.conn().id, 1);
+        assert_eq!(metrics.closed.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn busy_kept_or_discarded_connections_are_closed_not_reused() {
+        let (pool, journal, _) = pool(1);
+        let mut busy = pool.checkout().await.expect("checkout");
+        busy.conn().set_busy();
+        drop(busy);
+        let mut kept = pool.checkout().await.expect("checkout");
+        assert_eq!(kept.conn().id, 1);
+        kept.conn().keep_from_others();
+        drop(kept);
+        let mut discarded = pool.checkout().await.expect("checkout");
+        assert_eq!(discarded.conn().id, 2);
+        discarded.discard();
+        drop(discarded);
+        assert_eq!(pool.checkout().await.expect("checkout").conn().id, 3);
+        settle().await;
+        assert_eq!(count(&journal.terminated), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_origin_closed_while_idle_is_not_handed_out() {
+        let (pool, _, metrics) = pool(2);
+        let mut checkout = pool.checkout().await.expect("checkout");
+        let closed = Arc::clone(&checkout.conn().closed_by_origin);
+        drop(checkout);
+        closed.store(true, Ordering::SeqCst);
+        assert_eq!(pool.checkout().await.expect("checkout").conn().id, 1);
+        assert_eq!(metrics.closed.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_the_origins_error_and_frees_its_slot() {
+        let (pool, journal, metrics) = pool(1);
+        journal.refuse_connects.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            pool.checkout().await,
+            Err(PoolError::Origin(Refused))
+        ));
+        assert_eq!(metrics.open.load(Ordering::SeqCst), 0);
+        journal.refuse_connects.store(false, Ordering::SeqCst);
+        assert!(pool.checkout().await.is_ok());
+        assert_eq!(pool.greeting().await.expect("known"), "server_version 15");
+    }
+
+    #[tokio::test]
+    async fn settling_a_cancel_keeps_a_connection_that_answers() {
+        let (pool, journal, _) = pool(1);
+        let mut checkout = pool.checkout().await.expect("checkout");
+        checkout.settle_cancel(tokio::spawn(async {})).await;
+        assert_eq!(count(&journal.round_trips), 1);
+        drop(checkout);
+        assert_eq!(pool.checkout().await.expect("reused").conn().id, 0);
+        journal.silent.store(true, Ordering::SeqCst);
+        let mut checkout = pool.checkout().await.expect("checkout");
+        checkout.settle_cancel(tokio::spawn(async {})).await;
+        drop(checkout);
+        assert_eq!(pool.checkout().await.expect("new").conn().id, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn maintenance_closes_surplus_idle_connections_and_failed_checks() {
+        let journal = Arc::new(Journal::default());
+        let metrics = Arc::new(PoolMetrics::default());
+        let settings = PoolSettings {
+            min_idle: 1,
+            max_size: 4,
+            idle_timeout: Duration::from_secs(5),
+            health_check_interval: Duration::from_secs(3),
+            ..PoolSettings::default()
+        };
+        let pool = Pool::new(
+            Scripted(Arc::clone(&journal)),
+            settings,
+            true,
+            Arc::clone(&metrics),
+        );
+        // Kept warm: min_idle is opened without any client.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(count(&journal.opened), 1);
+        let a = pool.checkout().await.expect("a");
+        let b = pool.checkout().await.expect("b");
+        drop(a);
+        drop(b);
+        assert_eq!(metrics.open.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert_eq!(metrics.open.load(Ordering::SeqCst), 1, "surplus closed");
+        journal.silent.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(count(&journal.terminated) >= 2, "failed check replaced");
     }
 }

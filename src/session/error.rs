@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 
-use crate::pool::{OriginError, PoolError};
+use crate::pool::pg::{OriginError, PgPoolError as PoolError};
 use crate::wire::pg::encode;
 
 /// SQLSTATE codes (PostgreSQL appendix A).

@@ -3,7 +3,7 @@
 //! serves the batch.
 //!
 //! Named statements live on the origin under content-derived names
-//! ([`crate::pool::statements`]), so a statement the connection already has is answered
+//! ([`crate::pool::pg::statements`]), so a statement the connection already has is answered
 //! with a synthetic ParseComplete, and one it lacks gets the client's Parse replayed
 //! first. The client's names, Close of statements, and the errors PostgreSQL raises for
 //! unknown or duplicate names are handled here, for this client alone.
@@ -23,7 +23,7 @@ use super::settings::STANDARD_CONFORMING_STRINGS;
 use super::{Session, SessionError};
 use crate::analyze::{Analysis, Dialect, SessionEffect, StringLiterals};
 use crate::cache::{CacheStatus, Entry};
-use crate::pool::statements::{origin_statement_name, statement_identity};
+use crate::pool::pg::statements::{origin_statement_name, statement_identity};
 use crate::wire::pg::encode;
 use crate::wire::pg::frontend::{Bind, Close, Describe, FrontendMessage, Parse, Target};
 

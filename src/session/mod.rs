@@ -4,7 +4,7 @@
 //! needs one until the origin reports ReadyForQuery 'I' with nothing in flight, then gives
 //! it back. Extended-protocol messages are buffered until Sync (or Flush) and translated
 //! for whichever connection serves them: statements are prepared on the origin under
-//! content-derived names ([`crate::pool::statements`]) and replayed where missing; the
+//! content-derived names ([`crate::pool::pg::statements`]) and replayed where missing; the
 //! client's settings are replayed where they differ. [`relay::Relay`] matches the
 //! origin's replies to what the client sent.
 //!
@@ -39,7 +39,10 @@ use crate::catalog::Catalogs;
 use crate::config::Deployment;
 use crate::conn::{Conn, ConnError, FLUSH_THRESHOLD, Stream};
 use crate::metrics::DeploymentMetrics;
-use crate::pool::{Checkout, ConnState, Pool, PoolSet, PooledConn, read_until_ready};
+use crate::pool::pg::{
+    PgCheckout as Checkout, PgPool as Pool, PgPoolSet as PoolSet, PgPooledConn as PooledConn,
+    read_until_ready,
+};
 use crate::wire::pg::backend::{
     BackendMessage, ErrorFields, TransactionStatus, tag as backend_tag,
 };
@@ -241,7 +244,7 @@ async fn run_internal(
     conn: &mut PooledConn,
     sql: &str,
 ) -> Result<Result<InternalReply, crate::wire::pg::backend::ErrorFields>, ConnError> {
-    conn.state = ConnState::Busy;
+    conn.set_busy();
     // A simple query destroys the unnamed statement.
     conn.unnamed_statement = None;
     let origin = &mut conn.origin.conn;
@@ -280,7 +283,7 @@ async fn run_internal(
                 ),
             ))
         })??;
-    conn.state = ConnState::Ready(status);
+    conn.set_ready(status.into());
     Ok(match failure {
         Some(fields) => Err(fields),
         None => Ok(reply),
@@ -651,7 +654,7 @@ impl Session {
     fn send_to_origin(&mut self, bytes: &[u8]) {
         if let Some(checkout) = self.checkout.as_mut() {
             checkout.conn().origin.conn.out.extend_from_slice(bytes);
-            checkout.conn().state = ConnState::Busy;
+            checkout.conn().set_busy();
         }
     }
 
@@ -696,7 +699,7 @@ impl Session {
                 tracing::warn!(%error, "no origin connection for the client");
                 ClientError::from_pool(&error)
             })?;
-            let origin = Arc::clone(checkout.target());
+            let origin = Arc::clone(&checkout.target().target);
             let conn = checkout.conn();
             self.cancel.set_target(Some(CancelTarget {
                 origin,
@@ -1049,11 +1052,10 @@ impl Session {
             return;
         };
         let conn = checkout.conn();
-        conn.state = if self.relay.awaits_origin() {
-            ConnState::Busy
-        } else {
-            ConnState::Ready(status)
-        };
+        match self.relay.awaits_origin() {
+            true => conn.set_busy(),
+            false => conn.set_ready(status.into()),
+        }
         let failed = finished.outcome.failed;
         let mut pins: Vec<&str> = Vec::new();
         let mut discarded = false;
@@ -1116,7 +1118,7 @@ impl Session {
         let Some(checkout) = self.checkout.as_mut() else {
             return;
         };
-        checkout.conn().reusable = false;
+        checkout.conn().keep_from_others();
         if self.pinned.is_none() {
             tracing::info!(%feature, "client pinned to its origin connection");
             self.ctx
@@ -1229,7 +1231,7 @@ impl Session {
                 .await;
         }
         if let Some(checkout) = self.checkout.as_mut() {
-            let target = Arc::clone(checkout.target());
+            let target = Arc::clone(&checkout.target().target);
             let process_id = checkout.conn().origin.process_id;
             let secret_key = checkout.conn().origin.secret_key.clone();
             tracing::warn!(
@@ -1238,7 +1240,7 @@ impl Session {
             );
             self.own_cancel = Some(tokio::spawn(async move {
                 if let Err(error) =
-                    crate::pool::origin::cancel(&target, process_id, &secret_key).await
+                    crate::pool::pg::origin::cancel(&target, process_id, &secret_key).await
                 {
                     tracing::warn!(%error, "cancel request to the origin failed");
                 }

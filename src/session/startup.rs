@@ -16,7 +16,7 @@ use crate::auth::md5::verify_md5;
 use crate::auth::scram::{MECHANISM, ServerExchange};
 use crate::config::ClientAuth;
 use crate::conn::{Conn, ConnError, Stream};
-use crate::pool::Pool;
+use crate::pool::pg::PgPool as Pool;
 use crate::wire::pg::WireError;
 use crate::wire::pg::backend::TransactionStatus;
 use crate::wire::pg::encode;
@@ -130,7 +130,7 @@ async fn opening(
                         process_id = request.process_id,
                         "forwarding cancel request to the origin"
                     );
-                    if let Err(error) = crate::pool::origin::cancel(
+                    if let Err(error) = crate::pool::pg::origin::cancel(
                         &target.origin,
                         target.process_id,
                         &target.secret_key,
@@ -337,7 +337,7 @@ async fn greeting_parameters(
     settings: &SettingMap,
 ) -> Result<(Vec<(Bytes, Bytes)>, Vec<Bytes>), ClientError> {
     let baseline = pool
-        .baseline_parameters()
+        .greeting()
         .await
         .map_err(|error| ClientError::from_pool(&error))?;
     let mut reported: Vec<(Bytes, Bytes)> = baseline

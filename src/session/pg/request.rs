@@ -21,7 +21,7 @@ use bytes::Bytes;
 use super::recorder::Recorder;
 use crate::cache::{CacheKey, KeyBuilder, KeyScope, Recorded, Refetch, RefetchFuture};
 use crate::conn::ConnError;
-use crate::pool::{ConnState, Pool, read_until_ready};
+use crate::pool::pg::{PgPool as Pool, read_until_ready};
 use crate::proxy::Record;
 use crate::session::apply_settings;
 use crate::wire::pg::backend::{TransactionStatus, tag};
@@ -187,7 +187,7 @@ pub struct PgRefetch {
 impl fmt::Debug for PgRefetch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PgRefetch")
-            .field("database", &self.pool.target().database)
+            .field("database", &self.pool.target().target.database)
             .field("request", &self.request)
             .finish()
     }
@@ -210,7 +210,7 @@ impl Refetch for PgRefetch {
 #[derive(Debug, thiserror::Error)]
 enum FetchError {
     #[error("no origin connection: {0}")]
-    Pool(crate::pool::PoolError),
+    Pool(crate::pool::pg::PgPoolError),
     #[error("{0}")]
     Settings(String),
     #[error("origin connection failed: {0}")]
@@ -245,7 +245,7 @@ impl PgRefetch {
             }
         }
         let mut recorder = self.request.recorder(self.limit);
-        conn.state = ConnState::Busy;
+        conn.set_busy();
         let io = &mut conn.origin.conn;
         let mut failed = false;
         let status = read_until_ready(io, |frame| {
@@ -257,7 +257,7 @@ impl PgRefetch {
         })
         .await
         .map_err(FetchError::Origin)?;
-        conn.state = ConnState::Ready(status);
+        conn.set_ready(status.into());
         failed |= status != TransactionStatus::Idle;
         Ok(if failed {
             Recorded::Unusable
