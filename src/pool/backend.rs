@@ -4,7 +4,9 @@
 use std::fmt;
 use std::future::Future;
 
+use crate::conn::{Conn, ConnError};
 use crate::protocol::TxnStatus;
+use crate::wire::Framing;
 
 /// One origin database, as a protocol connects to it.
 pub trait Backend: fmt::Display + Send + Sync + 'static {
@@ -15,6 +17,8 @@ pub trait Backend: fmt::Display + Send + Sync + 'static {
     type Greeting: Clone + Send + Sync + 'static;
     /// Why a connection could not be opened.
     type Error: std::error::Error + Send + Sync + 'static;
+    /// How the origin's replies are framed.
+    type Framing: Framing<Error: Into<ConnError>>;
 
     /// Connects, negotiates TLS, authenticates, and waits until the origin is ready.
     fn connect(
@@ -39,4 +43,11 @@ pub trait Backend: fmt::Display + Send + Sync + 'static {
 
     /// Says goodbye and closes. Bounded in time.
     fn terminate(conn: Self::Conn) -> impl Future<Output = ()> + Send;
+
+    /// The framed transport, for relaying.
+    fn io(conn: &mut Self::Conn) -> &mut Conn<Self::Framing>;
+
+    /// Asks the origin, out of band, to cancel what `conn` is running; the future ends
+    /// once the origin has the request (or it failed, which it logs).
+    fn cancel(&self, conn: &Self::Conn) -> impl Future<Output = ()> + Send + 'static;
 }

@@ -535,9 +535,12 @@ impl<B: Backend> PoolSet<B> {
 #[cfg(test)]
 mod tests {
     use std::fmt;
+    use std::future::Future;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     use super::*;
+    use crate::conn::{Conn, Stream};
+    use crate::wire::pg::PgFraming;
 
     /// What the scripted origin did, shared with the test.
     #[derive(Default)]
@@ -564,6 +567,8 @@ mod tests {
         id: usize,
         closed_by_origin: Arc<AtomicBool>,
         journal: Arc<Journal>,
+        /// Never used by the pool itself: the session relays over it.
+        io: Conn,
     }
 
     #[derive(Debug, thiserror::Error)]
@@ -574,16 +579,19 @@ mod tests {
         type Conn = FakeConn;
         type Greeting = &'static str;
         type Error = Refused;
+        type Framing = PgFraming;
 
         async fn connect(&self) -> Result<(FakeConn, &'static str), Refused> {
             if self.0.refuse_connects.load(Ordering::SeqCst) {
                 return Err(Refused);
             }
             let id = self.0.opened.fetch_add(1, Ordering::SeqCst);
+            let (ours, _theirs) = tokio::io::duplex(64);
             let conn = FakeConn {
                 id,
                 closed_by_origin: Arc::new(AtomicBool::new(false)),
                 journal: Arc::clone(&self.0),
+                io: Conn::new(Stream::Other(Box::new(ours)), 1 << 10),
             };
             Ok((conn, "server_version 15"))
         }
@@ -608,6 +616,14 @@ mod tests {
 
         async fn terminate(conn: FakeConn) {
             conn.journal.terminated.fetch_add(1, Ordering::SeqCst);
+        }
+
+        fn io(conn: &mut FakeConn) -> &mut Conn {
+            &mut conn.io
+        }
+
+        fn cancel(&self, _: &FakeConn) -> impl Future<Output = ()> + Send + 'static {
+            std::future::ready(())
         }
     }
 

@@ -126,7 +126,7 @@ impl Session {
             store: &self.ctx.cache,
             settings: &self.ctx.deployment.cache,
             metrics: &self.ctx.metrics,
-            refresh_deadline: self.pool.settings().max_query_duration,
+            refresh_deadline: self.io.pool.settings().max_query_duration,
         }
     }
 
@@ -134,7 +134,7 @@ impl Session {
     pub(super) fn situation(&self) -> Situation {
         Situation {
             txn: self.status.into(),
-            pinned: self.pinned.is_some(),
+            pinned: self.io.pinned().is_some(),
             behind_others: self.relay.awaits_origin(),
         }
     }
@@ -180,7 +180,7 @@ impl Session {
             recorder: request.recorder(limit),
             tables: Arc::clone(&tables),
             refetch: Arc::new(PgRefetch {
-                pool: self.pool.clone(),
+                pool: self.io.pool.clone(),
                 settings: settings.clone(),
                 request: request.clone(),
                 limit,
@@ -204,9 +204,9 @@ impl Session {
         query_bytes: usize,
         started: Instant,
     ) -> Result<(), SessionError> {
-        let reply_starts = self.client.out.len();
+        let reply_starts = self.io.client.out.len();
         for segment in &entry.segments {
-            self.client.out.extend_from_slice(segment);
+            self.io.client.out.extend_from_slice(segment);
         }
         self.finish_hit(reply_starts, query_bytes, started).await
     }
@@ -219,11 +219,11 @@ impl Session {
         query_bytes: usize,
         started: Instant,
     ) -> Result<(), SessionError> {
-        encode::ready_for_query(&mut self.client.out, TransactionStatus::Idle);
-        let result_bytes = self.client.out.len() - reply_starts;
+        encode::ready_for_query(&mut self.io.client.out, TransactionStatus::Idle);
+        let result_bytes = self.io.client.out.len() - reply_starts;
         // Counted before the reply leaves: whoever sees the reply sees the count.
         self.composer().served(query_bytes, result_bytes, started);
-        self.client.flush().await?;
+        self.io.client.flush().await?;
         Ok(())
     }
 

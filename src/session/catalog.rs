@@ -62,7 +62,7 @@ impl Session {
         if analysis.kind == Kind::Ddl || !analysis.user_code.blocks.is_empty() {
             self.catalog_changing = true;
         }
-        if self.pinned.is_some() || !needs_catalog(analysis) {
+        if self.io.pinned().is_some() || !needs_catalog(analysis) {
             return None;
         }
         let Some(text) = text.or((!analysis.user_code.unread).then_some(&[][..])) else {
@@ -80,7 +80,7 @@ impl Session {
         oid: u32,
         received: Instant,
     ) -> Option<String> {
-        if self.pinned.is_some() {
+        if self.io.pinned().is_some() {
             return None;
         }
         self.judge_with_catalog(received, |catalog| catalog.judge_function(oid))
@@ -179,8 +179,8 @@ impl Session {
     /// when the session holds none (else it might wait for its own).
     fn catalog_reader(&self) -> Reader<'_> {
         Reader {
-            pool: &self.pool,
-            wait: self.checkout.is_none(),
+            pool: &self.io.pool,
+            wait: !self.io.holds(),
         }
     }
 }

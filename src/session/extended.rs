@@ -101,7 +101,7 @@ enum BatchPlan {
 impl Session {
     /// Closes on the origin the statements that went stale on this connection.
     pub(super) fn send_pending_closes(&mut self) {
-        let Some(checkout) = self.checkout.as_mut() else {
+        let Some(checkout) = self.io.checkout() else {
             return;
         };
         let stale = std::mem::take(&mut checkout.conn().stale_statements);
@@ -129,7 +129,7 @@ impl Session {
         let batch = std::mem::take(&mut self.batch);
         self.batch_bytes = 0;
         if batch.is_empty() && !sync {
-            self.client.flush().await?;
+            self.io.client.flush().await?;
             return Ok(());
         }
         let query_bytes: usize = batch.iter().map(|message| message.frame().len()).sum();
@@ -175,12 +175,12 @@ impl Session {
                 );
             }
             // The error takes the place of the batch's replies, as an origin error would.
-            error.encode(&mut self.client.out);
+            error.encode(&mut self.io.client.out);
             if sync {
                 self.unsynced = Unsynced::default();
-                encode::ready_for_query(&mut self.client.out, self.status);
+                encode::ready_for_query(&mut self.io.client.out, self.status);
             }
-            self.client.flush().await?;
+            self.io.client.flush().await?;
             return Ok(());
         }
         self.send_pending_closes();
@@ -206,11 +206,11 @@ impl Session {
         self.flush_origin().await?;
         let mut events = Vec::new();
         self.relay
-            .drain_synthetic(&mut self.client.out, &mut events);
+            .drain_synthetic(&mut self.io.client.out, &mut events);
         for event in events {
             self.on_event(event);
         }
-        self.client.flush().await?;
+        self.io.client.flush().await?;
         self.arm_deadline();
         Ok(())
     }
@@ -384,7 +384,7 @@ impl Session {
     fn translate_parse(&mut self, parse: Parse) -> bool {
         let statement = self.client_statement(&parse);
         if parse.name.is_empty() {
-            if let Some(checkout) = self.checkout.as_mut() {
+            if let Some(checkout) = self.io.checkout() {
                 checkout.conn().unnamed_statement = Some(statement.identity);
             }
             let previous = self.unnamed.replace(statement);
@@ -409,9 +409,9 @@ impl Session {
         // a statement prepared there earlier may have gone stale since (DDL), and a fresh
         // Parse must never fail for that. Replays for other connections are warpdrive's.
         let prepared = self
-            .checkout
-            .as_mut()
-            .is_some_and(|c| c.conn().statements.touch(&origin_name));
+            .io
+            .origin()
+            .is_some_and(|c| c.statements.touch(&origin_name));
         if prepared {
             self.close_on_origin(origin_name.clone());
         }
@@ -434,9 +434,9 @@ impl Session {
         client_name: Option<Bytes>,
     ) {
         let evicted = self
-            .checkout
-            .as_mut()
-            .and_then(|c| c.conn().statements.insert(origin_name.clone()));
+            .io
+            .origin()
+            .and_then(|c| c.statements.insert(origin_name.clone()));
         if let Some(evicted) = evicted {
             self.close_on_origin(evicted);
         }
@@ -465,9 +465,9 @@ impl Session {
                 return None;
             };
             let present = self
-                .checkout
-                .as_mut()
-                .is_some_and(|c| c.conn().unnamed_statement == Some(statement.identity));
+                .io
+                .origin()
+                .is_some_and(|c| c.unnamed_statement == Some(statement.identity));
             if !present {
                 let mut buf = BytesMut::new();
                 encode::parse_raw(&mut buf, b"", &statement.sql, &statement.parameter_types);
@@ -477,7 +477,7 @@ impl Session {
                     to_client: false,
                     on_error: OnError::UnnamedReplay,
                 });
-                if let Some(checkout) = self.checkout.as_mut() {
+                if let Some(checkout) = self.io.checkout() {
                     checkout.conn().unnamed_statement = Some(statement.identity);
                 }
             }
@@ -492,9 +492,9 @@ impl Session {
             return None;
         };
         let present = self
-            .checkout
-            .as_mut()
-            .is_some_and(|c| c.conn().statements.touch(&statement.origin_name));
+            .io
+            .origin()
+            .is_some_and(|c| c.statements.touch(&statement.origin_name));
         if !present {
             self.prepare_on_origin(
                 &statement.origin_name,
@@ -601,7 +601,7 @@ impl Session {
         effect: Option<&SessionEffect>,
     ) -> Option<(&'static str, Vec<(Bytes, ClientStatement)>)> {
         match effect? {
-            SessionEffect::Deallocate { name: None } if self.pinned.is_none() => {
+            SessionEffect::Deallocate { name: None } if self.io.pinned().is_none() => {
                 Some(("DEALLOCATE ALL", self.statements.drain().collect()))
             }
             SessionEffect::Deallocate { name: Some(name) } => {
@@ -732,7 +732,7 @@ impl Session {
         query_bytes: usize,
         started: Instant,
     ) -> Result<(), SessionError> {
-        let before = self.client.out.len();
+        let before = self.io.client.out.len();
         let mut segments = entry.segments.iter();
         for message in batch {
             match message {
@@ -744,16 +744,16 @@ impl Session {
                         self.statements
                             .insert(parse.name.clone(), statement.clone());
                     }
-                    encode::parse_complete(&mut self.client.out);
+                    encode::parse_complete(&mut self.io.client.out);
                 }
                 FrontendMessage::Bind(bind) => {
                     self.portals
                         .insert(bind.portal.clone(), Arc::clone(&statement.analysis));
-                    encode::bind_complete(&mut self.client.out);
+                    encode::bind_complete(&mut self.io.client.out);
                 }
                 FrontendMessage::Describe(_) | FrontendMessage::Execute(_) => {
                     if let Some(segment) = segments.next() {
-                        self.client.out.extend_from_slice(segment);
+                        self.io.client.out.extend_from_slice(segment);
                     }
                 }
                 FrontendMessage::Close(close) => {
@@ -765,7 +765,7 @@ impl Session {
                             self.portals.remove(&close.name);
                         }
                     }
-                    encode::close_complete(&mut self.client.out);
+                    encode::close_complete(&mut self.io.client.out);
                 }
                 _ => {}
             }

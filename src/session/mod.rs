@@ -15,6 +15,7 @@
 
 mod caching;
 mod catalog;
+mod driver;
 pub mod error;
 mod extended;
 pub mod pg;
@@ -40,14 +41,14 @@ use crate::config::Deployment;
 use crate::conn::{Conn, ConnError, FLUSH_THRESHOLD, Stream};
 use crate::metrics::DeploymentMetrics;
 use crate::pool::pg::{
-    PgCheckout as Checkout, PgPool as Pool, PgPoolSet as PoolSet, PgPooledConn as PooledConn,
-    read_until_ready,
+    PgOrigin, PgPool as Pool, PgPoolSet as PoolSet, PgPooledConn as PooledConn, read_until_ready,
 };
 use crate::wire::pg::backend::{
     BackendMessage, ErrorFields, TransactionStatus, tag as backend_tag,
 };
 use crate::wire::pg::frontend::FrontendMessage;
-use crate::wire::pg::{Frame, WireError, encode};
+use crate::wire::pg::{Frame, PgFraming, WireError, encode};
+use driver::{Driver, Overdue, Wake};
 use error::{ClientError, sqlstate};
 use extended::{BatchEnd, ClientStatement};
 use pg::request::Request;
@@ -341,8 +342,7 @@ async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), SessionError
     tracing::debug!(user = %admitted.user, database = %admitted.database, "client admitted");
     let mut session = Session {
         ctx: Arc::clone(ctx),
-        client,
-        pool: admitted.pool,
+        io: Driver::new(client, admitted.pool, ctx.shutdown.clone()),
         database: admitted.database,
         settings: Settings::new(admitted.settings),
         standard_conforming_strings: admitted.standard_conforming_strings,
@@ -350,22 +350,12 @@ async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), SessionError
         statements: HashMap::new(),
         unnamed: None,
         portals: HashMap::new(),
-        checkout: None,
         relay: Relay::default(),
         batch: Vec::new(),
         batch_bytes: 0,
         status: TransactionStatus::Idle,
-        pinned: None,
         catalog_changing: false,
         unsynced: extended::Unsynced::default(),
-        deadline: None,
-        timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-        linger: None,
-        linger_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-        shutdown: shutdown_signal(ctx.shutdown.clone()),
-        draining: false,
-        cancelled_by_warpdrive: false,
-        own_cancel: None,
         cancel,
     };
     session.main_loop().await
@@ -373,8 +363,8 @@ async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), SessionError
 
 struct Session {
     ctx: Arc<SessionContext>,
-    client: Conn,
-    pool: Pool,
+    /// The client, its hold on an origin connection, its deadline and timers.
+    io: Driver<PgOrigin, PgFraming>,
     /// The origin database the client asked for.
     database: String,
     settings: Settings,
@@ -388,7 +378,6 @@ struct Session {
     unnamed: Option<ClientStatement>,
     /// The analysis of the statement each open portal was bound to.
     portals: HashMap<Bytes, Arc<Analysis>>,
-    checkout: Option<Checkout>,
     relay: Relay,
     /// Extended-protocol messages waiting for Sync or Flush.
     batch: Vec<FrontendMessage>,
@@ -396,48 +385,13 @@ struct Session {
     batch_bytes: usize,
     /// Transaction status as the client last saw it.
     status: TransactionStatus,
-    /// Why the client is pinned to its connection, if it is.
-    pinned: Option<String>,
     /// DDL (or a DO block, which may run some) went to the origin in the current
     /// transaction: the catalog is read again once it ends.
     catalog_changing: bool,
     /// Extended-protocol messages sent without their Sync yet.
     unsynced: extended::Unsynced,
-    /// When the request in flight has run for max_query_duration.
-    deadline: Option<Instant>,
-    /// The timer behind `deadline`, kept across loop turns (reset, not recreated).
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// When extended-protocol messages are held without their Sync and the client sends
-    /// nothing more: they go to the origin as they are once this fires.
-    linger: Option<Instant>,
-    /// The timer behind `linger`.
-    linger_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
-    /// Completes when the server starts shutting down (false) or is gone (true); made
-    /// once per session, so that waiting on it costs nothing per message.
-    shutdown: ShutdownSignal,
-    /// Shutdown started: the session ends as soon as the client is between transactions.
-    draining: bool,
-    cancelled_by_warpdrive: bool,
-    /// The CancelRequest warpdrive sent for a request over max_query_duration, until it
-    /// can no longer land on a later query of this connection.
-    own_cancel: Option<tokio::task::JoinHandle<()>>,
+    /// The client's cancel key, routed to the origin connection it holds.
     cancel: CancelHandle,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // A client that leaves right after warpdrive cancelled its query: the connection
-        // returns only once that cancel cannot hit anyone else's.
-        self.release();
-    }
-}
-
-enum Wake {
-    Client(Result<Option<Frame>, ConnError>),
-    Origin(Result<Option<Frame>, ConnError>),
-    Deadline,
-    InputDry,
-    Shutdown { server_gone: bool },
 }
 
 /// Whether a statement may be answered by warpdrive itself (see `answer_locally`).
@@ -446,13 +400,6 @@ fn is_answered_locally(effect: Option<&SessionEffect>) -> bool {
         effect,
         Some(SessionEffect::DiscardAll | SessionEffect::Deallocate { .. })
     )
-}
-
-/// See [`Session::shutdown`].
-type ShutdownSignal = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
-
-fn shutdown_signal(mut draining: tokio::sync::watch::Receiver<bool>) -> ShutdownSignal {
-    Box::pin(async move { draining.wait_for(|draining| *draining).await.is_err() })
 }
 
 /// Extended-protocol messages buffered before Sync beyond this many bytes are sent on
@@ -470,74 +417,39 @@ const INPUT_DRY: Duration = Duration::from_millis(2);
 /// as it arrives, and an early error reaches the client as early as it would directly.
 const DRY_AT_ONCE_BYTES: usize = 64 << 10;
 
-/// Grace period for the origin to answer a cancel before the connection is dropped.
-const CANCEL_GRACE: Duration = Duration::from_secs(10);
-
 impl Session {
     async fn main_loop(&mut self) -> Result<(), SessionError> {
         loop {
-            if self.draining && self.between_transactions() {
+            if self.io.draining() && self.between_transactions() {
                 ClientError::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
                     "terminating connection: warpdrive is shutting down",
                 )
                 .hint("reconnect; another warpdrive instance or the restarted one will answer")
-                .encode(&mut self.client.out);
-                self.client.flush().await?;
+                .encode(&mut self.io.client.out);
+                self.io.client.flush().await?;
                 return Ok(());
             }
-            let wake = {
-                let shutdown = &mut self.shutdown;
-                let watching = !self.draining;
-                let client = &mut self.client;
-                let origin = self.checkout.as_mut().map(|c| &mut c.conn().origin.conn);
-                let armed = match self.deadline {
-                    Some(at) => {
-                        if self.timer.deadline() != at {
-                            self.timer.as_mut().reset(at);
-                        }
-                        true
-                    }
-                    None => false,
-                };
-                let timer = &mut self.timer;
-                let lingering = match self.linger {
-                    Some(at) => {
-                        if self.linger_timer.deadline() != at {
-                            self.linger_timer.as_mut().reset(at);
-                        }
-                        true
-                    }
-                    None => false,
-                };
-                let linger_timer = &mut self.linger_timer;
-                tokio::select! {
-                    biased;
-                    frame = async { match origin { Some(origin) => origin.read_frame().await, None => std::future::pending().await } } => Wake::Origin(frame),
-                    frame = client.read_frame() => Wake::Client(frame),
-                    _ = timer, if armed => Wake::Deadline,
-                    _ = linger_timer, if lingering => Wake::InputDry,
-                    server_gone = shutdown, if watching => Wake::Shutdown { server_gone },
-                }
-            };
+            let wake = self.io.wake().await;
             match wake {
                 Wake::Client(Ok(Some(frame))) => {
                     if !self.on_client(frame).await? {
                         return Ok(());
                     }
-                    self.linger = None;
+                    self.io.set_timer(None);
                     if !self.batch.is_empty() {
                         if self.batch_bytes >= DRY_AT_ONCE_BYTES
-                            && !self.client.has_buffered_frame()
+                            && !self.io.client.has_buffered_frame()
                         {
                             self.send_batch(BatchEnd::AsTheyAre).await?;
                         } else {
-                            self.linger = Some(Instant::now() + INPUT_DRY);
+                            // Held without their Sync: they go to the origin as they
+                            // are if the client sends nothing more meanwhile.
+                            self.io.set_timer(Some(Instant::now() + INPUT_DRY));
                         }
                     }
                 }
-                Wake::InputDry => {
-                    self.linger = None;
+                Wake::Timer => {
                     if !self.batch.is_empty() {
                         self.send_batch(BatchEnd::AsTheyAre).await?;
                     }
@@ -551,7 +463,7 @@ impl Session {
                 Wake::Deadline => self.on_deadline().await?,
                 // The server itself is gone: nothing can be served any more.
                 Wake::Shutdown { server_gone: true } => return Ok(()),
-                Wake::Shutdown { server_gone: false } => self.draining = true,
+                Wake::Shutdown { server_gone: false } => {}
             }
         }
     }
@@ -568,8 +480,8 @@ impl Session {
             sqlstate::PROTOCOL_VIOLATION,
             format!("invalid message from client: {error}"),
         )
-        .encode(&mut self.client.out);
-        self.client.flush().await?;
+        .encode(&mut self.io.client.out);
+        self.io.client.flush().await?;
         Err(SessionError::Protocol(error.to_string()))
     }
 
@@ -606,7 +518,7 @@ impl Session {
                 if frame.tag() != b'd' {
                     self.relay.push(Expect::CopyEnd);
                 }
-                if let Some(checkout) = self.checkout.as_mut() {
+                if let Some(checkout) = self.io.checkout() {
                     checkout
                         .conn()
                         .origin
@@ -652,7 +564,7 @@ impl Session {
     }
 
     fn send_to_origin(&mut self, bytes: &[u8]) {
-        if let Some(checkout) = self.checkout.as_mut() {
+        if let Some(checkout) = self.io.checkout() {
             checkout.conn().origin.conn.out.extend_from_slice(bytes);
             checkout.conn().set_busy();
         }
@@ -662,7 +574,7 @@ impl Session {
     /// arrive meanwhile (a long pipeline fills both directions). A write failure is
     /// handled when the session next reads from the origin, which then fails too.
     async fn flush_origin(&mut self) -> Result<(), SessionError> {
-        while let Some(checkout) = self.checkout.as_mut() {
+        while let Some(checkout) = self.io.checkout() {
             match checkout.conn().origin.conn.flush_or_read().await {
                 Ok(None) => break,
                 Ok(Some(frame)) => self.on_origin(Ok(Some(frame))).await?,
@@ -677,28 +589,33 @@ impl Session {
     }
 
     fn arm_deadline(&mut self) {
-        if self.deadline.is_none() {
-            self.deadline = Some(Instant::now() + self.pool.settings().max_query_duration);
-        }
+        self.io.arm_deadline();
     }
 
     /// Answers with an error and, outside the extended protocol's error skipping, a
     /// ReadyForQuery, without involving the origin.
     async fn answer_error(&mut self, error: ClientError) -> Result<(), SessionError> {
-        error.encode(&mut self.client.out);
-        encode::ready_for_query(&mut self.client.out, self.status);
-        self.client.flush().await?;
+        error.encode(&mut self.io.client.out);
+        encode::ready_for_query(&mut self.io.client.out, self.status);
+        self.io.client.flush().await?;
         Ok(())
     }
 
     /// Makes sure an origin connection is checked out and carries the client's settings.
     /// The inner error is for the client; the caller decides how to answer with it.
     async fn connect(&mut self) -> Result<(), ClientError> {
-        if self.checkout.is_none() {
-            let mut checkout = self.pool.checkout().await.map_err(|error| {
-                tracing::warn!(%error, "no origin connection for the client");
-                ClientError::from_pool(&error)
-            })?;
+        let in_flight = self.relay.awaits_origin();
+        let fresh = self.io.hold(in_flight).await.map_err(|error| {
+            tracing::warn!(%error, "no origin connection for the client");
+            ClientError::from_pool(&error)
+        })?;
+        let Some(checkout) = self.io.checkout() else {
+            return Err(ClientError::error(
+                sqlstate::SYSTEM_ERROR,
+                "no origin connection",
+            ));
+        };
+        if fresh {
             let origin = Arc::clone(&checkout.target().target);
             let conn = checkout.conn();
             self.cancel.set_target(Some(CancelTarget {
@@ -706,20 +623,6 @@ impl Session {
                 process_id: conn.origin.process_id,
                 secret_key: conn.origin.secret_key.clone(),
             }));
-            self.checkout = Some(checkout);
-        }
-        let Some(checkout) = self.checkout.as_mut() else {
-            return Err(ClientError::error(
-                sqlstate::SYSTEM_ERROR,
-                "no origin connection",
-            ));
-        };
-        if !self.relay.awaits_origin()
-            && let Some(cancel) = self.own_cancel.take()
-        {
-            // The client keeps the connection (a transaction): its next query must not
-            // meet the cancel meant for the last one.
-            checkout.settle_cancel(cancel).await;
         }
         if let Err(error) = apply_settings(checkout.conn(), self.settings.current()).await {
             checkout.discard();
@@ -732,15 +635,8 @@ impl Session {
     /// Gives the connection back (or closes it, per its state). After warpdrive's own
     /// cancel, only once the cancel can no longer hit the next client's query.
     fn release(&mut self) {
-        match (self.checkout.take(), self.own_cancel.take()) {
-            (Some(mut checkout), Some(cancel)) => {
-                tokio::spawn(async move { checkout.settle_cancel(cancel).await });
-            }
-            (checkout, _) => drop(checkout),
-        }
+        self.io.release();
         self.cancel.set_target(None);
-        self.deadline = None;
-        self.cancelled_by_warpdrive = false;
     }
 
     async fn on_query(&mut self, frame: Frame, sql: &Bytes) -> Result<(), SessionError> {
@@ -764,7 +660,7 @@ impl Session {
                     started.elapsed(),
                     false,
                 );
-                self.client.flush().await?;
+                self.io.client.flush().await?;
                 return Ok(());
             }
         }
@@ -787,7 +683,7 @@ impl Session {
         self.send_pending_closes();
         self.let_go_of_databases(&analysis);
         self.send_to_origin(frame.raw());
-        if let Some(checkout) = self.checkout.as_mut() {
+        if let Some(checkout) = self.io.checkout() {
             // A simple query destroys the unnamed statement.
             checkout.conn().unnamed_statement = None;
         }
@@ -843,9 +739,9 @@ impl Session {
     /// Reads the origin's replies until nothing of this client is in flight (bounded by
     /// max_query_duration and the cancel grace period).
     async fn settle_in_flight(&mut self) -> Result<(), SessionError> {
-        let bound = self.pool.settings().max_query_duration + CANCEL_GRACE;
+        let bound = self.io.pool.settings().max_query_duration + driver::CANCEL_GRACE;
         while self.relay.awaits_origin() {
-            let Some(checkout) = self.checkout.as_mut() else {
+            let Some(checkout) = self.io.checkout() else {
                 break;
             };
             let origin = &mut checkout.conn().origin.conn;
@@ -870,7 +766,7 @@ impl Session {
         }
         let tag = match effect {
             Some(SessionEffect::DiscardAll)
-                if self.pinned.is_none() && self.status == TransactionStatus::Idle =>
+                if self.io.pinned().is_none() && self.status == TransactionStatus::Idle =>
             {
                 self.settings.discard_all();
                 self.statements.clear();
@@ -882,8 +778,8 @@ impl Session {
                 None => return false,
             },
         };
-        encode::command_complete(&mut self.client.out, tag);
-        encode::ready_for_query(&mut self.client.out, self.status);
+        encode::command_complete(&mut self.io.client.out, tag);
+        encode::ready_for_query(&mut self.io.client.out, self.status);
         true
     }
 
@@ -909,7 +805,7 @@ impl Session {
             let frame = self.rewrite_cancel_error(frame);
             let mut events = Vec::new();
             if self.relay.on_origin(&frame, &mut events) == Delivery::Forward {
-                self.client.out.extend_from_slice(frame.raw());
+                self.io.client.out.extend_from_slice(frame.raw());
                 self.note_result(&frame);
             }
             if frame.tag() == backend_tag::PARAMETER_STATUS {
@@ -921,34 +817,30 @@ impl Session {
                 self.on_event(event);
             }
             self.relay
-                .drain_synthetic(&mut self.client.out, &mut events);
+                .drain_synthetic(&mut self.io.client.out, &mut events);
             for event in events {
                 self.on_event(event);
             }
-            if self.client.out.len() >= FLUSH_THRESHOLD {
-                self.client.flush().await?;
+            if self.io.client.out.len() >= FLUSH_THRESHOLD {
+                self.io.client.flush().await?;
             }
-            if self.checkout.is_none() {
+            if !self.io.holds() {
                 break;
             }
-            next = match self
-                .checkout
-                .as_mut()
-                .map(|c| c.conn().origin.conn.buffered_frame())
-            {
+            next = match self.io.origin().map(|c| c.origin.conn.buffered_frame()) {
                 Some(Ok(frame)) => frame,
                 Some(Err(error)) => return self.origin_lost(error).await,
                 None => None,
             };
         }
-        self.client.flush().await?;
+        self.io.client.flush().await?;
         Ok(())
     }
 
     /// When warpdrive cancelled a query for running too long, the origin's "canceling
     /// statement due to user request" is replaced by a message that says why.
     fn rewrite_cancel_error(&self, frame: Frame) -> Frame {
-        if !self.cancelled_by_warpdrive || frame.tag() != backend_tag::ERROR_RESPONSE {
+        if !self.io.cancelled_overdue() || frame.tag() != backend_tag::ERROR_RESPONSE {
             return frame;
         }
         match BackendMessage::decode(&frame) {
@@ -960,7 +852,7 @@ impl Session {
                     sqlstate::QUERY_CANCELED,
                     format!(
                         "canceling statement: it ran longer than max_query_duration ({}s), so warpdrive cancelled it at the origin",
-                        self.pool.settings().max_query_duration.as_secs()
+                        self.io.pool.settings().max_query_duration.as_secs()
                     ),
                 )
                 .hint("optimise the query, or raise pool.max_query_duration")
@@ -980,7 +872,7 @@ impl Session {
             Event::Completed => self.note_completed(),
             Event::Undo { undo, skipped } => self.undo(undo, skipped),
             Event::Stale { origin_name } => {
-                if let Some(checkout) = self.checkout.as_mut() {
+                if let Some(checkout) = self.io.checkout() {
                     let conn = checkout.conn();
                     conn.statements.remove(&origin_name);
                     conn.stale_statements.push(origin_name);
@@ -995,7 +887,7 @@ impl Session {
 
     /// Takes back what sending a message did, when the origin rejected or skipped it.
     fn undo(&mut self, undo: OnError, skipped: bool) {
-        let conn = self.checkout.as_mut().map(|c| c.conn());
+        let conn = self.io.origin();
         match undo {
             OnError::Nothing | OnError::MaybeStale { .. } => {}
             OnError::ParseFailed {
@@ -1047,8 +939,7 @@ impl Session {
     /// client is idle.
     fn on_ready(&mut self, status: TransactionStatus, finished: caching::Finished) {
         self.status = status;
-        self.cancelled_by_warpdrive = false;
-        let Some(checkout) = self.checkout.as_mut() else {
+        let Some(checkout) = self.io.checkout() else {
             return;
         };
         let conn = checkout.conn();
@@ -1099,33 +990,28 @@ impl Session {
             self.ctx.catalogs.note_changed(&self.database);
         }
         if self.relay.awaits_origin() {
-            self.deadline = Some(Instant::now() + self.pool.settings().max_query_duration);
+            self.io.restart_deadline();
         } else if status == TransactionStatus::Idle
-            && self.pinned.is_none()
+            && self.io.pinned().is_none()
             && self.batch.is_empty()
             && !self.unsynced.sent
         {
             self.portals.clear();
             self.release();
         } else {
-            self.deadline = None;
+            self.io.settle_deadline();
         }
     }
 
     /// Keeps the client on its origin connection for the rest of its session; the
     /// connection is closed, not reused, when the client leaves.
     fn pin(&mut self, feature: &str) {
-        let Some(checkout) = self.checkout.as_mut() else {
-            return;
-        };
-        checkout.conn().keep_from_others();
-        if self.pinned.is_none() {
+        if self.io.pin(feature) {
             tracing::info!(%feature, "client pinned to its origin connection");
             self.ctx
                 .metrics
                 .pinned_sessions
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.pinned = Some(feature.to_owned());
         }
     }
 
@@ -1135,7 +1021,7 @@ impl Session {
     /// reset connection can still differ from a new one (custom settings a function
     /// created read as empty rather than missing).
     fn unpin(&mut self) {
-        if let Some(feature) = self.pinned.take() {
+        if let Some(feature) = self.io.unpin() {
             tracing::info!(%feature, "DISCARD ALL ended the pin; the client is pooled again");
         }
     }
@@ -1168,7 +1054,7 @@ impl Session {
         reason: &str,
     ) -> Result<(), SessionError> {
         let pending_ready = self.relay.pending_ready();
-        if let Some(checkout) = self.checkout.as_mut() {
+        if let Some(checkout) = self.io.checkout() {
             checkout.discard();
         }
         let awaited_replies = self.relay.awaits_origin();
@@ -1176,7 +1062,7 @@ impl Session {
         self.relay = Relay::default();
         self.abandon_requests();
         self.unsynced = extended::Unsynced::default();
-        if self.status != TransactionStatus::Idle || self.pinned.is_some() {
+        if self.status != TransactionStatus::Idle || self.io.pinned().is_some() {
             let fatal = ClientError::fatal(
                 sqlstate::CONNECTION_FAILURE,
                 format!("the origin connection was lost ({reason}); the open transaction or pinned session state is gone"),
@@ -1184,11 +1070,11 @@ impl Session {
             .hint("reconnect and retry the transaction");
             match &origin_error {
                 Some(fields) => {
-                    encode::error_response_with_severity(&mut self.client.out, fields, "FATAL");
+                    encode::error_response_with_severity(&mut self.io.client.out, fields, "FATAL");
                 }
-                None => fatal.encode(&mut self.client.out),
+                None => fatal.encode(&mut self.io.client.out),
             }
-            self.client.flush().await?;
+            self.io.client.flush().await?;
             return Err(SessionError::Refused(fatal));
         }
         let first_reply = origin_error.map(|fields| {
@@ -1198,56 +1084,39 @@ impl Session {
         });
         for index in 0..pending_ready {
             match (&first_reply, index) {
-                (Some(first), 0) => self.client.out.extend_from_slice(first),
-                _ => ClientError::origin_lost(reason).encode(&mut self.client.out),
+                (Some(first), 0) => self.io.client.out.extend_from_slice(first),
+                _ => ClientError::origin_lost(reason).encode(&mut self.io.client.out),
             }
-            encode::ready_for_query(&mut self.client.out, TransactionStatus::Idle);
+            encode::ready_for_query(&mut self.io.client.out, TransactionStatus::Idle);
         }
         if pending_ready == 0 && awaited_replies {
             // Messages sent on a Flush wait for replies that will not come: the error
             // answers them; the client's Sync then gets its ReadyForQuery from a new
             // connection.
             match first_reply {
-                Some(first) => self.client.out.extend_from_slice(&first),
-                None => ClientError::origin_lost(reason).encode(&mut self.client.out),
+                Some(first) => self.io.client.out.extend_from_slice(&first),
+                None => ClientError::origin_lost(reason).encode(&mut self.io.client.out),
             }
         }
-        self.client.flush().await?;
+        self.io.client.flush().await?;
         Ok(())
     }
 
     /// max_query_duration passed: cancel at the origin; if the origin does not answer
     /// within a grace period, drop the connection.
     async fn on_deadline(&mut self) -> Result<(), SessionError> {
-        if !self.relay.awaits_origin() {
-            self.deadline = None;
-            return Ok(());
-        }
-        if self.cancelled_by_warpdrive {
-            return self
-                .origin_lost(ConnError::Io(std::io::Error::other(
+        match self.io.overdue(self.relay.awaits_origin()) {
+            Overdue::Nothing => Ok(()),
+            Overdue::Cancelling => {
+                tracing::warn!("query exceeded max_query_duration; cancelling it at the origin");
+                Ok(())
+            }
+            Overdue::GiveUp => {
+                self.origin_lost(ConnError::Io(std::io::Error::other(
                     "the query was cancelled for exceeding max_query_duration but the origin did not answer",
                 )))
-                .await;
+                .await
+            }
         }
-        if let Some(checkout) = self.checkout.as_mut() {
-            let target = Arc::clone(&checkout.target().target);
-            let process_id = checkout.conn().origin.process_id;
-            let secret_key = checkout.conn().origin.secret_key.clone();
-            tracing::warn!(
-                process_id,
-                "query exceeded max_query_duration; cancelling it at the origin"
-            );
-            self.own_cancel = Some(tokio::spawn(async move {
-                if let Err(error) =
-                    crate::pool::pg::origin::cancel(&target, process_id, &secret_key).await
-                {
-                    tracing::warn!(%error, "cancel request to the origin failed");
-                }
-            }));
-        }
-        self.cancelled_by_warpdrive = true;
-        self.deadline = Some(Instant::now() + CANCEL_GRACE);
-        Ok(())
     }
 }

@@ -7,6 +7,7 @@ pub mod statements;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +15,11 @@ use bytes::Bytes;
 
 use super::{Backend, Checkout, Pool, PoolError, PoolSet, PooledConn};
 use crate::config::{OriginUrl, PoolSettings};
+use crate::conn::Conn;
 use crate::metrics::PoolMetrics;
 use crate::protocol::TxnStatus;
 use crate::wire::pg::backend::{TransactionStatus, tag};
-use crate::wire::pg::encode;
+use crate::wire::pg::{PgFraming, encode};
 pub use origin::{OriginConn, OriginError, OriginTarget, read_until_ready};
 pub use statements::StatementCache;
 
@@ -73,6 +75,7 @@ impl Backend for PgOrigin {
     type Conn = PgConn;
     type Greeting = ServerParameters;
     type Error = OriginError;
+    type Framing = PgFraming;
 
     async fn connect(&self) -> Result<(PgConn, ServerParameters), OriginError> {
         let origin = origin::connect(&self.target).await?;
@@ -128,6 +131,22 @@ impl Backend for PgOrigin {
     async fn terminate(mut conn: PgConn) {
         encode::terminate(&mut conn.origin.conn.out);
         let _ = tokio::time::timeout(Duration::from_secs(1), conn.origin.conn.flush()).await;
+    }
+
+    fn io(conn: &mut PgConn) -> &mut Conn {
+        &mut conn.origin.conn
+    }
+
+    /// A CancelRequest with the backend's key, on a connection of its own.
+    fn cancel(&self, conn: &PgConn) -> impl Future<Output = ()> + Send + 'static {
+        let target = Arc::clone(&self.target);
+        let process_id = conn.origin.process_id;
+        let secret_key = conn.origin.secret_key.clone();
+        async move {
+            if let Err(error) = origin::cancel(&target, process_id, &secret_key).await {
+                tracing::warn!(%error, "cancel request to the origin failed");
+            }
+        }
     }
 }
 
