@@ -18,12 +18,12 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use super::internal::apply_settings;
 use super::recorder::Recorder;
 use crate::cache::{CacheKey, KeyBuilder, KeyScope, Recorded, Refetch, RefetchFuture};
 use crate::conn::ConnError;
 use crate::pool::pg::{PgPool as Pool, read_until_ready};
 use crate::proxy::Record;
-use crate::session::apply_settings;
 use crate::wire::pg::backend::{TransactionStatus, tag};
 use crate::wire::pg::encode;
 use crate::wire::pg::frontend::Target;

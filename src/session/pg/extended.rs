@@ -14,16 +14,17 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use super::Session;
 use super::caching::{Consulted, InFlight};
-use super::error::{ClientError, sqlstate};
-use super::pg::request::result_settings;
-use super::pg::request::{Described, Request};
 use super::relay::{Expect, OnError};
-use super::settings::STANDARD_CONFORMING_STRINGS;
-use super::{Session, SessionError};
+use super::request::result_settings;
+use super::request::{Described, Request};
 use crate::analyze::{Analysis, Dialect, SessionEffect, StringLiterals};
 use crate::cache::{CacheStatus, Entry};
 use crate::pool::pg::statements::{origin_statement_name, statement_identity};
+use crate::session::SessionError;
+use crate::session::error::{ClientError, sqlstate};
+use crate::session::settings::STANDARD_CONFORMING_STRINGS;
 use crate::wire::pg::encode;
 use crate::wire::pg::frontend::{Bind, Close, Describe, FrontendMessage, Parse, Target};
 

@@ -18,8 +18,8 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::error::sqlstate;
 use super::extended::ClientStatement;
+use crate::session::error::sqlstate;
 use crate::wire::pg::Frame;
 use crate::wire::pg::backend::{BackendMessage, ErrorFields, TransactionStatus, tag};
 

@@ -19,15 +19,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::Session;
 use super::extended::Unsynced;
-use super::pg::recorder::Recorder;
-use super::pg::request::{PgRefetch, Request};
-use super::settings::Outcome;
-use super::{Session, SessionError};
+use super::recorder::Recorder;
+use super::request::{PgRefetch, Request};
 use crate::analyze::{Analysis, SessionEffect};
 use crate::cache::{CacheStatus, Entry, KeyScope};
 use crate::protocol::TxnStatus;
 use crate::proxy::{self, Composer, Flight, Situation, ToRecord};
+use crate::session::SessionError;
+use crate::session::settings::Outcome;
 use crate::wire::pg::backend::{TransactionStatus, tag};
 use crate::wire::pg::{Frame, encode};
 

@@ -7,16 +7,16 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use rand::RngExt;
 
-use super::error::{ClientError, sqlstate};
-use super::settings::{
-    STANDARD_CONFORMING_STRINGS, SettingMap, parse_options, set_config_statement,
-};
-use super::{SessionContext, SessionError};
 use crate::auth::md5::verify_md5;
 use crate::auth::scram::{MECHANISM, ServerExchange};
 use crate::config::ClientAuth;
 use crate::conn::{Conn, ConnError, Stream};
 use crate::pool::pg::PgPool as Pool;
+use crate::session::error::{ClientError, sqlstate};
+use crate::session::settings::{
+    STANDARD_CONFORMING_STRINGS, SettingMap, parse_options, set_config_statement,
+};
+use crate::session::{SessionContext, SessionError};
 use crate::wire::pg::WireError;
 use crate::wire::pg::backend::TransactionStatus;
 use crate::wire::pg::encode;
@@ -249,7 +249,7 @@ pub async fn admit(
     let (reported, notices) = match greeting_parameters(ctx, &pool, &database, &settings).await {
         Ok(greeting) => greeting,
         Err(mut error) => {
-            error.severity = super::error::Severity::Fatal;
+            error.severity = crate::session::error::Severity::Fatal;
             return refuse(&mut client, error).await;
         }
     };
@@ -353,7 +353,7 @@ async fn greeting_parameters(
         .collect();
     let mut notices = Vec::new();
     for (name, value) in settings {
-        let tried = ctx.validate_setting(pool, database, name, value).await?;
+        let tried = ctx.tried.try_setting(pool, database, name, value).await?;
         notices.extend(tried.notices.iter().cloned());
         for (report_name, report_value) in &tried.reports {
             match reported
