@@ -1,50 +1,48 @@
-//! SQLSTATE codes warpdrive uses, and the one place where its own failures become
-//! ErrorResponse messages for a client. Errors from the origin are never rewritten here:
-//! they pass through with all their fields.
+//! The errors warpdrive itself reports to a client, in neutral terms: a kind, a message
+//! and a hint. Each protocol has one exhaustive mapping of the kinds to its own codes
+//! (PostgreSQL's SQLSTATE in `session::pg::sqlstate`). Errors from the origin are never
+//! rewritten: they pass through with all their fields.
 
-use bytes::BytesMut;
+use std::time::Duration;
 
-use crate::pool::pg::{OriginError, PgPoolError as PoolError};
-use crate::wire::pg::encode;
+use crate::pool::PoolError;
 
-/// SQLSTATE codes (PostgreSQL appendix A).
-pub mod sqlstate {
-    /// connection_failure.
-    pub const CONNECTION_FAILURE: &str = "08006";
-    /// sqlclient_unable_to_establish_sqlconnection.
-    pub const UNABLE_TO_CONNECT: &str = "08001";
-    /// protocol_violation.
-    pub const PROTOCOL_VIOLATION: &str = "08P01";
-    /// feature_not_supported.
-    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
-    /// invalid_authorization_specification.
-    pub const INVALID_AUTHORIZATION: &str = "28000";
-    /// invalid_password.
-    pub const INVALID_PASSWORD: &str = "28P01";
-    /// invalid_catalog_name (unknown database).
-    pub const INVALID_CATALOG_NAME: &str = "3D000";
-    /// duplicate_prepared_statement.
-    pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
-    /// invalid_sql_statement_name (unknown prepared statement).
-    pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
-    /// too_many_connections.
-    pub const TOO_MANY_CONNECTIONS: &str = "53300";
-    /// query_canceled.
-    pub const QUERY_CANCELED: &str = "57014";
-    /// admin_shutdown.
-    pub const ADMIN_SHUTDOWN: &str = "57P01";
-    /// system_error: warpdrive's own faults.
-    pub const SYSTEM_ERROR: &str = "58000";
-    /// undefined_object (an unknown setting).
-    pub const UNDEFINED_OBJECT: &str = "42704";
-    /// invalid_parameter_value.
-    pub const INVALID_PARAMETER_VALUE: &str = "22023";
-    /// cant_change_runtime_param (a setting fixed at server start).
-    pub const CANT_CHANGE_RUNTIME_PARAM: &str = "55P02";
-    /// insufficient_privilege.
-    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
-    /// internal_error.
-    pub const INTERNAL_ERROR: &str = "XX000";
+/// What went wrong, whatever the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The origin connection failed while a request was in flight.
+    OriginLost,
+    /// No origin connection could be opened.
+    CannotConnect,
+    /// The client sent something that is not the protocol.
+    ProtocolViolation,
+    /// The client asked for something warpdrive does not support.
+    NotSupported,
+    /// The client may not log in as it asked (unknown user, method, …).
+    InvalidAuthorization,
+    /// The client's password is wrong.
+    InvalidPassword,
+    /// The database does not exist (or the client may not use it).
+    UnknownDatabase,
+    /// A prepared statement of that name exists already.
+    DuplicateStatement,
+    /// No prepared statement of that name exists.
+    UnknownStatement,
+    /// An unknown setting.
+    UnknownSetting,
+    /// A setting's value is invalid.
+    InvalidValue,
+    /// A setting that cannot change now.
+    SettingFixed,
+    /// The origin user may not do it.
+    PermissionDenied,
+    /// The request was cancelled.
+    QueryCanceled,
+    /// warpdrive is shutting down.
+    ShuttingDown,
+    /// warpdrive could not do its part: every connection busy, a setting that can no
+    /// longer be restored.
+    Unavailable,
 }
 
 /// Severity of an error warpdrive sends.
@@ -56,22 +54,13 @@ pub enum Severity {
     Fatal,
 }
 
-impl Severity {
-    fn name(self) -> &'static str {
-        match self {
-            Severity::Error => "ERROR",
-            Severity::Fatal => "FATAL",
-        }
-    }
-}
-
 /// An error warpdrive itself reports to a client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientError {
-    /// ERROR or FATAL.
+    /// Whether the session goes on.
     pub severity: Severity,
-    /// SQLSTATE.
-    pub code: &'static str,
+    /// What went wrong.
+    pub kind: ErrorKind,
     /// What happened.
     pub message: String,
     /// What to do about it.
@@ -79,21 +68,21 @@ pub struct ClientError {
 }
 
 impl ClientError {
-    /// An ERROR.
-    pub fn error(code: &'static str, message: impl Into<String>) -> ClientError {
+    /// An error; the session goes on.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> ClientError {
         ClientError {
             severity: Severity::Error,
-            code,
+            kind,
             message: message.into(),
             hint: None,
         }
     }
 
-    /// A FATAL error: the client's connection ends after it.
-    pub fn fatal(code: &'static str, message: impl Into<String>) -> ClientError {
+    /// A fatal error: the client's connection ends after it.
+    pub fn fatal(kind: ErrorKind, message: impl Into<String>) -> ClientError {
         ClientError {
             severity: Severity::Fatal,
-            ..ClientError::error(code, message)
+            ..ClientError::error(kind, message)
         }
     }
 
@@ -103,48 +92,36 @@ impl ClientError {
         self
     }
 
-    /// Appends the ErrorResponse.
-    pub fn encode(&self, buf: &mut BytesMut) {
-        encode::error_response(
-            buf,
-            self.severity.name(),
-            self.code,
-            &self.message,
-            self.hint.as_deref(),
-        );
-    }
-
-    /// A failed checkout.
-    pub fn from_pool(error: &PoolError) -> ClientError {
+    /// A failed checkout; `origin` says why a connection could not be opened.
+    pub fn from_pool<E>(error: &PoolError<E>, origin: impl FnOnce(&E) -> ClientError) -> ClientError
+    where
+        E: std::error::Error,
+    {
         match error {
-            PoolError::Timeout { waited } => ClientError::error(sqlstate::SYSTEM_ERROR, error.to_string()).hint(format!(
-                "all origin connections stayed busy for {:.1}s; retry, or raise pool.max_size or pool.acquire_timeout",
-                waited.as_secs_f64()
-            )),
-            PoolError::Origin(origin) => ClientError::from_origin(origin),
-            PoolError::Closed => ClientError::fatal(sqlstate::ADMIN_SHUTDOWN, "warpdrive is shutting down"),
+            PoolError::Timeout { waited } => {
+                ClientError::error(ErrorKind::Unavailable, error.to_string())
+                    .hint(busy_hint(*waited))
+            }
+            PoolError::Origin(cause) => origin(cause),
+            PoolError::Closed => {
+                ClientError::fatal(ErrorKind::ShuttingDown, "warpdrive is shutting down")
+            }
         }
-    }
-
-    /// A failure to open an origin connection.
-    pub fn from_origin(error: &OriginError) -> ClientError {
-        let code = match error {
-            OriginError::UnknownDatabase { .. } => sqlstate::INVALID_CATALOG_NAME,
-            OriginError::Resolve { .. }
-            | OriginError::Connect { .. }
-            | OriginError::Timeout { .. } => sqlstate::UNABLE_TO_CONNECT,
-            _ => sqlstate::SYSTEM_ERROR,
-        };
-        ClientError::error(code, format!("warpdrive could not open an origin connection: {error}"))
-            .hint("check that the origin is up and that the origin URL's credentials are right (warpdrive validate)")
     }
 
     /// An origin connection that failed while a request was in flight.
     pub fn origin_lost(error: impl std::fmt::Display) -> ClientError {
         ClientError::error(
-            sqlstate::CONNECTION_FAILURE,
+            ErrorKind::OriginLost,
             format!("the origin connection was lost while running this request: {error}"),
         )
         .hint("the request may or may not have been applied; warpdrive does not retry it. Check, then retry.")
     }
+}
+
+fn busy_hint(waited: Duration) -> String {
+    format!(
+        "all origin connections stayed busy for {:.1}s; retry, or raise pool.max_size or pool.acquire_timeout",
+        waited.as_secs_f64()
+    )
 }

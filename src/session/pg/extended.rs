@@ -19,11 +19,12 @@ use super::caching::{Consulted, InFlight};
 use super::relay::{Expect, OnError};
 use super::request::result_settings;
 use super::request::{Described, Request};
+use super::sqlstate::ErrorResponse;
 use crate::analyze::{Analysis, Dialect, SessionEffect, StringLiterals};
 use crate::cache::{CacheStatus, Entry};
 use crate::pool::pg::statements::{origin_statement_name, statement_identity};
 use crate::session::SessionError;
-use crate::session::error::{ClientError, sqlstate};
+use crate::session::error::{ClientError, ErrorKind};
 use crate::session::settings::STANDARD_CONFORMING_STRINGS;
 use crate::wire::pg::encode;
 use crate::wire::pg::frontend::{Bind, Close, Describe, FrontendMessage, Parse, Target};
@@ -324,9 +325,9 @@ impl Session {
             .forwarded_status(analysis, self.status.into())
     }
 
-    fn statement_error(&mut self, code: &'static str, message: String) -> bool {
+    fn statement_error(&mut self, kind: ErrorKind, message: String) -> bool {
         let mut buf = BytesMut::new();
-        ClientError::error(code, message).encode(&mut buf);
+        ClientError::error(kind, message).encode(&mut buf);
         self.relay.push(Expect::SyntheticError(buf.freeze()));
         false
     }
@@ -400,7 +401,7 @@ impl Session {
         if self.statements.contains_key(&parse.name) {
             let name = String::from_utf8_lossy(&parse.name).into_owned();
             return self.statement_error(
-                sqlstate::DUPLICATE_PREPARED_STATEMENT,
+                ErrorKind::DuplicateStatement,
                 format!("prepared statement \"{name}\" already exists"),
             );
         }
@@ -460,7 +461,7 @@ impl Session {
         if name.is_empty() {
             let Some(statement) = self.unnamed.clone() else {
                 self.statement_error(
-                    sqlstate::INVALID_SQL_STATEMENT_NAME,
+                    ErrorKind::UnknownStatement,
                     "unnamed prepared statement does not exist".to_owned(),
                 );
                 return None;
@@ -487,7 +488,7 @@ impl Session {
         let Some(statement) = self.statements.get(name).cloned() else {
             let name = String::from_utf8_lossy(name).into_owned();
             self.statement_error(
-                sqlstate::INVALID_SQL_STATEMENT_NAME,
+                ErrorKind::UnknownStatement,
                 format!("prepared statement \"{name}\" does not exist"),
             );
             return None;

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::sqlstate::{from_pool, setting_refusal};
 use crate::conn::ConnError;
 use crate::pool::pg::{PgPool, PgPooledConn as PooledConn, read_until_ready};
-use crate::session::error::{ClientError, sqlstate};
+use crate::session::error::{ClientError, ErrorKind};
 use crate::session::settings::{self, SettingMap};
 use crate::wire::pg::backend::{BackendMessage, tag as backend_tag};
 use crate::wire::pg::encode;
@@ -34,10 +35,7 @@ impl TriedSettings {
         if let Some(known) = self.tried.lock().ok().and_then(|v| v.get(&key).cloned()) {
             return Ok(known);
         }
-        let mut checkout = pool
-            .checkout()
-            .await
-            .map_err(|error| ClientError::from_pool(&error))?;
+        let mut checkout = pool.checkout().await.map_err(|error| from_pool(&error))?;
         let conn = checkout.conn();
         let outcome = run_internal(conn, value).await;
         match outcome {
@@ -55,17 +53,9 @@ impl TriedSettings {
             }
             Ok(Err(fields)) => {
                 // The origin's reason when it is about the setting; else "not supported".
-                let code = [
-                    sqlstate::UNDEFINED_OBJECT,
-                    sqlstate::INVALID_PARAMETER_VALUE,
-                    sqlstate::CANT_CHANGE_RUNTIME_PARAM,
-                    sqlstate::INSUFFICIENT_PRIVILEGE,
-                ]
-                .into_iter()
-                .find(|code| fields.code() == code.as_bytes())
-                .unwrap_or(sqlstate::FEATURE_NOT_SUPPORTED);
+                let kind = setting_refusal(fields.code()).unwrap_or(ErrorKind::NotSupported);
                 Err(ClientError::fatal(
-                    code,
+                    kind,
                     format!("startup parameter {name:?}: {}", fields.message()),
                 ))
             }
@@ -176,7 +166,7 @@ pub(crate) async fn apply_settings(
             Ok(())
         }
         Ok(Err(fields)) => Err(ClientError::error(
-            sqlstate::SYSTEM_ERROR,
+            ErrorKind::Unavailable,
             format!(
                 "warpdrive could not restore this session's settings on an origin connection: {}",
                 fields.message()

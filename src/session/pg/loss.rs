@@ -7,10 +7,11 @@ use bytes::BytesMut;
 use super::Session;
 use super::extended;
 use super::relay::Relay;
+use super::sqlstate::ErrorResponse;
 use crate::conn::ConnError;
 use crate::session::SessionError;
 use crate::session::driver::Overdue;
-use crate::session::error::{ClientError, sqlstate};
+use crate::session::error::{ClientError, ErrorKind};
 use crate::wire::pg::backend::{ErrorFields, TransactionStatus};
 use crate::wire::pg::encode;
 
@@ -53,7 +54,7 @@ impl Session {
         self.unsynced = extended::Unsynced::default();
         if self.status != TransactionStatus::Idle || self.io.pinned().is_some() {
             let fatal = ClientError::fatal(
-                sqlstate::CONNECTION_FAILURE,
+                ErrorKind::OriginLost,
                 format!("the origin connection was lost ({reason}); the open transaction or pinned session state is gone"),
             )
             .hint("reconnect and retry the transaction");

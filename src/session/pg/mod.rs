@@ -24,6 +24,7 @@ pub mod recorder;
 mod relay;
 mod reply;
 pub mod request;
+pub mod sqlstate;
 mod startup;
 
 use std::collections::HashMap;
@@ -34,7 +35,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::driver::{Driver, Wake};
-use super::error::{ClientError, sqlstate};
+use super::error::{ClientError, ErrorKind};
 use super::settings::{STANDARD_CONFORMING_STRINGS, Settings};
 use super::{SessionContext, SessionError};
 use crate::analyze::{Analysis, Dialect, SessionEffect, StringLiterals};
@@ -50,6 +51,7 @@ use extended::{BatchEnd, ClientStatement};
 use internal::apply_settings;
 use relay::{Expect, Relay};
 use request::Request;
+use sqlstate::{ErrorResponse, from_pool};
 
 impl From<TransactionStatus> for TxnStatus {
     fn from(status: TransactionStatus) -> TxnStatus {
@@ -153,7 +155,7 @@ impl Session {
         loop {
             if self.io.draining() && self.between_transactions() {
                 ClientError::fatal(
-                    sqlstate::ADMIN_SHUTDOWN,
+                    ErrorKind::ShuttingDown,
                     "terminating connection: warpdrive is shutting down",
                 )
                 .hint("reconnect; another warpdrive instance or the restarted one will answer")
@@ -208,7 +210,7 @@ impl Session {
 
     async fn protocol_violation(&mut self, error: WireError) -> Result<(), SessionError> {
         ClientError::fatal(
-            sqlstate::PROTOCOL_VIOLATION,
+            ErrorKind::ProtocolViolation,
             format!("invalid message from client: {error}"),
         )
         .encode(&mut self.io.client.out);
@@ -338,11 +340,11 @@ impl Session {
         let in_flight = self.relay.awaits_origin();
         let fresh = self.io.hold(in_flight).await.map_err(|error| {
             tracing::warn!(%error, "no origin connection for the client");
-            ClientError::from_pool(&error)
+            from_pool(&error)
         })?;
         let Some(checkout) = self.io.checkout() else {
             return Err(ClientError::error(
-                sqlstate::SYSTEM_ERROR,
+                ErrorKind::Unavailable,
                 "no origin connection",
             ));
         };

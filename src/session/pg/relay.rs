@@ -19,7 +19,8 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 use super::extended::ClientStatement;
-use crate::session::error::sqlstate;
+use super::sqlstate::{ORIGIN_INTERNAL_ERROR, sqlstate};
+use crate::session::error::ErrorKind;
 use crate::wire::pg::Frame;
 use crate::wire::pg::backend::{BackendMessage, ErrorFields, TransactionStatus, tag};
 
@@ -145,10 +146,9 @@ pub struct Relay {
 fn is_stale_statement_error(fields: &ErrorFields) -> bool {
     let message = fields.message();
     let code = fields.code();
-    (code == sqlstate::FEATURE_NOT_SUPPORTED.as_bytes()
+    (code == sqlstate(ErrorKind::NotSupported).as_bytes()
         && message.contains("cached plan must not change result type"))
-        || (code == sqlstate::INTERNAL_ERROR.as_bytes()
-            && message.contains("cache lookup failed for type"))
+        || (code == ORIGIN_INTERNAL_ERROR && message.contains("cache lookup failed for type"))
 }
 
 impl Relay {

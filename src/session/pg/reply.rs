@@ -7,10 +7,11 @@ use bytes::BytesMut;
 use super::Session;
 use super::caching;
 use super::relay::{Delivery, Event, OnError};
+use super::sqlstate::{ErrorResponse, sqlstate};
 use crate::analyze::SessionEffect;
 use crate::conn::{ConnError, FLUSH_THRESHOLD};
 use crate::session::SessionError;
-use crate::session::error::{ClientError, sqlstate};
+use crate::session::error::{ClientError, ErrorKind};
 use crate::wire::pg::Frame;
 use crate::wire::pg::backend::{BackendMessage, TransactionStatus, tag as backend_tag};
 
@@ -77,11 +78,11 @@ impl Session {
         }
         match BackendMessage::decode(&frame) {
             Ok(BackendMessage::ErrorResponse(fields))
-                if fields.code() == sqlstate::QUERY_CANCELED.as_bytes() =>
+                if fields.code() == sqlstate(ErrorKind::QueryCanceled).as_bytes() =>
             {
                 let mut buf = BytesMut::new();
                 ClientError::error(
-                    sqlstate::QUERY_CANCELED,
+                    ErrorKind::QueryCanceled,
                     format!(
                         "canceling statement: it ran longer than max_query_duration ({}s), so warpdrive cancelled it at the origin",
                         self.io.pool.settings().max_query_duration.as_secs()

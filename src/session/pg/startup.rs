@@ -7,12 +7,13 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use rand::RngExt;
 
+use super::sqlstate::{ErrorResponse, from_pool};
 use crate::auth::md5::verify_md5;
 use crate::auth::scram::{MECHANISM, ServerExchange};
 use crate::config::ClientAuth;
 use crate::conn::{Conn, ConnError, Stream};
 use crate::pool::pg::PgPool as Pool;
-use crate::session::error::{ClientError, sqlstate};
+use crate::session::error::{ClientError, ErrorKind};
 use crate::session::settings::{
     STANDARD_CONFORMING_STRINGS, SettingMap, parse_options, set_config_statement,
 };
@@ -66,7 +67,7 @@ async fn opening(
             Err(ConnError::Wire(error)) => {
                 // A startup packet of a valid length that is not the protocol: say so.
                 let refusal = ClientError::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
+                    ErrorKind::ProtocolViolation,
                     format!("invalid startup packet: {error}"),
                 )
                 .hint("this port speaks the PostgreSQL protocol");
@@ -83,7 +84,7 @@ async fn opening(
         };
         if let Some((major, minor)) = repeated {
             let refusal = ClientError::fatal(
-                sqlstate::FEATURE_NOT_SUPPORTED,
+                ErrorKind::NotSupported,
                 format!(
                     "unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0"
                 ),
@@ -177,7 +178,7 @@ pub async fn admit(
         return refuse(
             &mut client,
             ClientError::fatal(
-                sqlstate::INVALID_AUTHORIZATION,
+                ErrorKind::InvalidAuthorization,
                 "no PostgreSQL user name specified in startup packet",
             ),
         )
@@ -189,7 +190,7 @@ pub async fn admit(
             return refuse(
                 &mut client,
                 ClientError::fatal(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    ErrorKind::NotSupported,
                     "replication connections are not supported by warpdrive",
                 )
                 .hint("connect replication clients to the origin directly"),
@@ -200,7 +201,7 @@ pub async fn admit(
             return refuse(
                 &mut client,
                 ClientError::fatal(
-                    sqlstate::INVALID_PARAMETER_VALUE,
+                    ErrorKind::InvalidValue,
                     format!("invalid value for parameter \"replication\": \"{value}\""),
                 )
                 .hint("Valid values are: \"false\", 0, \"true\", 1, \"database\"."),
@@ -217,7 +218,7 @@ pub async fn admit(
         return refuse(
             &mut client,
             ClientError::fatal(
-                sqlstate::INVALID_CATALOG_NAME,
+                ErrorKind::UnknownDatabase,
                 format!("database \"{database}\" is not served by this warpdrive deployment"),
             )
             .hint(format!(
@@ -236,7 +237,7 @@ pub async fn admit(
         Err(problem) => {
             return refuse(
                 &mut client,
-                ClientError::fatal(sqlstate::FEATURE_NOT_SUPPORTED, problem),
+                ClientError::fatal(ErrorKind::NotSupported, problem),
             )
             .await;
         }
@@ -336,10 +337,7 @@ async fn greeting_parameters(
     database: &str,
     settings: &SettingMap,
 ) -> Result<(Vec<(Bytes, Bytes)>, Vec<Bytes>), ClientError> {
-    let baseline = pool
-        .greeting()
-        .await
-        .map_err(|error| ClientError::from_pool(&error))?;
+    let baseline = pool.greeting().await.map_err(|error| from_pool(&error))?;
     let mut reported: Vec<(Bytes, Bytes)> = baseline
         .iter()
         .map(|(name, value)| {
@@ -385,7 +383,7 @@ async fn authenticate(
 ) -> Result<Result<(), ClientError>, SessionError> {
     let failed = || {
         Err(ClientError::fatal(
-            sqlstate::INVALID_PASSWORD,
+            ErrorKind::InvalidPassword,
             format!("password authentication failed for user \"{user}\""),
         ))
     };
@@ -394,7 +392,7 @@ async fn authenticate(
         ClientAuth::Trust => {
             if known.is_none() {
                 return Ok(Err(ClientError::fatal(
-                    sqlstate::INVALID_AUTHORIZATION,
+                    ErrorKind::InvalidAuthorization,
                     format!("role \"{user}\" is not configured for this warpdrive deployment"),
                 )));
             }
@@ -431,7 +429,7 @@ async fn authenticate(
                 Ok(started) => started,
                 Err(error) => {
                     return Ok(Err(ClientError::fatal(
-                        sqlstate::INVALID_AUTHORIZATION,
+                        ErrorKind::InvalidAuthorization,
                         error.to_string(),
                     )));
                 }
@@ -457,7 +455,7 @@ async fn read_password(client: &mut Conn) -> Result<Bytes, SessionError> {
             Ok(FrontendMessage::Password(frame)) => Ok(frame.body()),
             _ => {
                 let refusal = ClientError::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
+                    ErrorKind::ProtocolViolation,
                     format!(
                         "expected password response, got message type {}",
                         frame.tag()
