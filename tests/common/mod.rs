@@ -2,6 +2,8 @@
 //! front of the PostgreSQL on 127.0.0.1:5432, and a database of the test's own.
 #![allow(dead_code)]
 
+pub mod fake_origin;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -15,6 +17,17 @@ use warpdrive::server::Server;
 pub const ORIGIN_USER: &str = "postgres";
 /// The password clients use towards warpdrive in tests.
 pub const PASSWORD: &str = "warpdrive-test";
+
+/// Waits, polling, until `check` holds (at most 5 s); panics naming `what` otherwise.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..250 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
 
 /// A database created for one test, dropped (with FORCE) at the end.
 pub struct TestDatabase {
