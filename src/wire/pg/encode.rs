@@ -354,3 +354,256 @@ pub fn flush(buf: &mut BytesMut) {
 pub fn terminate(buf: &mut BytesMut) {
     message(buf, frontend_tag::TERMINATE, |_| {});
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::wire::pg::backend::{Authentication, BackendMessage};
+    use crate::wire::pg::frontend::{FrontendMessage, Target};
+    use crate::wire::pg::startup::{StartupPacket, split_startup};
+    use crate::wire::pg::{Frame, split_frame};
+
+    /// The one frame `write` encodes.
+    fn frame(write: impl FnOnce(&mut BytesMut)) -> Frame {
+        let mut buf = BytesMut::new();
+        write(&mut buf);
+        let frame = split_frame(&mut buf, 1 << 20)
+            .expect("well-formed")
+            .expect("whole");
+        assert!(buf.is_empty(), "exactly one message");
+        frame
+    }
+
+    fn backend(write: impl FnOnce(&mut BytesMut)) -> BackendMessage {
+        BackendMessage::decode(&frame(write)).expect("decodes")
+    }
+
+    fn frontend(write: impl FnOnce(&mut BytesMut)) -> FrontendMessage {
+        FrontendMessage::decode(frame(write)).expect("decodes")
+    }
+
+    fn startup(write: impl FnOnce(&mut BytesMut)) -> StartupPacket {
+        let mut buf = BytesMut::new();
+        write(&mut buf);
+        let packet = split_startup(&mut buf)
+            .expect("well-formed")
+            .expect("whole");
+        assert!(buf.is_empty());
+        packet
+    }
+
+    #[test]
+    fn authentication_requests_round_trip() {
+        use Authentication as A;
+        let auth = |write: fn(&mut BytesMut)| match backend(write) {
+            BackendMessage::Authentication(request) => request,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(auth(authentication_ok), A::Ok);
+        assert_eq!(auth(authentication_cleartext), A::CleartextPassword);
+        assert_eq!(
+            auth(|b| authentication_md5(b, [1, 2, 3, 4])),
+            A::Md5Password { salt: [1, 2, 3, 4] }
+        );
+        let A::Sasl { mechanisms } = auth(|b| authentication_sasl(b, &["SCRAM-SHA-256"])) else {
+            panic!("SASL")
+        };
+        assert_eq!(mechanisms, vec![Bytes::from_static(b"SCRAM-SHA-256")]);
+        assert_eq!(
+            auth(|b| authentication_sasl_continue(b, b"r=abc")),
+            A::SaslContinue(Bytes::from_static(b"r=abc"))
+        );
+        assert_eq!(
+            auth(|b| authentication_sasl_final(b, b"v=xyz")),
+            A::SaslFinal(Bytes::from_static(b"v=xyz"))
+        );
+    }
+
+    #[test]
+    fn session_messages_round_trip() {
+        assert_eq!(
+            backend(|b| parameter_status(b, "TimeZone", "UTC")),
+            BackendMessage::ParameterStatus {
+                name: Bytes::from_static(b"TimeZone"),
+                value: Bytes::from_static(b"UTC"),
+            }
+        );
+        assert_eq!(
+            backend(|b| parameter_status_bytes(b, b"a", b"")),
+            BackendMessage::ParameterStatus {
+                name: Bytes::from_static(b"a"),
+                value: Bytes::new(),
+            }
+        );
+        assert_eq!(
+            backend(|b| backend_key_data(b, 42, &[9, 8, 7, 6])),
+            BackendMessage::BackendKeyData {
+                process_id: 42,
+                secret_key: Bytes::from_static(&[9, 8, 7, 6]),
+            }
+        );
+        for status in [
+            TransactionStatus::Idle,
+            TransactionStatus::InTransaction,
+            TransactionStatus::Failed,
+        ] {
+            assert_eq!(
+                backend(|b| ready_for_query(b, status)),
+                BackendMessage::ReadyForQuery(status)
+            );
+        }
+        assert_eq!(
+            backend(|b| command_complete(b, "SELECT 3")),
+            BackendMessage::CommandComplete {
+                tag: Bytes::from_static(b"SELECT 3"),
+            }
+        );
+        for (write, tag) in [
+            (parse_complete as fn(&mut BytesMut), b'1'),
+            (bind_complete, b'2'),
+            (close_complete, b'3'),
+            (empty_query_response, b'I'),
+        ] {
+            let frame = frame(write);
+            assert_eq!((frame.tag(), frame.body().len()), (tag, 0));
+        }
+    }
+
+    #[test]
+    fn errors_round_trip_with_every_field() {
+        let BackendMessage::ErrorResponse(fields) =
+            backend(|b| error_response(b, "FATAL", "57P01", "shutting down", Some("reconnect")))
+        else {
+            panic!("an error")
+        };
+        assert!(fields.is_fatal());
+        assert_eq!(fields.code(), b"57P01");
+        assert_eq!(fields.message(), "shutting down");
+        assert_eq!(fields.get(b'H').map(|h| &h[..]), Some(&b"reconnect"[..]));
+        let BackendMessage::ErrorResponse(again) =
+            backend(|b| error_response_with_severity(b, &fields, "ERROR"))
+        else {
+            panic!("an error")
+        };
+        assert!(!again.is_fatal());
+        assert_eq!(
+            (again.code(), again.message()),
+            (fields.code(), fields.message())
+        );
+        assert_eq!(again.get(b'H'), fields.get(b'H'));
+    }
+
+    #[test]
+    fn protocol_negotiation_round_trips() {
+        let frame = frame(|b| negotiate_protocol_version(b, 3, 0, &["_pq_.x", "_pq_.y"]));
+        assert_eq!(frame.tag(), b'v');
+        let body = frame.body();
+        assert_eq!(&body[..8], &[0, 3, 0, 0, 0, 0, 0, 2]);
+        assert_eq!(&body[8..], b"_pq_.x\0_pq_.y\0");
+    }
+
+    #[test]
+    fn startup_packets_round_trip() {
+        let StartupPacket::Startup(message) =
+            startup(|b| startup_message(b, &[("user", "app"), ("database", "shop")]))
+        else {
+            panic!("a startup message")
+        };
+        assert_eq!(message.minor_version, 0);
+        assert_eq!(
+            message.parameters,
+            vec![
+                ("user".to_owned(), "app".to_owned()),
+                ("database".to_owned(), "shop".to_owned())
+            ]
+        );
+        assert!(matches!(startup(ssl_request), StartupPacket::SslRequest));
+        let StartupPacket::Cancel(cancel) = startup(|b| cancel_request(b, 7, &[1, 2, 3, 4])) else {
+            panic!("a cancel")
+        };
+        assert_eq!(
+            (cancel.process_id, &cancel.secret_key[..]),
+            (7, &[1, 2, 3, 4][..])
+        );
+    }
+
+    #[test]
+    fn client_messages_round_trip() {
+        let FrontendMessage::Query(query) = frontend(|b| query(b, "SELECT 1")) else {
+            panic!("a query")
+        };
+        assert_eq!(&query.sql[..], b"SELECT 1");
+        let FrontendMessage::Query(raw) = frontend(|b| query_raw(b, b"SELECT 2")) else {
+            panic!("a query")
+        };
+        assert_eq!(&raw.sql[..], b"SELECT 2");
+        let FrontendMessage::Parse(parsed) = frontend(|b| parse(b, b"s1", b"SELECT $1", &[23]))
+        else {
+            panic!("a parse")
+        };
+        assert_eq!(
+            (&parsed.name[..], &parsed.sql[..]),
+            (&b"s1"[..], &b"SELECT $1"[..])
+        );
+        assert_eq!(&parsed.parameter_types[..], &[0, 1, 0, 0, 0, 23]);
+        let FrontendMessage::Parse(reparsed) =
+            frontend(|b| parse_raw(b, b"s2", b"SELECT 1", &parsed.parameter_types))
+        else {
+            panic!("a parse")
+        };
+        assert_eq!(reparsed.parameter_types, parsed.parameter_types);
+        let FrontendMessage::Bind(bound) =
+            frontend(|b| bind(b, b"p", b"s1", &[1], &[Some(b"\0\0\0\x05"), None], &[0]))
+        else {
+            panic!("a bind")
+        };
+        assert_eq!(
+            (&bound.portal[..], &bound.statement[..]),
+            (&b"p"[..], &b"s1"[..])
+        );
+        let FrontendMessage::Bind(rebound) =
+            frontend(|b| bind_raw(b, b"", b"s1", &bound.arguments))
+        else {
+            panic!("a bind")
+        };
+        assert_eq!(rebound.arguments, bound.arguments);
+        for target in [Target::Statement, Target::Portal] {
+            let FrontendMessage::Describe(described) = frontend(|b| describe(b, target, b"x"))
+            else {
+                panic!("a describe")
+            };
+            assert_eq!((described.target, &described.name[..]), (target, &b"x"[..]));
+            let FrontendMessage::Close(closed) = frontend(|b| close(b, target, b"y")) else {
+                panic!("a close")
+            };
+            assert_eq!((closed.target, &closed.name[..]), (target, &b"y"[..]));
+        }
+        let FrontendMessage::Execute(executed) = frontend(|b| execute(b, b"p", 10)) else {
+            panic!("an execute")
+        };
+        assert_eq!((&executed.portal[..], executed.max_rows), (&b"p"[..], 10));
+        assert!(matches!(frontend(sync), FrontendMessage::Sync(_)));
+        assert!(matches!(frontend(flush), FrontendMessage::Flush(_)));
+        assert!(matches!(frontend(terminate), FrontendMessage::Terminate(_)));
+    }
+
+    #[test]
+    fn password_messages_round_trip() {
+        for write in [
+            (|b: &mut BytesMut| password_message(b, b"secret")) as fn(&mut BytesMut),
+            |b| sasl_initial_response(b, "SCRAM-SHA-256", b"n,,n=,r=abc"),
+            |b| sasl_response(b, b"c=biws,r=abc,p=xyz"),
+        ] {
+            assert!(matches!(frontend(write), FrontendMessage::Password(_)));
+        }
+        let initial = frame(|b| sasl_initial_response(b, "SCRAM-SHA-256", b"n,,n=,r=abc"));
+        assert_eq!(&initial.body()[..], b"SCRAM-SHA-256\0\0\0\0\x0bn,,n=,r=abc");
+        assert_eq!(&frame(|b| password_message(b, b"pw")).body()[..], b"pw\0");
+        assert_eq!(
+            &frame(|b| sasl_response(b, b"c=biws")).body()[..],
+            b"c=biws"
+        );
+    }
+}
