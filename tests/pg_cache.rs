@@ -21,16 +21,6 @@ fn value(messages: &[SimpleQueryMessage]) -> String {
         .expect("a row")
 }
 
-async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..100 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 /// max_age, stale_while_revalidate and expiry, on a clock the test moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_then_stale_with_one_revalidation_then_expired() {
@@ -69,7 +59,7 @@ async fn fresh_then_stale_with_one_revalidation_then_expired() {
         let seen = read().await;
         assert!(seen == "1" || seen == "2", "{seen}");
     }
-    wait_for("the revalidation", || {
+    common::eventually("the revalidation", || {
         proxy.snapshot().revalidations_ok == 1
     })
     .await;

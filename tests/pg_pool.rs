@@ -110,7 +110,8 @@ async fn origin_connections_killed_underneath() {
         db.name
     );
     killer.batch_execute(&kill_all).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Only the killer itself is left.
+    common::until_backends(&db.name, 1).await;
     // Idle connection was killed: the next query runs on a fresh connection.
     let two: i32 = client.query_one("SELECT 2", &[]).await.unwrap().get(0);
     assert_eq!(two, 2);
@@ -122,7 +123,7 @@ async fn origin_connections_killed_underneath() {
             (result.map(|_| ()), client)
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::until_running(&db.name, "%pg_sleep(30)%").await;
     killer
         .batch_execute(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()", db.name))
         .await
@@ -150,7 +151,7 @@ async fn origin_connections_killed_underneath() {
     let statement = extended.prepare("SELECT pg_sleep($1)").await.unwrap();
     let running = extended.query(&statement, &[&30f64]);
     let kill = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        common::until_running(&db.name, "%pg_sleep($1)%").await;
         killer
             .batch_execute(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE '%pg_sleep($1)%' AND pid <> pg_backend_pid()", db.name))
             .await
@@ -186,13 +187,7 @@ async fn origin_connections_killed_underneath() {
             || message.contains("terminating connection"),
         "{message}"
     );
-    for _ in 0..40 {
-        if in_transaction.is_closed() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(in_transaction.is_closed(), "the client was disconnected");
+    common::eventually("the client disconnected", || in_transaction.is_closed()).await;
     drop((client, sleeper_client, extended, in_transaction, killer));
     proxy.stop().await;
     db.drop_now().await;
@@ -213,7 +208,7 @@ async fn abandoned_transactions_are_rolled_back() {
         .await
         .unwrap();
     drop(quitter);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // With one connection, the next client's checkout waits for the rollback.
     let next = proxy.connect(&db.name).await;
     let count: i64 = next
         .query_one("SELECT count(*) FROM t", &[])

@@ -327,7 +327,7 @@ async fn cancelling_a_sleep() {
         let result = client.simple_query("SELECT pg_sleep(10)").await;
         (result.map(|_| ()), client)
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::until_running(&db.name, "SELECT pg_sleep(10)").await;
     token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     let (result, client) = sleeper.await.unwrap();
     let error = result.unwrap_err();

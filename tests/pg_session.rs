@@ -309,3 +309,25 @@ async fn tenants_with_their_own_search_path_share_a_connection() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_database_is_dropped_even_when_its_test_panics() {
+    let (named, name) = tokio::sync::oneshot::channel();
+    let test = tokio::spawn(async move {
+        let db = TestDatabase::create("guard").await;
+        let _ = named.send(db.name.clone());
+        panic!("a failing test");
+    });
+    assert!(test.await.is_err());
+    let name = name.await.expect("the database was created");
+    let left = common::admin()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .expect("count")
+        .get::<_, i64>(0);
+    assert_eq!(left, 0, "{name} was left behind");
+}

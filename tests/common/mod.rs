@@ -29,9 +29,38 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-/// A database created for one test, dropped (with FORCE) at the end.
+/// A database created for one test, dropped (with FORCE) at the end: by
+/// [`TestDatabase::drop_now`], or, when a test panics before that, on drop.
 pub struct TestDatabase {
     pub name: String,
+    dropped: bool,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        // No runtime to await on here (a panic may be unwinding): psql, synchronously.
+        let _ = std::process::Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                ORIGIN_USER,
+                "-d",
+                "postgres",
+                "-qc",
+            ])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .env("PGSSLMODE", "disable")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -63,7 +92,10 @@ impl TestDatabase {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create test database");
-        TestDatabase { name }
+        TestDatabase {
+            name,
+            dropped: false,
+        }
     }
 
     /// A direct connection to the origin database, bypassing warpdrive.
@@ -81,7 +113,7 @@ impl TestDatabase {
         client
     }
 
-    pub async fn drop_now(self) {
+    pub async fn drop_now(mut self) {
         admin()
             .await
             .batch_execute(&format!(
@@ -90,6 +122,7 @@ impl TestDatabase {
             ))
             .await
             .expect("drop test database");
+        self.dropped = true;
     }
 }
 
@@ -251,6 +284,38 @@ pub async fn origin_connections(database: &str) -> i64 {
         .await
         .expect("count backends")
         .get(0)
+}
+
+/// Waits until a query whose text matches `pattern` (LIKE) is running in `database`
+/// (at most 5 s).
+pub async fn until_running(database: &str, pattern: &str) {
+    let admin = admin().await;
+    for _ in 0..250 {
+        let running: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND state = 'active' AND query LIKE $2",
+                &[&database, &pattern],
+            )
+            .await
+            .expect("count running queries")
+            .get(0);
+        if running > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no query like {pattern:?} started in {database}");
+}
+
+/// Waits until `database` has `count` client backends (at most 5 s).
+pub async fn until_backends(database: &str, count: i64) {
+    for _ in 0..250 {
+        if origin_connections(database).await == count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{database} never had {count} backends");
 }
 
 /// A bare protocol client for tests that need exact messages (trust authentication).
