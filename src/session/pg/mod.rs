@@ -26,6 +26,7 @@ mod reply;
 pub mod request;
 pub mod sqlstate;
 mod startup;
+mod translate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,11 +48,12 @@ use crate::protocol::TxnStatus;
 use crate::wire::pg::backend::{BackendMessage, TransactionStatus};
 use crate::wire::pg::frontend::FrontendMessage;
 use crate::wire::pg::{Frame, PgFraming, WireError, encode};
-use extended::{BatchEnd, ClientStatement};
+use extended::BatchEnd;
 use internal::apply_settings;
 use relay::{Expect, Relay};
 use request::Request;
 use sqlstate::{ErrorResponse, from_pool};
+use translate::ClientStatement;
 
 impl From<TransactionStatus> for TxnStatus {
     fn from(status: TransactionStatus) -> TxnStatus {

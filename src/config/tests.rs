@@ -1,0 +1,145 @@
+//! Unit tests of configuration validation: every error names its key.
+
+use super::*;
+
+const FULL: &str = r#"
+    [[deployment]]
+    name = "shop"
+    listen = "127.0.0.1:6432"
+    origin = "postgres://app:s%40cret@db.internal:5433/shop?sslmode=require"
+    databases = ["shop", "shop_test"]
+
+    [deployment.client]
+    auth = "md5"
+    users = [{ name = "web", password = "w" }]
+
+    [deployment.pool]
+    min_idle = 2
+    max_size = 8
+    acquire_timeout = "2s"
+    idle_timeout = "5m"
+    max_query_duration = 30
+
+    [deployment.limits]
+    max_message_bytes = "8MiB"
+
+    [[deployment]]
+    name = "reports"
+    listen = "127.0.0.1:6433"
+    origin = "postgresql://ro:pw@127.0.0.1/reports"
+"#;
+
+#[test]
+fn a_full_file_validates_into_typed_values() {
+    let config = Config::from_toml(FULL, "test.toml").expect("valid");
+    let shop = &config.deployments[0];
+    assert_eq!(shop.name, "shop");
+    assert_eq!(shop.origin.host, "db.internal");
+    assert_eq!(shop.origin.port, 5433);
+    assert_eq!(shop.origin.password.as_deref(), Some("s@cret"));
+    assert_eq!(shop.origin.ssl_mode, SslMode::Require);
+    assert_eq!(shop.client_auth, ClientAuth::Md5);
+    assert_eq!(shop.users[0].name, "web");
+    assert!(shop.allows_database("shop_test"));
+    assert!(!shop.allows_database("postgres"));
+    assert_eq!(shop.pool.max_size, 8);
+    assert_eq!(shop.pool.acquire_timeout, Duration::from_secs(2));
+    assert_eq!(shop.pool.max_query_duration, Duration::from_secs(30));
+    assert_eq!(shop.pool.connect_timeout, Duration::from_secs(15));
+    assert_eq!(shop.max_message_bytes, 8 << 20);
+    let reports = &config.deployments[1];
+    assert_eq!(reports.origin.port, 5432);
+    assert_eq!(reports.users[0].name, "ro");
+    assert_eq!(reports.client_auth, ClientAuth::ScramSha256);
+    assert!(reports.allows_database("anything"));
+}
+
+fn problem(text: &str) -> String {
+    Config::from_toml(text, "test.toml")
+        .expect_err("invalid")
+        .to_string()
+}
+
+#[test]
+fn errors_name_the_key() {
+    let base = "[[deployment]]\nname = \"a\"\nlisten = \"127.0.0.1:6432\"\norigin = \"postgres://u:p@h/d\"\n";
+    assert!(problem("").contains("deployment"));
+    let typo = problem(&format!("{base}[deployment.pool]\nmax_sise = 3\n"));
+    assert!(typo.contains("max_sise"), "{typo}");
+    let range = problem(&format!("{base}[deployment.pool]\nmin_idle = 30\n"));
+    assert!(range.contains("deployment[0].pool.min_idle"), "{range}");
+    let duration = problem(&format!(
+        "{base}[deployment.pool]\nacquire_timeout = \"soon\"\n"
+    ));
+    assert!(
+        duration.contains("deployment[0].pool.acquire_timeout"),
+        "{duration}"
+    );
+    let listen = problem(&base.replace("127.0.0.1:6432", "localhost"));
+    assert!(listen.contains("deployment[0].listen"), "{listen}");
+    let origin = problem(&base.replace("postgres://u:p@h/d", "mysql://u@h/d"));
+    assert!(origin.contains("deployment[0].origin"), "{origin}");
+    let auth = problem(&format!("{base}[deployment.client]\nauth = \"password\"\n"));
+    assert!(auth.contains("deployment[0].client.auth"), "{auth}");
+    let nopass = problem(&base.replace("u:p@", "u@"));
+    assert!(nopass.contains("no password"), "{nopass}");
+    let twice = problem(&format!("{base}{base}"));
+    assert!(twice.contains("deployment[1].name"), "{twice}");
+}
+
+#[test]
+fn the_single_form_is_validated_like_a_file() {
+    let listen: SocketAddr = "127.0.0.1:6432".parse().expect("addr");
+    let problem = |single: SingleDeployment| match Config::single(&single) {
+        Ok(_) => panic!("must be refused"),
+        Err(error) => error.to_string(),
+    };
+    let nopass = problem(SingleDeployment::new(listen, "postgres://app@db/shop"));
+    assert!(nopass.contains("no password"), "{nopass}");
+    assert!(nopass.contains("--client-auth trust"), "{nopass}");
+    let trusted = Config::single(&SingleDeployment {
+        client_auth: ClientAuth::Trust,
+        ..SingleDeployment::new(listen, "postgres://app@db/shop")
+    })
+    .expect("trust needs no password");
+    assert_eq!(trusted.deployments[0].client_auth, ClientAuth::Trust);
+    let long = problem(SingleDeployment {
+        max_age: Some(3601),
+        ..SingleDeployment::new(listen, "postgres://app:s@db/shop")
+    });
+    assert!(
+        long.contains("--max-age") && long.contains("at most 3600"),
+        "{long}"
+    );
+    let swr = problem(SingleDeployment {
+        stale_while_revalidate: Some(7200),
+        ..SingleDeployment::new(listen, "postgres://app:s@db/shop")
+    });
+    assert!(swr.contains("--swr"), "{swr}");
+    let tuned = Config::single(&SingleDeployment {
+        max_age: Some(3600),
+        stale_while_revalidate: Some(0),
+        caching_disabled: true,
+        ..SingleDeployment::new(listen, "postgres://app:s@db/shop")
+    })
+    .expect("within bounds");
+    let cache = &tuned.deployments[0].cache;
+    assert_eq!(cache.max_age, Duration::from_secs(3600));
+    assert_eq!(cache.stale_while_revalidate, Duration::ZERO);
+    assert!(!cache.enabled);
+    let mysql = problem(SingleDeployment::new(listen, "mysql://app:s@db/shop"));
+    assert!(
+        mysql.contains("MySQL origins are not supported yet"),
+        "{mysql}"
+    );
+}
+
+#[test]
+fn passwords_are_not_printed_in_debug_output() {
+    let config = Config::from_toml(FULL, "test.toml").expect("valid");
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("s@cret") && !debug.contains("\"w\""),
+        "{debug}"
+    );
+}
