@@ -107,6 +107,30 @@ async fn an_origin_lost_inside_a_transaction_ends_the_client() {
 }
 
 #[tokio::test]
+async fn an_origin_lost_under_a_pinned_client_ends_it_rather_than_lose_its_state() {
+    let origin = FakeOrigin::start(scripted).await;
+    let proxy = Proxy::start(origin.deployment(2)).await;
+    let mut client = RawClient::connect(proxy.addr, "fake").await;
+    // LISTEN pins the client: its state lives on that one origin connection.
+    query(&mut client, "LISTEN jobs").await;
+    assert_eq!(proxy.snapshot().pinned_sessions, 1);
+    client.send(|m| encode::query(m, "SELECT crash")).await;
+    let (tag, body) = client.read_message().await;
+    assert_eq!(tag, b'E');
+    assert!(body.starts_with(b"SFATAL"), "{body:?}");
+    assert_eq!(code(&body), "08006");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut client.stream, &mut rest),
+    )
+    .await
+    .expect("closed in time");
+    assert!(closed.is_ok() && rest.is_empty(), "{rest:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn an_origin_lost_mid_pipeline_answers_every_request_in_flight() {
     let origin = FakeOrigin::start(scripted).await;
     let proxy = Proxy::start(origin.deployment(2)).await;

@@ -20,105 +20,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Session;
-use super::extended::Unsynced;
-use super::recorder::Recorder;
+use super::inflight::{Consulted, Finished, InFlight};
 use super::request::{PgRefetch, Request};
-use crate::analyze::{Analysis, SessionEffect};
-use crate::cache::{CacheStatus, Entry, KeyScope};
+use crate::analyze::Analysis;
+use crate::cache::{Entry, KeyScope};
 use crate::protocol::TxnStatus;
-use crate::proxy::{self, Composer, Flight, Situation, ToRecord};
+use crate::proxy::{self, Composer, Situation, ToRecord};
 use crate::session::SessionError;
 use crate::session::settings::Outcome;
 use crate::wire::pg::backend::{TransactionStatus, tag};
 use crate::wire::pg::{Frame, encode};
-
-/// A request sent to the origin, until its ReadyForQuery.
-pub(super) struct InFlight {
-    /// Its way through the cache and the counters.
-    flight: Flight<Recorder>,
-    /// What its statements do to the session, one list per statement in order; settled
-    /// at ReadyForQuery.
-    effects: Vec<Vec<SessionEffect>>,
-    /// Statements completed so far.
-    completed: usize,
-    /// Why code it runs may change the session (the catalog's judgement): each pins the
-    /// client at its end.
-    pins: Vec<String>,
-}
-
-/// What a request did, once its ReadyForQuery arrived.
-pub(super) struct Finished {
-    /// Its session effects, one list per statement in order.
-    pub(super) effects: Vec<Vec<SessionEffect>>,
-    /// Why code it ran may have changed the session.
-    pub(super) pins: Vec<String>,
-    /// What the origin said of it.
-    pub(super) outcome: Outcome,
-}
-
-impl InFlight {
-    /// Its status so far.
-    pub(super) fn status(&self) -> CacheStatus {
-        self.flight.status()
-    }
-
-    /// A request that is forwarded with this status and not recorded.
-    pub(super) fn forwarded(status: CacheStatus, query_bytes: usize, started: Instant) -> InFlight {
-        InFlight::tracking(Flight::forwarded(status, query_bytes, started))
-    }
-
-    fn tracking(flight: Flight<Recorder>) -> InFlight {
-        InFlight {
-            flight,
-            effects: Vec::new(),
-            completed: 0,
-            pins: Vec::new(),
-        }
-    }
-
-    /// Code the request runs may change the session: the client is pinned at its end,
-    /// and its result, which may depend on that change, is not stored (a cacheable
-    /// request becomes `volatile`).
-    pub(super) fn changes_session(&mut self, why: String) {
-        self.pins.push(why);
-        self.flight.not_stored(CacheStatus::Volatile);
-    }
-
-    /// Whether this request may change the setting `name` (code it runs may change any).
-    pub(super) fn may_change_setting(&self, name: &str) -> bool {
-        !self.pins.is_empty()
-            || self
-                .effects
-                .iter()
-                .flatten()
-                .any(|effect| effect.may_change_setting(name))
-    }
-
-    /// Adds the statements this request runs, by their effects.
-    pub(super) fn runs(&mut self, effects: &[Vec<SessionEffect>]) {
-        self.effects.extend(effects.iter().cloned());
-    }
-
-    /// Takes in the messages of this request sent before its Sync.
-    pub(super) fn absorb(&mut self, unsynced: Unsynced) {
-        if unsynced.failed {
-            self.flight.fail();
-        }
-        self.completed += unsynced.completed;
-        self.pins.extend(unsynced.pins);
-        let mut effects = unsynced.effects;
-        effects.append(&mut self.effects);
-        self.effects = effects;
-    }
-}
-
-/// What the cache says about a request.
-pub(super) enum Consulted<T = ()> {
-    /// Answer with this entry (and what the caller needs to).
-    Hit(Arc<Entry>, T),
-    /// Send it to the origin, tracked by this.
-    Forward(Box<InFlight>),
-}
 
 impl Session {
     /// The deployment's cache, as this session's requests see it.

@@ -15,37 +15,17 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::Session;
-use super::caching::{Consulted, InFlight};
+use super::inflight::{Consulted, InFlight, Unsynced};
 use super::relay::Expect;
 use super::request::{Described, Request};
 use super::sqlstate::ErrorResponse;
-use super::translate::ClientStatement;
-use crate::analyze::{Analysis, Dialect, SessionEffect, StringLiterals};
+use super::statement::ClientStatement;
+use crate::analyze::{Analysis, Dialect, StringLiterals};
 use crate::cache::{CacheStatus, Entry};
 use crate::session::SessionError;
 use crate::session::settings::STANDARD_CONFORMING_STRINGS;
 use crate::wire::pg::encode;
 use crate::wire::pg::frontend::{Bind, FrontendMessage, Target};
-
-/// Extended-protocol messages already sent to the origin without their Sync (after a
-/// Flush, or beyond the batch bound): they belong to the request the next Sync ends.
-#[derive(Debug, Default)]
-pub(super) struct Unsynced {
-    /// Whether any were sent.
-    pub(super) sent: bool,
-    /// Their size.
-    pub(super) query_bytes: usize,
-    /// The status of what they executed, when they executed something.
-    pub(super) status: Option<CacheStatus>,
-    /// Session effects of what they executed, one list per Execute, in order.
-    pub(super) effects: Vec<Vec<SessionEffect>>,
-    /// Executes that completed.
-    pub(super) completed: usize,
-    /// Why code they ran may have changed the session.
-    pub(super) pins: Vec<String>,
-    /// Whether the origin (or warpdrive) reported an error for them.
-    pub(super) failed: bool,
-}
 
 /// How warpdrive sends the extended-protocol messages it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

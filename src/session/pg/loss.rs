@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 
 use super::Session;
-use super::extended;
+use super::inflight::Unsynced;
 use super::relay::Relay;
 use super::sqlstate::ErrorResponse;
 use crate::conn::ConnError;
@@ -48,11 +48,13 @@ impl Session {
             checkout.discard();
         }
         let awaited_replies = self.relay.awaits_origin();
+        // Asked before the release, which ends the pin with the hold.
+        let pinned = self.io.pinned().is_some();
         self.release();
         self.relay = Relay::default();
         self.abandon_requests();
-        self.unsynced = extended::Unsynced::default();
-        if self.status != TransactionStatus::Idle || self.io.pinned().is_some() {
+        self.unsynced = Unsynced::default();
+        if self.status != TransactionStatus::Idle || pinned {
             let fatal = ClientError::fatal(
                 ErrorKind::OriginLost,
                 format!("the origin connection was lost ({reason}); the open transaction or pinned session state is gone"),

@@ -18,6 +18,7 @@
 mod caching;
 mod catalog;
 mod extended;
+mod inflight;
 pub mod internal;
 mod loss;
 pub mod recorder;
@@ -26,6 +27,7 @@ mod reply;
 pub mod request;
 pub mod sqlstate;
 mod startup;
+mod statement;
 mod translate;
 
 use std::collections::HashMap;
@@ -53,7 +55,7 @@ use internal::apply_settings;
 use relay::{Expect, Relay};
 use request::Request;
 use sqlstate::{ErrorResponse, from_pool};
-use translate::ClientStatement;
+use statement::ClientStatement;
 
 impl From<TransactionStatus> for TxnStatus {
     fn from(status: TransactionStatus) -> TxnStatus {
@@ -90,7 +92,7 @@ pub(super) async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), S
         batch_bytes: 0,
         status: TransactionStatus::Idle,
         catalog_changing: false,
-        unsynced: extended::Unsynced::default(),
+        unsynced: inflight::Unsynced::default(),
         cancel,
     };
     session.main_loop().await
@@ -106,7 +108,7 @@ struct Session {
     /// `standard_conforming_strings` as the origin last reported it to this client.
     standard_conforming_strings: bool,
     /// Requests at the origin, one per ReadyForQuery owed, for metrics and recording.
-    requests: std::collections::VecDeque<caching::InFlight>,
+    requests: std::collections::VecDeque<inflight::InFlight>,
     /// Named statements by client name.
     statements: HashMap<Bytes, ClientStatement>,
     /// The client's unnamed statement.
@@ -124,7 +126,7 @@ struct Session {
     /// transaction: the catalog is read again once it ends.
     catalog_changing: bool,
     /// Extended-protocol messages sent without their Sync yet.
-    unsynced: extended::Unsynced,
+    unsynced: inflight::Unsynced,
     /// The client's cancel key, routed to the origin connection it holds.
     cancel: CancelHandle,
 }
@@ -274,7 +276,7 @@ impl Session {
                     Ok(()) => {
                         self.send_to_origin(call.frame.raw());
                         self.relay.push(Expect::UntilReady);
-                        let mut in_flight = caching::InFlight::forwarded(
+                        let mut in_flight = inflight::InFlight::forwarded(
                             CacheStatus::Uncacheable,
                             call.frame.len(),
                             received,
@@ -401,10 +403,10 @@ impl Session {
         }
         let request = Request::Simple { sql: sql.clone() };
         let mut in_flight = match self.consult(&analysis, request, frame.len(), started).await {
-            caching::Consulted::Hit(entry, ()) => {
+            inflight::Consulted::Hit(entry, ()) => {
                 return self.answer_simple_hit(&entry, frame.len(), started).await;
             }
-            caching::Consulted::Forward(in_flight) => *in_flight,
+            inflight::Consulted::Forward(in_flight) => *in_flight,
         };
         if let Some(pin) = self.user_code_pin(&analysis, Some(sql), started).await {
             in_flight.changes_session(pin);

@@ -11,11 +11,29 @@
 
 use bytes::BytesMut;
 
-use super::request::Described;
 use crate::cache::Recorded;
 use crate::proxy::Record;
 use crate::wire::pg::Frame;
 use crate::wire::pg::backend::tag;
+use crate::wire::pg::frontend::Target;
+
+/// Which kind of Describe a request asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Described {
+    /// Describe of the statement: ParameterDescription, then RowDescription or NoData.
+    Statement,
+    /// Describe of the portal: RowDescription or NoData.
+    Portal,
+}
+
+impl Described {
+    pub(super) fn target(self) -> Target {
+        match self {
+            Described::Statement => Target::Statement,
+            Described::Portal => Target::Portal,
+        }
+    }
+}
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {

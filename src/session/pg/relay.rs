@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 use super::sqlstate::{ORIGIN_INTERNAL_ERROR, sqlstate};
-use super::translate::ClientStatement;
+use super::statement::ClientStatement;
 use crate::session::error::ErrorKind;
 use crate::wire::pg::Frame;
 use crate::wire::pg::backend::{BackendMessage, ErrorFields, TransactionStatus, tag};

@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 
 use super::Session;
-use super::caching;
+use super::inflight;
 use super::relay::{Delivery, Event, OnError};
 use super::sqlstate::{ErrorResponse, sqlstate};
 use crate::analyze::SessionEffect;
@@ -170,7 +170,7 @@ impl Session {
 
     /// ReadyForQuery: settle the request's effects, and give the connection back when the
     /// client is idle.
-    pub(super) fn on_ready(&mut self, status: TransactionStatus, finished: caching::Finished) {
+    pub(super) fn on_ready(&mut self, status: TransactionStatus, finished: inflight::Finished) {
         self.status = status;
         let Some(checkout) = self.io.checkout() else {
             return;

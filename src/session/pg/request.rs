@@ -19,6 +19,7 @@ use std::fmt;
 use bytes::Bytes;
 
 use super::internal::apply_settings;
+pub use super::recorder::Described;
 use super::recorder::Recorder;
 use crate::cache::{CacheKey, KeyBuilder, KeyScope, Recorded, Refetch, RefetchFuture};
 use crate::conn::ConnError;
@@ -26,25 +27,6 @@ use crate::pool::pg::{PgPool as Pool, read_until_ready};
 use crate::proxy::Record;
 use crate::wire::pg::backend::{TransactionStatus, tag};
 use crate::wire::pg::encode;
-use crate::wire::pg::frontend::Target;
-
-/// Which kind of Describe a request asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Described {
-    /// Describe of the statement: ParameterDescription, then RowDescription or NoData.
-    Statement,
-    /// Describe of the portal: RowDescription or NoData.
-    Portal,
-}
-
-impl Described {
-    fn target(self) -> Target {
-        match self {
-            Described::Statement => Target::Statement,
-            Described::Portal => Target::Portal,
-        }
-    }
-}
 
 /// A cacheable request.
 #[derive(Clone, PartialEq, Eq)]

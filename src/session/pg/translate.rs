@@ -12,34 +12,12 @@ use super::Session;
 use super::relay::{Expect, OnError};
 use super::request::result_settings;
 use super::sqlstate::ErrorResponse;
-use crate::analyze::{Analysis, Dialect, SessionEffect};
+use super::statement::ClientStatement;
+use crate::analyze::{Dialect, SessionEffect};
 use crate::pool::pg::statements::{origin_statement_name, statement_identity};
 use crate::session::error::{ClientError, ErrorKind};
 use crate::wire::pg::encode;
 use crate::wire::pg::frontend::{Bind, Close, Describe, FrontendMessage, Parse, Target};
-
-/// A statement the client prepared, as warpdrive knows it.
-#[derive(Clone, Debug)]
-pub(super) struct ClientStatement {
-    /// The name on origin connections.
-    pub(super) origin_name: Bytes,
-    /// Identity (text, parameter types, settings), for the unnamed statement.
-    pub(super) identity: [u8; 32],
-    /// The SQL text.
-    pub(super) sql: Bytes,
-    /// Parameter type OIDs as sent.
-    pub(super) parameter_types: Bytes,
-    /// The analyzer's verdict on its text.
-    pub(super) analysis: Arc<Analysis>,
-}
-
-impl PartialEq for ClientStatement {
-    fn eq(&self, other: &Self) -> bool {
-        self.identity == other.identity
-    }
-}
-
-impl Eq for ClientStatement {}
 
 impl Session {
     /// Closes on the origin the statements that went stale on this connection.

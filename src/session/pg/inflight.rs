@@ -1,0 +1,121 @@
+//! What the session tracks of each request at the origin until its ReadyForQuery (its
+//! way through the cache, its session effects, what completed), and of messages sent
+//! before their Sync, which belong to the request the Sync ends.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::recorder::Recorder;
+use crate::analyze::SessionEffect;
+use crate::cache::{CacheStatus, Entry};
+use crate::proxy::Flight;
+use crate::session::settings::Outcome;
+
+/// Extended-protocol messages already sent to the origin without their Sync (after a
+/// Flush, or beyond the batch bound): they belong to the request the next Sync ends.
+#[derive(Debug, Default)]
+pub(super) struct Unsynced {
+    /// Whether any were sent.
+    pub(super) sent: bool,
+    /// Their size.
+    pub(super) query_bytes: usize,
+    /// The status of what they executed, when they executed something.
+    pub(super) status: Option<CacheStatus>,
+    /// Session effects of what they executed, one list per Execute, in order.
+    pub(super) effects: Vec<Vec<SessionEffect>>,
+    /// Executes that completed.
+    pub(super) completed: usize,
+    /// Why code they ran may have changed the session.
+    pub(super) pins: Vec<String>,
+    /// Whether the origin (or warpdrive) reported an error for them.
+    pub(super) failed: bool,
+}
+
+/// A request sent to the origin, until its ReadyForQuery.
+pub(super) struct InFlight {
+    /// Its way through the cache and the counters.
+    pub(super) flight: Flight<Recorder>,
+    /// What its statements do to the session, one list per statement in order; settled
+    /// at ReadyForQuery.
+    pub(super) effects: Vec<Vec<SessionEffect>>,
+    /// Statements completed so far.
+    pub(super) completed: usize,
+    /// Why code it runs may change the session (the catalog's judgement): each pins the
+    /// client at its end.
+    pub(super) pins: Vec<String>,
+}
+
+/// What a request did, once its ReadyForQuery arrived.
+pub(super) struct Finished {
+    /// Its session effects, one list per statement in order.
+    pub(super) effects: Vec<Vec<SessionEffect>>,
+    /// Why code it ran may have changed the session.
+    pub(super) pins: Vec<String>,
+    /// What the origin said of it.
+    pub(super) outcome: Outcome,
+}
+
+impl InFlight {
+    /// Its status so far.
+    pub(super) fn status(&self) -> CacheStatus {
+        self.flight.status()
+    }
+
+    /// A request that is forwarded with this status and not recorded.
+    pub(super) fn forwarded(status: CacheStatus, query_bytes: usize, started: Instant) -> InFlight {
+        InFlight::tracking(Flight::forwarded(status, query_bytes, started))
+    }
+
+    /// A request on its way, as the cache sent it.
+    pub(super) fn tracking(flight: Flight<Recorder>) -> InFlight {
+        InFlight {
+            flight,
+            effects: Vec::new(),
+            completed: 0,
+            pins: Vec::new(),
+        }
+    }
+
+    /// Code the request runs may change the session: the client is pinned at its end,
+    /// and its result, which may depend on that change, is not stored (a cacheable
+    /// request becomes `volatile`).
+    pub(super) fn changes_session(&mut self, why: String) {
+        self.pins.push(why);
+        self.flight.not_stored(CacheStatus::Volatile);
+    }
+
+    /// Whether this request may change the setting `name` (code it runs may change any).
+    pub(super) fn may_change_setting(&self, name: &str) -> bool {
+        !self.pins.is_empty()
+            || self
+                .effects
+                .iter()
+                .flatten()
+                .any(|effect| effect.may_change_setting(name))
+    }
+
+    /// Adds the statements this request runs, by their effects.
+    pub(super) fn runs(&mut self, effects: &[Vec<SessionEffect>]) {
+        self.effects.extend(effects.iter().cloned());
+    }
+
+    /// Takes in the messages of this request sent before its Sync.
+    pub(super) fn absorb(&mut self, unsynced: Unsynced) {
+        if unsynced.failed {
+            self.flight.fail();
+        }
+        self.completed += unsynced.completed;
+        self.pins.extend(unsynced.pins);
+        let mut effects = unsynced.effects;
+        effects.append(&mut self.effects);
+        self.effects = effects;
+    }
+}
+
+/// What the cache says about a request.
+pub(super) enum Consulted<T = ()> {
+    /// Answer with this entry (and what the caller needs to).
+    Hit(Arc<Entry>, T),
+    /// Send it to the origin, tracked by this.
+    Forward(Box<InFlight>),
+}
