@@ -181,9 +181,20 @@ where
 
     /// Reads the next frame; `Ok(None)` on a clean end of stream.
     pub async fn read_frame(&mut self) -> Result<Option<F::Frame>, ConnError> {
+        let limit = self.max_frame;
+        self.read_with(|buf| F::split(buf, limit).map_err(Into::into))
+            .await
+    }
+
+    /// Reads until `split` cuts a whole item off the input; `Ok(None)` on a clean end of
+    /// stream, an error on an end in the middle of an item.
+    async fn read_with<T>(
+        &mut self,
+        mut split: impl FnMut(&mut BytesMut) -> Result<Option<T>, ConnError>,
+    ) -> Result<Option<T>, ConnError> {
         loop {
-            if let Some(frame) = self.split()? {
-                return Ok(Some(frame));
+            if let Some(item) = split(&mut self.read_buf)? {
+                return Ok(Some(item));
             }
             if !self.fill().await? {
                 return if self.read_buf.is_empty() {
@@ -302,18 +313,7 @@ where
 impl Conn<PgFraming> {
     /// Reads the untagged first packet; `Ok(None)` on a clean end of stream.
     pub async fn read_startup(&mut self) -> Result<Option<StartupPacket>, ConnError> {
-        loop {
-            if let Some(packet) = split_startup(&mut self.read_buf)? {
-                return Ok(Some(packet));
-            }
-            if !self.fill().await? {
-                return if self.read_buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(ConnError::TruncatedFrame)
-                };
-            }
-        }
+        self.read_with(|buf| Ok(split_startup(buf)?)).await
     }
 
     /// Reads exactly one byte (the answer to an SSLRequest).

@@ -88,10 +88,11 @@ impl From<StableFunctionsArg> for StableFunctions {
     }
 }
 
+/// One origin (`--origin URL`) or the deployments of a file (`--config FILE`).
 #[derive(Args)]
-struct ServeArgs {
-    /// The origin: postgres://user:password@host:port/database[?sslmode=…]. Clients log in
-    /// with the same user and password.
+struct Deployments {
+    /// The origin: postgres://user:password@host:port/database[?sslmode=…]. With serve,
+    /// clients log in with the same user and password unless --client-auth trust.
     #[arg(
         long,
         value_name = "URL",
@@ -99,6 +100,26 @@ struct ServeArgs {
         required_unless_present = "config"
     )]
     origin: Option<String>,
+    /// A TOML configuration file with one or more [[deployment]] tables.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl Deployments {
+    /// The configuration: the file's, or `single` in front of the origin.
+    fn load(&self, single: impl FnOnce(&str) -> SingleDeployment) -> anyhow::Result<Config> {
+        Ok(match (&self.config, &self.origin) {
+            (Some(path), _) => Config::from_file(path)?,
+            (None, Some(origin)) => Config::single(&single(origin))?,
+            (None, None) => anyhow::bail!("give --origin URL or --config FILE"),
+        })
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    deployments: Deployments,
     /// Address clients connect to (with --origin).
     #[arg(
         long,
@@ -107,9 +128,6 @@ struct ServeArgs {
         conflicts_with = "config"
     )]
     listen: SocketAddr,
-    /// A TOML configuration file with one or more [[deployment]] tables.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
     /// Cached results are fresh for this many seconds (with --origin; default 60, at most 3600).
     #[arg(long, value_name = "SECONDS", conflicts_with = "config")]
     max_age: Option<u64>,
@@ -176,17 +194,8 @@ struct StatsArgs {
 
 #[derive(Args)]
 struct ValidateArgs {
-    /// The origin to check: postgres://user:password@host:port/database[?sslmode=…].
-    #[arg(
-        long,
-        value_name = "URL",
-        conflicts_with = "config",
-        required_unless_present = "config"
-    )]
-    origin: Option<String>,
-    /// Check every deployment of this configuration file.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    deployments: Deployments,
     /// Print one JSON array, an object per origin database checked.
     #[arg(long)]
     json: bool,
@@ -222,17 +231,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = match (&args.config, &args.origin) {
-        (Some(path), _) => Config::from_file(path)?,
-        (None, Some(origin)) => Config::single(&SingleDeployment {
-            client_auth: args.client_auth.into(),
-            max_age: args.max_age,
-            stale_while_revalidate: args.swr,
-            caching_disabled: args.caching_disabled,
-            ..SingleDeployment::new(args.listen, origin)
-        })?,
-        (None, None) => anyhow::bail!("give --origin URL or --config FILE"),
-    };
+    let mut config = args.deployments.load(|origin| SingleDeployment {
+        client_auth: args.client_auth.into(),
+        max_age: args.max_age,
+        stale_while_revalidate: args.swr,
+        caching_disabled: args.caching_disabled,
+        ..SingleDeployment::new(args.listen, origin)
+    })?;
     if let Some(rules) = args.rules {
         config.rules = Some(rules);
     }
@@ -371,21 +376,14 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
 }
 
 fn validate(args: ValidateArgs) -> Result<(), (u8, anyhow::Error)> {
-    let config = match (&args.config, &args.origin) {
-        (Some(path), _) => Config::from_file(path),
-        (None, Some(origin)) => Config::single(&SingleDeployment {
+    let config = args
+        .deployments
+        .load(|origin| SingleDeployment {
             // Only the origin is checked: how clients log in does not matter here.
             client_auth: ClientAuth::Trust,
             ..SingleDeployment::new(SocketAddr::from(([127, 0, 0, 1], 0)), origin)
-        }),
-        (None, None) => {
-            return Err((
-                USAGE_ERROR,
-                anyhow::anyhow!("give --origin URL or --config FILE"),
-            ));
-        }
-    }
-    .map_err(|error| (USAGE_ERROR, error.into()))?;
+        })
+        .map_err(|error| (USAGE_ERROR, error))?;
     let checks = runtime()
         .map_err(|error| (UNAVAILABLE, error))?
         .block_on(warpdrive::validate::validate(&config));

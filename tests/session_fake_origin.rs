@@ -48,6 +48,22 @@ fn scripted(sql: &str) -> Act {
     }
 }
 
+/// The client gets one FATAL error with `expected` as its SQLSTATE, then the end.
+async fn ends_with_fatal(client: &mut RawClient, expected: &str) {
+    let (tag, body) = client.read_message().await;
+    assert_eq!(tag, b'E');
+    assert!(body.starts_with(b"SFATAL"), "{body:?}");
+    assert_eq!(code(&body), expected);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut client.stream, &mut rest),
+    )
+    .await
+    .expect("closed in time");
+    assert!(closed.is_ok() && rest.is_empty(), "{rest:?}");
+}
+
 async fn query(client: &mut RawClient, sql: &str) -> Vec<(u8, Bytes)> {
     client.send(|m| encode::query(m, sql)).await;
     client.until_ready().await
@@ -91,18 +107,7 @@ async fn an_origin_lost_inside_a_transaction_ends_the_client() {
     let begun = query(&mut client, "BEGIN").await;
     assert_eq!(&begun.last().expect("ready").1[..], b"T");
     client.send(|m| encode::query(m, "SELECT crash")).await;
-    let (tag, body) = client.read_message().await;
-    assert_eq!(tag, b'E');
-    assert!(body.starts_with(b"SFATAL"), "{body:?}");
-    assert_eq!(code(&body), "08006");
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::io::AsyncReadExt::read_to_end(&mut client.stream, &mut rest),
-    )
-    .await
-    .expect("closed in time");
-    assert!(closed.is_ok() && rest.is_empty(), "{rest:?}");
+    ends_with_fatal(&mut client, "08006").await;
     proxy.stop().await;
 }
 
@@ -115,18 +120,7 @@ async fn an_origin_lost_under_a_pinned_client_ends_it_rather_than_lose_its_state
     query(&mut client, "LISTEN jobs").await;
     assert_eq!(proxy.snapshot().pinned_sessions, 1);
     client.send(|m| encode::query(m, "SELECT crash")).await;
-    let (tag, body) = client.read_message().await;
-    assert_eq!(tag, b'E');
-    assert!(body.starts_with(b"SFATAL"), "{body:?}");
-    assert_eq!(code(&body), "08006");
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::io::AsyncReadExt::read_to_end(&mut client.stream, &mut rest),
-    )
-    .await
-    .expect("closed in time");
-    assert!(closed.is_ok() && rest.is_empty(), "{rest:?}");
+    ends_with_fatal(&mut client, "08006").await;
     proxy.stop().await;
 }
 
