@@ -8,14 +8,12 @@ pub mod error;
 pub mod pg;
 pub mod settings;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::analyze::AnalysisMemo;
-use crate::auth::scram::ScramSecret;
 use crate::cache::Store;
 use crate::cancel::CancelRegistry;
 use crate::catalog::Catalogs;
@@ -60,11 +58,8 @@ pub struct SessionContext {
     pub pools: PoolSet,
     /// TLS towards clients.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// SCRAM secrets per user.
-    pub secrets: HashMap<String, ScramSecret>,
-    /// The key unknown users' SCRAM salts are derived from (random per process, as
-    /// PostgreSQL's mock authentication nonce).
-    mock_secret: [u8; 32],
+    /// What PostgreSQL's sessions of the deployment share besides.
+    pg: pg::Shared,
     /// The analyzer (with its memo).
     pub analyzer: Arc<AnalysisMemo>,
     /// Cancel keys of live sessions.
@@ -77,8 +72,6 @@ pub struct SessionContext {
     pub metrics: Arc<DeploymentMetrics>,
     /// Becomes true when the server starts shutting down.
     shutdown: tokio::sync::watch::Receiver<bool>,
-    /// What the origin said of each startup setting tried.
-    tried: pg::internal::TriedSettings,
 }
 
 impl SessionContext {
@@ -92,27 +85,18 @@ impl SessionContext {
         cache: Arc<Store>,
         metrics: Arc<DeploymentMetrics>,
     ) -> SessionContext {
-        let secrets = deployment
-            .users
-            .iter()
-            .map(|user| (user.name.clone(), ScramSecret::new(&user.password)))
-            .collect();
         let catalogs = Arc::new(Catalogs::new(Arc::clone(&analyzer), Arc::clone(&metrics)));
-        let mut mock_secret = [0u8; 32];
-        rand::RngExt::fill(&mut rand::rng(), &mut mock_secret[..]);
         SessionContext {
             catalogs,
-            mock_secret,
+            pg: pg::Shared::new(&deployment),
             deployment,
             pools,
             tls,
-            secrets,
             analyzer,
             cancels: Arc::new(CancelRegistry::default()),
             cache,
             metrics,
             shutdown,
-            tried: pg::internal::TriedSettings::default(),
         }
     }
 }

@@ -42,8 +42,10 @@ use super::error::{ClientError, ErrorKind};
 use super::settings::{STANDARD_CONFORMING_STRINGS, Settings};
 use super::{SessionContext, SessionError};
 use crate::analyze::{Analysis, Dialect, SessionEffect, StringLiterals};
+use crate::auth::scram::ScramSecret;
 use crate::cache::CacheStatus;
 use crate::cancel::{CancelHandle, CancelTarget};
+use crate::config::Deployment;
 use crate::conn::{Conn, ConnError, FLUSH_THRESHOLD};
 use crate::pool::pg::PgOrigin;
 use crate::protocol::TxnStatus;
@@ -56,6 +58,34 @@ use relay::{Expect, Relay};
 use request::Request;
 use sqlstate::{ErrorResponse, from_pool};
 use statement::ClientStatement;
+
+/// What PostgreSQL's sessions of one deployment share.
+pub(super) struct Shared {
+    /// SCRAM secrets per user.
+    secrets: HashMap<String, ScramSecret>,
+    /// The key unknown users' SCRAM salts are derived from (random per process, as
+    /// PostgreSQL's mock authentication nonce).
+    mock_secret: [u8; 32],
+    /// What the origin said of each startup setting tried.
+    tried: internal::TriedSettings,
+}
+
+impl Shared {
+    pub(super) fn new(deployment: &Deployment) -> Shared {
+        let secrets = deployment
+            .users
+            .iter()
+            .map(|user| (user.name.clone(), ScramSecret::new(&user.password)))
+            .collect();
+        let mut mock_secret = [0u8; 32];
+        rand::RngExt::fill(&mut rand::rng(), &mut mock_secret[..]);
+        Shared {
+            secrets,
+            mock_secret,
+            tried: internal::TriedSettings::default(),
+        }
+    }
+}
 
 impl From<TransactionStatus> for TxnStatus {
     fn from(status: TransactionStatus) -> TxnStatus {

@@ -351,7 +351,11 @@ async fn greeting_parameters(
         .collect();
     let mut notices = Vec::new();
     for (name, value) in settings {
-        let tried = ctx.tried.try_setting(pool, database, name, value).await?;
+        let tried = ctx
+            .pg
+            .tried
+            .try_setting(pool, database, name, value)
+            .await?;
         notices.extend(tried.notices.iter().cloned());
         for (report_name, report_value) in &tried.reports {
             match reported
@@ -421,9 +425,9 @@ async fn authenticate(
             };
             // An unknown user still goes through the exchange, with a throwaway secret, so
             // that a client cannot tell unknown users from wrong passwords.
-            let secret = match known.and_then(|u| ctx.secrets.get(&u.name)) {
+            let secret = match known.and_then(|u| ctx.pg.secrets.get(&u.name)) {
                 Some(secret) => secret.clone(),
-                None => crate::auth::scram::ScramSecret::mock(&ctx.mock_secret, user),
+                None => crate::auth::scram::ScramSecret::mock(&ctx.pg.mock_secret, user),
             };
             let (exchange, server_first) = match ServerExchange::start(&secret, client_first) {
                 Ok(started) => started,
