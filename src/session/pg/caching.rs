@@ -20,26 +20,30 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Session;
-use super::inflight::{Consulted, Finished, InFlight};
+use super::inflight::{Consulted, InFlight};
 use super::request::{PgRefetch, Request};
 use crate::analyze::Analysis;
 use crate::cache::{Entry, KeyScope};
-use crate::protocol::TxnStatus;
+use crate::pool::pg::PgPool;
 use crate::proxy::{self, Composer, Situation, ToRecord};
-use crate::session::SessionError;
-use crate::session::settings::Outcome;
-use crate::wire::pg::backend::{TransactionStatus, tag};
-use crate::wire::pg::{Frame, encode};
+use crate::session::{SessionContext, SessionError};
+use crate::wire::pg::backend::TransactionStatus;
+use crate::wire::pg::encode;
+
+/// The deployment's cache, as requests on `pool` see it.
+pub(super) fn composer<'a>(ctx: &'a SessionContext, pool: &PgPool) -> Composer<'a> {
+    Composer {
+        store: &ctx.cache,
+        settings: &ctx.deployment.cache,
+        metrics: &ctx.metrics,
+        refresh_deadline: pool.settings().max_query_duration,
+    }
+}
 
 impl Session {
     /// The deployment's cache, as this session's requests see it.
     pub(super) fn composer(&self) -> Composer<'_> {
-        Composer {
-            store: &self.ctx.cache,
-            settings: &self.ctx.deployment.cache,
-            metrics: &self.ctx.metrics,
-            refresh_deadline: self.io.pool.settings().max_query_duration,
-        }
+        composer(&self.ctx, &self.io.pool)
     }
 
     /// Where the client stands for the cache.
@@ -137,69 +141,5 @@ impl Session {
         self.composer().served(query_bytes, result_bytes, started);
         self.io.client.flush().await?;
         Ok(())
-    }
-
-    /// Counts a result message sent to the client, and records it if its request is
-    /// being recorded.
-    pub(super) fn note_result(&mut self, frame: &Frame) {
-        if let Some(request) = self.requests.front_mut() {
-            request.flight.count(frame.len());
-            if frame.tag() != tag::READY_FOR_QUERY {
-                request.flight.record(frame);
-            }
-        }
-    }
-
-    /// The origin (or warpdrive) reported an error for the request at the front, or for
-    /// messages sent before a Sync not sent yet. A failed request is never stored.
-    pub(super) fn note_failure(&mut self) {
-        match self.requests.front_mut() {
-            Some(request) => request.flight.fail(),
-            None => self.unsynced.failed = true,
-        }
-    }
-
-    /// A statement of the request at the front (or of messages sent before a Sync not
-    /// sent yet) completed.
-    pub(super) fn note_completed(&mut self) {
-        match self.requests.front_mut() {
-            Some(request) => request.completed += 1,
-            None => self.unsynced.completed += 1,
-        }
-    }
-
-    /// ReadyForQuery ended the request at the front: store its result if it is whole and
-    /// was produced outside a transaction, and count it.
-    pub(super) fn finish_request(&mut self, ready: TransactionStatus) -> Finished {
-        let txn = TxnStatus::from(ready);
-        let Some(request) = self.requests.pop_front() else {
-            return Finished {
-                effects: Vec::new(),
-                pins: Vec::new(),
-                outcome: Outcome {
-                    failed: false,
-                    completed: 0,
-                    in_transaction: !txn.is_idle(),
-                },
-            };
-        };
-        let failed = request.flight.failed();
-        self.composer().finish(request.flight, txn);
-        Finished {
-            effects: request.effects,
-            pins: request.pins,
-            outcome: Outcome {
-                failed,
-                completed: request.completed,
-                in_transaction: !txn.is_idle(),
-            },
-        }
-    }
-
-    /// Ends every request in flight as failed (the origin connection is gone).
-    pub(super) fn abandon_requests(&mut self) {
-        while let Some(request) = self.requests.pop_front() {
-            self.composer().abandon(request.flight);
-        }
     }
 }

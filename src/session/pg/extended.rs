@@ -79,7 +79,7 @@ impl Session {
         } else {
             // A Flush: the request goes on until the next Sync, which decides its status.
             let status = self.forwarded_plan_status(&batch);
-            let unsynced = &mut self.unsynced;
+            let unsynced = &mut self.requests.unsynced;
             unsynced.sent = true;
             unsynced.query_bytes += query_bytes;
             if unsynced.status.is_none() {
@@ -94,7 +94,7 @@ impl Session {
             {
                 match in_flight.as_mut() {
                     Some(in_flight) => in_flight.changes_session(pin),
-                    None => self.unsynced.pins.push(pin),
+                    None => self.requests.unsynced.pins.push(pin),
                 }
             }
         }
@@ -111,7 +111,7 @@ impl Session {
             // The error takes the place of the batch's replies, as an origin error would.
             error.encode(&mut self.io.client.out);
             if sync {
-                self.unsynced = Unsynced::default();
+                self.requests.unsynced = Unsynced::default();
                 encode::ready_for_query(&mut self.io.client.out, self.status);
             }
             self.io.client.flush().await?;
@@ -129,9 +129,8 @@ impl Session {
         if sync {
             encode::sync(&mut buf);
             self.relay.push(Expect::Sync);
-            if let Some(mut in_flight) = in_flight {
-                in_flight.absorb(std::mem::take(&mut self.unsynced));
-                self.requests.push_back(in_flight);
+            if let Some(in_flight) = in_flight {
+                self.requests.push(in_flight);
             }
         } else if end == BatchEnd::Flush {
             encode::flush(&mut buf);
@@ -158,15 +157,19 @@ impl Session {
         query_bytes: usize,
         started: Instant,
     ) -> Consulted<Box<ClientStatement>> {
-        let split = self.unsynced.sent;
+        let split = self.requests.unsynced.sent;
         let status = match self.plan(batch) {
-            BatchPlan::NoExecute => self.unsynced.status.unwrap_or(CacheStatus::NotAQuery),
+            BatchPlan::NoExecute => self
+                .requests
+                .unsynced
+                .status
+                .unwrap_or(CacheStatus::NotAQuery),
             BatchPlan::Unresolved => CacheStatus::Uncacheable,
             BatchPlan::Executes {
                 statement,
                 cacheable: Some(request),
             } if !split => {
-                let query_bytes = query_bytes + self.unsynced.query_bytes;
+                let query_bytes = query_bytes + self.requests.unsynced.query_bytes;
                 return match self
                     .consult(&statement.analysis, request, query_bytes, started)
                     .await
@@ -177,7 +180,7 @@ impl Session {
             }
             BatchPlan::Executes { statement, .. } => self.forwarded_status(&statement.analysis),
         };
-        let query_bytes = query_bytes + self.unsynced.query_bytes;
+        let query_bytes = query_bytes + self.requests.unsynced.query_bytes;
         Consulted::Forward(Box::new(InFlight::forwarded(status, query_bytes, started)))
     }
 

@@ -2,14 +2,113 @@
 //! way through the cache, its session effects, what completed), and of messages sent
 //! before their Sync, which belong to the request the Sync ends.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::recorder::Recorder;
 use crate::analyze::SessionEffect;
 use crate::cache::{CacheStatus, Entry};
-use crate::proxy::Flight;
+use crate::protocol::TxnStatus;
+use crate::proxy::{Composer, Flight};
 use crate::session::settings::Outcome;
+use crate::wire::pg::Frame;
+use crate::wire::pg::backend::tag;
+
+/// The client's requests at the origin, one per ReadyForQuery owed, in order, and the
+/// messages sent before a Sync not sent yet.
+#[derive(Default)]
+pub(super) struct Requests {
+    queue: VecDeque<InFlight>,
+    /// Extended-protocol messages sent without their Sync yet.
+    pub(super) unsynced: Unsynced,
+}
+
+impl Requests {
+    /// A request sent: it takes in the messages sent before its Sync.
+    pub(super) fn push(&mut self, mut request: InFlight) {
+        request.absorb(std::mem::take(&mut self.unsynced));
+        self.queue.push_back(request);
+    }
+
+    /// Whether anything in flight, or sent before a Sync, may change the setting `name`.
+    pub(super) fn may_change_setting(&self, name: &str) -> bool {
+        self.queue
+            .iter()
+            .any(|request| request.may_change_setting(name))
+            || !self.unsynced.pins.is_empty()
+            || self
+                .unsynced
+                .effects
+                .iter()
+                .flatten()
+                .any(|effect| effect.may_change_setting(name))
+    }
+
+    /// Counts a result message sent to the client, and records it if its request is
+    /// being recorded.
+    pub(super) fn note_result(&mut self, frame: &Frame) {
+        if let Some(request) = self.queue.front_mut() {
+            request.flight.count(frame.len());
+            if frame.tag() != tag::READY_FOR_QUERY {
+                request.flight.record(frame);
+            }
+        }
+    }
+
+    /// The origin (or warpdrive) reported an error for the request at the front, or for
+    /// messages sent before a Sync not sent yet. A failed request is never stored.
+    pub(super) fn note_failure(&mut self) {
+        match self.queue.front_mut() {
+            Some(request) => request.flight.fail(),
+            None => self.unsynced.failed = true,
+        }
+    }
+
+    /// A statement of the request at the front (or of messages sent before a Sync not
+    /// sent yet) completed.
+    pub(super) fn note_completed(&mut self) {
+        match self.queue.front_mut() {
+            Some(request) => request.completed += 1,
+            None => self.unsynced.completed += 1,
+        }
+    }
+
+    /// ReadyForQuery ended the request at the front, the client's transaction then
+    /// `txn`: the composer stores its result if it can, and counts it.
+    pub(super) fn finish(&mut self, composer: &Composer<'_>, txn: TxnStatus) -> Finished {
+        let Some(request) = self.queue.pop_front() else {
+            return Finished {
+                effects: Vec::new(),
+                pins: Vec::new(),
+                outcome: Outcome {
+                    failed: false,
+                    completed: 0,
+                    in_transaction: !txn.is_idle(),
+                },
+            };
+        };
+        let failed = request.flight.failed();
+        composer.finish(request.flight, txn);
+        Finished {
+            effects: request.effects,
+            pins: request.pins,
+            outcome: Outcome {
+                failed,
+                completed: request.completed,
+                in_transaction: !txn.is_idle(),
+            },
+        }
+    }
+
+    /// Ends everything in flight as failed (the origin connection is gone).
+    pub(super) fn abandon(&mut self, composer: &Composer<'_>) {
+        while let Some(request) = self.queue.pop_front() {
+            composer.abandon(request.flight);
+        }
+        self.unsynced = Unsynced::default();
+    }
+}
 
 /// Extended-protocol messages already sent to the origin without their Sync (after a
 /// Flush, or beyond the batch bound): they belong to the request the next Sync ends.
@@ -34,15 +133,15 @@ pub(super) struct Unsynced {
 /// A request sent to the origin, until its ReadyForQuery.
 pub(super) struct InFlight {
     /// Its way through the cache and the counters.
-    pub(super) flight: Flight<Recorder>,
+    flight: Flight<Recorder>,
     /// What its statements do to the session, one list per statement in order; settled
     /// at ReadyForQuery.
-    pub(super) effects: Vec<Vec<SessionEffect>>,
+    effects: Vec<Vec<SessionEffect>>,
     /// Statements completed so far.
-    pub(super) completed: usize,
+    completed: usize,
     /// Why code it runs may change the session (the catalog's judgement): each pins the
     /// client at its end.
-    pub(super) pins: Vec<String>,
+    pins: Vec<String>,
 }
 
 /// What a request did, once its ReadyForQuery arrived.
@@ -85,7 +184,7 @@ impl InFlight {
     }
 
     /// Whether this request may change the setting `name` (code it runs may change any).
-    pub(super) fn may_change_setting(&self, name: &str) -> bool {
+    fn may_change_setting(&self, name: &str) -> bool {
         !self.pins.is_empty()
             || self
                 .effects
@@ -100,7 +199,7 @@ impl InFlight {
     }
 
     /// Takes in the messages of this request sent before its Sync.
-    pub(super) fn absorb(&mut self, unsynced: Unsynced) {
+    fn absorb(&mut self, unsynced: Unsynced) {
         if unsynced.failed {
             self.flight.fail();
         }

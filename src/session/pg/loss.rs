@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 
 use super::Session;
-use super::inflight::Unsynced;
+use super::caching;
 use super::relay::Relay;
 use super::sqlstate::ErrorResponse;
 use crate::conn::ConnError;
@@ -52,8 +52,8 @@ impl Session {
         let pinned = self.io.pinned().is_some();
         self.release();
         self.relay = Relay::default();
-        self.abandon_requests();
-        self.unsynced = Unsynced::default();
+        self.requests
+            .abandon(&caching::composer(&self.ctx, &self.io.pool));
         if self.status != TransactionStatus::Idle || pinned {
             let fatal = ClientError::fatal(
                 ErrorKind::OriginLost,

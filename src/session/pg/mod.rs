@@ -113,7 +113,7 @@ pub(super) async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), S
         database: admitted.database,
         settings: Settings::new(admitted.settings),
         standard_conforming_strings: admitted.standard_conforming_strings,
-        requests: std::collections::VecDeque::new(),
+        requests: inflight::Requests::default(),
         statements: HashMap::new(),
         unnamed: None,
         portals: HashMap::new(),
@@ -122,7 +122,6 @@ pub(super) async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), S
         batch_bytes: 0,
         status: TransactionStatus::Idle,
         catalog_changing: false,
-        unsynced: inflight::Unsynced::default(),
         cancel,
     };
     session.main_loop().await
@@ -138,7 +137,7 @@ struct Session {
     /// `standard_conforming_strings` as the origin last reported it to this client.
     standard_conforming_strings: bool,
     /// Requests at the origin, one per ReadyForQuery owed, for metrics and recording.
-    requests: std::collections::VecDeque<inflight::InFlight>,
+    requests: inflight::Requests,
     /// Named statements by client name.
     statements: HashMap<Bytes, ClientStatement>,
     /// The client's unnamed statement.
@@ -155,8 +154,6 @@ struct Session {
     /// DDL (or a DO block, which may run some) went to the origin in the current
     /// transaction: the catalog is read again once it ends.
     catalog_changing: bool,
-    /// Extended-protocol messages sent without their Sync yet.
-    unsynced: inflight::Unsynced,
     /// The client's cancel key, routed to the origin connection it holds.
     cancel: CancelHandle,
 }
@@ -314,7 +311,7 @@ impl Session {
                         if let Some(pin) = pin {
                             in_flight.changes_session(pin);
                         }
-                        self.requests.push_back(in_flight);
+                        self.requests.push(in_flight);
                         self.flush_origin().await?;
                         self.arm_deadline();
                     }
@@ -455,9 +452,8 @@ impl Session {
             checkout.conn().unnamed_statement = None;
         }
         self.relay.push(Expect::UntilReady);
-        in_flight.absorb(std::mem::take(&mut self.unsynced));
         in_flight.runs(&analysis.statement_effects);
-        self.requests.push_back(in_flight);
+        self.requests.push(in_flight);
         self.flush_origin().await?;
         self.arm_deadline();
         Ok(())
@@ -468,15 +464,7 @@ impl Session {
     fn string_literals(&self) -> StringLiterals {
         let pending = self
             .requests
-            .iter()
-            .any(|request| request.may_change_setting(STANDARD_CONFORMING_STRINGS))
-            || !self.unsynced.pins.is_empty()
-            || self
-                .unsynced
-                .effects
-                .iter()
-                .flatten()
-                .any(|effect| effect.may_change_setting(STANDARD_CONFORMING_STRINGS));
+            .may_change_setting(STANDARD_CONFORMING_STRINGS);
         match (pending, self.standard_conforming_strings) {
             (true, _) => StringLiterals::Unknown,
             (false, true) => StringLiterals::Standard,

@@ -5,9 +5,9 @@
 use bytes::BytesMut;
 
 use super::Session;
-use super::inflight;
 use super::relay::{Delivery, Event, OnError};
 use super::sqlstate::{ErrorResponse, sqlstate};
+use super::{caching, inflight};
 use crate::analyze::SessionEffect;
 use crate::conn::{ConnError, FLUSH_THRESHOLD};
 use crate::session::SessionError;
@@ -39,7 +39,7 @@ impl Session {
             let mut events = Vec::new();
             if self.relay.on_origin(&frame, &mut events) == Delivery::Forward {
                 self.io.client.out.extend_from_slice(frame.raw());
-                self.note_result(&frame);
+                self.requests.note_result(&frame);
             }
             if frame.tag() == backend_tag::PARAMETER_STATUS {
                 self.note_parameter_status(&frame);
@@ -101,8 +101,8 @@ impl Session {
 
     pub(super) fn on_event(&mut self, event: Event) {
         match event {
-            Event::Failed => self.note_failure(),
-            Event::Completed => self.note_completed(),
+            Event::Failed => self.requests.note_failure(),
+            Event::Completed => self.requests.note_completed(),
             Event::Undo { undo, skipped } => self.undo(undo, skipped),
             Event::Stale { origin_name } => {
                 if let Some(checkout) = self.io.checkout() {
@@ -112,7 +112,8 @@ impl Session {
                 }
             }
             Event::Ready(status) => {
-                let finished = self.finish_request(status);
+                let composer = caching::composer(&self.ctx, &self.io.pool);
+                let finished = self.requests.finish(&composer, status.into());
                 self.on_ready(status, finished);
             }
         }
@@ -227,7 +228,7 @@ impl Session {
         } else if status == TransactionStatus::Idle
             && self.io.pinned().is_none()
             && self.batch.is_empty()
-            && !self.unsynced.sent
+            && !self.requests.unsynced.sent
         {
             self.portals.clear();
             self.release();

@@ -72,7 +72,7 @@ impl Session {
                     effects.extend(analysis.effects().cloned());
                 }
                 // One list per Execute sent, so that completions count statements.
-                self.unsynced.effects.push(effects);
+                self.requests.unsynced.effects.push(effects);
                 self.send_to_origin(execute.frame.raw());
                 self.relay.push(Expect::Execute);
                 true
