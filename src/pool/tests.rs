@@ -5,8 +5,24 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use super::*;
-use crate::conn::{Conn, Stream};
-use crate::wire::pg::PgFraming;
+use crate::conn::{Conn, ConnError, Stream};
+use crate::wire::Framing;
+
+/// The scripted origin's framing: it never sends anything.
+struct Silent;
+
+impl Framing for Silent {
+    type Frame = ();
+    type Error = ConnError;
+
+    fn split(_: &mut bytes::BytesMut, _: usize) -> Result<Option<()>, ConnError> {
+        Ok(None)
+    }
+
+    fn holds_whole(_: &[u8]) -> bool {
+        false
+    }
+}
 
 /// What the scripted origin did, shared with the test.
 #[derive(Default)]
@@ -34,7 +50,7 @@ struct FakeConn {
     closed_by_origin: Arc<AtomicBool>,
     journal: Arc<Journal>,
     /// Never used by the pool itself: the session relays over it.
-    io: Conn,
+    io: Conn<Silent>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +61,7 @@ impl Backend for Scripted {
     type Conn = FakeConn;
     type Greeting = &'static str;
     type Error = Refused;
-    type Framing = PgFraming;
+    type Framing = Silent;
 
     async fn connect(&self) -> Result<(FakeConn, &'static str), Refused> {
         if self.0.refuse_connects.load(Ordering::SeqCst) {
@@ -84,7 +100,7 @@ impl Backend for Scripted {
         conn.journal.terminated.fetch_add(1, Ordering::SeqCst);
     }
 
-    fn io(conn: &mut FakeConn) -> &mut Conn {
+    fn io(conn: &mut FakeConn) -> &mut Conn<Silent> {
         &mut conn.io
     }
 
