@@ -68,7 +68,7 @@ impl Session {
         // What the read really runs (views, user functions, operators, …) decides, when
         // it could be cached at all.
         let refined = match self.composer().may_cache(situation) {
-            true => self.refine_for_cache(analysis, started).await,
+            true => self.catalog().refine_for_cache(analysis, started).await,
             false => None,
         };
         let analysis = refined.as_ref().unwrap_or(analysis);

@@ -16,10 +16,28 @@
 
 use std::time::Instant;
 
-use super::Session;
 use crate::analyze::catalog::{Catalog, Judgement, Refinement};
 use crate::analyze::{Analysis, Kind, Status};
-use crate::catalog::{CatalogError, Reader};
+use crate::catalog::{CatalogError, Catalogs, Reader};
+
+/// What a session asks the catalog with.
+pub(super) struct CatalogView<'a> {
+    /// The deployment's catalogs.
+    pub(super) catalogs: &'a Catalogs,
+    /// The client's database.
+    pub(super) database: &'a str,
+    /// Where a read runs.
+    pub(super) reader: Reader<'a>,
+    /// DDL (or a DO block) went to the origin in the current transaction: a name the
+    /// catalog does not list may have been created by it.
+    pub(super) catalog_changing: bool,
+}
+
+/// Whether a statement may change the catalog (DDL, or a DO block that may run some):
+/// it is read again once the transaction ends.
+pub(super) fn changes_catalog(analysis: &Analysis) -> bool {
+    analysis.kind == Kind::Ddl || !analysis.user_code.blocks.is_empty()
+}
 
 /// Whether judging an analysis needs the catalog: it calls functions, writes tables, runs
 /// DDL (event triggers) or DO blocks, or could not be read.
@@ -50,19 +68,16 @@ fn unknown_state(reason: &str) -> String {
 /// A catalog's answer, or the names it does not list.
 type Answer<T> = Result<T, Vec<String>>;
 
-impl Session {
-    /// Why the code a statement runs may change this session, if it may. `text` is the
+impl CatalogView<'_> {
+    /// Why the code a statement runs may change the session, if it may. `text` is the
     /// statement as sent, when warpdrive has it; `received` is when the request arrived.
     pub(super) async fn user_code_pin(
-        &mut self,
+        &self,
         analysis: &Analysis,
         text: Option<&[u8]>,
         received: Instant,
     ) -> Option<String> {
-        if analysis.kind == Kind::Ddl || !analysis.user_code.blocks.is_empty() {
-            self.catalog_changing = true;
-        }
-        if self.io.pinned().is_some() || !needs_catalog(analysis) {
+        if !needs_catalog(analysis) {
             return None;
         }
         let Some(text) = text.or((!analysis.user_code.unread).then_some(&[][..])) else {
@@ -74,21 +89,14 @@ impl Session {
             .await
     }
 
-    /// Why the function a FunctionCall runs (by OID) may change this session, if it may.
-    pub(super) async fn function_call_pin(
-        &mut self,
-        oid: u32,
-        received: Instant,
-    ) -> Option<String> {
-        if self.io.pinned().is_some() {
-            return None;
-        }
+    /// Why the function a FunctionCall runs (by OID) may change the session, if it may.
+    pub(super) async fn function_call_pin(&self, oid: u32, received: Instant) -> Option<String> {
         self.judge_with_catalog(received, |catalog| catalog.judge_function(oid))
             .await
     }
 
     async fn judge_with_catalog(
-        &mut self,
+        &self,
         received: Instant,
         judge: impl Fn(&Catalog) -> Judgement,
     ) -> Option<String> {
@@ -123,7 +131,7 @@ impl Session {
     /// more (a view, a user function, an operator, a cast, a policy) or less (a user
     /// function declared immutable or stable). `None`: the text's stands.
     pub(super) async fn refine_for_cache(
-        &mut self,
+        &self,
         analysis: &Analysis,
         received: Instant,
     ) -> Option<Analysis> {
@@ -157,30 +165,19 @@ impl Session {
     /// DDL in this transaction explains the name, or it was read a moment ago) and asks
     /// once more. Returns the answer and when the catalog that gave it was read.
     async fn ask_catalog<T>(
-        &mut self,
+        &self,
         received: Instant,
         ask: impl Fn(&Catalog) -> Answer<T>,
     ) -> Result<(Answer<T>, Instant), CatalogError> {
-        let catalogs = &self.ctx.catalogs;
-        let current = catalogs
-            .current(&self.database, self.catalog_reader())
-            .await?;
+        let current = self.catalogs.current(self.database, self.reader).await?;
         let answer = ask(&current.catalog);
         if answer.is_ok() || self.catalog_changing {
             return Ok((answer, current.read_at));
         }
-        let again = catalogs
-            .read_since(&self.database, received, self.catalog_reader())
+        let again = self
+            .catalogs
+            .read_since(self.database, received, self.reader)
             .await?;
         Ok((ask(&again.catalog), again.read_at))
-    }
-
-    /// Where a catalog read for this session runs: a pooled connection, waited for only
-    /// when the session holds none (else it might wait for its own).
-    fn catalog_reader(&self) -> Reader<'_> {
-        Reader {
-            pool: &self.io.pool,
-            wait: !self.io.holds(),
-        }
     }
 }

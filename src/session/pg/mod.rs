@@ -298,7 +298,14 @@ impl Session {
             }
             FrontendMessage::FunctionCall(call) => {
                 let received = std::time::Instant::now();
-                let pin = self.function_call_pin(call.function, received).await;
+                let pin = match self.io.pinned() {
+                    Some(_) => None,
+                    None => {
+                        self.catalog()
+                            .function_call_pin(call.function, received)
+                            .await
+                    }
+                };
                 match self.connect().await {
                     Ok(()) => {
                         self.send_to_origin(call.frame.raw());
@@ -394,6 +401,35 @@ impl Session {
             return Err(error);
         }
         Ok(())
+    }
+
+    /// The origin's catalog as this session asks it: read on a pooled connection, waited
+    /// for only when the session holds none (else it might wait for its own).
+    fn catalog(&self) -> catalog::CatalogView<'_> {
+        catalog::CatalogView {
+            catalogs: &self.ctx.catalogs,
+            database: &self.database,
+            reader: crate::catalog::Reader {
+                pool: &self.io.pool,
+                wait: !self.io.holds(),
+            },
+            catalog_changing: self.catalog_changing,
+        }
+    }
+
+    /// Why the code a statement runs may change this session, if it may (see
+    /// [`catalog`]); a pinned session's state is unknown already.
+    async fn user_code_pin(
+        &mut self,
+        analysis: &Analysis,
+        text: Option<&[u8]>,
+        received: std::time::Instant,
+    ) -> Option<String> {
+        self.catalog_changing |= catalog::changes_catalog(analysis);
+        match self.io.pinned() {
+            Some(_) => None,
+            None => self.catalog().user_code_pin(analysis, text, received).await,
+        }
     }
 
     /// Gives the connection back (or closes it, per its state). After warpdrive's own
