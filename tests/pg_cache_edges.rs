@@ -298,3 +298,41 @@ async fn waiters_for_an_oversized_result_are_not_serialised() {
     let _ = std::fs::remove_file(rules);
     db.drop_now().await;
 }
+
+/// A background refresh runs a simple query on a pooled connection, which destroys the
+/// unnamed statement there; a client's later Bind to its unnamed statement must still
+/// find it (warpdrive prepares it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_on_a_connection_does_not_strand_the_unnamed_statement() {
+    let db = TestDatabase::create("refresh_unnamed").await;
+    let manual = ManualClock::new();
+    let mut deployment = common::trust_deployment(&db.name, 1);
+    deployment.cache.enabled = true;
+    let proxy = Proxy::start_with_clock(deployment, manual.clock()).await;
+    let mut client = RawClient::connect(proxy.addr, &db.name).await;
+    client.send(|m| encode::query(m, "SELECT 42")).await;
+    assert_eq!(client.tags().await, "TDCZ");
+    client
+        .send(|m| {
+            common::parse_bind_execute(m, b"", b"SELECT 7");
+            encode::sync(m);
+        })
+        .await;
+    assert_eq!(client.tags().await, "12DCZ");
+    manual.advance(Duration::from_secs(61));
+    client.send(|m| encode::query(m, "SELECT 42")).await;
+    assert_eq!(client.tags().await, "TDCZ");
+    common::eventually("the refresh", || proxy.snapshot().revalidations_ok == 1).await;
+    // The unnamed statement is still the client's, as PostgreSQL keeps it.
+    client
+        .send(|m| {
+            common::bind_execute(m, b"");
+            encode::sync(m);
+        })
+        .await;
+    let reply = client.until_ready().await;
+    let tags: String = reply.iter().map(|(tag, _)| char::from(*tag)).collect();
+    assert_eq!(tags, "2DCZ", "{reply:?}");
+    proxy.stop().await;
+    db.drop_now().await;
+}

@@ -223,9 +223,10 @@ impl PgRefetch {
                 }
                 encode::execute(out, b"", 0);
                 encode::sync(out);
-                conn.unnamed_statement = None;
             }
         }
+        // A simple query destroys the unnamed statement, and a Parse replaces it.
+        conn.unnamed_statement = None;
         let mut recorder = self.request.recorder(self.limit);
         conn.set_busy();
         let io = &mut conn.origin.conn;
