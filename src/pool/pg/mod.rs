@@ -95,6 +95,8 @@ impl Backend for PgOrigin {
     }
 
     async fn roll_back(conn: &mut PgConn) -> bool {
+        // A simple query destroys the unnamed statement.
+        conn.unnamed_statement = None;
         let io = &mut conn.origin.conn;
         encode::query(&mut io.out, "ROLLBACK");
         let settled = tokio::time::timeout(INTERNAL_EXCHANGE, read_until_ready(io, |_| Ok(())));
@@ -116,6 +118,7 @@ impl Backend for PgOrigin {
     }
 
     async fn healthy(conn: &mut PgConn) -> bool {
+        // A simple query destroys the unnamed statement.
         conn.unnamed_statement = None;
         let io = &mut conn.origin.conn;
         encode::query(&mut io.out, ";");
