@@ -314,3 +314,36 @@ async fn hits_skip_the_origin_and_stale_entries_are_refreshed_on_the_clock() {
     assert_eq!(runs(), 3, "an expired entry is a miss");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_rollback_for_a_vanished_client_does_not_strand_anyones_unnamed_statement() {
+    let origin = FakeOrigin::answering().await;
+    let proxy = Proxy::start(origin.deployment(1)).await;
+    let unnamed = |m: &mut bytes::BytesMut| {
+        common::parse_bind_execute(m, b"", b"SELECT 1");
+        encode::sync(m);
+    };
+    let mut stayer = RawClient::connect(proxy.addr, "fake").await;
+    stayer.send(unnamed).await;
+    assert_eq!(stayer.tags().await, "12DCZ");
+    // Another client prepares the same unnamed statement on the same connection, inside
+    // a transaction, and vanishes: warpdrive rolls back, which destroys it there.
+    let mut leaver = RawClient::connect(proxy.addr, "fake").await;
+    query(&mut leaver, "BEGIN").await;
+    leaver.send(unnamed).await;
+    assert_eq!(leaver.tags().await, "12DCZ");
+    drop(leaver);
+    eventually("the rollback", || {
+        origin.statements().contains(&"ROLLBACK".to_owned())
+    })
+    .await;
+    // The first client's unnamed statement is still its own.
+    stayer
+        .send(|m| {
+            common::bind_execute(m, b"");
+            encode::sync(m);
+        })
+        .await;
+    assert_eq!(stayer.tags().await, "2DCZ");
+    proxy.stop().await;
+}

@@ -208,6 +208,10 @@ impl Connection {
                 }
                 _ if skipping => Next::Go,
                 FrontendMessage::Query(query) => {
+                    // As PostgreSQL: a simple query destroys the unnamed statement and
+                    // portal.
+                    self.statements.remove(&b""[..]);
+                    self.portals.remove(&b""[..]);
                     let sql = String::from_utf8_lossy(&query.sql).into_owned();
                     // A simple query ends with ReadyForQuery, error or not.
                     match self
