@@ -347,3 +347,32 @@ async fn a_rollback_for_a_vanished_client_does_not_strand_anyones_unnamed_statem
     assert_eq!(stayer.tags().await, "2DCZ");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_vanishing_mid_query_never_hands_its_late_reply_to_the_next_client() {
+    let origin = FakeOrigin::start(|sql| match sql {
+        s if s.contains("slow") => Act::Hang,
+        s => Act::Row(s.trim_start_matches("SELECT ").to_owned()),
+    })
+    .await;
+    let proxy = Proxy::start(origin.deployment(1)).await;
+    let mut leaver = RawClient::connect(proxy.addr, "fake").await;
+    leaver.send(|m| encode::query(m, "SELECT slow")).await;
+    eventually("the slow query at the origin", || {
+        origin.statements().contains(&"SELECT slow".to_owned())
+    })
+    .await;
+    drop(leaver);
+    // The busy connection is closed, not handed on: the next client gets its own answer
+    // on a new connection.
+    let mut next = RawClient::connect(proxy.addr, "fake").await;
+    let reply = query(&mut next, "SELECT 'mine'").await;
+    assert_eq!(tags(&reply), "TDCZ");
+    assert_eq!(&reply[1].1[6..], b"'mine'");
+    assert!(
+        origin.seen().contains(&Seen::Connected(1)),
+        "{:?}",
+        origin.seen()
+    );
+    proxy.stop().await;
+}
