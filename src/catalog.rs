@@ -32,7 +32,6 @@ use crate::metrics::DeploymentMetrics;
 use crate::pool::ConnState;
 use crate::pool::pg::{PgPool as Pool, PgPooledConn as PooledConn, read_until_ready};
 use crate::wire::pg::backend::{BackendMessage, TransactionStatus, decode_data_row, tag};
-use crate::wire::pg::encode;
 
 /// The shortest time between two reads forced by a call of a function the catalog does
 /// not list (an application calling a missing function must not make warpdrive read the
@@ -411,8 +410,6 @@ WHERE c.oid >= 16384;";
 /// ReadyForQuery, so that it is closed, not reused, if the read fails half-way.
 async fn read_on(conn: &mut PooledConn) -> Result<CatalogFacts, CatalogError> {
     conn.set_busy();
-    // A simple query destroys the unnamed statement.
-    conn.unnamed_statement = None;
     let major = conn
         .origin
         .parameters
@@ -420,25 +417,28 @@ async fn read_on(conn: &mut PooledConn) -> Result<CatalogFacts, CatalogError> {
         .find(|(name, _)| &name[..] == b"server_version")
         .and_then(|(_, value)| server_major(value))
         .unwrap_or(0);
-    let exchange = tokio::time::timeout(READ_TIMEOUT, exchange(&mut conn.origin.conn, major));
+    conn.write_query(catalog_sql(major).as_bytes());
+    let exchange = tokio::time::timeout(READ_TIMEOUT, exchange(&mut conn.origin.conn));
     let (status, facts) = exchange.await.map_err(|_| CatalogError::Timeout)??;
     conn.set_ready(status.into());
     facts
 }
 
-/// Sends the queries and reads every answer up to ReadyForQuery: the transaction status,
-/// and the facts or the origin's refusal.
-async fn exchange(
-    conn: &mut Conn,
-    major: u32,
-) -> Result<(TransactionStatus, Result<CatalogFacts, CatalogError>), CatalogError> {
+/// The catalog queries for a server of this major version, in one simple query.
+fn catalog_sql(major: u32) -> String {
     // Bounded by warpdrive, not by a statement_timeout the session may have set; SET LOCAL
     // ends with this query's implicit transaction.
-    let sql = format!(
+    format!(
         "SET LOCAL statement_timeout = 0;{}{RELATIONS_QUERY}{POLICIES_QUERY}{EVENT_TRIGGERS_QUERY}         {BUILTINS_QUERY}{OPERATORS_QUERY}{BUILTIN_OPERATORS_QUERY}{TYPES_QUERY}         {DOMAIN_CHECKS_QUERY}{BUILTIN_TYPES_QUERY}{CASTS_QUERY}",
         functions_query(major >= 14)
-    );
-    encode::query(&mut conn.out, &sql);
+    )
+}
+
+/// Sends the queries written and reads every answer up to ReadyForQuery: the transaction
+/// status, and the facts or the origin's refusal.
+async fn exchange(
+    conn: &mut Conn,
+) -> Result<(TransactionStatus, Result<CatalogFacts, CatalogError>), CatalogError> {
     let mut results: Vec<Vec<Vec<Option<Bytes>>>> = Vec::new();
     let mut rows = Vec::new();
     let mut refusal = None;

@@ -68,6 +68,15 @@ pub struct PgConn {
     pub stale_statements: Vec<Bytes>,
 }
 
+impl PgConn {
+    /// Writes a simple query of warpdrive's own, to be sent with the next flush, and
+    /// forgets the unnamed statement, which a simple query destroys on the origin.
+    pub fn write_query(&mut self, sql: &[u8]) {
+        self.unnamed_statement = None;
+        encode::query_raw(&mut self.origin.conn.out, sql);
+    }
+}
+
 /// The longest the pool waits for the origin to answer its own rollback or empty query.
 const INTERNAL_EXCHANGE: Duration = Duration::from_secs(5);
 
@@ -95,10 +104,8 @@ impl Backend for PgOrigin {
     }
 
     async fn roll_back(conn: &mut PgConn) -> bool {
-        // A simple query destroys the unnamed statement.
-        conn.unnamed_statement = None;
+        conn.write_query(b"ROLLBACK");
         let io = &mut conn.origin.conn;
-        encode::query(&mut io.out, "ROLLBACK");
         let settled = tokio::time::timeout(INTERNAL_EXCHANGE, read_until_ready(io, |_| Ok(())));
         matches!(settled.await, Ok(Ok(TransactionStatus::Idle)))
     }
@@ -106,10 +113,8 @@ impl Backend for PgOrigin {
     /// The empty query `;`, read up to its ReadyForQuery whatever the status or an error
     /// (a cancel landing on it).
     async fn round_trip(conn: &mut PgConn) -> Option<TxnStatus> {
-        // A simple query destroys the unnamed statement.
-        conn.unnamed_statement = None;
+        conn.write_query(b";");
         let io = &mut conn.origin.conn;
-        encode::query(&mut io.out, ";");
         let answered = tokio::time::timeout(INTERNAL_EXCHANGE, read_until_ready(io, |_| Ok(())));
         match answered.await {
             Ok(Ok(status)) => Some(status.into()),
@@ -118,10 +123,8 @@ impl Backend for PgOrigin {
     }
 
     async fn healthy(conn: &mut PgConn) -> bool {
-        // A simple query destroys the unnamed statement.
-        conn.unnamed_statement = None;
+        conn.write_query(b";");
         let io = &mut conn.origin.conn;
-        encode::query(&mut io.out, ";");
         let mut failed = false;
         let check = read_until_ready(io, |frame| {
             failed |= frame.tag() == tag::ERROR_RESPONSE;

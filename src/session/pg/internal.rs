@@ -13,7 +13,6 @@ use crate::pool::pg::{PgPool, PgPooledConn as PooledConn, read_until_ready};
 use crate::session::error::{ClientError, ErrorKind};
 use crate::session::settings::{self, SettingMap};
 use crate::wire::pg::backend::{BackendMessage, tag as backend_tag};
-use crate::wire::pg::encode;
 
 /// What the origin said of each (database, setting, value) a client tried at startup.
 #[derive(Default)]
@@ -106,10 +105,8 @@ pub(super) async fn run_internal(
     sql: &str,
 ) -> Result<Result<InternalReply, crate::wire::pg::backend::ErrorFields>, ConnError> {
     conn.set_busy();
-    // A simple query destroys the unnamed statement.
-    conn.unnamed_statement = None;
+    conn.write_query(sql.as_bytes());
     let origin = &mut conn.origin.conn;
-    encode::query(&mut origin.out, sql);
     let mut reply = InternalReply {
         reports: Vec::new(),
         values: Vec::new(),

@@ -207,15 +207,15 @@ impl PgRefetch {
         apply_settings(conn, &self.settings)
             .await
             .map_err(|error| FetchError::Settings(error.message))?;
-        let out = &mut conn.origin.conn.out;
         match &self.request {
-            Request::Simple { sql } => encode::query_raw(out, sql),
+            Request::Simple { sql } => conn.write_query(sql),
             Request::Extended {
                 sql,
                 parameter_types,
                 arguments,
                 describes,
             } => {
+                let out = &mut conn.origin.conn.out;
                 encode::parse_raw(out, b"", sql, parameter_types);
                 encode::bind_raw(out, b"", b"", arguments);
                 for described in describes {
@@ -223,10 +223,10 @@ impl PgRefetch {
                 }
                 encode::execute(out, b"", 0);
                 encode::sync(out);
+                // The Parse replaced the unnamed statement with this request's.
+                conn.unnamed_statement = None;
             }
         }
-        // A simple query destroys the unnamed statement, and a Parse replaces it.
-        conn.unnamed_statement = None;
         let mut recorder = self.request.recorder(self.limit);
         conn.set_busy();
         let io = &mut conn.origin.conn;
