@@ -1,5 +1,6 @@
 //! What every protocol has in common, in neutral terms: the transaction status an
-//! origin reports after each request, and which protocol a deployment speaks.
+//! origin reports after each request, and which protocol a deployment speaks (MySQL
+//! joins when its frontend and backend do; its URLs are refused until then).
 //!
 //! Each protocol's edge maps its own wire values to these (PostgreSQL's ReadyForQuery
 //! status byte, MySQL's status flags); the pool, the cache policy and the session driver
@@ -28,8 +29,6 @@ impl TxnStatus {
 pub enum Protocol {
     /// PostgreSQL's frontend/backend protocol 3.0.
     Postgres,
-    /// The MySQL client/server protocol (MySQL and MariaDB).
-    Mysql,
 }
 
 impl Protocol {
@@ -37,7 +36,6 @@ impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Postgres => "postgresql",
-            Protocol::Mysql => "mysql",
         }
     }
 }

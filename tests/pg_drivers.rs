@@ -173,10 +173,7 @@ async fn protocol_negotiation_is_answered_as_postgresql_15_answers() {
 async fn scram_passwords_are_normalised_with_saslprep() {
     let db = TestDatabase::create("drv_saslprep").await;
     let mut deployment = common::deployment(&db.name, common::small_pool(1));
-    deployment.users = vec![warpdrive::config::ClientUser {
-        name: common::ORIGIN_USER.to_owned(),
-        password: "IX-\u{2168}".to_owned(),
-    }];
+    common::client_password(&mut deployment, "IX-\u{2168}");
     let proxy = Proxy::start(deployment).await;
     for password in ["IX-\u{2168}", "IX-IX"] {
         let mut config = tokio_postgres::Config::new();
@@ -603,10 +600,7 @@ async fn warpdrive_prepares_origin_passwords_with_saslprep_too() {
     let db = TestDatabase::create("drv_saslprep_origin").await;
     // The origin here is another warpdrive, since the local PostgreSQL trusts everyone.
     let mut inner = common::deployment(&db.name, common::small_pool(1));
-    inner.users = vec![warpdrive::config::ClientUser {
-        name: common::ORIGIN_USER.to_owned(),
-        password: "IX-IX".to_owned(),
-    }];
+    common::client_password(&mut inner, "IX-IX");
     let inner = Proxy::start(inner).await;
     let origin = warpdrive::config::OriginUrl::parse(&format!(
         "postgres://{}:IX-%E2%85%A8@127.0.0.1:{}/{}?sslmode=disable",
@@ -616,10 +610,6 @@ async fn warpdrive_prepares_origin_passwords_with_saslprep_too() {
     ))
     .expect("origin URL");
     let mut outer = common::deployment(&db.name, common::small_pool(1));
-    outer.users = vec![warpdrive::config::ClientUser {
-        name: common::ORIGIN_USER.to_owned(),
-        password: common::PASSWORD.to_owned(),
-    }];
     outer.origin = origin;
     let outer = Proxy::start(outer).await;
     let client = outer.connect(&db.name).await;

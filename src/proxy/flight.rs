@@ -84,7 +84,8 @@ impl<R: Record> Flight<R> {
     }
 
     /// Whether its reply is being recorded.
-    pub fn is_recording(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_recording(&self) -> bool {
         self.recording.is_some()
     }
 

@@ -152,6 +152,14 @@ pub fn deployment_as(database: &str, user: &str, pool: PoolSettings) -> Deployme
     deployment
 }
 
+/// Clients log in to `deployment` as the origin user with `password`.
+pub fn client_password(deployment: &mut Deployment, password: &str) {
+    deployment.users = vec![warpdrive::config::ClientUser {
+        name: ORIGIN_USER.to_owned(),
+        password: password.to_owned(),
+    }];
+}
+
 /// Pool settings small enough for many tests in parallel on one origin.
 pub fn small_pool(max_size: usize) -> PoolSettings {
     PoolSettings {

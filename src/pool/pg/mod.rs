@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Backend, Checkout, Pool, PoolError, PoolSet, PooledConn};
+use super::{Backend, Pool, PoolError, PoolSet, PooledConn};
 use crate::config::{OriginUrl, PoolSettings};
 use crate::conn::Conn;
 use crate::metrics::PoolMetrics;
@@ -25,8 +25,6 @@ pub use statements::StatementCache;
 
 /// A pool of PostgreSQL origin connections.
 pub type PgPool = Pool<PgOrigin>;
-/// A checked-out PostgreSQL origin connection.
-pub type PgCheckout = Checkout<PgOrigin>;
 /// A deployment's PostgreSQL pools, one per database.
 pub type PgPoolSet = PoolSet<PgOrigin>;
 /// A pooled PostgreSQL origin connection.
