@@ -3,16 +3,21 @@
 //! warpdrive's own cancel, the frontend's input timer, the drain on shutdown, and the
 //! wait for whichever of these speaks next.
 //!
-//! It reads no message: the protocol's session decides what each frame means, and tells
-//! the driver when to check out, release, pin or arm the deadline.
+//! [`drive`] is the session's event loop over a protocol's [`Frontend`]. The driver
+//! reads no message: the frontend decides what each frame means, and tells the driver
+//! when to check out, release, pin or arm the deadline.
 
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
 
+use super::SessionError;
 use crate::conn::{Conn, ConnError};
+use crate::metrics::DeploymentMetrics;
 use crate::pool::{Backend, Checkout, Pool, PoolError, PooledConn};
 use crate::wire::Framing;
 
@@ -67,6 +72,105 @@ pub enum Overdue {
     Cancelling,
     /// The origin did not answer the cancel either: give the connection up.
     GiveUp,
+}
+
+/// Whether the session goes on after a client message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// It goes on.
+    Continue,
+    /// The client is leaving (Terminate, or a message that ends the session).
+    Stop,
+}
+
+/// A protocol's half of a client session: what each wake means for it.
+pub trait Frontend {
+    /// The origin's protocol.
+    type Backend: Backend;
+    /// The client's framing.
+    type Framing: Framing<Error: Into<ConnError>>;
+
+    /// The neutral state it runs on.
+    fn driver(&mut self) -> &mut Driver<Self::Backend, Self::Framing>;
+
+    /// Whether the client is idle between transactions with nothing in flight or held
+    /// back, so that a draining server may close it.
+    fn between_transactions(&self) -> bool;
+
+    /// Whether the origin still owes the client replies.
+    fn awaits_origin(&self) -> bool;
+
+    /// The server is shutting down and the client is between transactions: say so.
+    fn say_shutting_down(&mut self) -> impl Future<Output = Result<(), SessionError>> + Send;
+
+    /// A message from the client.
+    fn on_client(
+        &mut self,
+        frame: <Self::Framing as Framing>::Frame,
+    ) -> impl Future<Output = Result<Flow, SessionError>> + Send;
+
+    /// Reading from the client failed (or it sent bytes that are not a message); the
+    /// session ends.
+    fn on_client_failed(
+        &mut self,
+        error: ConnError,
+    ) -> impl Future<Output = Result<(), SessionError>> + Send;
+
+    /// What the origin sent, its end, or its failure.
+    fn on_origin(
+        &mut self,
+        reply: Result<Option<<<Self::Backend as Backend>::Framing as Framing>::Frame>, ConnError>,
+    ) -> impl Future<Output = Result<(), SessionError>> + Send;
+
+    /// The input timer the frontend set fired.
+    fn on_timer(&mut self) -> impl Future<Output = Result<(), SessionError>> + Send;
+
+    /// The origin connection is gone (or ignored warpdrive's cancel): give it up
+    /// ([`Driver::lose_origin`]) and answer what was in flight.
+    fn origin_lost(
+        &mut self,
+        error: ConnError,
+    ) -> impl Future<Output = Result<(), SessionError>> + Send;
+}
+
+/// Serves a client until it leaves: the one event loop of every protocol.
+pub async fn drive<S: Frontend>(session: &mut S) -> Result<(), SessionError> {
+    loop {
+        if session.driver().draining() && session.between_transactions() {
+            return session.say_shutting_down().await;
+        }
+        match session.driver().wake().await {
+            Wake::Client(Ok(Some(frame))) => {
+                if session.on_client(frame).await? == Flow::Stop {
+                    return Ok(());
+                }
+            }
+            Wake::Client(Ok(None)) => return Ok(()),
+            Wake::Client(Err(error)) => return session.on_client_failed(error).await,
+            Wake::Origin(reply) => session.on_origin(reply).await?,
+            Wake::Timer => session.on_timer().await?,
+            Wake::Deadline => {
+                let in_flight = session.awaits_origin();
+                match session.driver().overdue(in_flight) {
+                    Overdue::Nothing => {}
+                    Overdue::Cancelling => {
+                        tracing::warn!(
+                            "query exceeded max_query_duration; cancelling it at the origin"
+                        );
+                    }
+                    Overdue::GiveUp => {
+                        let error = ConnError::Io(std::io::Error::other(
+                            "the query was cancelled for exceeding max_query_duration but the origin did not answer",
+                        ));
+                        session.origin_lost(error).await?;
+                    }
+                }
+            }
+            // The server itself is gone: nothing can be served any more.
+            Wake::Shutdown { server_gone: true } => return Ok(()),
+            Wake::Shutdown { server_gone: false } => {}
+        }
+    }
 }
 
 /// Completes when the server starts shutting down (false) or is gone (true).
@@ -238,35 +342,42 @@ where
         self.deadline = Deadline::Off;
     }
 
-    /// Keeps the client on its connection for the rest of the session; true when this
-    /// pinned it (it was not pinned before). Without a connection there is nothing to
-    /// pin to.
-    pub fn pin(&mut self, why: &str) -> bool {
+    /// The connection is gone: it is closed rather than returned, and the hold released.
+    /// Returns whether the client was pinned to it (its session state died with it).
+    pub fn lose_origin(&mut self) -> bool {
+        if let Some(checkout) = self.checkout() {
+            checkout.discard();
+        }
+        let pinned = self.pinned().is_some();
+        self.release();
+        pinned
+    }
+
+    /// Keeps the client on its connection for the rest of the session (state that does
+    /// not survive multiplexing); the connection is closed, not reused, when the client
+    /// leaves. Without a connection there is nothing to pin to.
+    pub fn pin(&mut self, why: &str, metrics: &DeploymentMetrics) {
         match std::mem::replace(&mut self.hold, Hold::Released) {
             Hold::Held(mut checkout) => {
                 checkout.conn().keep_from_others();
                 self.hold = Hold::Pinned(checkout, why.to_owned());
-                true
+                tracing::info!(feature = %why, "client pinned to its origin connection");
+                metrics.pinned_sessions.fetch_add(1, Ordering::Relaxed);
             }
-            other => {
-                self.hold = other;
-                false
-            }
+            other => self.hold = other,
         }
     }
 
-    /// The client's state is known again: it is pooled again, and why it was pinned is
-    /// returned. Its connection stays unusable for others.
-    pub fn unpin(&mut self) -> Option<String> {
+    /// The client's session state is known again (it reset it): it is pooled again. Its
+    /// connection stays unusable for others and is closed when released, since a reset
+    /// connection can still differ from a new one.
+    pub fn unpin(&mut self) {
         match std::mem::replace(&mut self.hold, Hold::Released) {
             Hold::Pinned(checkout, why) => {
                 self.hold = Hold::Held(checkout);
-                Some(why)
+                tracing::info!(feature = %why, "the client reset its session; it is pooled again");
             }
-            other => {
-                self.hold = other;
-                None
-            }
+            other => self.hold = other,
         }
     }
 

@@ -109,6 +109,23 @@ impl ClientError {
         }
     }
 
+    /// The server is shutting down and the client is between transactions.
+    pub fn shutting_down() -> ClientError {
+        ClientError::fatal(
+            ErrorKind::ShuttingDown,
+            "terminating connection: warpdrive is shutting down",
+        )
+        .hint("reconnect; another warpdrive instance or the restarted one will answer")
+    }
+
+    /// The client sent something that is not a valid message.
+    pub fn protocol_violation(error: impl std::fmt::Display) -> ClientError {
+        ClientError::fatal(
+            ErrorKind::ProtocolViolation,
+            format!("invalid message from client: {error}"),
+        )
+    }
+
     /// An origin connection that failed while a request was in flight.
     pub fn origin_lost(error: impl std::fmt::Display) -> ClientError {
         ClientError::error(

@@ -19,14 +19,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::Session;
+use bytes::BytesMut;
+
+use super::catalog::CatalogView;
 use super::inflight::{Consulted, InFlight};
 use super::request::{PgRefetch, Request};
 use crate::analyze::Analysis;
 use crate::cache::{Entry, KeyScope};
 use crate::pool::pg::PgPool;
 use crate::proxy::{self, Composer, Situation, ToRecord};
-use crate::session::{SessionContext, SessionError};
+use crate::session::SessionContext;
+use crate::session::settings::SettingMap;
 use crate::wire::pg::backend::TransactionStatus;
 use crate::wire::pg::encode;
 
@@ -40,40 +43,40 @@ pub(super) fn composer<'a>(ctx: &'a SessionContext, pool: &PgPool) -> Composer<'
     }
 }
 
-impl Session {
-    /// The deployment's cache, as this session's requests see it.
-    pub(super) fn composer(&self) -> Composer<'_> {
-        composer(&self.ctx, &self.io.pool)
-    }
+/// A client's request as the cache sees it.
+pub(super) struct Consult<'a> {
+    pub(super) ctx: &'a SessionContext,
+    /// The pool of the client's database (refetches run there).
+    pub(super) pool: &'a PgPool,
+    /// The origin database.
+    pub(super) database: &'a str,
+    /// The client's settings.
+    pub(super) settings: &'a SettingMap,
+    /// Where the client stands.
+    pub(super) situation: Situation,
+    /// The origin's catalog, as the session asks it.
+    pub(super) catalog: CatalogView<'a>,
+}
 
-    /// Where the client stands for the cache.
-    pub(super) fn situation(&self) -> Situation {
-        Situation {
-            txn: self.status.into(),
-            pinned: self.io.pinned().is_some(),
-            behind_others: self.relay.awaits_origin(),
-        }
-    }
-
+impl Consult<'_> {
     /// Decides a request's status and, for a cacheable one, looks it up (waiting, bounded,
     /// when another client is fetching the same key).
     pub(super) async fn consult(
-        &mut self,
+        &self,
         analysis: &Analysis,
         request: Request,
         query_bytes: usize,
         started: Instant,
     ) -> Consulted {
-        let situation = self.situation();
+        let composer = composer(self.ctx, self.pool);
         // What the read really runs (views, user functions, operators, …) decides, when
         // it could be cached at all.
-        let refined = match self.composer().may_cache(situation) {
-            true => self.catalog().refine_for_cache(analysis, started).await,
+        let refined = match composer.may_cache(self.situation) {
+            true => self.catalog.refine_for_cache(analysis, started).await,
             false => None,
         };
         let analysis = refined.as_ref().unwrap_or(analysis);
-        let composer = self.composer();
-        let policy = match composer.decide(analysis, situation) {
+        let policy = match composer.decide(analysis, self.situation) {
             Ok(policy) => policy,
             Err(status) => {
                 return Consulted::Forward(Box::new(InFlight::forwarded(
@@ -83,21 +86,20 @@ impl Session {
                 )));
             }
         };
-        let settings = self.settings.current();
         let scope = KeyScope {
             deployment: &self.ctx.deployment.name,
-            database: &self.database,
+            database: self.database,
             role: &self.ctx.deployment.origin.user,
         };
-        let key = request.key(scope, settings);
+        let key = request.key(scope, self.settings);
         let limit = self.ctx.deployment.cache.max_result_bytes;
         let tables: Arc<[String]> = analysis.tables_read.clone().into();
         let to_record = || ToRecord {
             recorder: request.recorder(limit),
             tables: Arc::clone(&tables),
             refetch: Arc::new(PgRefetch {
-                pool: self.io.pool.clone(),
-                settings: settings.clone(),
+                pool: self.pool.clone(),
+                settings: self.settings.clone(),
                 request: request.clone(),
                 limit,
             }),
@@ -112,34 +114,24 @@ impl Session {
             }
         }
     }
+}
 
-    /// Answers a simple query from an entry.
-    pub(super) async fn answer_simple_hit(
-        &mut self,
-        entry: &Entry,
-        query_bytes: usize,
-        started: Instant,
-    ) -> Result<(), SessionError> {
-        let reply_starts = self.io.client.out.len();
-        for segment in &entry.segments {
-            self.io.client.out.extend_from_slice(segment);
-        }
-        self.finish_hit(reply_starts, query_bytes, started).await
+/// Writes the reply to a simple query answered from `entry`.
+pub(super) fn write_simple_hit(out: &mut BytesMut, entry: &Entry) {
+    for segment in &entry.segments {
+        out.extend_from_slice(segment);
     }
+}
 
-    /// Ends a reply from the cache that starts at `reply_starts` in the output buffer:
-    /// ReadyForQuery, the count, the write.
-    pub(super) async fn finish_hit(
-        &mut self,
-        reply_starts: usize,
-        query_bytes: usize,
-        started: Instant,
-    ) -> Result<(), SessionError> {
-        encode::ready_for_query(&mut self.io.client.out, TransactionStatus::Idle);
-        let result_bytes = self.io.client.out.len() - reply_starts;
-        // Counted before the reply leaves: whoever sees the reply sees the count.
-        self.composer().served(query_bytes, result_bytes, started);
-        self.io.client.flush().await?;
-        Ok(())
-    }
+/// Ends a reply from the cache that starts at `reply_starts` in `out` with its
+/// ReadyForQuery, and counts it (before it leaves: whoever sees the reply sees the count).
+pub(super) fn end_hit(
+    out: &mut BytesMut,
+    composer: &Composer<'_>,
+    reply_starts: usize,
+    query_bytes: usize,
+    started: Instant,
+) {
+    encode::ready_for_query(out, TransactionStatus::Idle);
+    composer.served(query_bytes, out.len() - reply_starts, started);
 }

@@ -1,31 +1,37 @@
-//! The extended query protocol for one session: Parse, Bind, Describe, Execute and Close
-//! are buffered until Sync (or Flush), then translated for whichever origin connection
-//! serves the batch.
+//! The extended query protocol's batches: Parse, Bind, Describe, Execute and Close are
+//! held until Sync (or Flush), then planned (what the batch executes, and whether it has
+//! the one shape the cache serves) and answered from an entry on a hit.
 //!
 //! Named statements live on the origin under content-derived names
-//! ([`crate::pool::pg::statements`]), so a statement the connection already has is answered
-//! with a synthetic ParseComplete, and one it lacks gets the client's Parse replayed
-//! first. The client's names, Close of statements, and the errors PostgreSQL raises for
-//! unknown or duplicate names are handled here, for this client alone.
+//! ([`crate::pool::pg::statements`]); [`super::translate`] writes a batch for the
+//! connection that serves it. Nothing here reads or writes a socket.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use super::Session;
-use super::inflight::{Consulted, InFlight, Unsynced};
-use super::relay::Expect;
+use super::inflight::Unsynced;
 use super::request::{Described, Request};
-use super::sqlstate::ErrorResponse;
-use super::statement::ClientStatement;
+use super::statement::{ClientStatement, ClientStatements};
+use super::translate::StatementReader;
 use crate::analyze::{Analysis, Dialect, StringLiterals};
 use crate::cache::{CacheStatus, Entry};
-use crate::session::SessionError;
+use crate::protocol::TxnStatus;
+use crate::proxy::Composer;
 use crate::session::settings::STANDARD_CONFORMING_STRINGS;
 use crate::wire::pg::encode;
 use crate::wire::pg::frontend::{Bind, FrontendMessage, Target};
+
+/// Extended-protocol messages buffered before Sync beyond this many bytes are sent on
+/// (as with Flush), so that a client cannot make warpdrive hold unbounded input.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Held messages this large go to the origin as soon as nothing more is buffered, without
+/// waiting for the input to run dry: a pipeline of large Bind/Execute pairs (a bulk load)
+/// then runs as it arrives, and an early error reaches the client as early as it would
+/// directly.
+const DRY_AT_ONCE_BYTES: usize = 64 << 10;
 
 /// How warpdrive sends the extended-protocol messages it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +44,42 @@ pub(super) enum BatchEnd {
     /// ran dry (it may wait for replies before sending more), or the batch reached its
     /// size bound. Never cached.
     AsTheyAre,
+}
+
+/// The extended-protocol messages held until Sync or Flush.
+#[derive(Default)]
+pub(super) struct Batch {
+    messages: Vec<FrontendMessage>,
+    /// Their size in bytes.
+    bytes: usize,
+}
+
+impl Batch {
+    /// Holds a message; true when the batch outgrew its bound and must go on now
+    /// (bounded memory: a client that never sends Sync has its messages forwarded as they
+    /// come, not cacheable).
+    pub(super) fn hold(&mut self, message: FrontendMessage) -> bool {
+        self.bytes += message.frame().len();
+        self.messages.push(message);
+        self.bytes > MAX_BATCH_BYTES
+    }
+
+    /// Whether nothing is held.
+    pub(super) fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+
+    /// Whether what is held should go on as soon as the client's input holds nothing
+    /// more, without waiting for it to run dry.
+    pub(super) fn is_large(&self) -> bool {
+        self.bytes >= DRY_AT_ONCE_BYTES
+    }
+
+    /// The messages held, which are no longer.
+    pub(super) fn take(&mut self) -> Vec<FrontendMessage> {
+        self.bytes = 0;
+        std::mem::take(&mut self.messages)
+    }
 }
 
 /// What a batch up to Sync executes, as far as the cache is concerned.
@@ -55,152 +97,79 @@ enum BatchPlan {
     },
 }
 
-impl Session {
-    /// Sends the buffered extended-protocol messages, ended as `end` says.
-    pub(super) async fn send_batch(&mut self, end: BatchEnd) -> Result<(), SessionError> {
-        let sync = end == BatchEnd::Sync;
-        let started = Instant::now();
-        let batch = std::mem::take(&mut self.batch);
-        self.batch_bytes = 0;
-        if batch.is_empty() && !sync {
-            self.io.client.flush().await?;
-            return Ok(());
-        }
-        let query_bytes: usize = batch.iter().map(|message| message.frame().len()).sum();
-        let mut in_flight = if sync {
-            match self.decide_batch(&batch, query_bytes, started).await {
-                Consulted::Hit(entry, statement) => {
-                    return self
-                        .answer_batch_hit(batch, &entry, *statement, query_bytes, started)
-                        .await;
-                }
-                Consulted::Forward(in_flight) => Some(*in_flight),
-            }
-        } else {
-            // A Flush: the request goes on until the next Sync, which decides its status.
-            let status = self.forwarded_plan_status(&batch);
-            let unsynced = &mut self.requests.unsynced;
-            unsynced.sent = true;
-            unsynced.query_bytes += query_bytes;
-            if unsynced.status.is_none() {
-                unsynced.status = status;
-            }
-            None
-        };
-        for (analysis, text) in self.executed_statements(&batch) {
-            if let Some(pin) = self
-                .user_code_pin(&analysis, text.as_deref(), started)
-                .await
-            {
-                match in_flight.as_mut() {
-                    Some(in_flight) => in_flight.changes_session(pin),
-                    None => self.requests.unsynced.pins.push(pin),
-                }
-            }
-        }
-        if let Err(error) = self.connect().await {
-            if let Some(in_flight) = in_flight {
-                self.ctx.metrics.record(
-                    in_flight.status(),
-                    query_bytes,
-                    0,
-                    started.elapsed(),
-                    true,
-                );
-            }
-            // The error takes the place of the batch's replies, as an origin error would.
-            error.encode(&mut self.io.client.out);
-            if sync {
-                self.requests.unsynced = Unsynced::default();
-                encode::ready_for_query(&mut self.io.client.out, self.status);
-            }
-            self.io.client.flush().await?;
-            return Ok(());
-        }
-        self.send_pending_closes();
-        for message in batch {
-            if !self.translate(message) {
-                // warpdrive raised an error for this message: the origin would skip the
-                // rest up to Sync, so it is not sent.
-                break;
-            }
-        }
-        let mut buf = BytesMut::new();
-        if sync {
-            encode::sync(&mut buf);
-            self.relay.push(Expect::Sync);
-            if let Some(in_flight) = in_flight {
-                self.requests.push(in_flight);
-            }
-        } else if end == BatchEnd::Flush {
-            encode::flush(&mut buf);
-        }
-        self.send_to_origin(&buf);
-        self.flush_origin().await?;
-        let mut events = Vec::new();
-        self.relay
-            .drain_synthetic(&mut self.io.client.out, &mut events);
-        for event in events {
-            self.on_event(event);
-        }
-        self.io.client.flush().await?;
-        self.arm_deadline();
-        Ok(())
-    }
+/// What the cache makes of a batch ending with Sync.
+pub(super) enum Decision {
+    /// Look the request up: it executes `statement`, in the shape the cache serves.
+    Consult {
+        statement: Box<ClientStatement>,
+        request: Request,
+    },
+    /// Forward it with this status.
+    Forward(CacheStatus),
+}
 
-    /// The status of a batch ending with Sync, looked up in the cache when it may be
-    /// served from there: only a whole request (nothing of it sent before a Flush) of the
-    /// one shape the cache serves.
-    async fn decide_batch(
-        &mut self,
-        batch: &[FrontendMessage],
-        query_bytes: usize,
-        started: Instant,
-    ) -> Consulted<Box<ClientStatement>> {
-        let split = self.requests.unsynced.sent;
+/// Reads a batch against the client's statements.
+pub(super) struct Planner<'a> {
+    pub(super) statements: &'a ClientStatements,
+    pub(super) reader: StatementReader<'a>,
+    /// How the origin reads string literals in the batch's first Parse.
+    pub(super) literals: StringLiterals,
+    /// The deployment's cache.
+    pub(super) composer: Composer<'a>,
+    /// The client's transaction status.
+    pub(super) txn: TxnStatus,
+}
+
+impl Planner<'_> {
+    /// What a batch ending with Sync asks of the cache: a lookup only for a whole request
+    /// (nothing of it sent before a Flush, `unsynced`) of the one shape the cache serves.
+    pub(super) fn decide(&self, batch: &[FrontendMessage], unsynced: &Unsynced) -> Decision {
         let status = match self.plan(batch) {
-            BatchPlan::NoExecute => self
-                .requests
-                .unsynced
-                .status
-                .unwrap_or(CacheStatus::NotAQuery),
+            BatchPlan::NoExecute => unsynced.status.unwrap_or(CacheStatus::NotAQuery),
             BatchPlan::Unresolved => CacheStatus::Uncacheable,
             BatchPlan::Executes {
                 statement,
                 cacheable: Some(request),
-            } if !split => {
-                let query_bytes = query_bytes + self.requests.unsynced.query_bytes;
-                return match self
-                    .consult(&statement.analysis, request, query_bytes, started)
-                    .await
-                {
-                    Consulted::Hit(entry, ()) => Consulted::Hit(entry, statement),
-                    Consulted::Forward(in_flight) => Consulted::Forward(in_flight),
-                };
-            }
+            } if !unsynced.sent => return Decision::Consult { statement, request },
             BatchPlan::Executes { statement, .. } => self.forwarded_status(&statement.analysis),
         };
-        let query_bytes = query_bytes + self.requests.unsynced.query_bytes;
-        Consulted::Forward(Box::new(InFlight::forwarded(status, query_bytes, started)))
+        Decision::Forward(status)
+    }
+
+    /// The status of a batch part sent on a Flush, when it executes something.
+    pub(super) fn flushed_status(&self, batch: &[FrontendMessage]) -> Option<CacheStatus> {
+        match self.plan(batch) {
+            BatchPlan::NoExecute => None,
+            BatchPlan::Unresolved => Some(CacheStatus::Uncacheable),
+            BatchPlan::Executes { statement, .. } => {
+                Some(self.forwarded_status(&statement.analysis))
+            }
+        }
+    }
+
+    /// The status of a statement forwarded without consulting the cache: the policy's
+    /// refusal, or `uncacheable` for cacheable text in a batch the cache does not serve.
+    fn forwarded_status(&self, analysis: &Analysis) -> CacheStatus {
+        self.composer.forwarded_status(analysis, self.txn)
     }
 
     /// The statements a batch executes, in order, with their text when warpdrive has it
     /// (not for a portal bound by an earlier batch). A Parse after an Execute that may
     /// change standard_conforming_strings is read without knowing it, as the origin
     /// parses each message after the ones before it ran.
-    fn executed_statements(
+    pub(super) fn executed_statements(
         &self,
         batch: &[FrontendMessage],
     ) -> Vec<(Arc<Analysis>, Option<Bytes>)> {
         let mut parsed: HashMap<&Bytes, (Arc<Analysis>, &Bytes)> = HashMap::new();
         let mut bound: HashMap<&Bytes, (Arc<Analysis>, Option<Bytes>)> = HashMap::new();
         let mut executed: Vec<(Arc<Analysis>, Option<Bytes>)> = Vec::new();
-        let mut literals = self.string_literals();
+        let mut literals = self.literals;
         for message in batch {
             match message {
                 FrontendMessage::Parse(parse) => {
                     let analysis =
-                        self.ctx
+                        self.reader
                             .analyzer
                             .analyze_bytes(Dialect::Postgres, &parse.sql, literals);
                     parsed.insert(&parse.name, (analysis, &parse.sql));
@@ -208,10 +177,6 @@ impl Session {
                 FrontendMessage::Bind(bind) => {
                     let statement = match parsed.get(&bind.statement) {
                         Some((analysis, sql)) => Some((Arc::clone(analysis), (*sql).clone())),
-                        None if bind.statement.is_empty() => self
-                            .unnamed
-                            .as_ref()
-                            .map(|s| (Arc::clone(&s.analysis), s.sql.clone())),
                         None => self
                             .statements
                             .get(&bind.statement)
@@ -223,8 +188,8 @@ impl Session {
                 }
                 FrontendMessage::Execute(execute) => {
                     let statement = bound.get(&execute.portal).cloned().or_else(|| {
-                        self.portals
-                            .get(&execute.portal)
+                        self.statements
+                            .portal(&execute.portal)
                             .map(|analysis| (Arc::clone(analysis), None))
                     });
                     if let Some((analysis, _)) = &statement
@@ -240,24 +205,6 @@ impl Session {
             }
         }
         executed
-    }
-
-    /// The status of a batch part sent on a Flush, when it executes something.
-    fn forwarded_plan_status(&self, batch: &[FrontendMessage]) -> Option<CacheStatus> {
-        match self.plan(batch) {
-            BatchPlan::NoExecute => None,
-            BatchPlan::Unresolved => Some(CacheStatus::Uncacheable),
-            BatchPlan::Executes { statement, .. } => {
-                Some(self.forwarded_status(&statement.analysis))
-            }
-        }
-    }
-
-    /// The status of a statement forwarded without consulting the cache: the policy's
-    /// refusal, or `uncacheable` for cacheable text in a batch the cache does not serve.
-    fn forwarded_status(&self, analysis: &Analysis) -> CacheStatus {
-        self.composer()
-            .forwarded_status(analysis, self.status.into())
     }
 
     /// The statement a batch executes and whether the batch has the cacheable shape.
@@ -285,11 +232,7 @@ impl Session {
             _ => None,
         });
         let statement = match parsed {
-            Some(parse) => self.client_statement(parse),
-            None if bind.statement.is_empty() => match &self.unnamed {
-                Some(statement) => statement.clone(),
-                None => return BatchPlan::Unresolved,
-            },
+            Some(parse) => self.reader.read(parse, self.literals),
             None => match self.statements.get(&bind.statement) {
                 Some(statement) => statement.clone(),
                 None => return BatchPlan::Unresolved,
@@ -331,8 +274,7 @@ impl Session {
                 FrontendMessage::Parse(parse) => {
                     parses += 1;
                     // A Parse of a name the client already has is an error to relay.
-                    let duplicate =
-                        !parse.name.is_empty() && self.statements.contains_key(&parse.name);
+                    let duplicate = self.statements.is_duplicate(&parse.name);
                     if !before_execute || parse.name != bind.statement || duplicate || binds > 0 {
                         return None;
                     }
@@ -369,56 +311,46 @@ impl Session {
         }
         (parses <= 1 && binds == 1 && (parses == 1) == parsed_here).then_some(describes)
     }
+}
 
-    /// Answers a batch from an entry: the replies the client's own messages call for.
-    async fn answer_batch_hit(
-        &mut self,
-        batch: Vec<FrontendMessage>,
-        entry: &Entry,
-        statement: ClientStatement,
-        query_bytes: usize,
-        started: Instant,
-    ) -> Result<(), SessionError> {
-        let before = self.io.client.out.len();
-        let mut segments = entry.segments.iter();
-        for message in batch {
-            match message {
-                FrontendMessage::Parse(parse) => {
-                    // The batch's only Parse is the executed statement's (cacheable shape).
-                    if parse.name.is_empty() {
-                        self.unnamed = Some(statement.clone());
-                    } else {
-                        self.statements
-                            .insert(parse.name.clone(), statement.clone());
-                    }
-                    encode::parse_complete(&mut self.io.client.out);
-                }
-                FrontendMessage::Bind(bind) => {
-                    self.portals
-                        .insert(bind.portal.clone(), Arc::clone(&statement.analysis));
-                    encode::bind_complete(&mut self.io.client.out);
-                }
-                FrontendMessage::Describe(_) | FrontendMessage::Execute(_) => {
-                    if let Some(segment) = segments.next() {
-                        self.io.client.out.extend_from_slice(segment);
-                    }
-                }
-                FrontendMessage::Close(close) => {
-                    match close.target {
-                        Target::Statement => {
-                            self.forget_statement(&close.name);
-                        }
-                        Target::Portal => {
-                            self.portals.remove(&close.name);
-                        }
-                    }
-                    encode::close_complete(&mut self.io.client.out);
-                }
-                _ => {}
+/// Writes the replies to a batch answered from `entry` (those the client's own messages
+/// call for) to `out`, and keeps what the batch prepared, bound and closed.
+pub(super) fn answer_hit(
+    batch: Vec<FrontendMessage>,
+    entry: &Entry,
+    statement: ClientStatement,
+    statements: &mut ClientStatements,
+    out: &mut BytesMut,
+) {
+    let mut segments = entry.segments.iter();
+    for message in batch {
+        match message {
+            FrontendMessage::Parse(parse) => {
+                // The batch's only Parse is the executed statement's (cacheable shape).
+                statements.keep(parse.name.clone(), statement.clone());
+                encode::parse_complete(out);
             }
+            FrontendMessage::Bind(bind) => {
+                statements.bind(bind.portal.clone(), Arc::clone(&statement.analysis));
+                encode::bind_complete(out);
+            }
+            FrontendMessage::Describe(_) | FrontendMessage::Execute(_) => {
+                if let Some(segment) = segments.next() {
+                    out.extend_from_slice(segment);
+                }
+            }
+            FrontendMessage::Close(close) => {
+                match close.target {
+                    Target::Statement => {
+                        statements.forget(&close.name);
+                    }
+                    Target::Portal => statements.close_portal(&close.name),
+                }
+                encode::close_complete(out);
+            }
+            _ => {}
         }
-        // The unnamed portal ends with the implicit transaction, as on the origin.
-        self.portals.remove(&Bytes::new());
-        self.finish_hit(before, query_bytes, started).await
     }
+    // The unnamed portal ends with the implicit transaction, as on the origin.
+    statements.close_portal(&Bytes::new());
 }

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::recorder::Recorder;
-use crate::analyze::SessionEffect;
+use crate::analyze::{SessionEffect, StringLiterals};
 use crate::cache::{CacheStatus, Entry};
 use crate::protocol::TxnStatus;
 use crate::proxy::{Composer, Flight};
-use crate::session::settings::Outcome;
+use crate::session::settings::{Outcome, STANDARD_CONFORMING_STRINGS};
 use crate::wire::pg::Frame;
 use crate::wire::pg::backend::tag;
 
@@ -32,7 +32,7 @@ impl Requests {
     }
 
     /// Whether anything in flight, or sent before a Sync, may change the setting `name`.
-    pub(super) fn may_change_setting(&self, name: &str) -> bool {
+    fn may_change_setting(&self, name: &str) -> bool {
         self.queue
             .iter()
             .any(|request| request.may_change_setting(name))
@@ -43,6 +43,19 @@ impl Requests {
                 .iter()
                 .flatten()
                 .any(|effect| effect.may_change_setting(name))
+    }
+
+    /// How the origin will read string literals in the next text the client sends: as it
+    /// last reported (`standard`), unless something in flight may change that.
+    pub(super) fn string_literals(&self, standard: bool) -> StringLiterals {
+        match (
+            self.may_change_setting(STANDARD_CONFORMING_STRINGS),
+            standard,
+        ) {
+            (true, _) => StringLiterals::Unknown,
+            (false, true) => StringLiterals::Standard,
+            (false, false) => StringLiterals::BackslashEscapes,
+        }
     }
 
     /// Counts a result message sent to the client, and records it if its request is
@@ -128,6 +141,18 @@ pub(super) struct Unsynced {
     pub(super) pins: Vec<String>,
     /// Whether the origin (or warpdrive) reported an error for them.
     pub(super) failed: bool,
+}
+
+impl Unsynced {
+    /// Messages of `query_bytes` went to the origin before their Sync; `status` is
+    /// theirs when they execute something (the first such status stays).
+    pub(super) fn sent(&mut self, query_bytes: usize, status: Option<CacheStatus>) {
+        self.sent = true;
+        self.query_bytes += query_bytes;
+        if self.status.is_none() {
+            self.status = status;
+        }
+    }
 }
 
 /// A request sent to the origin, until its ReadyForQuery.

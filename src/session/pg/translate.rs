@@ -3,39 +3,134 @@
 //! connection lacks them, closed on the origin when they went stale; the client's names,
 //! Close, DEALLOCATE, and the errors PostgreSQL raises for unknown or duplicate names,
 //! for this client alone.
+//!
+//! A [`Translator`] lives for one batch: it borrows the client's statements, the
+//! connection, the relay and the requests, and writes to the connection's buffer only
+//! (the session flushes).
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::Session;
-use super::relay::{Expect, OnError};
+use super::inflight::Requests;
+use super::relay::{Expect, OnError, Relay};
 use super::request::result_settings;
 use super::sqlstate::ErrorResponse;
-use super::statement::ClientStatement;
-use crate::analyze::{Dialect, SessionEffect};
+use super::statement::{ClientStatement, ClientStatements};
+use crate::analyze::{Analysis, AnalysisMemo, Dialect, SessionEffect, StringLiterals};
 use crate::pool::pg::statements::{origin_statement_name, statement_identity};
+use crate::pool::pg::{PgPoolSet, PgPooledConn};
 use crate::session::error::{ClientError, ErrorKind};
+use crate::session::settings::SettingMap;
 use crate::wire::pg::encode;
 use crate::wire::pg::frontend::{Bind, Close, Describe, FrontendMessage, Parse, Target};
 
-impl Session {
+/// Reads a client's Parse into the statement warpdrive keeps for it.
+pub(super) struct StatementReader<'a> {
+    /// The analyzer.
+    pub(super) analyzer: &'a AnalysisMemo,
+    /// The client's settings, some of which name the statement on the origin.
+    pub(super) settings: &'a SettingMap,
+}
+
+impl StatementReader<'_> {
+    /// The statement `parse` prepares, its string literals read as `literals`.
+    pub(super) fn read(&self, parse: &Parse, literals: StringLiterals) -> ClientStatement {
+        let identity = statement_identity(
+            &parse.sql,
+            &parse.parameter_types,
+            result_settings(self.settings),
+        );
+        ClientStatement {
+            origin_name: origin_statement_name(&identity),
+            identity,
+            sql: parse.sql.clone(),
+            parameter_types: parse.parameter_types.clone(),
+            analysis: self
+                .analyzer
+                .analyze_bytes(Dialect::Postgres, &parse.sql, literals),
+        }
+    }
+}
+
+/// DROP DATABASE and its kin fail while any session is connected to the database:
+/// warpdrive's own idle connections to it close first.
+pub(super) fn let_go_of_databases(pools: &PgPoolSet, analysis: &Analysis) {
+    for effect in analysis.effects() {
+        if let SessionEffect::NeedsDatabaseUnused { database } = effect {
+            pools.close_idle(database);
+        }
+    }
+}
+
+/// Writes one batch of a client's messages for the connection that serves it.
+pub(super) struct Translator<'a> {
+    pub(super) statements: &'a mut ClientStatements,
+    pub(super) conn: &'a mut PgPooledConn,
+    pub(super) relay: &'a mut Relay,
+    pub(super) requests: &'a mut Requests,
+    pub(super) reader: StatementReader<'a>,
+    /// `standard_conforming_strings` as the origin last reported it to the client.
+    pub(super) standard_conforming_strings: bool,
+    pub(super) pinned: bool,
+    pub(super) pools: &'a PgPoolSet,
+}
+
+impl Translator<'_> {
     /// Closes on the origin the statements that went stale on this connection.
     pub(super) fn send_pending_closes(&mut self) {
-        let Some(checkout) = self.io.checkout() else {
-            return;
-        };
-        let stale = std::mem::take(&mut checkout.conn().stale_statements);
-        for name in stale {
+        for name in std::mem::take(&mut self.conn.stale_statements) {
             self.close_on_origin(name);
         }
+    }
+
+    /// Translates one extended-protocol message. False when warpdrive answered it with
+    /// an error.
+    pub(super) fn translate(&mut self, message: FrontendMessage) -> bool {
+        match message {
+            FrontendMessage::Parse(parse) => self.translate_parse(parse),
+            FrontendMessage::Bind(bind) => self.translate_bind(bind),
+            FrontendMessage::Describe(describe) => self.translate_describe(describe),
+            FrontendMessage::Execute(execute) => {
+                let analysis = self.statements.portal(&execute.portal).cloned();
+                let mut effects = Vec::new();
+                if let Some(analysis) = &analysis {
+                    if let Some((tag, forgotten)) = self
+                        .statements
+                        .deallocate_locally(analysis.sole_effect(), self.pinned)
+                    {
+                        let mut reply = BytesMut::new();
+                        encode::command_complete(&mut reply, tag);
+                        self.relay.push(Expect::Synthetic(
+                            reply.freeze(),
+                            OnError::Restore(forgotten),
+                        ));
+                        return true;
+                    }
+                    let_go_of_databases(self.pools, analysis);
+                    effects.extend(analysis.effects().cloned());
+                }
+                // One list per Execute sent, so that completions count statements.
+                self.requests.unsynced.effects.push(effects);
+                self.send(execute.frame.raw());
+                self.relay.push(Expect::Execute);
+                true
+            }
+            FrontendMessage::Close(close) => self.translate_close(close),
+            _ => true,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.conn.origin.conn.out.extend_from_slice(bytes);
+        self.conn.set_busy();
     }
 
     /// Closes a statement on the origin; its reply is warpdrive's own.
     fn close_on_origin(&mut self, origin_name: Bytes) {
         let mut buf = BytesMut::new();
         encode::close(&mut buf, Target::Statement, &origin_name);
-        self.send_to_origin(&buf);
+        self.send(&buf);
         self.relay.push(Expect::Reply {
             count: 1,
             to_client: false,
@@ -50,65 +145,16 @@ impl Session {
         false
     }
 
-    /// Translates one extended-protocol message for the checked-out connection. False
-    /// when warpdrive answered it with an error.
-    pub(super) fn translate(&mut self, message: FrontendMessage) -> bool {
-        match message {
-            FrontendMessage::Parse(parse) => self.translate_parse(parse),
-            FrontendMessage::Bind(bind) => self.translate_bind(bind),
-            FrontendMessage::Describe(describe) => self.translate_describe(describe),
-            FrontendMessage::Execute(execute) => {
-                let analysis = self.portals.get(&execute.portal).cloned();
-                let mut effects = Vec::new();
-                if let Some(analysis) = &analysis {
-                    if let Some(tag) = self.deallocate_locally(analysis.sole_effect()) {
-                        let mut reply = BytesMut::new();
-                        encode::command_complete(&mut reply, tag.0);
-                        self.relay
-                            .push(Expect::Synthetic(reply.freeze(), OnError::Restore(tag.1)));
-                        return true;
-                    }
-                    self.let_go_of_databases(analysis);
-                    effects.extend(analysis.effects().cloned());
-                }
-                // One list per Execute sent, so that completions count statements.
-                self.requests.unsynced.effects.push(effects);
-                self.send_to_origin(execute.frame.raw());
-                self.relay.push(Expect::Execute);
-                true
-            }
-            FrontendMessage::Close(close) => self.translate_close(close),
-            _ => true,
-        }
-    }
-
-    pub(super) fn client_statement(&self, parse: &Parse) -> ClientStatement {
-        let identity = statement_identity(
-            &parse.sql,
-            &parse.parameter_types,
-            result_settings(self.settings.current()),
-        );
-        ClientStatement {
-            origin_name: origin_statement_name(&identity),
-            identity,
-            sql: parse.sql.clone(),
-            parameter_types: parse.parameter_types.clone(),
-            analysis: self.ctx.analyzer.analyze_bytes(
-                Dialect::Postgres,
-                &parse.sql,
-                self.string_literals(),
-            ),
-        }
-    }
-
     fn translate_parse(&mut self, parse: Parse) -> bool {
-        let statement = self.client_statement(&parse);
+        // Read after the Executes before it in the batch, as the origin parses it.
+        let literals = self
+            .requests
+            .string_literals(self.standard_conforming_strings);
+        let statement = self.reader.read(&parse, literals);
         if parse.name.is_empty() {
-            if let Some(checkout) = self.io.checkout() {
-                checkout.conn().unnamed_statement = Some(statement.identity);
-            }
-            let previous = self.unnamed.replace(statement);
-            self.send_to_origin(parse.frame.raw());
+            self.conn.unnamed_statement = Some(statement.identity);
+            let previous = self.statements.keep(Bytes::new(), statement);
+            self.send(parse.frame.raw());
             self.relay.push(Expect::Reply {
                 count: 1,
                 to_client: true,
@@ -116,7 +162,7 @@ impl Session {
             });
             return true;
         }
-        if self.statements.contains_key(&parse.name) {
+        if self.statements.is_duplicate(&parse.name) {
             let name = String::from_utf8_lossy(&parse.name).into_owned();
             return self.statement_error(
                 ErrorKind::DuplicateStatement,
@@ -124,15 +170,11 @@ impl Session {
             );
         }
         let origin_name = statement.origin_name.clone();
-        self.statements.insert(parse.name.clone(), statement);
+        self.statements.keep(parse.name.clone(), statement);
         // The client's own Parse always reaches the origin, as it would without warpdrive:
         // a statement prepared there earlier may have gone stale since (DDL), and a fresh
         // Parse must never fail for that. Replays for other connections are warpdrive's.
-        let prepared = self
-            .io
-            .origin()
-            .is_some_and(|c| c.statements.touch(&origin_name));
-        if prepared {
+        if self.conn.statements.touch(&origin_name) {
             self.close_on_origin(origin_name.clone());
         }
         self.prepare_on_origin(
@@ -153,16 +195,12 @@ impl Session {
         parameter_types: &[u8],
         client_name: Option<Bytes>,
     ) {
-        let evicted = self
-            .io
-            .origin()
-            .and_then(|c| c.statements.insert(origin_name.clone()));
-        if let Some(evicted) = evicted {
+        if let Some(evicted) = self.conn.statements.insert(origin_name.clone()) {
             self.close_on_origin(evicted);
         }
         let mut buf = BytesMut::new();
         encode::parse_raw(&mut buf, origin_name, sql, parameter_types);
-        self.send_to_origin(&buf);
+        self.send(&buf);
         self.relay.push(Expect::Reply {
             count: 1,
             to_client: client_name.is_some(),
@@ -176,46 +214,30 @@ impl Session {
     /// The client's statement `name`, prepared on the connection (replaying its Parse
     /// if needed). `None` (after raising the error) if the client has no such statement.
     fn resolve_statement(&mut self, name: &Bytes) -> Option<ClientStatement> {
-        if name.is_empty() {
-            let Some(statement) = self.unnamed.clone() else {
-                self.statement_error(
-                    ErrorKind::UnknownStatement,
-                    "unnamed prepared statement does not exist".to_owned(),
-                );
-                return None;
+        let Some(statement) = self.statements.get(name).cloned() else {
+            let message = match name.is_empty() {
+                true => "unnamed prepared statement does not exist".to_owned(),
+                false => format!(
+                    "prepared statement \"{}\" does not exist",
+                    String::from_utf8_lossy(name)
+                ),
             };
-            let present = self
-                .io
-                .origin()
-                .is_some_and(|c| c.unnamed_statement == Some(statement.identity));
-            if !present {
+            self.statement_error(ErrorKind::UnknownStatement, message);
+            return None;
+        };
+        if name.is_empty() {
+            if self.conn.unnamed_statement != Some(statement.identity) {
                 let mut buf = BytesMut::new();
                 encode::parse_raw(&mut buf, b"", &statement.sql, &statement.parameter_types);
-                self.send_to_origin(&buf);
+                self.send(&buf);
                 self.relay.push(Expect::Reply {
                     count: 1,
                     to_client: false,
                     on_error: OnError::UnnamedReplay,
                 });
-                if let Some(checkout) = self.io.checkout() {
-                    checkout.conn().unnamed_statement = Some(statement.identity);
-                }
+                self.conn.unnamed_statement = Some(statement.identity);
             }
-            return Some(statement);
-        }
-        let Some(statement) = self.statements.get(name).cloned() else {
-            let name = String::from_utf8_lossy(name).into_owned();
-            self.statement_error(
-                ErrorKind::UnknownStatement,
-                format!("prepared statement \"{name}\" does not exist"),
-            );
-            return None;
-        };
-        let present = self
-            .io
-            .origin()
-            .is_some_and(|c| c.statements.touch(&statement.origin_name));
-        if !present {
+        } else if !self.conn.statements.touch(&statement.origin_name) {
             self.prepare_on_origin(
                 &statement.origin_name,
                 &statement.sql,
@@ -239,9 +261,9 @@ impl Session {
             return false;
         };
         let origin_name = Self::origin_name_for(&bind.statement, &statement);
-        self.portals
-            .insert(bind.portal.clone(), Arc::clone(&statement.analysis));
-        self.send_to_origin(bind.with_statement(&origin_name).raw());
+        self.statements
+            .bind(bind.portal.clone(), Arc::clone(&statement.analysis));
+        self.send(bind.with_statement(&origin_name).raw());
         self.relay.push(Expect::Reply {
             count: 1,
             to_client: true,
@@ -253,7 +275,7 @@ impl Session {
     fn translate_describe(&mut self, describe: Describe) -> bool {
         match describe.target {
             Target::Portal => {
-                self.send_to_origin(describe.frame.raw());
+                self.send(describe.frame.raw());
                 self.relay.push(Expect::Reply {
                     count: 1,
                     to_client: true,
@@ -265,7 +287,7 @@ impl Session {
                     return false;
                 };
                 let origin_name = Self::origin_name_for(&describe.name, &statement);
-                self.send_to_origin(describe.renamed(&origin_name).raw());
+                self.send(describe.renamed(&origin_name).raw());
                 self.relay.push(Expect::Reply {
                     count: 2,
                     to_client: true,
@@ -279,8 +301,8 @@ impl Session {
     fn translate_close(&mut self, close: Close) -> bool {
         match close.target {
             Target::Portal => {
-                self.portals.remove(&close.name);
-                self.send_to_origin(close.frame.raw());
+                self.statements.close_portal(&close.name);
+                self.send(close.frame.raw());
                 self.relay.push(Expect::Reply {
                     count: 1,
                     to_client: true,
@@ -288,48 +310,15 @@ impl Session {
                 });
             }
             Target::Statement => {
-                let forgotten = self.forget_statement(&close.name);
-                let mut buf = BytesMut::new();
-                encode::close_complete(&mut buf);
-                let undo = match forgotten {
+                let undo = match self.statements.forget(&close.name) {
                     Some(statement) => OnError::Restore(vec![(close.name, statement)]),
                     None => OnError::Nothing,
                 };
+                let mut buf = BytesMut::new();
+                encode::close_complete(&mut buf);
                 self.relay.push(Expect::Synthetic(buf.freeze(), undo));
             }
         }
         true
-    }
-
-    /// Origin statements are shared: closing one is the client forgetting its name.
-    /// Returns the statement forgotten.
-    pub(super) fn forget_statement(&mut self, name: &Bytes) -> Option<ClientStatement> {
-        if name.is_empty() {
-            self.unnamed.take()
-        } else {
-            self.statements.remove(name)
-        }
-    }
-
-    /// SQL `DEALLOCATE` of the client's protocol-level statements concerns this client
-    /// alone: answered by warpdrive (psycopg sends it to evict its statement cache, in the
-    /// simple or the extended protocol). Returns the command tag and the statements
-    /// forgotten, or `None` when the origin must run it (a pinned client's DEALLOCATE ALL
-    /// also removes its SQL-level PREPAREs; an unknown name is the origin's to refuse).
-    pub(super) fn deallocate_locally(
-        &mut self,
-        effect: Option<&SessionEffect>,
-    ) -> Option<(&'static str, Vec<(Bytes, ClientStatement)>)> {
-        match effect? {
-            SessionEffect::Deallocate { name: None } if self.io.pinned().is_none() => {
-                Some(("DEALLOCATE ALL", self.statements.drain().collect()))
-            }
-            SessionEffect::Deallocate { name: Some(name) } => {
-                let name = Bytes::copy_from_slice(name.as_bytes());
-                let statement = self.statements.remove(&name)?;
-                Some(("DEALLOCATE", vec![(name, statement)]))
-            }
-            _ => None,
-        }
     }
 }
