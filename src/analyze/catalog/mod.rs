@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::memo::AnalysisMemo;
-use super::{Dialect, Rules, Volatility};
+use super::{Analysis, Dialect, Rules, Volatility};
 pub use reads::Refinement;
 pub use session::{Judgement, Verdict};
 
@@ -249,6 +249,23 @@ impl Catalog {
         catalog.session = session::Verdicts::new(&catalog, &facts);
         catalog.reads = reads::Reads::new(&catalog, &facts, analyzer);
         catalog
+    }
+
+    /// What `analysis` may do to the session. `text` is the statement as sent, looked at
+    /// when the analyzer did not read it.
+    pub fn judge(&self, analysis: &Analysis, text: &[u8]) -> Judgement {
+        session::Judge { catalog: self }.judge(analysis, text)
+    }
+
+    /// What calling function `oid` (the protocol's FunctionCall) may do to the session.
+    pub fn judge_function(&self, oid: u32) -> Judgement {
+        session::Judge { catalog: self }.judge_function(oid)
+    }
+
+    /// A read as PostgreSQL will run it (see [`reads`]): what its views, user functions,
+    /// operators, casts and policies add to its volatility and tables.
+    pub fn refine(&self, analysis: &Analysis) -> Refinement {
+        reads::refine(self, analysis)
     }
 
     fn is_builtin(&self, name: &str) -> bool {

@@ -459,65 +459,63 @@ impl Reads {
     }
 }
 
-impl Catalog {
-    /// A read as PostgreSQL will run it: the volatility its views, user functions,
-    /// operators, casts, attribute references and policies add (or, for functions the
-    /// rules do not know, take away), and the base tables of its views. Only reads that
-    /// the text alone leaves cacheable, or volatile for unknown functions only, are
-    /// refined.
-    pub fn refine(&self, analysis: &Analysis) -> Refinement {
-        let refinable = analysis.kind == Kind::Read
-            && match analysis.status {
-                Status::Cacheable => true,
-                Status::Volatile => !analysis.catalog_names.volatile_anyway,
-                _ => false,
-            };
-        if !refinable {
-            return Refinement::Unchanged;
-        }
-        let facts = facts_of(&mut Judged { catalog: self }, analysis);
-        if !facts.unknown.is_empty() {
-            return Refinement::Unknown(facts.unknown.into_iter().collect());
-        }
-        let unknown = &analysis.catalog_names.unknown_functions;
-        if facts == ReadFacts::default() && unknown.is_empty() {
-            return Refinement::Unchanged;
-        }
-        let status = if facts.volatile.is_some() {
-            Status::Volatile
-        } else {
-            Status::Cacheable
+/// A read as PostgreSQL will run it: the volatility its views, user functions,
+/// operators, casts, attribute references and policies add (or, for functions the
+/// rules do not know, take away), and the base tables of its views. Only reads that
+/// the text alone leaves cacheable, or volatile for unknown functions only, are
+/// refined.
+pub(super) fn refine(catalog: &Catalog, analysis: &Analysis) -> Refinement {
+    let refinable = analysis.kind == Kind::Read
+        && match analysis.status {
+            Status::Cacheable => true,
+            Status::Volatile => !analysis.catalog_names.volatile_anyway,
+            _ => false,
         };
-        let stable: BTreeSet<String> = analysis
-            .stable_functions
-            .iter()
-            .chain(&facts.stable)
-            .cloned()
-            .collect();
-        let tables: BTreeSet<String> = analysis
-            .tables_read
-            .iter()
-            .chain(&facts.tables)
-            .cloned()
-            .collect();
-        let unchanged = status == analysis.status
-            && unknown.is_empty()
-            && stable.len() == analysis.stable_functions.len()
-            && tables.len() == analysis.tables_read.len();
-        if unchanged {
-            return Refinement::Unchanged;
-        }
-        let mut refined = analysis.clone();
-        refined.status = status;
-        refined.reasons = facts.volatile.into_iter().map(Reason::new).collect();
-        refined
-            .volatile_functions
-            .retain(|name| !unknown.contains(name));
-        refined.stable_functions = stable.into_iter().collect();
-        refined.tables_read = tables.into_iter().collect();
-        refined.catalog_names.unknown_functions.clear();
-        Refinement::Refined(Box::new(refined))
+    if !refinable {
+        return Refinement::Unchanged;
     }
+    let facts = facts_of(&mut Judged { catalog }, analysis);
+    if !facts.unknown.is_empty() {
+        return Refinement::Unknown(facts.unknown.into_iter().collect());
+    }
+    let unknown = &analysis.catalog_names.unknown_functions;
+    if facts == ReadFacts::default() && unknown.is_empty() {
+        return Refinement::Unchanged;
+    }
+    let status = if facts.volatile.is_some() {
+        Status::Volatile
+    } else {
+        Status::Cacheable
+    };
+    let stable: BTreeSet<String> = analysis
+        .stable_functions
+        .iter()
+        .chain(&facts.stable)
+        .cloned()
+        .collect();
+    let tables: BTreeSet<String> = analysis
+        .tables_read
+        .iter()
+        .chain(&facts.tables)
+        .cloned()
+        .collect();
+    let unchanged = status == analysis.status
+        && unknown.is_empty()
+        && stable.len() == analysis.stable_functions.len()
+        && tables.len() == analysis.tables_read.len();
+    if unchanged {
+        return Refinement::Unchanged;
+    }
+    let mut refined = analysis.clone();
+    refined.status = status;
+    refined.reasons = facts.volatile.into_iter().map(Reason::new).collect();
+    refined
+        .volatile_functions
+        .retain(|name| !unknown.contains(name));
+    refined.stable_functions = stable.into_iter().collect();
+    refined.tables_read = tables.into_iter().collect();
+    refined.catalog_names.unknown_functions.clear();
+    Refinement::Refined(Box::new(refined))
 }
 
 #[cfg(test)]

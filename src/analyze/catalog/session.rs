@@ -213,17 +213,22 @@ fn is_keyword(name: &str) -> bool {
         .is_ok()
 }
 
-impl Catalog {
+/// The session-safety verdicts, as one catalog looks them up.
+pub(super) struct Judge<'a> {
+    pub(super) catalog: &'a Catalog,
+}
+
+impl Judge<'_> {
     /// The verdict on every user function a name may call; `None` when no user function
     /// has that name.
     fn function_verdict(&self, name: &str) -> Option<Verdict> {
-        let oids = self.functions_named(name);
+        let oids = self.catalog.functions_named(name);
         if oids.is_empty() {
             return None;
         }
         Some(
             oids.iter()
-                .map(|oid| self.session.get(Node::Function(*oid)))
+                .map(|oid| self.catalog.session.get(Node::Function(*oid)))
                 .find(|verdict| matches!(verdict, Verdict::Unsafe(_)))
                 .cloned()
                 .unwrap_or(Verdict::Safe),
@@ -231,9 +236,10 @@ impl Catalog {
     }
 
     fn relation_verdict(&self, name: &str) -> Verdict {
-        self.relations_named(name)
+        self.catalog
+            .relations_named(name)
             .iter()
-            .map(|oid| self.session.get(Node::Relation(*oid)))
+            .map(|oid| self.catalog.session.get(Node::Relation(*oid)))
             .find(|verdict| matches!(verdict, Verdict::Unsafe(_)))
             .cloned()
             .unwrap_or(Verdict::Safe)
@@ -241,13 +247,13 @@ impl Catalog {
 
     /// What `analysis` may do to the session. `text` is the statement as sent, looked at
     /// when the analyzer did not read it.
-    pub fn judge(&self, analysis: &Analysis, text: &[u8]) -> Judgement {
+    pub(super) fn judge(&self, analysis: &Analysis, text: &[u8]) -> Judgement {
         let mut unknown = Vec::new();
         for name in &analysis.functions {
             match self.function_verdict(name) {
                 Some(Verdict::Unsafe(reason)) => return Judgement::ChangesSession(reason),
                 Some(Verdict::Safe) => {}
-                None if self.is_builtin(name) => {}
+                None if self.catalog.is_builtin(name) => {}
                 None => unknown.push(name.clone()),
             }
         }
@@ -257,7 +263,7 @@ impl Catalog {
             }
         }
         if analysis.kind == Kind::Ddl
-            && let Verdict::Unsafe(reason) = &self.session.event_triggers
+            && let Verdict::Unsafe(reason) = &self.catalog.session.event_triggers
         {
             return Judgement::ChangesSession(reason.clone());
         }
@@ -275,7 +281,7 @@ impl Catalog {
                 match self.function_verdict(call) {
                     Some(Verdict::Unsafe(reason)) => return Judgement::ChangesSession(reason),
                     Some(Verdict::Safe) => {}
-                    None if self.is_builtin(call) || is_keyword(call) => {}
+                    None if self.catalog.is_builtin(call) || is_keyword(call) => {}
                     None => unknown.push(call.clone()),
                 }
             }
@@ -307,8 +313,8 @@ impl Catalog {
     }
 
     /// What calling the function with this OID (the protocol's FunctionCall) may do.
-    pub fn judge_function(&self, oid: u32) -> Judgement {
-        if let Some(name) = self.builtin_oids.get(&oid) {
+    pub(super) fn judge_function(&self, oid: u32) -> Judgement {
+        if let Some(name) = self.catalog.builtin_oids.get(&oid) {
             return match session_state_feature(name) {
                 Some(feature) => Judgement::ChangesSession(format!("{feature} (FunctionCall)")),
                 None => Judgement::Harmless,
@@ -317,17 +323,17 @@ impl Catalog {
         if oid < FIRST_USER_OID {
             return Judgement::Harmless;
         }
-        match self.session.verdicts.get(&Node::Function(oid)) {
+        match self.catalog.session.verdicts.get(&Node::Function(oid)) {
             Some(Verdict::Unsafe(reason)) => Judgement::ChangesSession(reason.clone()),
             Some(Verdict::Safe) => Judgement::Harmless,
-            None if self.function_facts.contains_key(&oid) => Judgement::Harmless,
+            None if self.catalog.function_facts.contains_key(&oid) => Judgement::Harmless,
             None => Judgement::Unknown(vec![format!("the function with OID {oid}")]),
         }
     }
 
     /// The first unsafe function or relation whose name appears in a text as a word.
     fn unsafe_name_in(&self, text: &[u8]) -> Option<String> {
-        if self.session.unsafe_names.is_empty() {
+        if self.catalog.session.unsafe_names.is_empty() {
             return None;
         }
         let lowered = String::from_utf8_lossy(text).to_lowercase();
@@ -336,7 +342,7 @@ impl Catalog {
             .collect();
         words
             .into_iter()
-            .find_map(|word| self.session.unsafe_names.get(word).cloned())
+            .find_map(|word| self.catalog.session.unsafe_names.get(word).cloned())
     }
 }
 
