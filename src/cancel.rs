@@ -9,7 +9,8 @@ use bytes::Bytes;
 use rand::RngExt;
 
 use crate::auth::scram::constant_time_eq;
-use crate::pool::pg::OriginTarget;
+use crate::pool::Checkout;
+use crate::pool::pg::{OriginTarget, PgOrigin};
 use crate::wire::pg::startup::CancelRequest;
 
 /// The origin backend a client's query is running on.
@@ -21,6 +22,19 @@ pub struct CancelTarget {
     pub process_id: i32,
     /// Its secret key.
     pub secret_key: Bytes,
+}
+
+impl CancelTarget {
+    /// The backend of a checked-out connection.
+    pub fn of(checkout: &mut Checkout<PgOrigin>) -> CancelTarget {
+        let origin = Arc::clone(&checkout.target().target);
+        let conn = checkout.conn();
+        CancelTarget {
+            origin,
+            process_id: conn.origin.process_id,
+            secret_key: conn.origin.secret_key.clone(),
+        }
+    }
 }
 
 type Slot = Arc<Mutex<Option<CancelTarget>>>;

@@ -8,8 +8,6 @@
 //! goes), [`reply::settle`] (what a finished request changes). The event loop, the hold
 //! and the deadline are [`crate::session::driver`]'s; this type wires them together.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use tokio::time::Instant;
 
@@ -267,13 +265,7 @@ impl Session {
             ));
         };
         if fresh {
-            let origin = Arc::clone(&checkout.target().target);
-            let conn = checkout.conn();
-            self.cancel.set_target(Some(CancelTarget {
-                origin,
-                process_id: conn.origin.process_id,
-                secret_key: conn.origin.secret_key.clone(),
-            }));
+            self.cancel.set_target(Some(CancelTarget::of(checkout)));
         }
         if let Err(error) = apply_settings(checkout.conn(), self.settings.current()).await {
             checkout.discard();
