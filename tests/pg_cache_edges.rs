@@ -336,3 +336,44 @@ async fn a_refresh_on_a_connection_does_not_strand_the_unnamed_statement() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+/// COPY FROM in the extended protocol (tokio-postgres's copy_in: Bind, Execute, Sync,
+/// the data, CopyDone, Sync): the server ignores the Sync sent during the copy, so the
+/// two Syncs are one request. Every later reply is then still matched to its own query:
+/// a read is never stored with another query's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_extended_copy_replies_stay_with_their_queries() {
+    let db = TestDatabase::create("copyin").await;
+    prepared_table(&db).await;
+    let proxy = Proxy::start(common::cached_deployment(&db.name, 2)).await;
+    let client = proxy.connect(&db.name).await;
+    let sink = client.copy_in("COPY t FROM STDIN").await.expect("copy");
+    futures_util::pin_mut!(sink);
+    futures_util::SinkExt::send(&mut sink, bytes::Bytes::from_static(b"2\n"))
+        .await
+        .expect("copy data");
+    assert_eq!(sink.finish().await.expect("copy done"), 1);
+    let value = |sql: &'static str| {
+        let client = &client;
+        async move {
+            let messages = client.simple_query(sql).await.expect("read");
+            messages
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .expect("a row")
+        }
+    };
+    assert_eq!(value("SELECT 'a'::text").await, "a");
+    assert_eq!(value("SELECT 'b'::text").await, "b");
+    for _ in 0..2 {
+        assert_eq!(value("SELECT 'a'::text").await, "a");
+        assert_eq!(value("SELECT 'b'::text").await, "b");
+    }
+    assert_eq!(proxy.count("hit"), 4);
+    drop(client);
+    proxy.stop().await;
+    db.drop_now().await;
+}

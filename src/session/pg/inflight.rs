@@ -22,13 +22,37 @@ pub(super) struct Requests {
     queue: VecDeque<InFlight>,
     /// Extended-protocol messages sent without their Sync yet.
     pub(super) unsynced: Unsynced,
+    /// Requests yet to be sent that belong to the last one: the server ignored its Sync.
+    merge_next: usize,
 }
 
 impl Requests {
     /// A request sent: it takes in the messages sent before its Sync.
     pub(super) fn push(&mut self, mut request: InFlight) {
         request.absorb(std::mem::take(&mut self.unsynced));
-        self.queue.push_back(request);
+        match self.queue.back_mut() {
+            Some(last) if self.merge_next > 0 => {
+                self.merge_next -= 1;
+                last.merge(request);
+            }
+            _ => self.queue.push_back(request),
+        }
+    }
+
+    /// The server ignored the Sync that ended the request at the front (COPY FROM STDIN
+    /// was running, so no ReadyForQuery answers it): the request goes on with the one
+    /// after it, whose ReadyForQuery ends both.
+    pub(super) fn sync_ignored(&mut self) {
+        match self.queue.len() {
+            0 | 1 => self.merge_next += 1,
+            _ => {
+                if let Some(next) = self.queue.remove(1)
+                    && let Some(front) = self.queue.front_mut()
+                {
+                    front.merge(next);
+                }
+            }
+        }
     }
 
     /// Whether anything in flight, or sent before a Sync, may change the setting `name`.
@@ -221,6 +245,17 @@ impl InFlight {
     /// Adds the statements this request runs, by their effects.
     pub(super) fn runs(&mut self, effects: &[Vec<SessionEffect>]) {
         self.effects.extend(effects.iter().cloned());
+    }
+
+    /// Takes in a later request that ends with this one (its status and counts are
+    /// this one's; what it runs counts for this one).
+    fn merge(&mut self, later: InFlight) {
+        if later.flight.failed() {
+            self.flight.fail();
+        }
+        self.effects.extend(later.effects);
+        self.completed += later.completed;
+        self.pins.extend(later.pins);
     }
 
     /// Takes in the messages of this request sent before its Sync.

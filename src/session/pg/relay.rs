@@ -141,6 +141,8 @@ pub struct Relay {
     skipping: bool,
     /// What pushing expectations while skipping took back, for the next drain.
     skipped: Vec<Event>,
+    /// Syncs the server ignores (sent during COPY FROM STDIN), not yet taken.
+    ignored_syncs: usize,
 }
 
 fn is_stale_statement_error(fields: &ErrorFields) -> bool {
@@ -171,7 +173,7 @@ impl Relay {
             }
         }
         match expect {
-            Expect::Sync if self.copy_in => {}
+            Expect::Sync if self.copy_in => self.ignored_syncs += 1,
             Expect::CopyEnd if self.copy_in => self.copy_in = false,
             expect => self.queue.push_back(expect),
         }
@@ -189,11 +191,18 @@ impl Relay {
                 }
                 Expect::Sync => {
                     self.queue.remove(index);
+                    self.ignored_syncs += 1;
                 }
                 _ => index += 1,
             }
         }
         self.copy_in = true;
+    }
+
+    /// How many Syncs the server ignored since last asked: each request they ended
+    /// goes on until the next Sync the server answers.
+    pub fn take_ignored_syncs(&mut self) -> usize {
+        std::mem::take(&mut self.ignored_syncs)
     }
 
     /// Whether any reply is still owed.

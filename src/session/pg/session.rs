@@ -541,6 +541,7 @@ impl Session {
             if let Some(in_flight) = in_flight {
                 self.requests.push(in_flight);
             }
+            self.merge_ignored_syncs();
         } else if end == BatchEnd::Flush {
             encode::flush(&mut buf);
         }
@@ -612,6 +613,7 @@ impl Session {
             self.io.client.out.extend_from_slice(frame.raw());
             self.requests.note_result(&frame);
         }
+        self.merge_ignored_syncs();
         if frame.tag() == tag::PARAMETER_STATUS {
             self.note_parameter_status(&frame);
         }
@@ -624,6 +626,13 @@ impl Session {
             .drain_synthetic(&mut self.io.client.out, &mut events);
         for event in events {
             self.on_event(event);
+        }
+    }
+
+    /// Requests whose Sync the server ignored (COPY FROM STDIN ran) end with the next.
+    fn merge_ignored_syncs(&mut self) {
+        for _ in 0..self.relay.take_ignored_syncs() {
+            self.requests.sync_ignored();
         }
     }
 

@@ -324,8 +324,10 @@ fn syncs_sent_during_copy_in_get_no_reply() {
         }),
     );
     assert_eq!(tags(&client), "2G");
+    assert_eq!(relay.take_ignored_syncs(), 1, "the Sync before the data");
     relay.push(Expect::CopyEnd);
     relay.push(Expect::Sync);
+    assert_eq!(relay.take_ignored_syncs(), 0);
     relay.push(Expect::Synthetic(
         bytes(encode::close_complete),
         OnError::Nothing,
@@ -374,6 +376,7 @@ fn copy_ended_before_the_copy_in_response_arrived() {
         }),
     );
     assert_eq!(tags(&client), "2GCZ");
+    assert_eq!(relay.take_ignored_syncs(), 1);
     assert!(relay.is_idle());
 }
 
