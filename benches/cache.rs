@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use warpdrive::cache::{Entry, KeyScope, Lookup, Refetch, RefetchFuture, Store};
+use warpdrive::cache::{
+    Entry, Generations, KeyScope, Lookup, Refetch, RefetchFuture, Store, Validity,
+};
 use warpdrive::clock::Clock;
 use warpdrive::session::pg::request::Request;
 
@@ -59,6 +61,8 @@ fn bench_cache(c: &mut Criterion) {
         max_age: Duration::from_secs(3600),
         stale_while_revalidate: Duration::from_secs(15),
         tables: Arc::from(vec!["pgbench_accounts".to_owned()]),
+        // Checked on every hit, as in a deployment that invalidates on writes.
+        validity: Some(Validity::starting(&Arc::new(Generations::default()), false)),
         refetch: Arc::new(NeverRefetched),
     });
     // Other entries, so that the lookup is not into an empty map.

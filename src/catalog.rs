@@ -334,8 +334,8 @@ fn functions_query(sql_standard_bodies: bool) -> String {
 
 /// Every relation that can be read or written: its kind, a user view's definition, the
 /// user functions that run on a write (triggers, column defaults, CHECK constraints, the
-/// constraints of its columns' domains), whether rules act on writes, and what else a
-/// write reaches.
+/// constraints of its columns' domains), whether rules act on writes, what else a write
+/// reaches, and the inheritance parents whose reads see its rows.
 const RELATIONS_QUERY: &str = "WITH
   uses AS (SELECT d.objid, d.classid, d.refobjid FROM pg_catalog.pg_depend d
            WHERE d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.refobjid >= 16384),
@@ -359,7 +359,9 @@ SELECT c.oid, n.nspname, c.relname, c.relkind,
        THEN pg_catalog.pg_get_viewdef(c.oid) END,
   (SELECT pg_catalog.string_agg(r.fn::text, ',') FROM runs r WHERE r.rel = c.oid),
   EXISTS (SELECT 1 FROM rules r WHERE r.rel = c.oid),
-  (SELECT pg_catalog.string_agg(w.other::text, ',') FROM reaches w WHERE w.rel = c.oid)
+  (SELECT pg_catalog.string_agg(w.other::text, ',') FROM reaches w WHERE w.rel = c.oid),
+  (SELECT pg_catalog.string_agg(i.inhparent::text, ',') FROM pg_catalog.pg_inherits i
+   WHERE i.inhrelid = c.oid)
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND n.nspname <> 'pg_toast';";
 
@@ -615,6 +617,7 @@ fn relation(row: &[Option<Bytes>]) -> Result<RelationFacts, CatalogError> {
         write_functions: oids(row.get(5))?,
         has_write_rules: text(row.get(6))? == "t",
         also_writes: oids(row.get(7))?,
+        parents: oids(row.get(8))?,
     })
 }
 

@@ -111,6 +111,12 @@ pub struct DeploymentMetrics {
     pub invalid_startup_packets: AtomicU64,
     /// Reads of the origin's catalog that failed.
     pub catalog_read_failures: AtomicU64,
+    /// Writes through the deployment that invalidated the reads of the tables they
+    /// reached.
+    pub invalidations_write: AtomicU64,
+    /// Writes through the deployment whose tables warpdrive could not name: they
+    /// invalidated every read of their database.
+    pub invalidations_unknown_write: AtomicU64,
     /// Queries that completed.
     pub completed: AtomicU64,
     /// Queries that ended in an error.
@@ -137,6 +143,8 @@ impl DeploymentMetrics {
             catalog_reads: AtomicU64::new(0),
             invalid_startup_packets: AtomicU64::new(0),
             catalog_read_failures: AtomicU64::new(0),
+            invalidations_write: AtomicU64::new(0),
+            invalidations_unknown_write: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             pool: Arc::new(PoolMetrics::default()),
@@ -215,6 +223,10 @@ impl DeploymentMetrics {
             catalog_reads: load(&self.catalog_reads),
             invalid_startup_packets: load(&self.invalid_startup_packets),
             catalog_read_failures: load(&self.catalog_read_failures),
+            invalidations_write: load(&self.invalidations_write),
+            invalidations_unknown_write: load(&self.invalidations_unknown_write),
+            entries_invalidated: store.invalidated,
+            fills_refused: store.refused_fills,
             completed: load(&self.completed),
             errors: load(&self.errors),
             origin_connections: load(&self.pool.open),
@@ -250,6 +262,11 @@ impl DeploymentMetrics {
                 self.coalesced_waits.load(Ordering::Relaxed),
             ),
             ("warpdrive_cache_evictions_total", store.evictions),
+            (
+                "warpdrive_cache_entries_invalidated_total",
+                store.invalidated,
+            ),
+            ("warpdrive_cache_fills_refused_total", store.refused_fills),
             ("warpdrive_cache_entries", store.entries),
             ("warpdrive_cache_bytes", store.bytes),
             (
@@ -299,6 +316,16 @@ impl DeploymentMetrics {
             let _ = writeln!(
                 out,
                 "warpdrive_cache_revalidations_total{{deployment=\"{d}\",outcome=\"{outcome}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        for (cause, counter) in [
+            ("write", &self.invalidations_write),
+            ("unknown_write", &self.invalidations_unknown_write),
+        ] {
+            let _ = writeln!(
+                out,
+                "warpdrive_cache_invalidations_total{{deployment=\"{d}\",cause=\"{cause}\"}} {}",
                 counter.load(Ordering::Relaxed)
             );
         }
@@ -367,6 +394,18 @@ pub struct DeploymentSnapshot {
     /// Failed catalog reads.
     #[serde(default)]
     pub catalog_read_failures: u64,
+    /// Writes that invalidated the reads of their tables.
+    #[serde(default)]
+    pub invalidations_write: u64,
+    /// Writes of tables warpdrive could not name, which invalidated their database.
+    #[serde(default)]
+    pub invalidations_unknown_write: u64,
+    /// Entries dropped because a write reached what they read.
+    #[serde(default)]
+    pub entries_invalidated: u64,
+    /// Results not stored because a write overtook their query.
+    #[serde(default)]
+    pub fills_refused: u64,
     /// Completed queries.
     pub completed: u64,
     /// Failed queries.
@@ -409,6 +448,14 @@ pub fn stats_table(snapshots: &[DeploymentSnapshot]) -> String {
             snapshot.revalidations_failed,
             snapshot.coalesced_waits,
             snapshot.evictions
+        );
+        let _ = writeln!(
+            out,
+            "  invalidation: {} writes, {} writes of unknown tables; {} entries dropped, {} fills refused",
+            snapshot.invalidations_write,
+            snapshot.invalidations_unknown_write,
+            snapshot.entries_invalidated,
+            snapshot.fills_refused
         );
         let _ = writeln!(
             out,
@@ -487,6 +534,12 @@ const HELP: &str = "\
 # TYPE warpdrive_origin_connections_closed_total counter
 # HELP warpdrive_pool_acquire_timeouts_total Checkouts that gave up after acquire_timeout.
 # TYPE warpdrive_pool_acquire_timeouts_total counter
+# HELP warpdrive_cache_invalidations_total Writes through warpdrive that invalidated cached reads, by cause (write: of named tables; unknown_write: of the whole database).
+# TYPE warpdrive_cache_invalidations_total counter
+# HELP warpdrive_cache_entries_invalidated_total Entries dropped because a write reached what they read.
+# TYPE warpdrive_cache_entries_invalidated_total counter
+# HELP warpdrive_cache_fills_refused_total Results not stored because a write reached what they read while their query ran.
+# TYPE warpdrive_cache_fills_refused_total counter
 # HELP warpdrive_cache_revalidations_total Background refreshes of stale entries.
 # TYPE warpdrive_cache_revalidations_total counter
 # HELP warpdrive_query_events_total Queries that completed or ended in an error.

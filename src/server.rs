@@ -10,11 +10,11 @@ use tokio::task::JoinSet;
 
 use crate::analyze::memo::DEFAULT_MEMO_ENTRIES;
 use crate::analyze::{AnalysisMemo, Analyzer, AnalyzerOptions, Dialect, Rules, RulesError};
-use crate::cache::Store;
+use crate::cache::{Clocks, Store};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::{DeploymentMetrics, Registry};
-use crate::session::{self, SessionContext};
+use crate::session::{self, ProcessShared, SessionContext};
 use crate::tls::TlsError;
 
 /// How long running sessions may continue after shutdown starts, by default.
@@ -80,6 +80,11 @@ impl Server {
         let mut listeners = Vec::new();
         let mut registry = Registry::default();
         let (draining, _) = tokio::sync::watch::channel(false);
+        let process = ProcessShared {
+            analyzer: Arc::clone(&analyzer),
+            clocks: Arc::new(Clocks::default()),
+            shutdown: draining.subscribe(),
+        };
         for deployment in config.deployments {
             let name = deployment.name.clone();
             let tls_error = |source| ServerError::Tls {
@@ -115,13 +120,7 @@ impl Server {
                 })?;
             tracing::info!(deployment = %name, listen = %listener.local_addr().unwrap_or(deployment.listen), origin = %deployment.origin, "listening");
             let ctx = Arc::new(SessionContext::new(
-                deployment,
-                pools,
-                tls,
-                Arc::clone(&analyzer),
-                draining.subscribe(),
-                store,
-                metrics,
+                deployment, pools, tls, &process, store, metrics,
             ));
             listeners.push((listener, ctx));
         }

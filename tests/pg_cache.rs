@@ -365,14 +365,34 @@ struct Read {
     ended: std::time::Instant,
 }
 
+/// Where the differential workload's writes go, and whether reads are cached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Differential {
+    /// Caching off: every read is current.
+    CacheOff,
+    /// Writes through warpdrive, which invalidates: every read that starts after a write
+    /// completed reflects it.
+    WritesThrough,
+    /// Writes straight to the origin, behind warpdrive's back: reads are within
+    /// max_age + swr.
+    WritesAround,
+}
+
 /// Writers and readers at random; every read must return a version the origin held at
-/// some moment of [start − max_age − swr, end] (with caching off: of [start, end]).
-async fn differential_run(cache_on: bool) {
+/// some moment of [start − window, end]: the window is max_age + swr for writes behind
+/// warpdrive's back, zero for writes through it or with caching off.
+async fn differential_run(mode: Differential) {
     use std::sync::{Arc, Mutex};
     const KEYS: i32 = 4;
     let max_age = Duration::from_millis(300);
     let swr = Duration::from_millis(300);
-    let db = TestDatabase::create(if cache_on { "diff_on" } else { "diff_off" }).await;
+    let cache_on = mode != Differential::CacheOff;
+    let db = TestDatabase::create(match mode {
+        Differential::CacheOff => "diff_off",
+        Differential::WritesThrough => "diff_through",
+        Differential::WritesAround => "diff_around",
+    })
+    .await;
     db.direct()
         .await
         .batch_execute("CREATE TABLE kv (k int PRIMARY KEY, v int NOT NULL); INSERT INTO kv SELECT g, 0 FROM generate_series(1, 4) g")
@@ -397,7 +417,11 @@ async fn differential_run(cache_on: bool) {
     let reads: Arc<Mutex<Vec<Read>>> = Arc::new(Mutex::new(Vec::new()));
     let run_for = Duration::from_secs(3);
     let writer = {
-        let (history, client) = (Arc::clone(&history), proxy.connect(&db.name).await);
+        let client = match mode {
+            Differential::WritesAround => db.direct().await,
+            _ => proxy.connect(&db.name).await,
+        };
+        let history = Arc::clone(&history);
         tokio::spawn(async move {
             let mut seed = 7u32;
             while epoch.elapsed() < run_for {
@@ -463,10 +487,9 @@ async fn differential_run(cache_on: bool) {
     );
     // Exact: an entry's lifetime counts from when its request was sent, before the origin
     // read the data.
-    let window = if cache_on {
-        max_age + swr
-    } else {
-        Duration::ZERO
+    let window = match mode {
+        Differential::WritesAround => max_age + swr,
+        _ => Duration::ZERO,
     };
     let mut older_than_the_read = 0;
     for read in reads.iter() {
@@ -492,27 +515,37 @@ async fn differential_run(cache_on: bool) {
         }
     }
     assert!(reads.len() > 50, "only {} reads", reads.len());
-    if cache_on {
-        assert!(proxy.count("hit") > 0, "the workload produced no hits");
-        assert!(
-            older_than_the_read > 0,
-            "no read was served an older version: the check proved nothing"
-        );
-    } else {
-        assert_eq!(proxy.count("hit"), 0);
+    match mode {
+        Differential::WritesAround => {
+            assert!(proxy.count("hit") > 0, "the workload produced no hits");
+            assert!(
+                older_than_the_read > 0,
+                "no read was served an older version: the check proved nothing"
+            );
+        }
+        Differential::WritesThrough => {
+            assert!(proxy.count("hit") > 0, "the workload produced no hits");
+            assert_eq!(older_than_the_read, 0);
+        }
+        Differential::CacheOff => assert_eq!(proxy.count("hit"), 0),
     }
     proxy.stop().await;
     db.drop_now().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn differential_reads_stay_within_max_age_and_swr() {
-    differential_run(true).await;
+async fn differential_reads_stay_within_max_age_and_swr_of_writes_around_warpdrive() {
+    differential_run(Differential::WritesAround).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differential_reads_never_precede_writes_through_warpdrive() {
+    differential_run(Differential::WritesThrough).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn differential_reads_are_current_with_caching_disabled() {
-    differential_run(false).await;
+    differential_run(Differential::CacheOff).await;
 }
 
 /// Statement names are not part of the key: the same text under different names shares

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -374,5 +375,51 @@ async fn a_client_vanishing_mid_query_never_hands_its_late_reply_to_the_next_cli
         "{:?}",
         origin.seen()
     );
+    proxy.stop().await;
+}
+
+/// The race read-your-writes must win: a read's origin query starts, a write to its
+/// table completes through warpdrive, then the read's result arrives. It is relayed, but
+/// not stored: the next read goes to the origin.
+#[tokio::test]
+async fn a_read_overtaken_by_a_write_is_not_stored() {
+    let go = Arc::new(tokio::sync::Notify::new());
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let origin = FakeOrigin::start({
+        let go = Arc::clone(&go);
+        move |sql| match sql {
+            s if s.starts_with("SELECT v FROM t")
+                && first.swap(false, std::sync::atomic::Ordering::SeqCst) =>
+            {
+                Act::RowWhen(Arc::clone(&go), "old".to_owned())
+            }
+            _ => Act::Row("new".to_owned()),
+        }
+    })
+    .await;
+    let mut deployment = origin.deployment(4);
+    deployment.cache.enabled = true;
+    let proxy = Proxy::start(deployment).await;
+    let mut reader = RawClient::connect(proxy.addr, "fake").await;
+    let mut writer = RawClient::connect(proxy.addr, "fake").await;
+    let read = "SELECT v FROM t";
+    reader.send(|m| encode::query(m, read)).await;
+    eventually("the read at the origin", || {
+        origin.statements().iter().any(|s| s == read)
+    })
+    .await;
+    assert_eq!(
+        tags(&query(&mut writer, "UPDATE t SET v = 'new'").await),
+        "TDCZ"
+    );
+    go.notify_one();
+    let overtaken = reader.until_ready().await;
+    assert_eq!(tags(&overtaken), "TDCZ", "the client still gets its answer");
+    eventually("the result counted", || proxy.count("miss") >= 1).await;
+    assert_eq!(proxy.snapshot().fills_refused, 1);
+    query(&mut reader, read).await;
+    let runs = origin.statements().iter().filter(|s| *s == read).count();
+    assert_eq!(runs, 2, "the overtaken result was not served");
+    assert_eq!(proxy.count("hit"), 0);
     proxy.stop().await;
 }

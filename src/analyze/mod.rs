@@ -28,6 +28,7 @@ pub mod memo;
 pub mod rules;
 mod statement;
 mod walk;
+pub mod writes;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -40,6 +41,7 @@ pub use effects::{SessionEffect, TransactionControl};
 pub use hint::CacheHint;
 pub use memo::AnalysisMemo;
 pub use rules::{Rules, RulesError, SessionRule, SessionSafety, Volatility};
+pub use writes::Writes;
 
 /// The SQL dialect of a deployment's origin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -306,6 +308,10 @@ pub struct Analysis {
     pub tables_written: Vec<String>,
     /// Every function called.
     pub functions: Vec<String>,
+    /// It runs code whose reads warpdrive does not know (a function that is not the
+    /// database's own, or through the catalog a user operator, cast, type or view): the
+    /// relations it reads are not all in `tables_read`, so any write may change it.
+    pub reads_unknown_tables: bool,
     /// Functions called that make the result volatile (including unknown ones).
     pub volatile_functions: Vec<String>,
     /// STABLE functions called: cacheable by default, refused under
@@ -317,6 +323,9 @@ pub struct Analysis {
     /// statement in order (for text that was not parsed, everything guessed is in the
     /// first).
     pub statement_effects: Vec<Vec<SessionEffect>>,
+    /// What each statement may write, in order (for text that was not parsed, one entry
+    /// per statement's leading words, or one that may write anything).
+    pub statement_writes: Vec<Writes>,
     /// The query's shape, for cache rules: 16 hex digits, equal for texts that differ
     /// only in literal values (empty when the text was not tokenized).
     pub fingerprint: String,
@@ -332,6 +341,15 @@ impl Analysis {
     /// Every session effect of the text, in statement order.
     pub fn effects(&self) -> impl Iterator<Item = &SessionEffect> {
         self.statement_effects.iter().flatten()
+    }
+
+    /// What the whole text may write.
+    pub fn writes(&self) -> Writes {
+        let mut writes = Writes::default();
+        for statement in &self.statement_writes {
+            writes.absorb(statement);
+        }
+        writes
     }
 
     /// This analysis with another status and that one reason (what the session learns
@@ -387,10 +405,15 @@ impl Analysis {
             tables_read: Vec::new(),
             tables_written: Vec::new(),
             functions: Vec::new(),
+            reads_unknown_tables: true,
             volatile_functions: Vec::new(),
             stable_functions: Vec::new(),
             reasons: vec![reason],
             statement_effects: Vec::new(),
+            statement_writes: match kind {
+                Kind::Empty => Vec::new(),
+                _ => vec![Writes::anything()],
+            },
             fingerprint: String::new(),
             hint: None,
             user_code: UserCode::default(),
@@ -570,6 +593,7 @@ impl Analyzer {
             Ok(statements) => self.classify_parsed(dialect, &statements),
             Err(error) => {
                 let mut analysis = statement::classify_unparsed(&leading, &error.to_string());
+                analysis.statement_writes = leading.iter().map(writes::of_unparsed).collect();
                 analysis.statement_effects = vec![effects::unparsed_effects(
                     &leading,
                     &lex::words(dialect, sql, literals),
@@ -600,6 +624,7 @@ impl Analyzer {
         let mut kind = Kind::Empty;
         let mut classes = Vec::with_capacity(statements.len());
         let mut effects = Vec::new();
+        let mut writes = Vec::with_capacity(statements.len());
         for parsed in statements {
             let class = statement::classify(parsed);
             let found = walk::walk(dialect, rules, parsed);
@@ -609,6 +634,7 @@ impl Analyzer {
             } else {
                 class.kind
             };
+            writes.push(writes::of(parsed, class.kind, &found, rules));
             kind = kind.min(statement_kind);
             facts.absorb(found);
             classes.push(class);
@@ -631,8 +657,22 @@ impl Analyzer {
         }
         let mut analysis = facts.into_analysis(status, kind, count, reasons);
         analysis.statement_effects = effects;
+        analysis.statement_writes = writes;
+        analysis.reads_unknown_tables = analysis
+            .functions
+            .iter()
+            .any(|name| !rules.is_builtin_function(name) || reads_by_argument(name));
         analysis
     }
+}
+
+/// Whether a built-in function reads relations its arguments name (`table_to_xml`,
+/// `schema_to_xml`, …), which the text alone does not show as read.
+fn reads_by_argument(function: &str) -> bool {
+    let name = function.rsplit('.').next().unwrap_or(function);
+    name.ends_with("_to_xml")
+        || name.ends_with("_to_xmlschema")
+        || name.ends_with("_to_xml_and_xmlschema")
 }
 
 /// Sorted, de-duplicated names collected during a walk.

@@ -104,6 +104,16 @@ impl Facts {
         &self.functions
     }
 
+    /// The relations written.
+    pub(crate) fn written(&self) -> &NameSet {
+        &self.written
+    }
+
+    /// The functions the rules do not know.
+    pub(crate) fn unknown_functions(&self) -> &NameSet {
+        &self.unknown_functions
+    }
+
     /// Whether the statement changes data although it is written as a read.
     pub(crate) fn changes_data(&self) -> bool {
         self.changes_data
@@ -155,10 +165,12 @@ impl Facts {
             tables_read,
             tables_written: self.written.into_iter().collect(),
             functions: self.functions.into_iter().collect(),
+            reads_unknown_tables: false,
             volatile_functions: self.volatile_functions.into_iter().collect(),
             stable_functions: self.stable_functions.into_iter().collect(),
             reasons,
             statement_effects: Vec::new(),
+            statement_writes: Vec::new(),
             fingerprint: String::new(),
             hint: None,
             user_code: super::UserCode::default(),

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::invalidation::Validity;
+
 /// How a recording of an origin reply ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Recorded {
@@ -65,6 +67,9 @@ pub struct Entry {
     pub stale_while_revalidate: Duration,
     /// The relations it read (for invalidation).
     pub tables: Arc<[String]>,
+    /// Whether writes since its query started left it current; `None` when the
+    /// deployment does not invalidate on writes.
+    pub validity: Option<Validity>,
     /// How to fetch it again.
     pub refetch: Arc<dyn Refetch>,
 }
@@ -73,6 +78,13 @@ pub struct Entry {
 const OVERHEAD: usize = 256;
 
 impl Entry {
+    /// Whether no write since its query started reached what it read.
+    pub fn is_current(&self) -> bool {
+        self.validity
+            .as_ref()
+            .is_none_or(|validity| validity.is_current(&self.tables))
+    }
+
     /// Its freshness at `now`. Durations saturate: an entry never becomes fresh again.
     pub fn freshness(&self, now: Duration) -> Freshness {
         let age = now.saturating_sub(self.stored_at);
@@ -130,6 +142,7 @@ pub(crate) mod tests {
             max_age: Duration::from_secs(max_age),
             stale_while_revalidate: Duration::from_secs(swr),
             tables: Arc::from(Vec::new()),
+            validity: None,
             refetch: Arc::new(FixedRefetch(None)),
         }
     }

@@ -8,6 +8,7 @@
 //! for. Which queries are cached and for how long is decided in [`crate::proxy`].
 
 pub mod entry;
+pub mod invalidation;
 pub mod key;
 pub mod store;
 
@@ -16,6 +17,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use entry::{Entry, Freshness, Recorded, Refetch, RefetchError, RefetchFuture};
+pub use invalidation::{Clocks, Generations, Validity, Written};
 pub use key::{CacheKey, KeyBuilder, KeyScope};
 pub use store::{FillGuard, Lookup, RevalidationGuard, Store, StoreStats};
 

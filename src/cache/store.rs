@@ -61,6 +61,10 @@ pub struct StoreStats {
     pub bytes: u64,
     /// Entries evicted to stay within the byte budget.
     pub evictions: u64,
+    /// Entries dropped because a write reached what they read.
+    pub invalidated: u64,
+    /// Results not stored because a write reached what they read while their query ran.
+    pub refused_fills: u64,
 }
 
 /// What to do after a lookup.
@@ -79,6 +83,8 @@ pub enum Lookup {
 pub struct Store {
     entries: Entries,
     evictions: Arc<AtomicU64>,
+    invalidated: AtomicU64,
+    refused_fills: AtomicU64,
     flights: Mutex<HashMap<CacheKey, watch::Receiver<()>>>,
     revalidating: Mutex<HashSet<CacheKey>>,
     clock: Clock,
@@ -118,6 +124,8 @@ impl Store {
         Arc::new(Store {
             entries,
             evictions: evictions.0,
+            invalidated: AtomicU64::new(0),
+            refused_fills: AtomicU64::new(0),
             flights: Mutex::new(HashMap::new()),
             revalidating: Mutex::new(HashSet::new()),
             clock,
@@ -152,10 +160,19 @@ impl Store {
         })
     }
 
-    /// The entry under `key` if it may be served; an expired one is dropped (only that
-    /// one: a fresh entry stored meanwhile stays).
+    /// The entry under `key` if it may be served; an expired or invalidated one is
+    /// dropped (only that one: a fresh entry stored meanwhile stays).
     fn serve(self: &Arc<Self>, key: CacheKey) -> Option<Lookup> {
         let entry = self.entries.get(&key)?;
+        if !entry.is_current() {
+            let dropped = self
+                .entries
+                .remove_if(&key, |held| Arc::ptr_eq(held, &entry));
+            if dropped.is_some() {
+                self.invalidated.fetch_add(1, Ordering::Relaxed);
+            }
+            return None;
+        }
         match entry.freshness(self.clock.now()) {
             Freshness::Fresh => Some(Lookup::Fresh(entry)),
             Freshness::Stale => {
@@ -179,9 +196,15 @@ impl Store {
     }
 
     /// Stores an entry outside single flight (a result fetched while the cache could
-    /// not be consulted first).
-    pub fn insert(&self, key: CacheKey, entry: Entry) {
+    /// not be consulted first). A result a write reached while its query ran is refused:
+    /// false.
+    pub fn insert(&self, key: CacheKey, entry: Entry) -> bool {
+        if !entry.is_current() {
+            self.refused_fills.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         self.entries.insert(key, Arc::new(entry));
+        true
     }
 
     /// Current numbers.
@@ -190,6 +213,8 @@ impl Store {
             entries: self.entries.len() as u64,
             bytes: self.entries.weight(),
             evictions: self.evictions.load(Ordering::Relaxed),
+            invalidated: self.invalidated.load(Ordering::Relaxed),
+            refused_fills: self.refused_fills.load(Ordering::Relaxed),
         }
     }
 }
@@ -207,9 +232,10 @@ impl FillGuard {
         self.key
     }
 
-    /// Stores the fetched entry and releases the waiters.
-    pub fn fill(self, entry: Entry) {
-        self.store.insert(self.key, entry);
+    /// Stores the fetched entry (unless a write reached it meanwhile: false) and
+    /// releases the waiters.
+    pub fn fill(self, entry: Entry) -> bool {
+        self.store.insert(self.key, entry)
     }
 }
 
@@ -232,9 +258,9 @@ impl RevalidationGuard {
         self.key
     }
 
-    /// Stores the refreshed entry.
-    pub fn fill(self, entry: Entry) {
-        self.store.insert(self.key, entry);
+    /// Stores the refreshed entry (unless a write reached it meanwhile: false).
+    pub fn fill(self, entry: Entry) -> bool {
+        self.store.insert(self.key, entry)
     }
 }
 
@@ -266,8 +292,37 @@ mod tests {
             max_age: Duration::from_secs(60),
             stale_while_revalidate: Duration::from_secs(15),
             tables: Arc::from(vec!["t".to_owned()]),
+            validity: None,
             refetch: Arc::new(FixedRefetch(Some(b"v2"))),
         }
+    }
+
+    #[test]
+    fn a_write_drops_the_entries_it_reached_and_refuses_reads_it_overtook() {
+        use crate::cache::{Generations, Validity, Written};
+        let clock = ManualClock::new();
+        let store = Store::new(1 << 20, 1 << 16, clock.clock());
+        let writes = Arc::new(Generations::default());
+        let read = |store: &Store| Entry {
+            validity: Some(Validity::starting(&writes, false)),
+            ..entry(store, b"v1")
+        };
+        let Lookup::Miss(guard) = store.lookup(KEY) else {
+            panic!("expected a miss")
+        };
+        assert!(guard.fill(read(&store)));
+        assert!(matches!(store.lookup(KEY), Lookup::Fresh(_)));
+        writes.invalidate(Written::Tables(&["public.t".to_owned()]));
+        let Lookup::Miss(guard) = store.lookup(KEY) else {
+            panic!("the invalidated entry was served")
+        };
+        assert_eq!(store.stats().invalidated, 1);
+        // A read that started before a write and ends after it is not stored.
+        let overtaken = read(&store);
+        writes.invalidate(Written::Tables(&["t".to_owned()]));
+        assert!(!guard.fill(overtaken));
+        assert_eq!(store.stats().refused_fills, 1);
+        assert!(matches!(store.lookup(KEY), Lookup::Miss(_)));
     }
 
     const KEY: CacheKey = CacheKey([7; 32]);

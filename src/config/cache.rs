@@ -10,6 +10,7 @@
 //! max_result_bytes = "50MiB"     # larger results stream through unstored
 //! capacity_bytes = "256MiB"      # memory for cached results
 //! stable_functions = "cache"     # or "bypass": refuse now(), current_date, …
+//! invalidate_on_write = true     # a write through warpdrive drops the reads it reached
 //!
 //! [[deployment.cache.rule]]      # by tables read …
 //! tables = ["prices"]
@@ -52,6 +53,9 @@ pub struct CacheSettings {
     pub capacity_bytes: u64,
     /// STABLE functions: cache (default) or bypass.
     pub stable_functions: StableFunctions,
+    /// Whether a write through warpdrive invalidates the cached reads of what it wrote,
+    /// so that no read is served older than a write that went through it. Default true.
+    pub invalidate_on_write: bool,
     /// Overrides by table or fingerprint.
     pub rules: Vec<CacheRule>,
 }
@@ -66,6 +70,7 @@ impl Default for CacheSettings {
             max_result_bytes: 50 << 20,
             capacity_bytes: 256 << 20,
             stable_functions: StableFunctions::Cache,
+            invalidate_on_write: true,
             rules: Vec::new(),
         }
     }
@@ -131,6 +136,7 @@ pub(super) struct RawCache {
     max_result_bytes: Option<RawBytes>,
     capacity_bytes: Option<RawBytes>,
     stable_functions: Option<String>,
+    invalidate_on_write: Option<bool>,
     #[serde(default, rename = "rule")]
     rules: Vec<RawRule>,
 }
@@ -201,6 +207,9 @@ impl RawCache {
                     ));
                 }
             },
+            invalidate_on_write: self
+                .invalidate_on_write
+                .unwrap_or(defaults.invalidate_on_write),
             rules: Vec::new(),
         };
         if let Some(raw) = self.max_result_bytes {
@@ -294,6 +303,9 @@ mod tests {
         assert_eq!(settings.stale_while_revalidate, Duration::from_secs(15));
         assert_eq!(settings.max_result_bytes, 50 << 20);
         assert_eq!(settings.capacity_bytes, 256 << 20);
+        assert!(settings.invalidate_on_write);
+        let off = parse("invalidate_on_write = false").expect("valid");
+        assert!(!off.invalidate_on_write);
     }
 
     #[test]

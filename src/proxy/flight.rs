@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::policy::Policy;
-use crate::cache::{CacheKey, CacheStatus, FillGuard, Recorded, Refetch};
+use crate::cache::{CacheKey, CacheStatus, FillGuard, Recorded, Refetch, Validity};
 
 /// Records an origin reply for the cache as it is forwarded to the client; each protocol
 /// has its own.
@@ -26,6 +26,9 @@ pub struct ToRecord<R> {
     pub recorder: R,
     /// The relations the request reads.
     pub tables: Arc<[String]>,
+    /// It runs code whose reads warpdrive does not know (see
+    /// [`crate::analyze::Analysis::reads_unknown_tables`]).
+    pub tables_unknown: bool,
     /// How to run the request again.
     pub refetch: Arc<dyn Refetch>,
 }
@@ -47,6 +50,8 @@ pub(super) struct Recording<R> {
     pub(super) requested_at: Duration,
     pub(super) policy: Policy,
     pub(super) tables: Arc<[String]>,
+    /// The writes that may overtake it, from when it was sent.
+    pub(super) validity: Option<Validity>,
     pub(super) refetch: Arc<dyn Refetch>,
 }
 

@@ -11,13 +11,14 @@
 pub mod flight;
 pub mod policy;
 mod refresh;
+pub mod writes;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::analyze::Analysis;
-use crate::cache::{CacheKey, CacheStatus, Entry, Lookup, Recorded, Store};
+use crate::cache::{CacheKey, CacheStatus, Entry, Generations, Lookup, Recorded, Store, Validity};
 use crate::config::CacheSettings;
 use crate::metrics::DeploymentMetrics;
 use crate::protocol::TxnStatus;
@@ -60,6 +61,9 @@ pub struct Composer<'a> {
     pub metrics: &'a Arc<DeploymentMetrics>,
     /// How long a background refresh may take.
     pub refresh_deadline: Duration,
+    /// The write clock of the request's origin database, when the deployment
+    /// invalidates on writes.
+    pub generations: Option<&'a Arc<Generations>>,
 }
 
 impl Composer<'_> {
@@ -111,6 +115,7 @@ impl Composer<'_> {
             let ToRecord {
                 recorder,
                 tables,
+                tables_unknown,
                 refetch,
             } = to_record();
             Flight {
@@ -120,6 +125,9 @@ impl Composer<'_> {
                     requested_at: self.store.clock().now(),
                     policy,
                     tables,
+                    validity: self
+                        .generations
+                        .map(|clock| Validity::starting(clock, tables_unknown)),
                     refetch,
                 }),
                 ..Flight::forwarded(CacheStatus::Miss, query_bytes, started)
@@ -196,12 +204,14 @@ impl Composer<'_> {
                         has_rows,
                         recording.requested_at,
                         recording.tables,
+                        recording.validity,
                         recording.refetch,
                     );
-                    match recording.fill {
+                    // False when a write overtook it: counted by the store.
+                    let _stored = match recording.fill {
                         Fill::Guard(guard) => guard.fill(entry),
                         Fill::Key(key) => self.store.insert(key, entry),
-                    }
+                    };
                 }
                 Recorded::Oversized => status = CacheStatus::OversizedResult,
                 _ => {}
@@ -309,6 +319,7 @@ mod tests {
         settings: CacheSettings,
         metrics: Arc<DeploymentMetrics>,
         refetch: Arc<Scripted>,
+        generations: Arc<Generations>,
     }
 
     const IDLE: Situation = Situation {
@@ -331,6 +342,7 @@ mod tests {
                     next: refreshed,
                     calls: AtomicUsize::new(0),
                 }),
+                generations: Arc::new(Generations::default()),
             }
         }
 
@@ -340,6 +352,7 @@ mod tests {
                 settings: &self.settings,
                 metrics: &self.metrics,
                 refresh_deadline: Duration::from_secs(5),
+                generations: Some(&self.generations),
             }
         }
 
@@ -351,6 +364,7 @@ mod tests {
                     unusable: false,
                 },
                 tables: Arc::from(vec!["t".to_owned()]),
+                tables_unknown: false,
                 refetch: Arc::clone(&self.refetch) as Arc<dyn Refetch>,
             }
         }
@@ -377,6 +391,32 @@ mod tests {
         fn count(&self, status: CacheStatus) -> u64 {
             self.metrics.queries(status)
         }
+    }
+
+    #[tokio::test]
+    async fn a_write_drops_the_reads_it_reached_and_overtakes_reads_in_flight() {
+        let fixture = Fixture::new(b"v2");
+        let written = ["public.t".to_owned()];
+        fixture.fill(key("q"), &[b"v1"], TxnStatus::Idle).await;
+        assert!(matches!(fixture.consult(key("q")).await, Consulted::Hit(_)));
+        fixture
+            .generations
+            .invalidate(crate::cache::Written::Tables(&written));
+        let Consulted::Forward(mut flight) = fixture.consult(key("q")).await else {
+            panic!("an entry older than the write was served")
+        };
+        // The read started before the next write and ends after it: not stored.
+        flight.record(b"v1");
+        fixture
+            .generations
+            .invalidate(crate::cache::Written::Tables(&written));
+        fixture.composer().finish(flight, TxnStatus::Idle);
+        let stats = fixture.store.stats();
+        assert_eq!((stats.invalidated, stats.refused_fills), (1, 1));
+        assert!(matches!(
+            fixture.consult(key("q")).await,
+            Consulted::Forward(_)
+        ));
     }
 
     fn policy() -> Policy {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::analyze::{Analysis, Status};
-use crate::cache::{CacheStatus, Entry, Refetch};
+use crate::cache::{CacheStatus, Entry, Refetch, Validity};
 use crate::config::CacheSettings;
 use crate::config::cache::MAX_LIFETIME;
 
@@ -43,6 +43,7 @@ impl Policy {
         has_rows: bool,
         requested_at: Duration,
         tables: Arc<[String]>,
+        validity: Option<Validity>,
         refetch: Arc<dyn Refetch>,
     ) -> Entry {
         Entry {
@@ -55,6 +56,7 @@ impl Policy {
             },
             stale_while_revalidate: self.stale_while_revalidate,
             tables,
+            validity,
             refetch,
         }
     }

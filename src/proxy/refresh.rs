@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::policy::Policy;
-use crate::cache::{Entry, Recorded, RevalidationGuard, Store};
+use crate::cache::{Entry, Recorded, RevalidationGuard, Store, Validity};
 use crate::metrics::DeploymentMetrics;
 
 /// Refreshes `stale` in the background, within `deadline`. A failure leaves the stale
@@ -21,18 +21,24 @@ pub(super) fn spawn(
 ) {
     tokio::spawn(async move {
         let requested_at = store.clock().now();
+        let validity = stale.validity.as_ref().map(Validity::restarted);
         let fetched = tokio::time::timeout(deadline, stale.refetch.fetch()).await;
         let reason = match fetched {
             Ok(Ok(Recorded::Complete { segments, has_rows })) => {
-                refresh.fill(policy.entry(
+                let refreshed = policy.entry(
                     segments,
                     has_rows,
                     requested_at,
                     Arc::clone(&stale.tables),
+                    validity,
                     Arc::clone(&stale.refetch),
-                ));
-                metrics.revalidations_ok.fetch_add(1, Ordering::Relaxed);
-                return;
+                );
+                if refresh.fill(refreshed) {
+                    metrics.revalidations_ok.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                "a write reached what it read while it ran (the next read fetches it again)"
+                    .to_owned()
             }
             Ok(Ok(_)) => {
                 "the origin's answer could not be cached (an error, a notice, or too large)"

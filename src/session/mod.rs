@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::analyze::AnalysisMemo;
-use crate::cache::Store;
+use crate::cache::{Clocks, Generations, Store};
 use crate::cancel::CancelRegistry;
 use crate::catalog::Catalogs;
 use crate::config::Deployment;
@@ -50,6 +50,16 @@ impl From<ConnError> for SessionError {
     }
 }
 
+/// What the sessions of every deployment in the process share.
+pub struct ProcessShared {
+    /// The analyzer (with its memo).
+    pub analyzer: Arc<AnalysisMemo>,
+    /// The write clocks of the origin databases.
+    pub clocks: Arc<Clocks>,
+    /// Becomes true when the server starts shutting down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
 /// What every session of one deployment shares.
 pub struct SessionContext {
     /// The deployment's configuration.
@@ -70,6 +80,8 @@ pub struct SessionContext {
     pub cache: Arc<Store>,
     /// The deployment's counters.
     pub metrics: Arc<DeploymentMetrics>,
+    /// The write clocks of the origin databases (shared with every deployment).
+    pub clocks: Arc<Clocks>,
     /// Becomes true when the server starts shutting down.
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -80,11 +92,11 @@ impl SessionContext {
         deployment: Deployment,
         pools: PoolSet,
         tls: Option<tokio_rustls::TlsAcceptor>,
-        analyzer: Arc<AnalysisMemo>,
-        shutdown: tokio::sync::watch::Receiver<bool>,
+        process: &ProcessShared,
         cache: Arc<Store>,
         metrics: Arc<DeploymentMetrics>,
     ) -> SessionContext {
+        let analyzer = Arc::clone(&process.analyzer);
         let catalogs = Arc::new(Catalogs::new(Arc::clone(&analyzer), Arc::clone(&metrics)));
         SessionContext {
             catalogs,
@@ -96,8 +108,16 @@ impl SessionContext {
             cancels: Arc::new(CancelRegistry::default()),
             cache,
             metrics,
-            shutdown,
+            clocks: Arc::clone(&process.clocks),
+            shutdown: process.shutdown.clone(),
         }
+    }
+
+    /// The write clock of the origin database `database` of this deployment's origin.
+    pub fn generations(&self, database: &str) -> Arc<Generations> {
+        let origin = &self.deployment.origin;
+        self.clocks
+            .of(&format!("{}:{}/{database}", origin.host, origin.port))
     }
 }
 

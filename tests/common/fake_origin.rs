@@ -18,10 +18,12 @@ use warpdrive::wire::pg::startup::{StartupPacket, split_startup};
 use warpdrive::wire::pg::{encode, split_frame};
 
 /// What the origin does with a statement.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Act {
     /// One row with this value, then CommandComplete.
     Row(String),
+    /// The same, once the test says so.
+    RowWhen(Arc<Notify>, String),
     /// An ERROR with this SQLSTATE.
     Fail(&'static str),
     /// Nothing, until a CancelRequest for the connection arrives: then 57014.
@@ -284,8 +286,22 @@ impl Connection {
             return Next::Go;
         }
         if sql.starts_with("SET LOCAL statement_timeout = 0;") {
-            // warpdrive reading the catalog: this origin's is empty (no user objects).
+            // warpdrive reading the catalog: this origin has one plain table, `public.t`,
+            // and no other user object.
             encode::command_complete(&mut self.out, "SET");
+            encode::command_complete(&mut self.out, "SELECT 0");
+            self.row(&[
+                Some("16400"),
+                Some("public"),
+                Some("t"),
+                Some("r"),
+                None,
+                None,
+                Some("f"),
+                None,
+                None,
+            ]);
+            encode::command_complete(&mut self.out, "SELECT 1");
             return Next::Go;
         }
         let words = sql.trim().to_ascii_uppercase();
@@ -312,6 +328,16 @@ impl Connection {
         }
         match (self.script)(sql) {
             Act::Row(value) => {
+                if simple {
+                    self.row_description();
+                }
+                self.data_row(&value);
+                encode::command_complete(&mut self.out, "SELECT 1");
+                Next::Go
+            }
+            Act::RowWhen(go, value) => {
+                let _ = self.flush().await;
+                go.notified().await;
                 if simple {
                     self.row_description();
                 }
@@ -350,6 +376,22 @@ impl Connection {
             body.put_i16(-1);
             body.put_i32(-1);
             body.put_i16(0);
+        });
+    }
+
+    /// A DataRow of these columns (`None`: NULL).
+    fn row(&mut self, columns: &[Option<&str>]) {
+        encode::message(&mut self.out, b'D', |body| {
+            body.put_i16(columns.len() as i16);
+            for column in columns {
+                match column {
+                    Some(value) => {
+                        body.put_i32(value.len() as i32);
+                        body.put_slice(value.as_bytes());
+                    }
+                    None => body.put_i32(-1),
+                }
+            }
         });
     }
 

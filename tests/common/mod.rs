@@ -129,6 +129,8 @@ impl TestDatabase {
 /// A warpdrive server running inside the test.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// Every deployment's address, in configuration order.
+    pub addrs: Vec<SocketAddr>,
     pub registry: warpdrive::metrics::Registry,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -205,7 +207,8 @@ impl Proxy {
             .await
             .expect("warpdrive binds")
             .with_drain_timeout(Duration::from_secs(2));
-        let addr = server.local_addrs()[0];
+        let addrs = server.local_addrs();
+        let addr = addrs[0];
         let registry = server.registry();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async {
@@ -213,10 +216,24 @@ impl Proxy {
         }));
         Proxy {
             addr,
+            addrs,
             registry,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// Several deployments in one process.
+    pub async fn start_deployments(deployments: Vec<Deployment>) -> Proxy {
+        Proxy::start_config(
+            Config {
+                deployments,
+                admin: None,
+                rules: None,
+            },
+            warpdrive::clock::Clock::system(),
+        )
+        .await
     }
 
     pub async fn for_database(database: &TestDatabase, max_size: usize) -> Proxy {

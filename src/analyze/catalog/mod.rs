@@ -13,6 +13,7 @@
 
 mod reads;
 mod session;
+mod writes;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use super::memo::AnalysisMemo;
 use super::{Analysis, Dialect, Rules, Volatility};
 pub use reads::Refinement;
 pub use session::{Judgement, Verdict};
+pub use writes::Reach;
 
 /// PostgreSQL's `FirstNormalObjectId`: objects with a lower OID were made by initdb.
 pub const FIRST_USER_OID: u32 = 16384;
@@ -101,6 +103,9 @@ pub struct RelationFacts {
     /// Relations a write to it may also write: partitions, inheritance children, tables
     /// whose foreign keys cascade (or set null or default) from it.
     pub also_writes: Vec<u32>,
+    /// Its inheritance parents (a partition's partitioned table): their reads see the
+    /// rows written to it.
+    pub parents: Vec<u32>,
 }
 
 /// A function by name, with the volatility `pg_proc` gives it (behind an operator, a
@@ -188,6 +193,7 @@ pub struct Catalog {
     relations: HashMap<String, Vec<u32>>,
     session: session::Verdicts,
     reads: reads::Reads,
+    reaches: writes::Reaches,
     builtin_names: HashSet<String>,
     builtin_oids: HashMap<u32, String>,
     /// The rules: the names of built-in functions and SQL syntax that reads like a call
@@ -225,6 +231,7 @@ impl Catalog {
             relations: HashMap::new(),
             session: session::Verdicts::default(),
             reads: reads::Reads::default(),
+            reaches: writes::Reaches::new(&facts),
             builtin_names: facts
                 .builtins
                 .iter()
@@ -266,6 +273,11 @@ impl Catalog {
     /// operators, casts and policies add to its volatility and tables.
     pub fn refine(&self, analysis: &Analysis) -> Refinement {
         reads::refine(self, analysis)
+    }
+
+    /// What a statement's writes reach (see [`writes`]).
+    pub fn reach(&self, writes: &super::Writes) -> Reach {
+        writes::reach(self, writes)
     }
 
     fn is_builtin(&self, name: &str) -> bool {
@@ -345,6 +357,7 @@ pub(crate) mod tests {
             write_functions: Vec::new(),
             has_write_rules: false,
             also_writes: Vec::new(),
+            parents: Vec::new(),
         }
     }
 

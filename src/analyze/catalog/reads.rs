@@ -30,6 +30,9 @@ struct ReadFacts {
     tables: BTreeSet<String>,
     /// Names the catalog does not list.
     unknown: BTreeSet<String>,
+    /// Whether it runs user code (a function behind a call, an operator, a cast, a type
+    /// or a policy), whose own reads warpdrive does not know.
+    user_code: bool,
 }
 
 impl ReadFacts {
@@ -47,10 +50,12 @@ impl ReadFacts {
         self.stable.extend(other.stable);
         self.tables.extend(other.tables);
         self.unknown.extend(other.unknown);
+        self.user_code |= other.user_code;
     }
 
     /// Counts a call of `name` of this class; `why` says how a volatile one is reached.
     fn call(&mut self, class: Volatility, name: &str, why: impl FnOnce() -> String) {
+        self.user_code = true;
         match class {
             Volatility::Volatile => {
                 self.volatile.get_or_insert_with(why);
@@ -277,8 +282,12 @@ impl Judging<'_> {
     }
 
     /// The facts of an expression as a read: `SELECT expression`.
+    /// The facts of an expression (a policy's, a check's), with the tables its
+    /// subqueries read.
     fn expression(&mut self, expression: &str) -> ReadFacts {
-        self.definition(&format!("SELECT {expression}")).0
+        let (mut facts, analysis) = self.definition(&format!("SELECT {expression}"));
+        facts.tables.extend(analysis.tables_read.iter().cloned());
+        facts
     }
 
     fn judge_relation(&mut self, relation: &RelationFacts) -> ReadFacts {

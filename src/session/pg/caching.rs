@@ -25,7 +25,7 @@ use super::catalog::CatalogView;
 use super::inflight::{Consulted, InFlight};
 use super::request::{PgRefetch, Request};
 use crate::analyze::Analysis;
-use crate::cache::{Entry, KeyScope};
+use crate::cache::{Entry, Generations, KeyScope};
 use crate::pool::pg::PgPool;
 use crate::proxy::{self, Composer, Situation, ToRecord};
 use crate::session::SessionContext;
@@ -33,13 +33,23 @@ use crate::session::settings::SettingMap;
 use crate::wire::pg::backend::TransactionStatus;
 use crate::wire::pg::encode;
 
-/// The deployment's cache, as requests on `pool` see it.
-pub(super) fn composer<'a>(ctx: &'a SessionContext, pool: &PgPool) -> Composer<'a> {
+/// The deployment's cache, as requests on `pool` see it, with the write clock of the
+/// pool's database.
+pub(super) fn composer<'a>(
+    ctx: &'a SessionContext,
+    pool: &PgPool,
+    generations: &'a Arc<Generations>,
+) -> Composer<'a> {
     Composer {
         store: &ctx.cache,
         settings: &ctx.deployment.cache,
         metrics: &ctx.metrics,
         refresh_deadline: pool.settings().max_query_duration,
+        generations: ctx
+            .deployment
+            .cache
+            .invalidate_on_write
+            .then_some(generations),
     }
 }
 
@@ -50,6 +60,8 @@ pub(super) struct Consult<'a> {
     pub(super) pool: &'a PgPool,
     /// The origin database.
     pub(super) database: &'a str,
+    /// Its write clock.
+    pub(super) generations: &'a Arc<Generations>,
     /// The client's settings.
     pub(super) settings: &'a SettingMap,
     /// Where the client stands.
@@ -68,7 +80,7 @@ impl Consult<'_> {
         query_bytes: usize,
         started: Instant,
     ) -> Consulted {
-        let composer = composer(self.ctx, self.pool);
+        let composer = composer(self.ctx, self.pool, self.generations);
         // What the read really runs (views, user functions, operators, …) decides, when
         // it could be cached at all.
         let refined = match composer.may_cache(self.situation) {
@@ -97,6 +109,7 @@ impl Consult<'_> {
         let to_record = || ToRecord {
             recorder: request.recorder(limit),
             tables: Arc::clone(&tables),
+            tables_unknown: analysis.reads_unknown_tables,
             refetch: Arc::new(PgRefetch {
                 pool: self.pool.clone(),
                 settings: self.settings.clone(),

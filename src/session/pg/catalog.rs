@@ -17,8 +17,9 @@
 use std::time::Instant;
 
 use crate::analyze::catalog::{Catalog, Judgement, Refinement};
-use crate::analyze::{Analysis, Kind, Status};
+use crate::analyze::{Analysis, Kind, Status, Writes};
 use crate::catalog::{CatalogError, Catalogs, Reader};
+use crate::proxy::writes::WriteSet;
 
 /// What a session asks the catalog with.
 pub(super) struct CatalogView<'a> {
@@ -158,6 +159,31 @@ impl CatalogView<'_> {
                     "warpdrive could not read the origin's catalog to know what this read runs ({error}); not cached"
                 ),
             )),
+        }
+    }
+
+    /// What each statement of `analysis` writes, as far as cached reads are concerned
+    /// (see [`crate::analyze::catalog::Reach`]); `received` is when the request arrived.
+    pub(super) async fn write_sets(&self, analysis: &Analysis, received: Instant) -> Vec<WriteSet> {
+        let mut sets = Vec::with_capacity(analysis.statement_writes.len());
+        for writes in &analysis.statement_writes {
+            sets.push(self.write_set(writes, received).await);
+        }
+        sets
+    }
+
+    /// What `writes` reach; the whole database when the catalog cannot say.
+    pub(super) async fn write_set(&self, writes: &Writes, received: Instant) -> WriteSet {
+        if writes.is_nothing() {
+            return WriteSet::Nothing;
+        }
+        if writes.anything {
+            return WriteSet::Everything;
+        }
+        let reach = |catalog: &Catalog| Ok::<_, Vec<String>>(catalog.reach(writes));
+        match self.ask_catalog(received, reach).await {
+            Ok((Ok(reach), _)) => reach.into(),
+            Ok((Err(_), _)) | Err(_) => WriteSet::Everything,
         }
     }
 

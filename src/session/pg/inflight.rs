@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::recorder::Recorder;
-use crate::analyze::{SessionEffect, StringLiterals};
+use crate::analyze::{SessionEffect, StringLiterals, TransactionControl};
 use crate::cache::{CacheStatus, Entry};
 use crate::protocol::TxnStatus;
+use crate::proxy::writes::{Control, WriteSet};
 use crate::proxy::{Composer, Flight};
 use crate::session::settings::{Outcome, STANDARD_CONFORMING_STRINGS};
 use crate::wire::pg::Frame;
@@ -103,12 +104,43 @@ impl Requests {
     }
 
     /// A statement of the request at the front (or of messages sent before a Sync not
-    /// sent yet) completed.
-    pub(super) fn note_completed(&mut self) {
-        match self.queue.front_mut() {
-            Some(request) => request.completed += 1,
-            None => self.unsynced.completed += 1,
+    /// sent yet) completed; `rolled_back` when the origin's tag said ROLLBACK (a COMMIT
+    /// of a failed transaction). Returns how it moves the transaction and what it wrote.
+    pub(super) fn note_completed(&mut self, rolled_back: bool) -> (Control, WriteSet) {
+        let (effects, writes, completed) = match self.queue.front_mut() {
+            Some(request) => (&request.effects, &request.writes, &mut request.completed),
+            None => (
+                &self.unsynced.effects,
+                &self.unsynced.writes,
+                &mut self.unsynced.completed,
+            ),
+        };
+        let index = *completed;
+        *completed += 1;
+        let control = effects
+            .get(index)
+            .map_or(Control::None, |effects| control(effects, rolled_back));
+        // Text warpdrive did not read has one list for all its statements.
+        let written = writes
+            .get(index)
+            .or(writes.last())
+            .cloned()
+            .unwrap_or_default();
+        (control, written)
+    }
+
+    /// What everything in flight writes (the connection is gone before their end).
+    pub(super) fn writes_in_flight(&self) -> WriteSet {
+        let mut all = WriteSet::Nothing;
+        for written in self
+            .queue
+            .iter()
+            .flat_map(|request| &request.writes)
+            .chain(&self.unsynced.writes)
+        {
+            all.add(written);
         }
+        all
     }
 
     /// ReadyForQuery ended the request at the front, the client's transaction then
@@ -147,6 +179,33 @@ impl Requests {
     }
 }
 
+/// How a statement with these effects moves the client's transaction.
+fn control(effects: &[SessionEffect], rolled_back: bool) -> Control {
+    effects
+        .iter()
+        .find_map(|effect| match effect {
+            SessionEffect::Transaction(TransactionControl::Begin) => Some(Control::Begin),
+            SessionEffect::Transaction(TransactionControl::Commit) => Some(Control::Commit {
+                committed: !rolled_back,
+                chain: false,
+            }),
+            SessionEffect::Transaction(TransactionControl::CommitAndChain) => {
+                Some(Control::Commit {
+                    committed: !rolled_back,
+                    chain: true,
+                })
+            }
+            SessionEffect::Transaction(TransactionControl::Rollback) => {
+                Some(Control::Rollback { chain: false })
+            }
+            SessionEffect::Transaction(TransactionControl::RollbackAndChain) => {
+                Some(Control::Rollback { chain: true })
+            }
+            _ => None,
+        })
+        .unwrap_or(Control::None)
+}
+
 /// Extended-protocol messages already sent to the origin without their Sync (after a
 /// Flush, or beyond the batch bound): they belong to the request the next Sync ends.
 #[derive(Debug, Default)]
@@ -159,6 +218,8 @@ pub(super) struct Unsynced {
     pub(super) status: Option<CacheStatus>,
     /// Session effects of what they executed, one list per Execute, in order.
     pub(super) effects: Vec<Vec<SessionEffect>>,
+    /// What each Execute writes, in order.
+    pub(super) writes: Vec<WriteSet>,
     /// Executes that completed.
     pub(super) completed: usize,
     /// Why code they ran may have changed the session.
@@ -186,6 +247,8 @@ pub(super) struct InFlight {
     /// What its statements do to the session, one list per statement in order; settled
     /// at ReadyForQuery.
     effects: Vec<Vec<SessionEffect>>,
+    /// What its statements write, one per statement in order.
+    writes: Vec<WriteSet>,
     /// Statements completed so far.
     completed: usize,
     /// Why code it runs may change the session (the catalog's judgement): each pins the
@@ -219,6 +282,7 @@ impl InFlight {
         InFlight {
             flight,
             effects: Vec::new(),
+            writes: Vec::new(),
             completed: 0,
             pins: Vec::new(),
         }
@@ -242,9 +306,10 @@ impl InFlight {
                 .any(|effect| effect.may_change_setting(name))
     }
 
-    /// Adds the statements this request runs, by their effects.
-    pub(super) fn runs(&mut self, effects: &[Vec<SessionEffect>]) {
+    /// Adds the statements this request runs, by their effects and what they write.
+    pub(super) fn runs(&mut self, effects: &[Vec<SessionEffect>], writes: Vec<WriteSet>) {
         self.effects.extend(effects.iter().cloned());
+        self.writes.extend(writes);
     }
 
     /// Takes in a later request that ends with this one (its status and counts are
@@ -254,6 +319,7 @@ impl InFlight {
             self.flight.fail();
         }
         self.effects.extend(later.effects);
+        self.writes.extend(later.writes);
         self.completed += later.completed;
         self.pins.extend(later.pins);
     }
@@ -268,6 +334,9 @@ impl InFlight {
         let mut effects = unsynced.effects;
         effects.append(&mut self.effects);
         self.effects = effects;
+        let mut writes = unsynced.writes;
+        writes.append(&mut self.writes);
+        self.writes = writes;
     }
 }
 

@@ -39,11 +39,13 @@ use super::driver::{Driver, drive};
 use super::settings::Settings;
 use super::{SessionContext, SessionError};
 use crate::auth::scram::ScramSecret;
+use crate::cache::Generations;
 use crate::cancel::CancelHandle;
 use crate::config::Deployment;
 use crate::conn::Conn;
 use crate::pool::pg::PgOrigin;
 use crate::protocol::TxnStatus;
+use crate::proxy::writes::PendingWrites;
 use crate::wire::pg::PgFraming;
 use crate::wire::pg::backend::TransactionStatus;
 use extended::Batch;
@@ -106,10 +108,11 @@ pub(super) async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), S
     startup::finish_greeting(&mut client.out, cancel.process_id, &cancel.secret_key);
     client.flush().await?;
     tracing::debug!(user = %admitted.user, database = %admitted.database, "client admitted");
+    let database = admitted.database;
     let mut session = Session {
         ctx: Arc::clone(ctx),
         io: Driver::new(client, admitted.pool, ctx.shutdown.clone()),
-        database: admitted.database,
+        database: database.clone(),
         settings: Settings::new(admitted.settings),
         standard_conforming_strings: admitted.standard_conforming_strings,
         requests: Requests::default(),
@@ -119,8 +122,12 @@ pub(super) async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), S
         status: TransactionStatus::Idle,
         catalog_changing: false,
         cancel,
+        generations: ctx.generations(&database),
+        writes: PendingWrites::default(),
     };
-    drive(&mut session).await
+    let served = drive(&mut session).await;
+    session.leave();
+    served
 }
 
 struct Session {
@@ -145,4 +152,8 @@ struct Session {
     catalog_changing: bool,
     /// The client's cancel key, routed to the origin connection it holds.
     cancel: CancelHandle,
+    /// The write clock of the client's origin database.
+    generations: Arc<Generations>,
+    /// The client's writes not yet known to be committed.
+    writes: PendingWrites,
 }

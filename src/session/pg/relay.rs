@@ -115,7 +115,17 @@ pub enum Event {
     Failed,
     /// A statement of the client's completed (CommandComplete, EmptyQueryResponse, or
     /// PortalSuspended for an Execute with a row limit).
-    Completed,
+    Completed {
+        /// Its tag was ROLLBACK: a COMMIT the origin turned into a rollback.
+        rolled_back: bool,
+    },
+}
+
+/// The completion a CommandComplete (or EmptyQueryResponse, PortalSuspended) reports.
+fn completed(frame: &Frame) -> Event {
+    Event::Completed {
+        rolled_back: &frame.raw()[..] == b"C\0\0\0\x0dROLLBACK\0",
+    }
 }
 
 /// Whether the client gets an origin message.
@@ -336,7 +346,7 @@ impl Relay {
                     }
                     tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE | tag::PORTAL_SUSPENDED => {
                         self.queue.pop_front();
-                        events.push(Event::Completed);
+                        events.push(completed(frame));
                     }
                     tag::COPY_IN_RESPONSE => self.start_copy_in(),
                     _ => {}
@@ -356,7 +366,7 @@ impl Relay {
                     }
                     tag::ERROR_RESPONSE => events.push(Event::Failed),
                     tag::COMMAND_COMPLETE | tag::EMPTY_QUERY_RESPONSE if until_ready => {
-                        events.push(Event::Completed);
+                        events.push(completed(frame));
                     }
                     tag::COPY_IN_RESPONSE => self.start_copy_in(),
                     _ => {}

@@ -24,16 +24,18 @@ use super::sqlstate::{ErrorResponse, from_pool};
 use super::statement::{ClientStatement, ClientStatements};
 use super::translate::{StatementReader, Translator, let_go_of_databases};
 use super::{INPUT_DRY, Session};
-use crate::analyze::{Analysis, Dialect};
+use crate::analyze::{Analysis, Dialect, Writes};
 use crate::cache::CacheStatus;
+use crate::cache::Generations;
 use crate::cancel::CancelTarget;
 use crate::conn::{ConnError, FLUSH_THRESHOLD};
 use crate::pool::pg::PgOrigin;
+use crate::proxy::writes::{Marking, WriteSet};
 use crate::proxy::{Composer, Situation};
-use crate::session::SessionError;
 use crate::session::driver::{CANCEL_GRACE, Driver, Flow, Frontend};
 use crate::session::error::{ClientError, ErrorKind};
 use crate::session::settings::STANDARD_CONFORMING_STRINGS;
+use crate::session::{SessionContext, SessionError};
 use crate::wire::pg::backend::{BackendMessage, ErrorFields, TransactionStatus, tag};
 use crate::wire::pg::frontend::FrontendMessage;
 use crate::wire::pg::{Frame, PgFraming, WireError, encode};
@@ -210,6 +212,8 @@ impl Session {
         if let Some(pin) = pin {
             in_flight.changes_session(pin);
         }
+        // The function it runs is named by OID alone: it may write anything.
+        in_flight.runs(&[Vec::new()], vec![WriteSet::Everything]);
         self.requests.push(in_flight);
         self.flush_origin().await?;
         self.io.arm_deadline();
@@ -313,7 +317,7 @@ impl Session {
 
     /// The deployment's cache, as this session's requests see it.
     fn composer(&self) -> Composer<'_> {
-        caching::composer(&self.ctx, &self.io.pool)
+        caching::composer(&self.ctx, &self.io.pool, &self.generations)
     }
 
     /// The cache, asked for the client's next request.
@@ -322,6 +326,7 @@ impl Session {
             ctx: &self.ctx,
             pool: &self.io.pool,
             database: &self.database,
+            generations: &self.generations,
             settings: self.settings.current(),
             situation: Situation {
                 txn: self.status.into(),
@@ -339,7 +344,7 @@ impl Session {
         query_bytes: usize,
         started: std::time::Instant,
     ) -> Result<(), SessionError> {
-        let composer = caching::composer(&self.ctx, &self.io.pool);
+        let composer = caching::composer(&self.ctx, &self.io.pool, &self.generations);
         caching::end_hit(
             &mut self.io.client.out,
             &composer,
@@ -404,13 +409,14 @@ impl Session {
         if let Some(pin) = self.user_code_pin(&analysis, Some(sql), started).await {
             in_flight.changes_session(pin);
         }
+        let writes = self.catalog().write_sets(&analysis, started).await;
         if let Err(error) = self.connect().await {
             self.ctx
                 .metrics
                 .record(in_flight.status(), frame.len(), 0, started.elapsed(), true);
             return self.answer_error(error).await;
         }
-        if let Some(mut translator) = self.translator() {
+        if let Some(mut translator) = self.translator(&[]) {
             translator.send_pending_closes();
         }
         let_go_of_databases(&self.ctx.pools, &analysis);
@@ -420,7 +426,7 @@ impl Session {
             conn.unnamed_statement = None;
         }
         self.relay.push(Expect::UntilReady);
-        in_flight.runs(&analysis.statement_effects);
+        in_flight.runs(&analysis.statement_effects, writes);
         self.requests.push(in_flight);
         self.flush_origin().await?;
         self.io.arm_deadline();
@@ -447,7 +453,7 @@ impl Session {
     }
 
     /// The client's next messages, as written for the connection it holds.
-    fn translator(&mut self) -> Option<Translator<'_>> {
+    fn translator<'a>(&'a mut self, writes: &'a [(Writes, WriteSet)]) -> Option<Translator<'a>> {
         let pinned = self.io.pinned().is_some();
         let conn = self.io.origin()?;
         Some(Translator {
@@ -462,6 +468,7 @@ impl Session {
             standard_conforming_strings: self.standard_conforming_strings,
             pinned,
             pools: &self.ctx.pools,
+            writes,
         })
     }
 
@@ -496,6 +503,7 @@ impl Session {
             self.requests.unsynced.sent(query_bytes, status);
             None
         };
+        let mut resolved: Vec<(Writes, WriteSet)> = Vec::new();
         for (analysis, text) in self.planner().executed_statements(&batch) {
             if let Some(pin) = self
                 .user_code_pin(&analysis, text.as_deref(), started)
@@ -505,6 +513,11 @@ impl Session {
                     Some(in_flight) => in_flight.changes_session(pin),
                     None => self.requests.unsynced.pins.push(pin),
                 }
+            }
+            let writes = analysis.writes();
+            if !writes.is_nothing() && !resolved.iter().any(|(known, _)| *known == writes) {
+                let set = self.catalog().write_set(&writes, started).await;
+                resolved.push((writes, set));
             }
         }
         if let Err(error) = self.connect().await {
@@ -524,7 +537,7 @@ impl Session {
             self.io.client.flush().await?;
             return Ok(());
         }
-        if let Some(mut translator) = self.translator() {
+        if let Some(mut translator) = self.translator(&resolved) {
             translator.send_pending_closes();
             // A message warpdrive raised an error for ends the batch: the origin would
             // skip the rest up to Sync, so it is not sent.
@@ -648,7 +661,11 @@ impl Session {
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Failed => self.requests.note_failure(),
-            Event::Completed => self.requests.note_completed(),
+            Event::Completed { rolled_back } => {
+                let (control, written) = self.requests.note_completed(rolled_back);
+                let marking = marking(&self.generations, &self.ctx);
+                self.writes.completed(control, &written, marking);
+            }
             Event::Undo { undo, skipped } => self.statements.undo(undo, skipped, self.io.origin()),
             Event::Stale { origin_name } => {
                 if let Some(conn) = self.io.origin() {
@@ -657,8 +674,10 @@ impl Session {
                 }
             }
             Event::Ready(status) => {
-                let composer = caching::composer(&self.ctx, &self.io.pool);
+                let composer = caching::composer(&self.ctx, &self.io.pool, &self.generations);
                 let finished = self.requests.finish(&composer, status.into());
+                self.writes
+                    .ready(status.into(), marking(&self.generations, &self.ctx));
                 self.status = status;
                 let awaits_origin = self.relay.awaits_origin();
                 let Some(conn) = self.io.origin() else {
@@ -704,6 +723,16 @@ impl Session {
         }
     }
 
+    /// The client left: writes still in flight may commit without anyone seeing their
+    /// end, so they are marked (the connection they run on is closed, not reused).
+    pub(super) fn leave(&mut self) {
+        if self.relay.awaits_origin() || self.requests.unsynced.sent {
+            let in_flight = self.requests.writes_in_flight();
+            self.writes
+                .lost(&in_flight, marking(&self.generations, &self.ctx));
+        }
+    }
+
     /// Ends what was in flight on a connection that is gone (see [`Lost`]); a client
     /// whose transaction or pinned state died with it is closed.
     async fn end_requests_in_flight(
@@ -719,9 +748,15 @@ impl Session {
         };
         let pinned = self.io.lose_origin();
         self.cancel.set_target(None);
+        let in_flight = self.requests.writes_in_flight();
+        self.writes
+            .lost(&in_flight, marking(&self.generations, &self.ctx));
         self.relay = Relay::default();
-        self.requests
-            .abandon(&caching::composer(&self.ctx, &self.io.pool));
+        self.requests.abandon(&caching::composer(
+            &self.ctx,
+            &self.io.pool,
+            &self.generations,
+        ));
         if self.status != TransactionStatus::Idle || pinned {
             let fatal = lost.end_session(&mut self.io.client.out);
             self.io.client.flush().await?;
@@ -730,5 +765,13 @@ impl Session {
         lost.answer_requests(&mut self.io.client.out);
         self.io.client.flush().await?;
         Ok(())
+    }
+}
+
+/// Where this session's writes are marked.
+fn marking<'a>(generations: &'a Generations, ctx: &'a SessionContext) -> Marking<'a> {
+    Marking {
+        generations,
+        metrics: &ctx.metrics,
     }
 }

@@ -17,9 +17,10 @@ use super::relay::{Expect, OnError, Relay};
 use super::request::result_settings;
 use super::sqlstate::ErrorResponse;
 use super::statement::{ClientStatement, ClientStatements};
-use crate::analyze::{Analysis, AnalysisMemo, Dialect, SessionEffect, StringLiterals};
+use crate::analyze::{Analysis, AnalysisMemo, Dialect, SessionEffect, StringLiterals, Writes};
 use crate::pool::pg::statements::{origin_statement_name, statement_identity};
 use crate::pool::pg::{PgPoolSet, PgPooledConn};
+use crate::proxy::writes::WriteSet;
 use crate::session::error::{ClientError, ErrorKind};
 use crate::session::settings::SettingMap;
 use crate::wire::pg::encode;
@@ -74,6 +75,9 @@ pub(super) struct Translator<'a> {
     pub(super) standard_conforming_strings: bool,
     pub(super) pinned: bool,
     pub(super) pools: &'a PgPoolSet,
+    /// What the batch's statements write, as the catalog resolved it before the batch
+    /// was translated; a write not in it reaches the whole database.
+    pub(super) writes: &'a [(Writes, WriteSet)],
 }
 
 impl Translator<'_> {
@@ -94,6 +98,7 @@ impl Translator<'_> {
             FrontendMessage::Execute(execute) => {
                 let analysis = self.statements.portal(&execute.portal).cloned();
                 let mut effects = Vec::new();
+                let mut written = WriteSet::Nothing;
                 if let Some(analysis) = &analysis {
                     if let Some((tag, forgotten)) = self
                         .statements
@@ -109,9 +114,11 @@ impl Translator<'_> {
                     }
                     let_go_of_databases(self.pools, analysis);
                     effects.extend(analysis.effects().cloned());
+                    written = self.written_by(analysis);
                 }
                 // One list per Execute sent, so that completions count statements.
                 self.requests.unsynced.effects.push(effects);
+                self.requests.unsynced.writes.push(written);
                 self.send(execute.frame.raw());
                 self.relay.push(Expect::Execute);
                 true
@@ -119,6 +126,18 @@ impl Translator<'_> {
             FrontendMessage::Close(close) => self.translate_close(close),
             _ => true,
         }
+    }
+
+    /// What a statement executed writes.
+    fn written_by(&self, analysis: &Analysis) -> WriteSet {
+        let writes = analysis.writes();
+        if writes.is_nothing() {
+            return WriteSet::Nothing;
+        }
+        self.writes
+            .iter()
+            .find(|(known, _)| *known == writes)
+            .map_or(WriteSet::Everything, |(_, set)| set.clone())
     }
 
     fn send(&mut self, bytes: &[u8]) {

@@ -65,7 +65,10 @@ fn synthetic_parse_complete_lands_before_the_bind_reply() {
     assert_eq!(tags(&client), "12CZ");
     assert_eq!(
         events,
-        vec![Event::Completed, Event::Ready(TransactionStatus::Idle)]
+        vec![
+            Event::Completed { rolled_back: false },
+            Event::Ready(TransactionStatus::Idle)
+        ]
     );
     assert!(relay.is_idle());
 }
@@ -140,7 +143,7 @@ fn messages_sent_after_an_error_before_their_sync_expect_nothing() {
                 skipped: true
             },
             Event::Ready(TransactionStatus::Idle),
-            Event::Completed,
+            Event::Completed { rolled_back: false },
             Event::Ready(TransactionStatus::Idle),
         ]
     );
@@ -161,8 +164,8 @@ fn completed_statements_are_counted_up_to_an_error() {
     assert_eq!(
         events,
         vec![
-            Event::Completed,
-            Event::Completed,
+            Event::Completed { rolled_back: false },
+            Event::Completed { rolled_back: false },
             Event::Failed,
             Event::Ready(TransactionStatus::Failed)
         ]

@@ -1,0 +1,226 @@
+//! What a statement writes that a cached read may depend on: the relations it names as
+//! written, the functions only the origin's catalog can clear of writing, or anything at
+//! all (DDL, CALL, DO, EXECUTE, EXPLAIN ANALYZE, a function the rules declare volatile
+//! that is not the database's own, a statement warpdrive cannot read).
+//!
+//! Conservative by construction: a statement is said to write nothing only when it is on
+//! the allow-list below; everything else may write anything.
+
+use serde::Serialize;
+use sqlparser::ast::Statement;
+
+use super::lex::Lead;
+use super::rules::Rules;
+use super::walk::Facts;
+use super::{Kind, Volatility};
+
+/// What one statement may write.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Writes {
+    /// Relations it writes, as named (resolved as the dialect resolves names).
+    pub tables: Vec<String>,
+    /// Functions it calls that the rules do not know: a user function may write, unless
+    /// the origin's catalog declares it immutable or stable (PostgreSQL refuses writes in
+    /// those).
+    pub unknown_functions: Vec<String>,
+    /// It may write what warpdrive cannot name: the whole database.
+    pub anything: bool,
+}
+
+impl Writes {
+    /// A statement that may write anything.
+    pub fn anything() -> Writes {
+        Writes {
+            anything: true,
+            ..Writes::default()
+        }
+    }
+
+    /// Whether it writes nothing at all.
+    pub fn is_nothing(&self) -> bool {
+        !self.anything && self.tables.is_empty() && self.unknown_functions.is_empty()
+    }
+
+    /// Adds what `other` writes.
+    pub fn absorb(&mut self, other: &Writes) {
+        self.anything |= other.anything;
+        for table in &other.tables {
+            if !self.tables.contains(table) {
+                self.tables.push(table.clone());
+            }
+        }
+        for function in &other.unknown_functions {
+            if !self.unknown_functions.contains(function) {
+                self.unknown_functions.push(function.clone());
+            }
+        }
+    }
+}
+
+/// What a parsed statement of this kind may write, from what its walk found.
+pub(crate) fn of(statement: &Statement, kind: Kind, found: &Facts, rules: &Rules) -> Writes {
+    let tables: Vec<String> = found.written().iter().cloned().collect();
+    let volatile_user_function = found.functions().iter().any(|name| {
+        !rules.is_builtin_function(name)
+            && rules
+                .function(name)
+                .is_some_and(|rule| rule.class == Volatility::Volatile)
+    });
+    let anything = volatile_user_function
+        || match kind {
+            Kind::Write => tables.is_empty() || matches!(statement, Statement::Call(_)),
+            Kind::Read => found.changes_data() && tables.is_empty(),
+            Kind::Ddl | Kind::Unknown => true,
+            Kind::Session => matches!(statement, Statement::Execute { .. }),
+            Kind::Transaction | Kind::Empty => false,
+            Kind::Utility => {
+                !writes_nothing(statement) || (found.changes_data() && tables.is_empty())
+            }
+        };
+    Writes {
+        tables,
+        unknown_functions: found.unknown_functions().iter().cloned().collect(),
+        anything,
+    }
+}
+
+/// The utility statements that change no data a read can see.
+fn writes_nothing(statement: &Statement) -> bool {
+    match statement {
+        Statement::Explain { analyze, .. } => !analyze,
+        Statement::Copy { to, .. } => *to,
+        Statement::Vacuum(_)
+        | Statement::Analyze(_)
+        | Statement::Lock(_)
+        | Statement::LockTables { .. }
+        | Statement::UnlockTables
+        | Statement::OptimizeTable { .. }
+        | Statement::Flush { .. }
+        | Statement::Kill { .. }
+        | Statement::Declare { .. }
+        | Statement::Fetch { .. }
+        | Statement::Close { .. }
+        | Statement::NOTIFY { .. }
+        | Statement::ExplainTable { .. } => true,
+        Statement::ShowFunctions { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowStatus { .. }
+        | Statement::ShowVariables { .. }
+        | Statement::ShowCreate { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::ShowDatabases { .. }
+        | Statement::ShowProcessList { .. }
+        | Statement::ShowSchemas { .. }
+        | Statement::ShowCharset(_)
+        | Statement::ShowTables { .. }
+        | Statement::ShowViews { .. }
+        | Statement::ShowCollation { .. } => true,
+        _ => false,
+    }
+}
+
+/// What a statement sqlparser could not parse may write, by its leading words: nothing
+/// only for settings, plain transaction control and a few utilities; else anything.
+pub(crate) fn of_unparsed(lead: &Lead) -> Writes {
+    let harmless = match (lead.first.as_str(), lead.second.as_str()) {
+        ("PREPARE", "TRANSACTION") | ("COMMIT" | "ROLLBACK", "PREPARED") => false,
+        (
+            "SET" | "RESET" | "DISCARD" | "USE" | "PREPARE" | "DEALLOCATE" | "LISTEN" | "UNLISTEN"
+            | "BEGIN" | "START" | "COMMIT" | "END" | "ABORT" | "ROLLBACK" | "SAVEPOINT" | "RELEASE"
+            | "SHOW" | "DESCRIBE" | "DESC" | "NOTIFY" | "VACUUM" | "ANALYZE" | "ANALYSE"
+            | "CLUSTER" | "REINDEX" | "CHECKPOINT" | "LOCK" | "UNLOCK" | "FETCH" | "MOVE" | "CLOSE",
+            _,
+        ) => true,
+        _ => false,
+    };
+    match harmless {
+        true => Writes::default(),
+        false => Writes::anything(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::{Analyzer, AnalyzerOptions, Dialect};
+
+    fn writes(sql: &str) -> Writes {
+        let analyzer = Analyzer::with_builtin_rules(AnalyzerOptions::default());
+        analyzer.analyze(Dialect::Postgres, sql).writes()
+    }
+
+    #[test]
+    fn data_changes_name_their_tables() {
+        for (sql, table) in [
+            ("INSERT INTO shop.prices VALUES (1)", "shop.prices"),
+            ("UPDATE prices SET p = 2", "prices"),
+            ("DELETE FROM prices WHERE id = 1", "prices"),
+            (
+                "MERGE INTO prices p USING n ON p.id = n.id WHEN MATCHED THEN DELETE",
+                "prices",
+            ),
+            ("TRUNCATE prices", "prices"),
+            ("COPY prices FROM STDIN", "prices"),
+            (
+                "WITH d AS (DELETE FROM prices RETURNING *) SELECT * FROM d",
+                "prices",
+            ),
+            ("SELECT * INTO archive FROM prices", "archive"),
+        ] {
+            let writes = writes(sql);
+            assert!(!writes.anything, "{sql}: {writes:?}");
+            assert!(
+                writes.tables.contains(&table.to_owned()),
+                "{sql}: {writes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn code_ddl_and_what_cannot_be_named_may_write_anything() {
+        for sql in [
+            "CALL refresh_all()",
+            "DO $$ BEGIN DELETE FROM prices; END $$",
+            "CREATE INDEX ON prices (p)",
+            "ALTER TABLE prices ADD COLUMN q int",
+            "EXECUTE stmt(1)",
+            "EXPLAIN ANALYZE DELETE FROM prices",
+            "REFRESH MATERIALIZED VIEW totals",
+            "COMMIT PREPARED 'tx'",
+            "PREPARE TRANSACTION 'tx'",
+            "GRANT SELECT ON prices TO app",
+            "this is not sql",
+        ] {
+            assert!(writes(sql).anything, "{sql} should write anything");
+        }
+    }
+
+    #[test]
+    fn reads_settings_and_transaction_control_write_nothing() {
+        for sql in [
+            "SELECT * FROM prices",
+            "SELECT now()",
+            "SET search_path = shop",
+            "BEGIN",
+            "COMMIT",
+            "ROLLBACK",
+            "SAVEPOINT a",
+            "ROLLBACK TO SAVEPOINT a",
+            "PREPARE s AS SELECT 1",
+            "SHOW work_mem",
+            "VACUUM prices",
+            "EXPLAIN SELECT * FROM prices",
+            "COPY prices TO STDOUT",
+            "",
+        ] {
+            assert!(writes(sql).is_nothing(), "{sql}: {:?}", writes(sql));
+        }
+    }
+
+    #[test]
+    fn user_functions_are_for_the_catalog_to_clear() {
+        let writes = writes("SELECT my_func(1)");
+        assert!(!writes.anything);
+        assert_eq!(writes.unknown_functions, vec!["my_func".to_owned()]);
+    }
+}
