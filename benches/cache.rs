@@ -62,7 +62,8 @@ fn bench_cache(c: &mut Criterion) {
         stale_while_revalidate: Duration::from_secs(15),
         tables: Arc::from(vec!["pgbench_accounts".to_owned()]),
         // Checked on every hit, as in a deployment that invalidates on writes.
-        validity: Some(Validity::starting(&Arc::new(Generations::default()), false)),
+        tables_unknown: false,
+        validity: Some(Validity::starting(&Arc::new(Generations::default()))),
         refetch: Arc::new(NeverRefetched),
     });
     // Other entries, so that the lookup is not into an empty map.

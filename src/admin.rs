@@ -1,33 +1,156 @@
-//! The admin HTTP listener: `/metrics` (Prometheus text), `/stats` (JSON), `/healthz`.
+//! The admin HTTP listener: `/metrics` (Prometheus text), `/stats` (JSON), `/healthz`,
+//! and `POST /purge` (drop cached entries).
 //!
-//! A deliberately small HTTP/1.1 responder: GET only, one request per connection, no
-//! keep-alive; enough for Prometheus scrapers, curl and `warpdrive stats`.
+//! A deliberately small HTTP/1.1 responder: one request per connection, no keep-alive, no
+//! request body (`/purge` takes its arguments in the query string); enough for
+//! Prometheus scrapers, curl, `warpdrive stats` and `warpdrive purge`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::cache::Store;
 use crate::metrics::Registry;
+
+/// What the admin listener answers for: the counters, and each deployment's cache.
+#[derive(Clone, Default)]
+pub struct Admin {
+    /// The deployments' counters.
+    pub registry: Registry,
+    /// Each deployment's cache, by name.
+    pub caches: Vec<(String, Arc<Store>)>,
+}
+
+/// What `POST /purge` dropped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purged {
+    /// Entries dropped in this instance, in all.
+    pub dropped: u64,
+    /// Per deployment purged.
+    pub deployments: Vec<DeploymentPurged>,
+}
+
+/// What one deployment's purge dropped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentPurged {
+    /// The deployment.
+    pub deployment: String,
+    /// Entries dropped.
+    pub dropped: u64,
+}
+
+impl Admin {
+    /// Purges what the query string asks: `all=true`, or `table=T` (repeatable), for
+    /// every deployment or `deployment=NAME`. The error is the client's.
+    fn purge(&self, query: &str) -> Result<Purged, (&'static str, String)> {
+        let mut deployment = None;
+        let mut tables = Vec::new();
+        let mut all = false;
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value);
+            match name {
+                "deployment" => deployment = Some(value),
+                "table" => tables.push(value),
+                "all" => all = value == "true",
+                other => {
+                    return Err((
+                        "400 Bad Request",
+                        format!(
+                            "unknown purge argument {other:?}: use all=true, table=T (repeatable) and deployment=NAME\n"
+                        ),
+                    ));
+                }
+            }
+        }
+        if all != tables.is_empty() {
+            return Err((
+                "400 Bad Request",
+                "say what to purge: all=true, or one or more table=T (not both)\n".to_owned(),
+            ));
+        }
+        let caches: Vec<_> = self
+            .caches
+            .iter()
+            .filter(|(name, _)| deployment.as_ref().is_none_or(|wanted| wanted == name))
+            .collect();
+        if caches.is_empty() {
+            let names: Vec<&str> = self.caches.iter().map(|(name, _)| name.as_str()).collect();
+            return Err((
+                "404 Not Found",
+                format!(
+                    "no deployment {:?} here; deployments: {}\n",
+                    deployment.unwrap_or_default(),
+                    names.join(", ")
+                ),
+            ));
+        }
+        let deployments: Vec<DeploymentPurged> = caches
+            .into_iter()
+            .map(|(name, store)| DeploymentPurged {
+                deployment: name.clone(),
+                dropped: store.purge((!all).then_some(tables.as_slice())),
+            })
+            .collect();
+        Ok(Purged {
+            dropped: deployments.iter().map(|d| d.dropped).sum(),
+            deployments,
+        })
+    }
+}
+
+/// `%XX` escapes and `+` decoded, as in a query string.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = bytes.get(index + 1..index + 3).and_then(|hex| {
+            std::str::from_utf8(hex)
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        });
+        match (bytes[index], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                index += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                index += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 /// Largest request head accepted.
 const MAX_REQUEST: usize = 8 * 1024;
 
 /// Serves admin requests until the listener's task is dropped.
-pub async fn serve(listener: TcpListener, registry: Registry) {
+pub async fn serve(listener: TcpListener, admin: Admin) {
+    let admin = Arc::new(admin);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let registry = registry.clone();
+        let admin = Arc::clone(&admin);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &registry)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, &admin)).await;
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
+    let registry = &admin.registry;
     let mut head = Vec::new();
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
@@ -40,9 +163,9 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     let request_line = head.split(|&b| b == b'\r').next().unwrap_or_default();
     let mut parts = request_line.split(|&b| b == b' ');
     let method = parts.next().unwrap_or_default();
-    let path = parts.next().unwrap_or_default();
-    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
-    let (status, content_type, body) = match (method, path) {
+    let target = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let (status, content_type, body) = match (method, path.as_bytes()) {
         (b"GET", b"/metrics") => ("200 OK", "text/plain; version=0.0.4", registry.prometheus()),
         (b"GET", b"/stats") => (
             "200 OK",
@@ -50,6 +173,14 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
             serde_json::to_string_pretty(&registry.snapshots()).unwrap_or_else(|_| "[]".to_owned()),
         ),
         (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
+        (b"POST", b"/purge") => match admin.purge(query) {
+            Ok(purged) => (
+                "200 OK",
+                "application/json",
+                serde_json::to_string_pretty(&purged).unwrap_or_else(|_| "{}".to_owned()),
+            ),
+            Err((status, message)) => (status, "text/plain", message),
+        },
         (b"GET", _) => (
             "404 Not Found",
             "text/plain",
@@ -58,7 +189,7 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
         _ => (
             "405 Method Not Allowed",
             "text/plain",
-            "only GET is supported\n".to_owned(),
+            "GET /metrics, /stats or /healthz, or POST /purge\n".to_owned(),
         ),
     };
     let response = format!(
@@ -71,8 +202,19 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
 
 /// Fetches `path` from an admin listener (for `warpdrive stats`).
 pub async fn get(address: &str, path: &str) -> std::io::Result<String> {
+    request(address, "GET", path).await
+}
+
+/// Posts to `path` (with its query string) on an admin listener (for `warpdrive purge`).
+pub async fn post(address: &str, path: &str) -> std::io::Result<String> {
+    request(address, "POST", path).await
+}
+
+async fn request(address: &str, method: &str, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(address).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await?;
@@ -81,8 +223,9 @@ pub async fn get(address: &str, path: &str) -> std::io::Result<String> {
         .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
     if !head.starts_with("HTTP/1.1 200") {
         return Err(std::io::Error::other(format!(
-            "admin listener answered {}",
-            head.lines().next().unwrap_or_default()
+            "admin listener answered {}: {}",
+            head.lines().next().unwrap_or_default(),
+            body.trim()
         )));
     }
     Ok(body.to_owned())
@@ -108,7 +251,12 @@ mod tests {
         registry.add(metrics);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
-        let server = tokio::spawn(serve(listener, registry));
+        let store = Store::new(1 << 20, 1 << 10, Clock::system());
+        let admin = Admin {
+            registry,
+            caches: vec![("d".to_owned(), store)],
+        };
+        let server = tokio::spawn(serve(listener, admin));
         let metrics = get(&address, "/metrics").await.unwrap();
         assert!(
             metrics.contains("warpdrive_queries_total{deployment=\"d\",cache_status=\"hit\"} 1")
@@ -123,6 +271,33 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("404")
+        );
+        let purged: Purged = serde_json::from_str(
+            &post(&address, "/purge?table=shop%2Eprices&table=t")
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(purged.deployments[0].deployment, "d");
+        let refusal = |path: &'static str| {
+            let address = address.clone();
+            async move { post(&address, path).await.unwrap_err().to_string() }
+        };
+        assert!(refusal("/purge").await.contains("say what to purge"));
+        assert!(
+            refusal("/purge?all=true&table=t")
+                .await
+                .contains("not both")
+        );
+        assert!(
+            refusal("/purge?all=true&deployment=x")
+                .await
+                .contains("no deployment \"x\"")
+        );
+        assert!(
+            refusal("/purge?everything")
+                .await
+                .contains("unknown purge argument")
         );
         server.abort();
     }

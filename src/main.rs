@@ -32,6 +32,8 @@ enum Command {
     /// Connect to each origin as the pool would, run the empty query, and name the cause
     /// of any failure (exit status 1).
     Validate(ValidateArgs),
+    /// Drop cached entries in a running warpdrive: all, or those that read given tables.
+    Purge(PurgeArgs),
 }
 
 /// How clients log in (`--client-auth`).
@@ -193,6 +195,24 @@ struct StatsArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["tables", "all"])))]
+struct PurgeArgs {
+    /// Address of warpdrive's admin listener.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_ADMIN)]
+    admin: String,
+    /// Only this deployment's cache (default: every deployment's).
+    #[arg(long, value_name = "NAME")]
+    deployment: Option<String>,
+    /// Drop the entries that read this table (`prices` matches it in any schema);
+    /// repeatable.
+    #[arg(long = "table", value_name = "TABLE")]
+    tables: Vec<String>,
+    /// Drop every entry.
+    #[arg(long, conflicts_with = "tables")]
+    all: bool,
+}
+
+#[derive(Args)]
 struct ValidateArgs {
     #[command(flatten)]
     deployments: Deployments,
@@ -213,6 +233,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(args).map_err(|e| (USAGE_ERROR, e)),
         Command::Stats(args) => stats(args).map_err(|e| (UNAVAILABLE, e)),
         Command::Validate(args) => validate(args),
+        Command::Purge(args) => purge(args).map_err(|e| (UNAVAILABLE, e)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -373,6 +394,50 @@ fn stats(args: StatsArgs) -> anyhow::Result<()> {
         .context("the admin listener's /stats is not what this warpdrive expects")?;
     print!("{}", warpdrive::metrics::stats_table(&snapshots));
     Ok(())
+}
+
+fn purge(args: PurgeArgs) -> anyhow::Result<()> {
+    let mut query = match args.all {
+        true => vec!["all=true".to_owned()],
+        false => args
+            .tables
+            .iter()
+            .map(|table| format!("table={}", query_escape(table)))
+            .collect(),
+    };
+    if let Some(deployment) = &args.deployment {
+        query.push(format!("deployment={}", query_escape(deployment)));
+    }
+    let path = format!("/purge?{}", query.join("&"));
+    let body = runtime()?
+        .block_on(warpdrive::admin::post(&args.admin, &path))
+        .with_context(|| format!("cannot purge through the admin listener at {}", args.admin))?;
+    let purged: warpdrive::admin::Purged = serde_json::from_str(&body)
+        .context("the admin listener's /purge answer is not what this warpdrive expects")?;
+    let each: Vec<String> = purged
+        .deployments
+        .iter()
+        .map(|d| format!("{}: {}", d.deployment, d.dropped))
+        .collect();
+    println!(
+        "dropped {} cached entries in this instance ({})",
+        purged.dropped,
+        each.join(", ")
+    );
+    Ok(())
+}
+
+/// A query-string value: everything but unreserved characters percent-encoded.
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(byte).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 fn validate(args: ValidateArgs) -> Result<(), (u8, anyhow::Error)> {

@@ -183,9 +183,18 @@ impl Server {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (session_tx, mut session_rx) = tokio::sync::mpsc::unbounded_channel();
         let drain_timeout = self.drain_timeout;
+        let caches = self
+            .listeners
+            .iter()
+            .map(|(_, ctx)| (ctx.deployment.name.clone(), Arc::clone(&ctx.cache)))
+            .collect();
+        let admin = crate::admin::Admin {
+            registry: self.registry.clone(),
+            caches,
+        };
         let admin = self
             .admin
-            .map(|listener| tokio::spawn(crate::admin::serve(listener, self.registry.clone())));
+            .map(|listener| tokio::spawn(crate::admin::serve(listener, admin)));
         for (listener, ctx) in self.listeners {
             let mut stop = stop_rx.clone();
             let session_tx = session_tx.clone();

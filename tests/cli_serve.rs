@@ -1,5 +1,5 @@
 //! `warpdrive serve` as a process: Hyperdrive's flag names, the admin listener,
-//! `warpdrive stats`, and SIGTERM.
+//! `warpdrive stats`, `warpdrive purge`, and SIGTERM.
 
 mod common;
 
@@ -118,6 +118,74 @@ async fn serve_flags_admin_stats_and_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(exited.expect("exits after SIGTERM").success());
+    db.drop_now().await;
+}
+
+/// `warpdrive purge`: the entries that read a table, then everything; what was dropped
+/// is printed, and the purged reads go to the origin again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_table_and_all() {
+    let db = TestDatabase::create("cli_purge").await;
+    db.direct()
+        .await
+        .batch_execute(
+            "CREATE SCHEMA shop; CREATE TABLE shop.prices (p int); CREATE TABLE stock (n int)",
+        )
+        .await
+        .unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let _served = serve(&db, port, admin, &[]);
+    wait_until_listening(port).await;
+    let client = connect(port, &db).await;
+    let admin = format!("127.0.0.1:{admin}");
+    let misses = || async {
+        let stats: Vec<warpdrive::metrics::DeploymentSnapshot> =
+            serde_json::from_str(&warpdrive::admin::get(&admin, "/stats").await.unwrap()).unwrap();
+        stats[0]
+            .statuses
+            .iter()
+            .find(|s| s.status.name() == "miss")
+            .map_or(0, |s| s.queries)
+    };
+    let reads = [
+        "SELECT count(*) FROM shop.prices",
+        "SELECT count(*) FROM stock",
+    ];
+    for sql in reads {
+        client.simple_query(sql).await.unwrap();
+    }
+    assert_eq!(misses().await, 2);
+    let purge = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_warpdrive"))
+            .arg("purge")
+            .args(["--admin", &admin])
+            .args(args)
+            .output()
+            .expect("purge runs");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let text = purge(&["--table", "prices", "--deployment", "default"]);
+    assert!(
+        text.starts_with("dropped 1 cached entries in this instance (default: 1)"),
+        "{text}"
+    );
+    for sql in reads {
+        client.simple_query(sql).await.unwrap();
+    }
+    assert_eq!(misses().await, 3, "only the purged read went to the origin");
+    assert!(purge(&["--all"]).starts_with("dropped 2 cached entries"));
+    let unknown = Command::new(env!("CARGO_BIN_EXE_warpdrive"))
+        .args(["purge", "--all", "--deployment", "nope", "--admin", &admin])
+        .output()
+        .expect("purge runs");
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("no deployment \"nope\" here; deployments: default"),
+        "{unknown:?}"
+    );
+    drop(client);
     db.drop_now().await;
 }
 

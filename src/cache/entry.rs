@@ -67,6 +67,8 @@ pub struct Entry {
     pub stale_while_revalidate: Duration,
     /// The relations it read (for invalidation).
     pub tables: Arc<[String]>,
+    /// It ran code whose reads warpdrive does not know: `tables` is not all it read.
+    pub tables_unknown: bool,
     /// Whether writes since its query started left it current; `None` when the
     /// deployment does not invalidate on writes.
     pub validity: Option<Validity>,
@@ -82,7 +84,7 @@ impl Entry {
     pub fn is_current(&self) -> bool {
         self.validity
             .as_ref()
-            .is_none_or(|validity| validity.is_current(&self.tables))
+            .is_none_or(|validity| validity.is_current(&self.tables, self.tables_unknown))
     }
 
     /// Its freshness at `now`. Durations saturate: an entry never becomes fresh again.
@@ -142,6 +144,7 @@ pub(crate) mod tests {
             max_age: Duration::from_secs(max_age),
             stale_while_revalidate: Duration::from_secs(swr),
             tables: Arc::from(Vec::new()),
+            tables_unknown: false,
             validity: None,
             refetch: Arc::new(FixedRefetch(None)),
         }

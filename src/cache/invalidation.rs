@@ -43,7 +43,7 @@ pub struct Generations {
 }
 
 /// The key a table is tracked under: its last name part.
-fn table_key(name: &str) -> &str {
+pub fn table_key(name: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
 }
 
@@ -96,29 +96,26 @@ pub struct Validity {
     pub generations: Arc<Generations>,
     /// When its origin query started.
     pub stamp: Stamp,
-    /// It ran code whose reads warpdrive does not know: any write invalidates it.
-    pub tables_unknown: bool,
 }
 
 impl Validity {
     /// The validity of a result whose origin query starts now.
-    pub fn starting(generations: &Arc<Generations>, tables_unknown: bool) -> Validity {
+    pub fn starting(generations: &Arc<Generations>) -> Validity {
         Validity {
             generations: Arc::clone(generations),
             stamp: generations.stamp(),
-            tables_unknown,
         }
     }
 
     /// The same result's query started again now (a refresh).
     pub fn restarted(&self) -> Validity {
-        Validity::starting(&self.generations, self.tables_unknown)
+        Validity::starting(&self.generations)
     }
 
-    /// Whether a result that read `tables` is current.
-    pub fn is_current(&self, tables: &[String]) -> bool {
+    /// Whether a result that read `tables` (and more, when `tables_unknown`) is current.
+    pub fn is_current(&self, tables: &[String], tables_unknown: bool) -> bool {
         self.generations
-            .is_current(self.stamp, tables, self.tables_unknown)
+            .is_current(self.stamp, tables, tables_unknown)
     }
 }
 

@@ -17,10 +17,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::entry::{Entry, Freshness};
+use super::invalidation::table_key;
 use super::key::CacheKey;
 use crate::clock::Clock;
 
@@ -79,12 +81,38 @@ pub enum Lookup {
     Wait(watch::Receiver<()>),
 }
 
+/// When the store was last purged (cache clock): results requested before then are not
+/// stored, as they may hold what the purge was for.
+#[derive(Debug, Default)]
+struct Purged {
+    /// Everything.
+    everything: Option<Duration>,
+    /// Entries reading a table, by its last name part.
+    tables: HashMap<String, Duration>,
+}
+
+impl Purged {
+    /// Whether a result requested at `requested_at`, reading `tables` (and more, when
+    /// `tables_unknown`), was requested before a purge that covers it.
+    fn covers(&self, requested_at: Duration, tables: &[String], tables_unknown: bool) -> bool {
+        let before = |purged: &Duration| requested_at <= *purged;
+        self.everything.as_ref().is_some_and(before)
+            || match tables_unknown {
+                true => self.tables.values().any(before),
+                false => tables
+                    .iter()
+                    .any(|table| self.tables.get(table_key(table)).is_some_and(before)),
+            }
+    }
+}
+
 /// The cache of one deployment.
 pub struct Store {
     entries: Entries,
     evictions: Arc<AtomicU64>,
     invalidated: AtomicU64,
     refused_fills: AtomicU64,
+    purged: Mutex<Purged>,
     flights: Mutex<HashMap<CacheKey, watch::Receiver<()>>>,
     revalidating: Mutex<HashSet<CacheKey>>,
     clock: Clock,
@@ -126,6 +154,7 @@ impl Store {
             evictions: evictions.0,
             invalidated: AtomicU64::new(0),
             refused_fills: AtomicU64::new(0),
+            purged: Mutex::new(Purged::default()),
             flights: Mutex::new(HashMap::new()),
             revalidating: Mutex::new(HashSet::new()),
             clock,
@@ -199,12 +228,41 @@ impl Store {
     /// not be consulted first). A result a write reached while its query ran is refused:
     /// false.
     pub fn insert(&self, key: CacheKey, entry: Entry) -> bool {
-        if !entry.is_current() {
+        if !entry.is_current() || self.purge_covers(&entry) {
             self.refused_fills.fetch_add(1, Ordering::Relaxed);
             return false;
         }
         self.entries.insert(key, Arc::new(entry));
         true
+    }
+
+    /// Drops every entry (`tables` is `None`), or those that read any of `tables` (by
+    /// last name part, and those whose tables are not all known); results requested
+    /// before now are not stored afterwards. Returns how many entries were dropped.
+    pub fn purge(&self, tables: Option<&[String]>) -> u64 {
+        let now = self.clock.now();
+        let mut purged = self.purged.lock().unwrap_or_else(|p| p.into_inner());
+        match tables {
+            None => purged.everything = Some(now),
+            Some(tables) => {
+                for table in tables {
+                    purged.tables.insert(table_key(table).to_owned(), now);
+                }
+            }
+        }
+        let before = self.entries.len();
+        match tables {
+            None => self.entries.clear(),
+            Some(_) => self.entries.retain(|_, entry| {
+                !purged.covers(entry.stored_at, &entry.tables, entry.tables_unknown)
+            }),
+        }
+        (before - self.entries.len()) as u64
+    }
+
+    fn purge_covers(&self, entry: &Entry) -> bool {
+        let purged = self.purged.lock().unwrap_or_else(|p| p.into_inner());
+        purged.covers(entry.stored_at, &entry.tables, entry.tables_unknown)
     }
 
     /// Current numbers.
@@ -292,9 +350,41 @@ mod tests {
             max_age: Duration::from_secs(60),
             stale_while_revalidate: Duration::from_secs(15),
             tables: Arc::from(vec!["t".to_owned()]),
+            tables_unknown: false,
             validity: None,
             refetch: Arc::new(FixedRefetch(Some(b"v2"))),
         }
+    }
+
+    #[test]
+    fn purges_drop_by_table_or_everything_and_refuse_reads_requested_before() {
+        let clock = ManualClock::new();
+        let store = Store::new(1 << 20, 1 << 16, clock.clock());
+        let reading = |tables: &[&str], tables_unknown: bool| Entry {
+            tables: tables.iter().map(|t| (*t).to_owned()).collect(),
+            tables_unknown,
+            ..entry(&store, b"v1")
+        };
+        let keys = [CacheKey([1; 32]), CacheKey([2; 32]), CacheKey([3; 32])];
+        store.insert(keys[0], reading(&["shop.prices"], false));
+        store.insert(keys[1], reading(&["stock"], false));
+        store.insert(keys[2], reading(&[], true));
+        let in_flight = reading(&["prices"], false);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            store.purge(Some(&["prices".to_owned()])),
+            2,
+            "prices and the unknown"
+        );
+        assert!(matches!(store.lookup(keys[1]), Lookup::Fresh(_)));
+        assert!(
+            !store.insert(keys[0], in_flight),
+            "requested before the purge"
+        );
+        clock.advance(Duration::from_millis(1));
+        assert!(store.insert(keys[0], reading(&["prices"], false)));
+        assert_eq!(store.purge(None), 2);
+        assert_eq!(store.stats().entries, 0);
     }
 
     #[test]
@@ -304,7 +394,7 @@ mod tests {
         let store = Store::new(1 << 20, 1 << 16, clock.clock());
         let writes = Arc::new(Generations::default());
         let read = |store: &Store| Entry {
-            validity: Some(Validity::starting(&writes, false)),
+            validity: Some(Validity::starting(&writes)),
             ..entry(store, b"v1")
         };
         let Lookup::Miss(guard) = store.lookup(KEY) else {

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::policy::Policy;
-use crate::cache::{CacheKey, CacheStatus, FillGuard, Recorded, Refetch, Validity};
+use super::policy::{Policy, Source};
+use crate::cache::{CacheKey, CacheStatus, FillGuard, Recorded, Refetch};
 
 /// Records an origin reply for the cache as it is forwarded to the client; each protocol
 /// has its own.
@@ -49,10 +49,7 @@ pub(super) struct Recording<R> {
     /// long the origin took, so its lifetime starts there.
     pub(super) requested_at: Duration,
     pub(super) policy: Policy,
-    pub(super) tables: Arc<[String]>,
-    /// The writes that may overtake it, from when it was sent.
-    pub(super) validity: Option<Validity>,
-    pub(super) refetch: Arc<dyn Refetch>,
+    pub(super) source: Source,
 }
 
 /// A request sent to the origin, until the origin reports it ended.

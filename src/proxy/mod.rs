@@ -24,7 +24,7 @@ use crate::metrics::DeploymentMetrics;
 use crate::protocol::TxnStatus;
 use flight::{Fill, Recording};
 pub use flight::{Flight, Record, ToRecord};
-pub use policy::{Decision, Policy, decide};
+pub use policy::{Decision, Policy, Source, decide};
 
 /// The longest a miss waits for another client's fetch of the same key before going to
 /// the origin itself.
@@ -124,11 +124,12 @@ impl Composer<'_> {
                     fill,
                     requested_at: self.store.clock().now(),
                     policy,
-                    tables,
-                    validity: self
-                        .generations
-                        .map(|clock| Validity::starting(clock, tables_unknown)),
-                    refetch,
+                    source: Source {
+                        tables,
+                        tables_unknown,
+                        validity: self.generations.map(Validity::starting),
+                        refetch,
+                    },
                 }),
                 ..Flight::forwarded(CacheStatus::Miss, query_bytes, started)
             }
@@ -203,9 +204,7 @@ impl Composer<'_> {
                         segments,
                         has_rows,
                         recording.requested_at,
-                        recording.tables,
-                        recording.validity,
-                        recording.refetch,
+                        recording.source,
                     );
                     // False when a write overtook it: counted by the store.
                     let _stored = match recording.fill {

@@ -34,6 +34,19 @@ pub struct Policy {
     pub empty_max_age: Duration,
 }
 
+/// Where a recorded result comes from: what its request read, the write clock it
+/// started on, and how to run it again.
+pub struct Source {
+    /// The relations it read.
+    pub tables: Arc<[String]>,
+    /// It ran code whose reads warpdrive does not know.
+    pub tables_unknown: bool,
+    /// The writes that may overtake it, from when it was sent.
+    pub validity: Option<Validity>,
+    /// How to run the request again.
+    pub refetch: Arc<dyn Refetch>,
+}
+
 impl Policy {
     /// The entry for a result recorded under this policy, its request sent at
     /// `requested_at`.
@@ -42,10 +55,14 @@ impl Policy {
         segments: Vec<Bytes>,
         has_rows: bool,
         requested_at: Duration,
-        tables: Arc<[String]>,
-        validity: Option<Validity>,
-        refetch: Arc<dyn Refetch>,
+        source: Source,
     ) -> Entry {
+        let Source {
+            tables,
+            tables_unknown,
+            validity,
+            refetch,
+        } = source;
         Entry {
             segments,
             stored_at: requested_at,
@@ -56,6 +73,7 @@ impl Policy {
             },
             stale_while_revalidate: self.stale_while_revalidate,
             tables,
+            tables_unknown,
             validity,
             refetch,
         }

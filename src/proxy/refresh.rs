@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::policy::Policy;
+use super::policy::{Policy, Source};
 use crate::cache::{Entry, Recorded, RevalidationGuard, Store, Validity};
 use crate::metrics::DeploymentMetrics;
 
@@ -25,14 +25,13 @@ pub(super) fn spawn(
         let fetched = tokio::time::timeout(deadline, stale.refetch.fetch()).await;
         let reason = match fetched {
             Ok(Ok(Recorded::Complete { segments, has_rows })) => {
-                let refreshed = policy.entry(
-                    segments,
-                    has_rows,
-                    requested_at,
-                    Arc::clone(&stale.tables),
+                let source = Source {
+                    tables: Arc::clone(&stale.tables),
+                    tables_unknown: stale.tables_unknown,
                     validity,
-                    Arc::clone(&stale.refetch),
-                );
+                    refetch: Arc::clone(&stale.refetch),
+                };
+                let refreshed = policy.entry(segments, has_rows, requested_at, source);
                 if refresh.fill(refreshed) {
                     metrics.revalidations_ok.fetch_add(1, Ordering::Relaxed);
                     return;
