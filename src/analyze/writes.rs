@@ -7,7 +7,7 @@
 //! the allow-list below; everything else may write anything.
 
 use serde::Serialize;
-use sqlparser::ast::Statement;
+use sqlparser::ast::{CascadeOption, Statement};
 
 use super::lex::Lead;
 use super::rules::Rules;
@@ -66,7 +66,14 @@ pub(crate) fn of(statement: &Statement, kind: Kind, found: &Facts, rules: &Rules
                 .function(name)
                 .is_some_and(|rule| rule.class == Volatility::Volatile)
     });
+    // TRUNCATE … CASCADE empties every table with a foreign key to it, whatever its
+    // ON DELETE action: more than the catalog's cascades.
+    let truncates_referencing_tables = matches!(
+        statement,
+        Statement::Truncate(truncate) if truncate.cascade == Some(CascadeOption::Cascade)
+    );
     let anything = volatile_user_function
+        || truncates_referencing_tables
         || match kind {
             Kind::Write => tables.is_empty() || matches!(statement, Statement::Call(_)),
             Kind::Read => found.changes_data() && tables.is_empty(),
@@ -189,6 +196,7 @@ mod tests {
             "COMMIT PREPARED 'tx'",
             "PREPARE TRANSACTION 'tx'",
             "GRANT SELECT ON prices TO app",
+            "TRUNCATE prices CASCADE",
             "this is not sql",
         ] {
             assert!(writes(sql).anything, "{sql} should write anything");
