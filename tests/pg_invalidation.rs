@@ -406,3 +406,57 @@ async fn writes_reach_every_deployment_on_the_database_that_wants_them() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+/// COMMIT AND CHAIN commits (invalidating) and opens the next transaction, whose writes
+/// wait for its own COMMIT; a ROLLBACK TO SAVEPOINT keeps what came before the
+/// savepoint; a transaction driven by a driver (BEGIN, extended-protocol writes, COMMIT)
+/// counts at its COMMIT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_savepoints_and_driver_transactions() {
+    let mut setup = Setup::new("chains", PRICES).await;
+    setup.cached(TOTAL).await;
+    setup
+        .writer
+        .batch_execute("BEGIN; UPDATE prices SET p = 0 WHERE id = 1; COMMIT AND CHAIN")
+        .await
+        .unwrap();
+    setup.fresh(TOTAL, Some("20")).await;
+    setup
+        .writer
+        .batch_execute("UPDATE prices SET p = 0 WHERE id = 2")
+        .await
+        .unwrap();
+    let hits = setup.proxy.count("hit");
+    assert_eq!(read(&setup.other, TOTAL).await.as_deref(), Some("20"));
+    assert_eq!(
+        setup.proxy.count("hit"),
+        hits + 1,
+        "the chained write waits"
+    );
+    setup.writer.batch_execute("COMMIT").await.unwrap();
+    setup.fresh(TOTAL, Some("0")).await;
+
+    setup.cached(TOTAL).await;
+    setup
+        .writer
+        .batch_execute(
+            "BEGIN; UPDATE prices SET p = 5 WHERE id = 1; SAVEPOINT s;
+             UPDATE prices SET p = 7 WHERE id = 2; ROLLBACK TO SAVEPOINT s; COMMIT",
+        )
+        .await
+        .unwrap();
+    setup.fresh(TOTAL, Some("5")).await;
+
+    setup.cached(TOTAL).await;
+    let transaction = setup.writer.transaction().await.unwrap();
+    transaction
+        .execute("UPDATE prices SET p = $1 WHERE id = $2", &[&10i32, &2i32])
+        .await
+        .unwrap();
+    let hits = setup.proxy.count("hit");
+    assert_eq!(read(&setup.other, TOTAL).await.as_deref(), Some("5"));
+    assert_eq!(setup.proxy.count("hit"), hits + 1);
+    transaction.commit().await.unwrap();
+    setup.fresh(TOTAL, Some("15")).await;
+    setup.done().await;
+}
