@@ -53,6 +53,11 @@ impl Setup {
         first
     }
 
+    /// Runs `sql` on the writer.
+    async fn write(&self, sql: &str) {
+        self.writer.batch_execute(sql).await.expect(sql);
+    }
+
     /// Reads `sql` on the writer, then on the other client: both see `expected`, and the
     /// first of them went to the origin.
     async fn fresh(&self, sql: &str, expected: Option<&str>) {
@@ -97,11 +102,11 @@ async fn every_write_kind_is_seen_at_once_by_the_writer_and_by_others() {
     ];
     for (write, total) in writes {
         setup.cached(TOTAL).await;
-        setup.writer.batch_execute(write).await.expect(write);
+        setup.write(write).await;
         setup.fresh(TOTAL, Some(total)).await;
     }
     setup.cached(TOTAL).await;
-    setup.writer.batch_execute("TRUNCATE prices").await.unwrap();
+    setup.write("TRUNCATE prices").await;
     setup.fresh(TOTAL, None).await;
     setup.done().await;
 }
@@ -147,11 +152,7 @@ async fn select_into_invalidates_reads_of_the_table_it_creates() {
         .batch_execute("DROP TABLE archive")
         .await
         .unwrap();
-    setup
-        .writer
-        .batch_execute("SELECT p INTO archive FROM prices")
-        .await
-        .unwrap();
+    setup.write("SELECT p INTO archive FROM prices").await;
     setup.fresh(count, Some("2")).await;
     setup.done().await;
 }
@@ -163,12 +164,8 @@ async fn select_into_invalidates_reads_of_the_table_it_creates() {
 async fn transactions_invalidate_at_commit_and_rollbacks_and_failures_do_not() {
     let setup = Setup::new("txn", PRICES).await;
     setup.cached(TOTAL).await;
-    setup.writer.batch_execute("BEGIN").await.unwrap();
-    setup
-        .writer
-        .batch_execute("UPDATE prices SET p = 0 WHERE id = 1")
-        .await
-        .unwrap();
+    setup.write("BEGIN").await;
+    setup.write("UPDATE prices SET p = 0 WHERE id = 1").await;
     let hits = setup.proxy.count("hit");
     assert_eq!(read(&setup.other, TOTAL).await.as_deref(), Some("30"));
     assert_eq!(
@@ -176,22 +173,16 @@ async fn transactions_invalidate_at_commit_and_rollbacks_and_failures_do_not() {
         hits + 1,
         "not invalidated before COMMIT"
     );
-    setup.writer.batch_execute("COMMIT").await.unwrap();
+    setup.write("COMMIT").await;
     setup.fresh(TOTAL, Some("20")).await;
 
     setup.cached(TOTAL).await;
     setup
-        .writer
-        .batch_execute("BEGIN; UPDATE prices SET p = 99; ROLLBACK")
-        .await
-        .unwrap();
-    setup.writer.batch_execute("BEGIN").await.unwrap();
-    setup
-        .writer
-        .batch_execute("DELETE FROM prices")
-        .await
-        .unwrap();
-    setup.writer.batch_execute("ROLLBACK").await.unwrap();
+        .write("BEGIN; UPDATE prices SET p = 99; ROLLBACK")
+        .await;
+    setup.write("BEGIN").await;
+    setup.write("DELETE FROM prices").await;
+    setup.write("ROLLBACK").await;
     let failed = setup
         .writer
         .batch_execute("UPDATE prices SET p = 1 / (p - p)")
@@ -205,14 +196,10 @@ async fn transactions_invalidate_at_commit_and_rollbacks_and_failures_do_not() {
         "nothing was invalidated"
     );
     // A COMMIT of a failed transaction is a rollback: nothing either.
-    setup.writer.batch_execute("BEGIN").await.unwrap();
-    setup
-        .writer
-        .batch_execute("DELETE FROM prices")
-        .await
-        .unwrap();
+    setup.write("BEGIN").await;
+    setup.write("DELETE FROM prices").await;
     assert!(setup.writer.batch_execute("SELECT 1 / 0").await.is_err());
-    setup.writer.batch_execute("COMMIT").await.unwrap();
+    setup.write("COMMIT").await;
     assert_eq!(read(&setup.other, TOTAL).await.as_deref(), Some("20"));
     assert_eq!(setup.proxy.count("hit"), hits + 2);
     setup.done().await;
@@ -243,47 +230,27 @@ async fn views_partitions_cascades_and_triggers_count() {
     let setup = Setup::new("reach", &schema).await;
     let cheapest = "SELECT p::text FROM cheapest";
     setup.cached(cheapest).await;
-    setup
-        .writer
-        .batch_execute("UPDATE prices SET p = 5 WHERE id = 2")
-        .await
-        .unwrap();
+    setup.write("UPDATE prices SET p = 5 WHERE id = 2").await;
     setup.fresh(cheapest, Some("5")).await;
 
     let orders = "SELECT count(*)::text FROM orders";
     setup.cached(orders).await;
-    setup
-        .writer
-        .batch_execute("INSERT INTO orders_eu VALUES (1, 'eu')")
-        .await
-        .unwrap();
+    setup.write("INSERT INTO orders_eu VALUES (1, 'eu')").await;
     setup.fresh(orders, Some("1")).await;
 
     let carts = "SELECT count(*)::text FROM carts";
     setup.cached(carts).await;
-    setup
-        .writer
-        .batch_execute("DELETE FROM customers WHERE id = 1")
-        .await
-        .unwrap();
+    setup.write("DELETE FROM customers WHERE id = 1").await;
     setup.fresh(carts, Some("0")).await;
     // TRUNCATE … CASCADE empties tables whose foreign keys do not cascade, too.
     let notes = "SELECT count(*)::text FROM notes";
     setup.cached(notes).await;
-    setup
-        .writer
-        .batch_execute("TRUNCATE customers CASCADE")
-        .await
-        .unwrap();
+    setup.write("TRUNCATE customers CASCADE").await;
     setup.fresh(notes, Some("0")).await;
 
     let audit = "SELECT count(*)::text FROM audit";
     setup.cached(audit).await;
-    setup
-        .writer
-        .batch_execute("INSERT INTO stock VALUES (1)")
-        .await
-        .unwrap();
+    setup.write("INSERT INTO stock VALUES (1)").await;
     setup.fresh(audit, Some("1")).await;
     setup.done().await;
 }
@@ -307,18 +274,10 @@ async fn qualified_and_unqualified_names_meet() {
     let qualified = "SELECT count(*)::text FROM shop.items";
     setup.cached(bare).await;
     setup.cached(qualified).await;
-    setup
-        .writer
-        .batch_execute("INSERT INTO shop.items VALUES (2)")
-        .await
-        .unwrap();
+    setup.write("INSERT INTO shop.items VALUES (2)").await;
     setup.fresh(bare, Some("2")).await;
     setup.fresh(qualified, Some("2")).await;
-    setup
-        .writer
-        .batch_execute("INSERT INTO items VALUES (3)")
-        .await
-        .unwrap();
+    setup.write("INSERT INTO items VALUES (3)").await;
     setup.fresh(qualified, Some("3")).await;
     setup.fresh(bare, Some("3")).await;
     setup.done().await;
@@ -343,16 +302,12 @@ async fn unknown_writes_and_unknown_reads_meet_everything() {
         ("SELECT bump()", "32"),
     ] {
         setup.cached(TOTAL).await;
-        setup.writer.batch_execute(write).await.expect(write);
+        setup.write(write).await;
         setup.fresh(TOTAL, Some(total)).await;
     }
     let through_function = "SELECT total()::text";
     setup.cached(through_function).await;
-    setup
-        .writer
-        .batch_execute("INSERT INTO other VALUES (1)")
-        .await
-        .unwrap();
+    setup.write("INSERT INTO other VALUES (1)").await;
     setup.fresh(through_function, Some("32")).await;
     let snapshot = setup.proxy.snapshot();
     assert!(snapshot.invalidations_unknown_write >= 3, "{snapshot:?}");
@@ -416,16 +371,10 @@ async fn chains_savepoints_and_driver_transactions() {
     let mut setup = Setup::new("chains", PRICES).await;
     setup.cached(TOTAL).await;
     setup
-        .writer
-        .batch_execute("BEGIN; UPDATE prices SET p = 0 WHERE id = 1; COMMIT AND CHAIN")
-        .await
-        .unwrap();
+        .write("BEGIN; UPDATE prices SET p = 0 WHERE id = 1; COMMIT AND CHAIN")
+        .await;
     setup.fresh(TOTAL, Some("20")).await;
-    setup
-        .writer
-        .batch_execute("UPDATE prices SET p = 0 WHERE id = 2")
-        .await
-        .unwrap();
+    setup.write("UPDATE prices SET p = 0 WHERE id = 2").await;
     let hits = setup.proxy.count("hit");
     assert_eq!(read(&setup.other, TOTAL).await.as_deref(), Some("20"));
     assert_eq!(
@@ -433,7 +382,7 @@ async fn chains_savepoints_and_driver_transactions() {
         hits + 1,
         "the chained write waits"
     );
-    setup.writer.batch_execute("COMMIT").await.unwrap();
+    setup.write("COMMIT").await;
     setup.fresh(TOTAL, Some("0")).await;
 
     setup.cached(TOTAL).await;

@@ -634,7 +634,7 @@ impl Analyzer {
             } else {
                 class.kind
             };
-            writes.push(writes::of(parsed, class.kind, &found, rules));
+            writes.push(writes::of(parsed, &class, &found, rules));
             kind = kind.min(statement_kind);
             facts.absorb(found);
             classes.push(class);

@@ -11,8 +11,9 @@ use sqlparser::ast::{CascadeOption, Statement};
 
 use super::lex::Lead;
 use super::rules::Rules;
+use super::statement::Class;
 use super::walk::Facts;
-use super::{Kind, Volatility};
+use super::{Kind, Status, Volatility};
 
 /// What one statement may write.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
@@ -57,8 +58,12 @@ impl Writes {
     }
 }
 
-/// What a parsed statement of this kind may write, from what its walk found.
-pub(crate) fn of(statement: &Statement, kind: Kind, found: &Facts, rules: &Rules) -> Writes {
+/// What a parsed statement of this class may write, from what its walk found.
+pub(crate) fn of(statement: &Statement, class: &Class, found: &Facts, rules: &Rules) -> Writes {
+    let kind = class.kind;
+    // SHOW, NOTIFY, DESCRIBE and their kin: informational, refused as not a query.
+    let informational =
+        kind == Kind::Utility && matches!(&class.refusal, Some((Status::NotAQuery, _)));
     let tables: Vec<String> = found.written().iter().cloned().collect();
     let volatile_user_function = found.functions().iter().any(|name| {
         !rules.is_builtin_function(name)
@@ -81,7 +86,8 @@ pub(crate) fn of(statement: &Statement, kind: Kind, found: &Facts, rules: &Rules
             Kind::Session => matches!(statement, Statement::Execute { .. }),
             Kind::Transaction | Kind::Empty => false,
             Kind::Utility => {
-                !writes_nothing(statement) || (found.changes_data() && tables.is_empty())
+                !(informational || writes_nothing(statement))
+                    || (found.changes_data() && tables.is_empty())
             }
         };
     Writes {
@@ -91,7 +97,8 @@ pub(crate) fn of(statement: &Statement, kind: Kind, found: &Facts, rules: &Rules
     }
 }
 
-/// The utility statements that change no data a read can see.
+/// The utility statements, beside the informational ones, that change no data a read
+/// can see.
 fn writes_nothing(statement: &Statement) -> bool {
     match statement {
         Statement::Explain { analyze, .. } => !analyze,
@@ -106,22 +113,7 @@ fn writes_nothing(statement: &Statement) -> bool {
         | Statement::Kill { .. }
         | Statement::Declare { .. }
         | Statement::Fetch { .. }
-        | Statement::Close { .. }
-        | Statement::NOTIFY { .. }
-        | Statement::ExplainTable { .. } => true,
-        Statement::ShowFunctions { .. }
-        | Statement::ShowVariable { .. }
-        | Statement::ShowStatus { .. }
-        | Statement::ShowVariables { .. }
-        | Statement::ShowCreate { .. }
-        | Statement::ShowColumns { .. }
-        | Statement::ShowDatabases { .. }
-        | Statement::ShowProcessList { .. }
-        | Statement::ShowSchemas { .. }
-        | Statement::ShowCharset(_)
-        | Statement::ShowTables { .. }
-        | Statement::ShowViews { .. }
-        | Statement::ShowCollation { .. } => true,
+        | Statement::Close { .. } => true,
         _ => false,
     }
 }
