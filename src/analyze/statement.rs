@@ -19,6 +19,9 @@ pub(crate) struct Class {
     pub kind: Kind,
     /// `None` for a read, whose status the walk decides.
     pub refusal: Option<(Status, Reason)>,
+    /// A utility statement that changes no data a read can see (SHOW, VACUUM, LOCK,
+    /// cursors, COPY TO, EXPLAIN, …; EXPLAIN ANALYZE runs what it explains).
+    pub changes_no_data: bool,
 }
 
 impl Class {
@@ -26,6 +29,7 @@ impl Class {
         Class {
             kind: Kind::Read,
             refusal: None,
+            changes_no_data: false,
         }
     }
 
@@ -33,6 +37,14 @@ impl Class {
         Class {
             kind,
             refusal: Some((status, Reason::new(why))),
+            changes_no_data: false,
+        }
+    }
+
+    fn changing_no_data(self) -> Class {
+        Class {
+            changes_no_data: true,
+            ..self
         }
     }
 
@@ -138,7 +150,9 @@ pub(crate) fn classify(statement: &Statement) -> Class {
         | Statement::ShowTables { .. }
         | Statement::ShowViews { .. }
         | Statement::ShowCollation { .. }
-        | Statement::ExplainTable { .. } => Class::refused(Utility, NotAQuery, INFORMATIONAL),
+        | Statement::ExplainTable { .. } => {
+            Class::refused(Utility, NotAQuery, INFORMATIONAL).changing_no_data()
+        }
 
         Statement::Explain { .. }
         | Statement::Copy { to: true, .. }
@@ -152,8 +166,10 @@ pub(crate) fn classify(statement: &Statement) -> Class {
         | Statement::Kill { .. }
         | Statement::Declare { .. }
         | Statement::Fetch { .. }
-        | Statement::Close { .. }
-        | Statement::Load { .. } => Class::refused(Utility, Uncacheable, UTILITY),
+        | Statement::Close { .. } => {
+            Class::refused(Utility, Uncacheable, UTILITY).changing_no_data()
+        }
+        Statement::Load { .. } => Class::refused(Utility, Uncacheable, UTILITY),
 
         _ => Class::refused(Utility, Uncacheable, NOT_ALLOWED),
     }
@@ -196,14 +212,8 @@ fn classify_lead(lead: &Lead) -> Class {
             "BEGIN" | "START" | "COMMIT" | "END" | "ABORT" | "ROLLBACK" | "SAVEPOINT" | "RELEASE",
             _,
         ) => Class::refused(Transaction, NotAQuery, TRANSACTION),
-        ("SELECT" | "WITH" | "VALUES" | "TABLE" | "(", _) => Class {
-            kind: Read,
-            refusal: Some((ParseError, Reason::new(""))),
-        },
-        _ => Class {
-            kind: Unknown,
-            refusal: Some((ParseError, Reason::new(""))),
-        },
+        ("SELECT" | "WITH" | "VALUES" | "TABLE" | "(", _) => Class::refused(Read, ParseError, ""),
+        _ => Class::refused(Unknown, ParseError, ""),
     }
 }
 

@@ -13,7 +13,7 @@ use super::lex::Lead;
 use super::rules::Rules;
 use super::statement::Class;
 use super::walk::Facts;
-use super::{Kind, Status, Volatility};
+use super::{Kind, Volatility};
 
 /// What one statement may write.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
@@ -61,9 +61,7 @@ impl Writes {
 /// What a parsed statement of this class may write, from what its walk found.
 pub(crate) fn of(statement: &Statement, class: &Class, found: &Facts, rules: &Rules) -> Writes {
     let kind = class.kind;
-    // SHOW, NOTIFY, DESCRIBE and their kin: informational, refused as not a query.
-    let informational =
-        kind == Kind::Utility && matches!(&class.refusal, Some((Status::NotAQuery, _)));
+    let explains_by_running = matches!(statement, Statement::Explain { analyze: true, .. });
     let tables: Vec<String> = found.written().iter().cloned().collect();
     let volatile_user_function = found.functions().iter().any(|name| {
         !rules.is_builtin_function(name)
@@ -86,7 +84,8 @@ pub(crate) fn of(statement: &Statement, class: &Class, found: &Facts, rules: &Ru
             Kind::Session => matches!(statement, Statement::Execute { .. }),
             Kind::Transaction | Kind::Empty => false,
             Kind::Utility => {
-                !(informational || writes_nothing(statement))
+                !class.changes_no_data
+                    || explains_by_running
                     || (found.changes_data() && tables.is_empty())
             }
         };
@@ -94,27 +93,6 @@ pub(crate) fn of(statement: &Statement, class: &Class, found: &Facts, rules: &Ru
         tables,
         unknown_functions: found.unknown_functions().iter().cloned().collect(),
         anything,
-    }
-}
-
-/// The utility statements, beside the informational ones, that change no data a read
-/// can see.
-fn writes_nothing(statement: &Statement) -> bool {
-    match statement {
-        Statement::Explain { analyze, .. } => !analyze,
-        Statement::Copy { to, .. } => *to,
-        Statement::Vacuum(_)
-        | Statement::Analyze(_)
-        | Statement::Lock(_)
-        | Statement::LockTables { .. }
-        | Statement::UnlockTables
-        | Statement::OptimizeTable { .. }
-        | Statement::Flush { .. }
-        | Statement::Kill { .. }
-        | Statement::Declare { .. }
-        | Statement::Fetch { .. }
-        | Statement::Close { .. } => true,
-        _ => false,
     }
 }
 
