@@ -98,6 +98,14 @@ impl From<TransactionStatus> for TxnStatus {
 /// Sync.
 const INPUT_DRY: Duration = Duration::from_millis(2);
 
+/// Gives the connection back (or closes it, per its state), and with it the route of the
+/// client's cancel key. After warpdrive's own cancel, only once the cancel can no longer
+/// hit the next client's query.
+fn release(io: &mut Driver<PgOrigin, PgFraming>, cancel: &CancelHandle) {
+    io.release();
+    cancel.set_target(None);
+}
+
 /// Admits the client, then serves it until it leaves.
 pub(super) async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), SessionError> {
     let Some(admitted) = startup::admit(client, ctx).await? else {

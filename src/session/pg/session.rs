@@ -4,9 +4,10 @@
 //! The parts are their own types: [`super::extended::Batch`] and [`Planner`]
 //! (extended-protocol batches), [`ClientStatements`] and [`Translator`] (statements and
 //! portals), [`super::inflight::Requests`] (what is in flight), [`Relay`] (matching
-//! replies to requests), [`Consult`] (the cache), [`Lost`] (answers when the origin
-//! goes), [`reply::settle`] (what a finished request changes). The event loop, the hold
-//! and the deadline are [`crate::session::driver`]'s; this type wires them together.
+//! replies to requests), [`Replies`] (what the origin's replies settle), [`Consult`] (the
+//! cache), [`Lost`] (answers when the origin goes), [`crate::proxy::writes::PendingWrites`] (writes on their
+//! way to invalidating the cache). The event loop, the hold and the deadline are
+//! [`crate::session::driver`]'s; this type wires them together.
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -17,13 +18,13 @@ use super::extended::{self, BatchEnd, Decision, Planner};
 use super::inflight::{Consulted, InFlight, Unsynced};
 use super::internal::apply_settings;
 use super::loss::Lost;
-use super::relay::{Delivery, Event, Expect, Relay};
-use super::reply::{self, Settled};
+use super::relay::{Expect, Relay};
+use super::reply::Replies;
 use super::request::Request;
 use super::sqlstate::{ErrorResponse, from_pool};
 use super::statement::{ClientStatement, ClientStatements};
 use super::translate::{StatementReader, Translator, let_go_of_databases};
-use super::{INPUT_DRY, Session};
+use super::{INPUT_DRY, Session, release};
 use crate::analyze::{Analysis, Dialect, Writes};
 use crate::cache::CacheStatus;
 use crate::cache::Generations;
@@ -34,7 +35,6 @@ use crate::proxy::writes::{Marking, WriteSet};
 use crate::proxy::{Composer, Situation};
 use crate::session::driver::{CANCEL_GRACE, Driver, Flow, Frontend};
 use crate::session::error::{ClientError, ErrorKind};
-use crate::session::settings::STANDARD_CONFORMING_STRINGS;
 use crate::session::{SessionContext, SessionError};
 use crate::wire::pg::backend::{BackendMessage, ErrorFields, TransactionStatus, tag};
 use crate::wire::pg::frontend::FrontendMessage;
@@ -106,7 +106,7 @@ impl Frontend for Session {
                 tracing::warn!(%reason, pending = self.relay.pending_ready(), "origin is closing its connection");
                 return self.end_requests_in_flight(Some(fields), &reason).await;
             }
-            self.relay_reply(frame);
+            self.replies().relay(frame);
             if self.io.client.out.len() >= FLUSH_THRESHOLD {
                 self.io.client.flush().await?;
             }
@@ -273,17 +273,10 @@ impl Session {
         }
         if let Err(error) = apply_settings(checkout.conn(), self.settings.current()).await {
             checkout.discard();
-            self.release();
+            release(&mut self.io, &self.cancel);
             return Err(error);
         }
         Ok(())
-    }
-
-    /// Gives the connection back (or closes it, per its state). After warpdrive's own
-    /// cancel, only once the cancel can no longer hit the next client's query.
-    fn release(&mut self) {
-        self.io.release();
-        self.cancel.set_target(None);
     }
 
     /// The origin's catalog as this session asks it: read on a pooled connection, waited
@@ -554,18 +547,13 @@ impl Session {
             if let Some(in_flight) = in_flight {
                 self.requests.push(in_flight);
             }
-            self.merge_ignored_syncs();
+            self.replies().merge_ignored_syncs();
         } else if end == BatchEnd::Flush {
             encode::flush(&mut buf);
         }
         self.send_to_origin(&buf);
         self.flush_origin().await?;
-        let mut events = Vec::new();
-        self.relay
-            .drain_synthetic(&mut self.io.client.out, &mut events);
-        for event in events {
-            self.on_event(event);
-        }
+        self.replies().synthetic();
         self.io.client.flush().await?;
         self.io.arm_deadline();
         Ok(())
@@ -612,114 +600,23 @@ impl Session {
         }
     }
 
-    /// Relays one origin frame to the client (or absorbs it) and settles what it ends.
-    fn relay_reply(&mut self, frame: Frame) {
-        let frame = match self.io.cancelled_overdue() {
-            true => {
-                let bound = self.io.pool.settings().max_query_duration;
-                reply::explain_own_cancel(frame, bound)
-            }
-            false => frame,
-        };
-        let mut events = Vec::new();
-        if self.relay.on_origin(&frame, &mut events) == Delivery::Forward {
-            self.io.client.out.extend_from_slice(frame.raw());
-            self.requests.note_result(&frame);
-        }
-        self.merge_ignored_syncs();
-        if frame.tag() == tag::PARAMETER_STATUS {
-            self.note_parameter_status(&frame);
-        }
-        // The events of this reply first: a synthetic reply drained next belongs to the
-        // request after it.
-        for event in events.drain(..) {
-            self.on_event(event);
-        }
-        self.relay
-            .drain_synthetic(&mut self.io.client.out, &mut events);
-        for event in events {
-            self.on_event(event);
-        }
-    }
-
-    /// Requests whose Sync the server ignored (COPY FROM STDIN ran) end with the next.
-    fn merge_ignored_syncs(&mut self) {
-        for _ in 0..self.relay.take_ignored_syncs() {
-            self.requests.sync_ignored();
-        }
-    }
-
-    /// Follows the origin's reports of `standard_conforming_strings`.
-    fn note_parameter_status(&mut self, frame: &Frame) {
-        if let Ok(BackendMessage::ParameterStatus { name, value }) = BackendMessage::decode(frame)
-            && &name[..] == STANDARD_CONFORMING_STRINGS.as_bytes()
-        {
-            self.standard_conforming_strings = &value[..] == b"on";
-        }
-    }
-
-    fn on_event(&mut self, event: Event) {
-        match event {
-            Event::Failed => self.requests.note_failure(),
-            Event::Completed { rolled_back } => {
-                let (control, written) = self.requests.note_completed(rolled_back);
-                let marking = marking(&self.generations, &self.ctx);
-                self.writes.completed(control, &written, marking);
-            }
-            Event::Undo { undo, skipped } => self.statements.undo(undo, skipped, self.io.origin()),
-            Event::Stale { origin_name } => {
-                if let Some(conn) = self.io.origin() {
-                    conn.statements.remove(&origin_name);
-                    conn.stale_statements.push(origin_name);
-                }
-            }
-            Event::Ready(status) => {
-                let composer = caching::composer(&self.ctx, &self.io.pool, &self.generations);
-                let finished = self.requests.finish(&composer, status.into());
-                self.writes
-                    .ready(status.into(), marking(&self.generations, &self.ctx));
-                self.status = status;
-                let awaits_origin = self.relay.awaits_origin();
-                let Some(conn) = self.io.origin() else {
-                    return;
-                };
-                match awaits_origin {
-                    true => conn.set_busy(),
-                    false => conn.set_ready(status.into()),
-                }
-                let settled =
-                    reply::settle(finished, conn, &mut self.statements, &mut self.settings);
-                self.on_ready(settled);
-            }
-        }
-    }
-
-    /// ReadyForQuery settled a request: pin the client if it must stay, and give the
-    /// connection back when the client is idle.
-    fn on_ready(&mut self, settled: Settled) {
-        let idle = self.status == TransactionStatus::Idle;
-        if settled.discarded && settled.pins.is_empty() && idle {
-            // DISCARD ALL ran on the pinned connection: PostgreSQL's defaults and the
-            // startup settings are the session's state again.
-            self.io.unpin();
-        }
-        for feature in &settled.pins {
-            self.io.pin(feature, &self.ctx.metrics);
-        }
-        if idle && std::mem::take(&mut self.catalog_changing) {
-            self.ctx.catalogs.note_changed(&self.database);
-        }
-        if self.relay.awaits_origin() {
-            self.io.restart_deadline();
-        } else if idle
-            && self.io.pinned().is_none()
-            && self.batch.is_empty()
-            && !self.requests.unsynced.sent
-        {
-            self.statements.close_portals();
-            self.release();
-        } else {
-            self.io.settle_deadline();
+    /// The origin's replies, as this session relays them.
+    fn replies(&mut self) -> Replies<'_> {
+        Replies {
+            ctx: &self.ctx,
+            io: &mut self.io,
+            cancel: &self.cancel,
+            relay: &mut self.relay,
+            requests: &mut self.requests,
+            statements: &mut self.statements,
+            settings: &mut self.settings,
+            writes: &mut self.writes,
+            generations: &self.generations,
+            status: &mut self.status,
+            standard_conforming_strings: &mut self.standard_conforming_strings,
+            catalog_changing: &mut self.catalog_changing,
+            database: &self.database,
+            batch_waiting: !self.batch.is_empty(),
         }
     }
 
