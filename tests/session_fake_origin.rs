@@ -423,3 +423,59 @@ async fn a_read_overtaken_by_a_write_is_not_stored() {
     assert_eq!(proxy.count("hit"), 0);
     proxy.stop().await;
 }
+
+/// A client that vanishes while its write runs: nobody sees the write end, and it may
+/// commit, so the reads of its table are invalidated all the same.
+#[tokio::test]
+async fn a_write_whose_client_vanished_still_invalidates() {
+    let origin = FakeOrigin::start(|sql| match sql {
+        s if s.contains("slow") => Act::Hang,
+        _ => Act::Row("1".to_owned()),
+    })
+    .await;
+    let mut deployment = origin.deployment(4);
+    deployment.cache.enabled = true;
+    let proxy = Proxy::start(deployment).await;
+    let mut reader = RawClient::connect(proxy.addr, "fake").await;
+    let read = "SELECT v FROM t";
+    query(&mut reader, read).await;
+    query(&mut reader, read).await;
+    assert_eq!(proxy.count("hit"), 1);
+    let mut writer = RawClient::connect(proxy.addr, "fake").await;
+    writer
+        .send(|m| encode::query(m, "UPDATE t SET v = 2 /* slow */"))
+        .await;
+    eventually("the write at the origin", || {
+        origin.statements().iter().any(|s| s.contains("slow"))
+    })
+    .await;
+    drop(writer);
+    eventually("the vanished write counted", || {
+        proxy.snapshot().invalidations_write == 1
+    })
+    .await;
+    query(&mut reader, read).await;
+    assert_eq!(proxy.count("hit"), 1, "the read went to the origin again");
+    proxy.stop().await;
+}
+
+/// The origin connection lost while a write runs: the write may have committed, so the
+/// reads of its table are invalidated, and the writer gets the error.
+#[tokio::test]
+async fn a_write_lost_with_its_connection_still_invalidates() {
+    let origin = FakeOrigin::start(scripted).await;
+    let mut deployment = origin.deployment(4);
+    deployment.cache.enabled = true;
+    let proxy = Proxy::start(deployment).await;
+    let mut client = RawClient::connect(proxy.addr, "fake").await;
+    let read = "SELECT v FROM t";
+    query(&mut client, read).await;
+    query(&mut client, read).await;
+    assert_eq!(proxy.count("hit"), 1);
+    let lost = query(&mut client, "UPDATE t SET v = 2 /* crash */").await;
+    assert_eq!(tags(&lost), "EZ");
+    assert_eq!(proxy.snapshot().invalidations_write, 1);
+    query(&mut client, read).await;
+    assert_eq!(proxy.count("hit"), 1, "the read went to the origin again");
+    proxy.stop().await;
+}
