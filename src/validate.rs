@@ -259,7 +259,7 @@ pub fn cause_of(error: &OriginError) -> Cause {
         OriginError::Conn(ConnError::Io(source)) if is_certificate_error(source) => {
             Cause::CertificateInvalid
         }
-        OriginError::Conn(_) => Cause::ProtocolError,
+        OriginError::Conn(_) | OriginError::NotPostgres { .. } => Cause::ProtocolError,
     }
 }
 

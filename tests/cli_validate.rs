@@ -236,3 +236,36 @@ fn serving_an_origin_without_a_password_is_refused_unless_clients_are_trusted() 
     assert!(stderr.contains("no password"), "{stderr}");
     assert!(stderr.contains("--client-auth trust"), "{stderr}");
 }
+
+/// A server that is not PostgreSQL (an HTTP server on the port, with sslmode=prefer and
+/// with TLS off) is named as such, not as a timeout or an unreachable host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_not_postgresql_is_named() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let _ = tokio::io::AsyncWriteExt::write_all(
+                    &mut stream,
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+                )
+                .await;
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            });
+        }
+    });
+    for sslmode in ["prefer", "disable"] {
+        let origin = format!("postgres://postgres@127.0.0.1:{port}/test?sslmode={sslmode}");
+        let (code, checks) = validate(&["--origin", &origin]).await;
+        assert_eq!(code, Some(1));
+        let failure = &checks[0]["failure"];
+        assert_eq!(failure["cause"], "protocol_error", "{checks:?}");
+        let message = failure["message"].as_str().unwrap_or_default();
+        assert!(message.contains("does not speak PostgreSQL"), "{message}");
+    }
+    server.abort();
+}

@@ -5,6 +5,7 @@
 //! name, refused, TLS unsupported, bad credentials, unknown database).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -49,6 +50,14 @@ pub enum OriginError {
         address: String,
         /// The limit.
         timeout: Duration,
+    },
+    /// Something listens at the address, but it does not speak PostgreSQL.
+    #[error("the server at {address} does not speak PostgreSQL: {detail}")]
+    NotPostgres {
+        /// host:port.
+        address: String,
+        /// What it did instead.
+        detail: String,
     },
     /// The origin does not offer TLS but sslmode requires it.
     #[error("the origin at {address} does not support TLS, but sslmode={mode} requires it")]
@@ -170,8 +179,12 @@ pub async fn read_until_ready(
     }
 }
 
-/// Opens the TCP connection and negotiates TLS per sslmode.
-pub async fn open_stream(target: &OriginTarget) -> Result<Stream, OriginError> {
+/// Opens the TCP connection and negotiates TLS per sslmode; `connected` is set once the
+/// TCP connection is open (so that a timeout after it can say the server stayed silent).
+pub async fn open_stream(
+    target: &OriginTarget,
+    connected: &AtomicBool,
+) -> Result<Stream, OriginError> {
     let address = target.address();
     let addresses: Vec<_> = tokio::net::lookup_host((target.url.host.as_str(), target.url.port))
         .await
@@ -196,6 +209,7 @@ pub async fn open_stream(target: &OriginTarget) -> Result<Stream, OriginError> {
         source: last_error.unwrap_or_else(|| std::io::Error::other("no address found")),
     })?;
     tcp.set_nodelay(true)?;
+    connected.store(true, Ordering::Relaxed);
     let Some(tls) = &target.tls else {
         return Ok(Stream::Plain(tcp));
     };
@@ -227,24 +241,44 @@ pub async fn open_stream(target: &OriginTarget) -> Result<Stream, OriginError> {
             address,
             mode: ssl_mode_name(target.url.ssl_mode),
         }),
-        _ => Err(OriginError::Conn(ConnError::Io(std::io::Error::other(
-            "unexpected answer to SSLRequest",
-        )))),
+        other => Err(OriginError::NotPostgres {
+            address,
+            detail: format!(
+                "it answered warpdrive's SSLRequest with {:?}, where PostgreSQL answers S or N",
+                char::from(other)
+            ),
+        }),
     }
 }
 
 /// Connects, authenticates and waits for the first ReadyForQuery.
 pub async fn connect(target: &OriginTarget) -> Result<OriginConn, OriginError> {
-    tokio::time::timeout(target.connect_timeout, connect_inner(target))
-        .await
-        .map_err(|_| OriginError::Timeout {
+    let connected = AtomicBool::new(false);
+    let not_postgres = |detail: String| OriginError::NotPostgres {
+        address: target.address(),
+        detail,
+    };
+    match tokio::time::timeout(target.connect_timeout, connect_inner(target, &connected)).await {
+        Ok(Err(OriginError::Conn(ConnError::Wire(error)))) => Err(not_postgres(format!(
+            "it answered with something that is not a PostgreSQL message ({error})"
+        ))),
+        Ok(result) => result,
+        Err(_) if connected.load(Ordering::Relaxed) => Err(not_postgres(format!(
+            "it accepted the connection but gave no PostgreSQL answer within connect_timeout ({:?})",
+            target.connect_timeout
+        ))),
+        Err(_) => Err(OriginError::Timeout {
             address: target.address(),
             timeout: target.connect_timeout,
-        })?
+        }),
+    }
 }
 
-async fn connect_inner(target: &OriginTarget) -> Result<OriginConn, OriginError> {
-    let stream = open_stream(target).await?;
+async fn connect_inner(
+    target: &OriginTarget,
+    connected: &AtomicBool,
+) -> Result<OriginConn, OriginError> {
+    let stream = open_stream(target, connected).await?;
     let mut conn: Conn = Conn::new(stream, MAX_ORIGIN_FRAME);
     encode::startup_message(
         &mut conn.out,
@@ -370,7 +404,8 @@ pub async fn cancel(
     process_id: i32,
     secret_key: &[u8],
 ) -> Result<(), OriginError> {
-    let stream = tokio::time::timeout(target.connect_timeout, open_stream(target))
+    let connected = AtomicBool::new(false);
+    let stream = tokio::time::timeout(target.connect_timeout, open_stream(target, &connected))
         .await
         .map_err(|_| OriginError::Timeout {
             address: target.address(),

@@ -76,9 +76,10 @@ pub fn from_pool(error: &PgPoolError) -> ClientError {
 pub fn from_origin(error: &OriginError) -> ClientError {
     let kind = match error {
         OriginError::UnknownDatabase { .. } => ErrorKind::UnknownDatabase,
-        OriginError::Resolve { .. } | OriginError::Connect { .. } | OriginError::Timeout { .. } => {
-            ErrorKind::CannotConnect
-        }
+        OriginError::Resolve { .. }
+        | OriginError::Connect { .. }
+        | OriginError::Timeout { .. }
+        | OriginError::NotPostgres { .. } => ErrorKind::CannotConnect,
         _ => ErrorKind::Unavailable,
     };
     ClientError::error(kind, format!("warpdrive could not open an origin connection: {error}"))
