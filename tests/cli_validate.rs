@@ -135,7 +135,7 @@ async fn a_configuration_file_is_checked_database_by_database() {
     let dir = std::env::temp_dir().join(format!("warpdrive-validate-{}", db.name));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("warpdrive.toml");
-    // A server that accepts connections and never answers: the connect times out.
+    // A server that accepts connections and never answers: not PostgreSQL.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("listener");
@@ -186,7 +186,7 @@ connect_timeout = "1s"
             (
                 "far".to_owned(),
                 name(""),
-                Some("host_unreachable".to_owned())
+                Some("protocol_error".to_owned())
             ),
         ]
     );

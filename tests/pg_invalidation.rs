@@ -409,3 +409,72 @@ async fn chains_savepoints_and_driver_transactions() {
     setup.fresh(TOTAL, Some("15")).await;
     setup.done().await;
 }
+
+/// User code that writes behind a built-in's name (an overload the search path picks),
+/// behind an operator, or behind `x.name` notation: the write invalidates the database,
+/// and a call through a built-in's name is not served from the cache either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_hidden_behind_builtin_names_operators_and_attributes() {
+    let schema = "CREATE TABLE log (n int); CREATE TABLE t (x int); INSERT INTO t VALUES (1);
+        CREATE FUNCTION length(int) RETURNS int LANGUAGE sql AS
+          'INSERT INTO log VALUES (1) RETURNING 1';
+        CREATE FUNCTION noted(a int, b int) RETURNS int LANGUAGE sql AS
+          'INSERT INTO log VALUES (2) RETURNING 2';
+        CREATE OPERATOR ### (LEFTARG = int, RIGHTARG = int, FUNCTION = noted);
+        CREATE FUNCTION stamp(t) RETURNS int LANGUAGE sql AS
+          'INSERT INTO log VALUES (3) RETURNING 3';";
+    let setup = Setup::new("hidden", schema).await;
+    let count = "SELECT count(*)::text FROM log";
+    for (write, total) in [
+        ("SELECT length(42)", "1"),
+        ("SELECT 1 ### 2", "2"),
+        ("SELECT r.stamp FROM t AS r", "3"),
+    ] {
+        setup.cached(count).await;
+        setup.write(write).await;
+        setup.fresh(count, Some(total)).await;
+    }
+    setup.write("SELECT length(42)").await;
+    setup.write("SELECT length(42)").await;
+    assert_eq!(
+        read(&setup.other, count).await.as_deref(),
+        Some("5"),
+        "the call through a built-in's name ran each time"
+    );
+    setup.done().await;
+}
+
+/// Deployments that name the origin differently (`localhost`, `127.0.0.1`) share one
+/// write clock for the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_naming_the_origin_differently_meet() {
+    let db = TestDatabase::create("hosts").await;
+    db.direct().await.batch_execute(PRICES).await.unwrap();
+    let mut by_name = common::cached_deployment(&db.name, 2);
+    by_name.origin.host = "localhost".to_owned();
+    let proxy =
+        Proxy::start_deployments(vec![common::cached_deployment(&db.name, 2), by_name]).await;
+    let connect = |index: usize| {
+        let url = proxy.url(&db.name).replace(
+            &format!("port={}", proxy.addr.port()),
+            &format!("port={}", proxy.addrs[index].port()),
+        );
+        async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(connection);
+            client
+        }
+    };
+    let (reader, writer) = (connect(0).await, connect(1).await);
+    assert_eq!(read(&reader, TOTAL).await.as_deref(), Some("30"));
+    writer
+        .batch_execute("UPDATE prices SET p = 1")
+        .await
+        .unwrap();
+    assert_eq!(read(&reader, TOTAL).await.as_deref(), Some("2"));
+    drop((reader, writer));
+    proxy.stop().await;
+    db.drop_now().await;
+}

@@ -109,9 +109,14 @@ impl Facts {
         &self.written
     }
 
-    /// The functions the rules do not know.
-    pub(crate) fn unknown_functions(&self) -> &NameSet {
-        &self.unknown_functions
+    /// The operators applied.
+    pub(crate) fn operators(&self) -> &NameSet {
+        &self.operators
+    }
+
+    /// The last parts of `x.name` references.
+    pub(crate) fn attributes(&self) -> &NameSet {
+        &self.attributes
     }
 
     /// Whether the statement changes data although it is written as a read.

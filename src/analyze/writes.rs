@@ -20,10 +20,16 @@ use super::{Kind, Volatility};
 pub struct Writes {
     /// Relations it writes, as named (resolved as the dialect resolves names).
     pub tables: Vec<String>,
-    /// Functions it calls that the rules do not know: a user function may write, unless
-    /// the origin's catalog declares it immutable or stable (PostgreSQL refuses writes in
-    /// those).
-    pub unknown_functions: Vec<String>,
+    /// Every function it calls: a user function may write, unless the origin's catalog
+    /// declares it immutable or stable (PostgreSQL refuses writes in those), and a user
+    /// function may carry a built-in's name (an overload in the search path). Only the
+    /// catalog can clear them.
+    pub calls: Vec<String>,
+    /// The operators it applies: a user operator runs its function.
+    pub operators: Vec<String>,
+    /// The last parts of its `x.name` references: a column, or a call of a user
+    /// function `name(x)`.
+    pub attributes: Vec<String>,
     /// It may write what warpdrive cannot name: the whole database.
     pub anything: bool,
 }
@@ -39,7 +45,11 @@ impl Writes {
 
     /// Whether it writes nothing at all.
     pub fn is_nothing(&self) -> bool {
-        !self.anything && self.tables.is_empty() && self.unknown_functions.is_empty()
+        !self.anything
+            && self.tables.is_empty()
+            && self.calls.is_empty()
+            && self.operators.is_empty()
+            && self.attributes.is_empty()
     }
 
     /// Adds what `other` writes.
@@ -50,9 +60,15 @@ impl Writes {
                 self.tables.push(table.clone());
             }
         }
-        for function in &other.unknown_functions {
-            if !self.unknown_functions.contains(function) {
-                self.unknown_functions.push(function.clone());
+        for (mine, theirs) in [
+            (&mut self.calls, &other.calls),
+            (&mut self.operators, &other.operators),
+            (&mut self.attributes, &other.attributes),
+        ] {
+            for name in theirs {
+                if !mine.contains(name) {
+                    mine.push(name.clone());
+                }
             }
         }
     }
@@ -91,7 +107,9 @@ pub(crate) fn of(statement: &Statement, class: &Class, found: &Facts, rules: &Ru
         };
     Writes {
         tables,
-        unknown_functions: found.unknown_functions().iter().cloned().collect(),
+        calls: found.functions().iter().cloned().collect(),
+        operators: found.operators().iter().cloned().collect(),
+        attributes: found.attributes().iter().cloned().collect(),
         anything,
     }
 }
@@ -177,7 +195,6 @@ mod tests {
     fn reads_settings_and_transaction_control_write_nothing() {
         for sql in [
             "SELECT * FROM prices",
-            "SELECT now()",
             "SET search_path = shop",
             "BEGIN",
             "COMMIT",
@@ -196,9 +213,13 @@ mod tests {
     }
 
     #[test]
-    fn user_functions_are_for_the_catalog_to_clear() {
-        let writes = writes("SELECT my_func(1)");
+    fn calls_and_operators_are_for_the_catalog_to_clear() {
+        let writes = writes("SELECT my_func(1), length('x'), 1 ### 2 FROM t AS a WHERE a.f > 0");
         assert!(!writes.anything);
-        assert_eq!(writes.unknown_functions, vec!["my_func".to_owned()]);
+        for call in ["my_func", "length"] {
+            assert!(writes.calls.contains(&call.to_owned()), "{writes:?}");
+        }
+        assert!(writes.operators.contains(&"###".to_owned()), "{writes:?}");
+        assert_eq!(writes.attributes, vec!["f".to_owned()]);
     }
 }

@@ -127,7 +127,7 @@ pub struct Clocks {
 }
 
 impl Clocks {
-    /// The clock of the origin database named `origin` (host, port and database name).
+    /// The clock of the origin database named `origin`.
     pub fn of(&self, origin: &str) -> Arc<Generations> {
         let mut clocks = self.by_database.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(clocks.entry(origin.to_owned()).or_default())

@@ -113,11 +113,12 @@ impl SessionContext {
         }
     }
 
-    /// The write clock of the origin database `database` of this deployment's origin.
+    /// The write clock of the origin database `database`. Clocks are per database name,
+    /// not per host: deployments that name one server differently (`localhost` and
+    /// `127.0.0.1`, a DNS alias, a pooler in front) must meet; two servers with a
+    /// database of the same name share a clock, which costs misses, never a stale read.
     pub fn generations(&self, database: &str) -> Arc<Generations> {
-        let origin = &self.deployment.origin;
-        self.clocks
-            .of(&format!("{}:{}/{database}", origin.host, origin.port))
+        self.clocks.of(database)
     }
 }
 

@@ -122,9 +122,11 @@ fn facts_of(lookup: &mut impl Lookup, analysis: &Analysis) -> ReadFacts {
         return ReadFacts::volatile(why.unwrap_or_else(|| "is volatile".to_owned()));
     }
     let catalog = lookup.catalog();
-    for function in &names.unknown_functions {
+    // Every call, not only those the rules do not know: a user function may carry a
+    // built-in's name (an overload the search path picks).
+    for function in &analysis.functions {
         let oids = catalog.functions_named(function);
-        if oids.is_empty() {
+        if oids.is_empty() && names.unknown_functions.contains(function) {
             facts.unknown.insert(function.clone());
         }
         for oid in oids {
@@ -405,6 +407,11 @@ fn by_keys<T: Clone>(
 }
 
 impl Reads {
+    /// The functions of the user operators `operator` may stand for.
+    pub(super) fn operator_functions(&self, operator: &str) -> &[FunctionRef] {
+        self.operators.get(operator).map_or(&[], Vec::as_slice)
+    }
+
     /// Judges every view, policy table, sequence and user type of `facts`; `catalog` has
     /// the name maps and function facts.
     pub(super) fn new(catalog: &Catalog, facts: &CatalogFacts, analyzer: &AnalysisMemo) -> Reads {

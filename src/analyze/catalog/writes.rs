@@ -75,18 +75,42 @@ pub(super) fn reach(catalog: &Catalog, writes: &Writes) -> Reach {
     if writes.anything {
         return Reach::Everything("the statement may write what warpdrive cannot name".into());
     }
-    for function in &writes.unknown_functions {
-        let oids = catalog.functions_named(function);
-        let read_only = !oids.is_empty()
-            && oids.iter().all(|oid| {
-                catalog
-                    .function_facts
-                    .get(oid)
-                    .is_some_and(|(class, _)| *class != Volatility::Volatile)
-            });
-        if !read_only {
+    let read_only = |oid: &u32| {
+        catalog
+            .function_facts
+            .get(oid)
+            .is_some_and(|(class, _)| *class != Volatility::Volatile)
+    };
+    for call in &writes.calls {
+        let oids = catalog.functions_named(call);
+        let known = catalog.is_builtin(call) || catalog.rules.function(call).is_some();
+        if (oids.is_empty() && !known) || !oids.iter().all(read_only) {
             return Reach::Everything(format!(
-                "calls {function}(), which the origin's catalog does not declare immutable or stable"
+                "calls {call}(), which the origin's catalog does not declare immutable or stable"
+            ));
+        }
+    }
+    for attribute in &writes.attributes {
+        let calls_volatile = catalog.functions_named(attribute).iter().any(|oid| {
+            catalog
+                .function_facts
+                .get(oid)
+                .is_some_and(|(class, arguments)| *arguments == 1 && *class == Volatility::Volatile)
+        });
+        if calls_volatile {
+            return Reach::Everything(format!(
+                "x.{attribute} may call {attribute}(x), which the origin's catalog declares volatile"
+            ));
+        }
+    }
+    for operator in &writes.operators {
+        let functions = catalog.reads.operator_functions(operator);
+        if functions
+            .iter()
+            .any(|function| catalog.class_of(function) == Volatility::Volatile)
+        {
+            return Reach::Everything(format!(
+                "applies operator {operator}, whose function may write"
             ));
         }
     }
@@ -144,9 +168,10 @@ mod tests {
         let mut stable = function(101, "price_of", "sql", "SELECT 1");
         stable.volatility = Volatility::Stable;
         let volatile = function(102, "bump", "sql", "UPDATE orders SET n = n + 1");
+        let shadowing = function(103, "length", "sql", "INSERT INTO orders VALUES (1)");
         CatalogFacts {
             relations: vec![orders, partition, lines, customers, audited, view],
-            functions: vec![stable, volatile],
+            functions: vec![stable, volatile, shadowing],
             ..CatalogFacts::default()
         }
     }
@@ -167,6 +192,7 @@ mod tests {
 
     #[test]
     fn partitions_parents_and_cascades_are_reached() {
+        assert_eq!(reach_of("SELECT o.id, now() FROM orders o"), Reach::Nothing);
         assert_eq!(
             reach_of("INSERT INTO orders_2026 VALUES (1)"),
             tables(&["orders", "orders_2026"])
@@ -189,6 +215,8 @@ mod tests {
             "INSERT INTO totals VALUES (1)",
             "INSERT INTO unlisted VALUES (1)",
             "SELECT bump()",
+            "SELECT length(42)",
+            "SELECT o.bump FROM orders o",
             "SELECT unknown_function()",
             "CREATE TABLE t (x int)",
         ] {
