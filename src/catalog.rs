@@ -131,21 +131,46 @@ pub struct Reader<'a> {
     pub wait: bool,
 }
 
+/// When DDL last went through warpdrive to each database, by name, for every
+/// deployment of the process: a deployment's catalog is read again after DDL that went
+/// through another deployment too.
+#[derive(Debug, Default)]
+pub struct SchemaChanges(Mutex<HashMap<String, Instant>>);
+
+impl SchemaChanges {
+    fn note(&self, database: &str) {
+        let mut changes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        changes.insert(database.to_owned(), Instant::now());
+    }
+
+    fn last(&self, database: &str) -> Option<Instant> {
+        let changes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        changes.get(database).copied()
+    }
+}
+
 /// The catalogs of one deployment's databases.
 pub struct Catalogs {
     analyzer: Arc<AnalysisMemo>,
     metrics: Arc<DeploymentMetrics>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    changes: Arc<SchemaChanges>,
 }
 
 impl Catalogs {
     /// Catalogs judged with `analyzer` (its rules; it reads view definitions and
-    /// policies), counting their reads into `metrics`.
-    pub fn new(analyzer: Arc<AnalysisMemo>, metrics: Arc<DeploymentMetrics>) -> Catalogs {
+    /// policies), counting their reads into `metrics`, read again after the DDL noted in
+    /// `changes`.
+    pub fn new(
+        analyzer: Arc<AnalysisMemo>,
+        metrics: Arc<DeploymentMetrics>,
+        changes: Arc<SchemaChanges>,
+    ) -> Catalogs {
         Catalogs {
             analyzer,
             metrics,
             slots: Mutex::new(HashMap::new()),
+            changes,
         }
     }
 
@@ -154,10 +179,16 @@ impl Catalogs {
             .slots
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match slots.get(database) {
+        let slot = match slots.get(database) {
             Some(slot) => Arc::clone(slot),
             None => Arc::clone(slots.entry(database.to_owned()).or_default()),
+        };
+        drop(slots);
+        if let Some(changed_at) = self.changes.last(database) {
+            let mut state = slot.state();
+            state.changed_at = state.changed_at.max(Some(changed_at));
         }
+        slot
     }
 
     /// The catalog of `database` to judge with now: read first when there is none yet,
@@ -229,9 +260,10 @@ impl Catalogs {
         });
     }
 
-    /// DDL went through warpdrive to `database`: the next user reads the catalog again.
+    /// DDL went through warpdrive to `database`: the next user, of any deployment, reads
+    /// the catalog again.
     pub fn note_changed(&self, database: &str) {
-        self.slot(database).state().changed_at = Some(Instant::now());
+        self.changes.note(database);
     }
 
     /// Reads unless a read already done gives what is needed: a catalog read at or after

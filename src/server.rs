@@ -83,6 +83,7 @@ impl Server {
         let process = ProcessShared {
             analyzer: Arc::clone(&analyzer),
             clocks: Arc::new(Clocks::default()),
+            schema_changes: Arc::default(),
             shutdown: draining.subscribe(),
         };
         for deployment in config.deployments {

@@ -478,3 +478,59 @@ async fn deployments_naming_the_origin_differently_meet() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+/// DDL through one deployment makes every deployment on the database read the catalog
+/// again: a trigger created through A is seen by B's next write, whose trigger's writes
+/// then invalidate too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_through_one_deployment_refreshes_every_deployments_catalog() {
+    let db = TestDatabase::create("ddl_seen").await;
+    db.direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE stock (n int); CREATE TABLE audit (n int);
+             CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO audit VALUES (1); RETURN NEW; END $$;",
+        )
+        .await
+        .unwrap();
+    let proxy = Proxy::start_deployments(vec![
+        common::cached_deployment(&db.name, 2),
+        common::cached_deployment(&db.name, 2),
+    ])
+    .await;
+    let connect = |index: usize| {
+        let url = proxy.url(&db.name).replace(
+            &format!("port={}", proxy.addr.port()),
+            &format!("port={}", proxy.addrs[index].port()),
+        );
+        async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(connection);
+            client
+        }
+    };
+    let (a, b) = (connect(0).await, connect(1).await);
+    let audit = "SELECT count(*)::text FROM audit";
+    assert_eq!(
+        read(&b, audit).await.as_deref(),
+        Some("0"),
+        "B reads its catalog"
+    );
+    a.batch_execute(
+        "CREATE TRIGGER noted AFTER INSERT ON stock FOR EACH ROW EXECUTE FUNCTION note()",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read(&b, audit).await.as_deref(), Some("0"));
+    assert_eq!(read(&b, audit).await.as_deref(), Some("0"), "cached on B");
+    b.batch_execute("INSERT INTO stock VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(read(&b, audit).await.as_deref(), Some("1"));
+    drop((a, b));
+    proxy.stop().await;
+    db.drop_now().await;
+}

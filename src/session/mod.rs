@@ -16,7 +16,7 @@ use tracing::Instrument;
 use crate::analyze::AnalysisMemo;
 use crate::cache::{Clocks, Generations, Store};
 use crate::cancel::CancelRegistry;
-use crate::catalog::Catalogs;
+use crate::catalog::{Catalogs, SchemaChanges};
 use crate::config::Deployment;
 use crate::conn::{Conn, ConnError, Stream};
 use crate::metrics::DeploymentMetrics;
@@ -56,6 +56,8 @@ pub struct ProcessShared {
     pub analyzer: Arc<AnalysisMemo>,
     /// The write clocks of the origin databases.
     pub clocks: Arc<Clocks>,
+    /// When DDL last went through warpdrive to each database.
+    pub schema_changes: Arc<SchemaChanges>,
     /// Becomes true when the server starts shutting down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -97,7 +99,11 @@ impl SessionContext {
         metrics: Arc<DeploymentMetrics>,
     ) -> SessionContext {
         let analyzer = Arc::clone(&process.analyzer);
-        let catalogs = Arc::new(Catalogs::new(Arc::clone(&analyzer), Arc::clone(&metrics)));
+        let catalogs = Arc::new(Catalogs::new(
+            Arc::clone(&analyzer),
+            Arc::clone(&metrics),
+            Arc::clone(&process.schema_changes),
+        ));
         SessionContext {
             catalogs,
             pg: pg::Shared::new(&deployment),
