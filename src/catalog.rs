@@ -92,6 +92,8 @@ struct State {
     failed: Option<(Instant, CatalogError)>,
     /// A read ahead was started (once per database).
     prefetched: bool,
+    /// A read in the background is running (see [`Catalogs::latest`]).
+    refreshing: bool,
 }
 
 #[derive(Default)]
@@ -258,6 +260,35 @@ impl Catalogs {
                 tracing::debug!(%error, %database, "the origin's catalog was not read ahead; it will be when first needed");
             }
         });
+    }
+
+    /// The catalog of `pool`'s database as last read, whatever its age, unless DDL went
+    /// through warpdrive since; `None` when there is none. It never waits: a read starts
+    /// in the background when the catalog is missing or `catalog_max_age` old. For judging
+    /// writes, whose sessions hold a connection, so that they never queue behind a read
+    /// (nor take a connection for one) while other clients wait for the pool.
+    pub fn latest(self: &Arc<Self>, pool: &Pool) -> Option<Snapshot> {
+        let database = pool.target().target.database.clone();
+        let slot = self.slot(&database);
+        let snapshot = slot.usable(None);
+        let max_age = pool.settings().catalog_max_age;
+        let aged = snapshot
+            .as_ref()
+            .is_none_or(|snapshot| snapshot.read_at.elapsed() >= max_age);
+        if aged && !std::mem::replace(&mut slot.state().refreshing, true) {
+            let (catalogs, pool) = (Arc::clone(self), pool.clone());
+            tokio::spawn(async move {
+                let reader = Reader {
+                    pool: &pool,
+                    wait: false,
+                };
+                if let Err(error) = catalogs.current(&database, reader).await {
+                    tracing::debug!(%error, %database, "the origin's catalog could not be read in the background");
+                }
+                catalogs.slot(&database).state().refreshing = false;
+            });
+        }
+        snapshot
     }
 
     /// DDL went through warpdrive to `database`: the next user, of any deployment, reads

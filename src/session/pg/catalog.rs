@@ -14,6 +14,7 @@
 //! missing afterwards did not exist when the request arrived, unless DDL in this
 //! transaction may have created it.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::analyze::catalog::{Catalog, Judgement, Refinement};
@@ -24,7 +25,7 @@ use crate::proxy::writes::WriteSet;
 /// What a session asks the catalog with.
 pub(super) struct CatalogView<'a> {
     /// The deployment's catalogs.
-    pub(super) catalogs: &'a Catalogs,
+    pub(super) catalogs: &'a Arc<Catalogs>,
     /// The client's database.
     pub(super) database: &'a str,
     /// Where a read runs.
@@ -163,27 +164,27 @@ impl CatalogView<'_> {
     }
 
     /// What each statement of `analysis` writes, as far as cached reads are concerned
-    /// (see [`crate::analyze::catalog::Reach`]); `received` is when the request arrived.
-    pub(super) async fn write_sets(&self, analysis: &Analysis, received: Instant) -> Vec<WriteSet> {
-        let mut sets = Vec::with_capacity(analysis.statement_writes.len());
-        for writes in &analysis.statement_writes {
-            sets.push(self.write_set(writes, received).await);
-        }
-        sets
+    /// (see [`crate::analyze::catalog::Reach`]).
+    pub(super) fn write_sets(&self, analysis: &Analysis) -> Vec<WriteSet> {
+        analysis
+            .statement_writes
+            .iter()
+            .map(|writes| self.write_set(writes))
+            .collect()
     }
 
-    /// What `writes` reach; the whole database when the catalog cannot say.
-    pub(super) async fn write_set(&self, writes: &Writes, received: Instant) -> WriteSet {
+    /// What `writes` reach, by the catalog as last read (see [`Catalogs::latest`]: a
+    /// write never waits for a read); the whole database when there is none.
+    pub(super) fn write_set(&self, writes: &Writes) -> WriteSet {
         if writes.is_nothing() {
             return WriteSet::Nothing;
         }
         if writes.anything {
             return WriteSet::Everything;
         }
-        let reach = |catalog: &Catalog| Ok::<_, Vec<String>>(catalog.reach(writes));
-        match self.ask_catalog(received, reach).await {
-            Ok((Ok(reach), _)) => reach.into(),
-            Ok((Err(_), _)) | Err(_) => WriteSet::Everything,
+        match self.catalogs.latest(self.reader.pool) {
+            Some(snapshot) => snapshot.catalog.reach(writes).into(),
+            None => WriteSet::Everything,
         }
     }
 

@@ -402,7 +402,7 @@ impl Session {
         if let Some(pin) = self.user_code_pin(&analysis, Some(sql), started).await {
             in_flight.changes_session(pin);
         }
-        let writes = self.catalog().write_sets(&analysis, started).await;
+        let writes = self.catalog().write_sets(&analysis);
         if let Err(error) = self.connect().await {
             self.ctx
                 .metrics
@@ -509,7 +509,7 @@ impl Session {
             }
             let writes = analysis.writes();
             if !writes.is_nothing() && !resolved.iter().any(|(known, _)| *known == writes) {
-                let set = self.catalog().write_set(&writes, started).await;
+                let set = self.catalog().write_set(&writes);
                 resolved.push((writes, set));
             }
         }
