@@ -247,7 +247,15 @@ impl Catalogs {
     /// that a database's first statements find it.
     pub fn prefetch(self: &Arc<Self>, pool: &Pool) {
         let database = pool.target().target.database.clone();
-        if std::mem::replace(&mut self.slot(&database).state().prefetched, true) {
+        if !std::mem::replace(&mut self.slot(&database).state().prefetched, true) {
+            self.read_in_background(pool, database);
+        }
+    }
+
+    /// Reads the catalog of `pool`'s database on a connection free now, unless a read in
+    /// the background runs already.
+    fn read_in_background(self: &Arc<Self>, pool: &Pool, database: String) {
+        if std::mem::replace(&mut self.slot(&database).state().refreshing, true) {
             return;
         }
         let (catalogs, pool) = (Arc::clone(self), pool.clone());
@@ -257,8 +265,9 @@ impl Catalogs {
                 wait: false,
             };
             if let Err(error) = catalogs.current(&database, reader).await {
-                tracing::debug!(%error, %database, "the origin's catalog was not read ahead; it will be when first needed");
+                tracing::debug!(%error, %database, "the origin's catalog could not be read in the background; it will be when next needed");
             }
+            catalogs.slot(&database).state().refreshing = false;
         });
     }
 
@@ -275,18 +284,8 @@ impl Catalogs {
         let aged = snapshot
             .as_ref()
             .is_none_or(|snapshot| snapshot.read_at.elapsed() >= max_age);
-        if aged && !std::mem::replace(&mut slot.state().refreshing, true) {
-            let (catalogs, pool) = (Arc::clone(self), pool.clone());
-            tokio::spawn(async move {
-                let reader = Reader {
-                    pool: &pool,
-                    wait: false,
-                };
-                if let Err(error) = catalogs.current(&database, reader).await {
-                    tracing::debug!(%error, %database, "the origin's catalog could not be read in the background");
-                }
-                catalogs.slot(&database).state().refreshing = false;
-            });
+        if aged {
+            self.read_in_background(pool, database);
         }
         snapshot
     }

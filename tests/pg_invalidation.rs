@@ -331,19 +331,7 @@ async fn writes_reach_every_deployment_on_the_database_that_wants_them() {
         lax,
     ])
     .await;
-    let connect = |index: usize| {
-        let url = proxy.url(&db.name).replace(
-            &format!("port={}", proxy.addr.port()),
-            &format!("port={}", proxy.addrs[index].port()),
-        );
-        async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(connection);
-            client
-        }
-    };
+    let connect = |index: usize| proxy.connect_at(index, &db.name);
     let (writer, reader, lax_reader) = (connect(0).await, connect(1).await, connect(2).await);
     assert_eq!(read(&reader, TOTAL).await.as_deref(), Some("30"));
     assert_eq!(read(&lax_reader, TOTAL).await.as_deref(), Some("30"));
@@ -454,19 +442,7 @@ async fn deployments_naming_the_origin_differently_meet() {
     by_name.origin.host = "localhost".to_owned();
     let proxy =
         Proxy::start_deployments(vec![common::cached_deployment(&db.name, 2), by_name]).await;
-    let connect = |index: usize| {
-        let url = proxy.url(&db.name).replace(
-            &format!("port={}", proxy.addr.port()),
-            &format!("port={}", proxy.addrs[index].port()),
-        );
-        async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(connection);
-            client
-        }
-    };
+    let connect = |index: usize| proxy.connect_at(index, &db.name);
     let (reader, writer) = (connect(0).await, connect(1).await);
     assert_eq!(read(&reader, TOTAL).await.as_deref(), Some("30"));
     writer
@@ -499,19 +475,7 @@ async fn ddl_through_one_deployment_refreshes_every_deployments_catalog() {
         common::cached_deployment(&db.name, 2),
     ])
     .await;
-    let connect = |index: usize| {
-        let url = proxy.url(&db.name).replace(
-            &format!("port={}", proxy.addr.port()),
-            &format!("port={}", proxy.addrs[index].port()),
-        );
-        async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(connection);
-            client
-        }
-    };
+    let connect = |index: usize| proxy.connect_at(index, &db.name);
     let (a, b) = (connect(0).await, connect(1).await);
     let audit = "SELECT count(*)::text FROM audit";
     assert_eq!(

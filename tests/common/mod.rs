@@ -251,6 +251,21 @@ impl Proxy {
         self.connect_as(database, ORIGIN_USER).await
     }
 
+    /// A client of the deployment at `index` (see [`Proxy::start_deployments`]).
+    pub async fn connect_at(&self, index: usize, database: &str) -> Client {
+        let url = self.url(database).replace(
+            &format!("port={}", self.addr.port()),
+            &format!("port={}", self.addrs[index].port()),
+        );
+        let (client, connection) = tokio_postgres::connect(&url, NoTls)
+            .await
+            .expect("connect through warpdrive");
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
     pub async fn connect_as(&self, database: &str, user: &str) -> Client {
         let url = format!(
             "host=127.0.0.1 port={} user={user} password={PASSWORD} dbname={database}",
