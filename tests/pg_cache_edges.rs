@@ -366,6 +366,10 @@ async fn after_an_extended_copy_replies_stay_with_their_queries() {
                 .expect("a row")
         }
     };
+    // tokio-postgres returns at CommandComplete, before the copy's ReadyForQuery, at
+    // which warpdrive marks the committed write again: a read sent before it may not be
+    // stored (rightly). A round trip first makes the hit count below exact.
+    assert_eq!(value("SELECT count(*) FROM t").await, "2");
     assert_eq!(value("SELECT 'a'::text").await, "a");
     assert_eq!(value("SELECT 'b'::text").await, "b");
     for _ in 0..2 {
