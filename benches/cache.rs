@@ -64,6 +64,7 @@ fn bench_cache(c: &mut Criterion) {
         // Checked on every hit, as in a deployment that invalidates on writes.
         tables_unknown: false,
         validity: Some(Validity::starting(&Arc::new(Generations::default()))),
+        tier_stamp: None,
         refetch: Arc::new(NeverRefetched),
     });
     // Other entries, so that the lookup is not into an empty map.

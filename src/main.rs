@@ -139,6 +139,10 @@ struct ServeArgs {
     /// Forward every query; cache nothing (with --origin).
     #[arg(long, conflicts_with = "config")]
     caching_disabled: bool,
+    /// Share cached results with other instances through this Redis (with --origin):
+    /// redis://HOST:PORT/DB or rediss://…
+    #[arg(long, value_name = "URL", conflicts_with = "config")]
+    cache_upstream: Option<String>,
     /// How clients log in (with --origin): with the origin URL's user and password, or
     /// `trust` for no password.
     #[arg(
@@ -257,6 +261,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_age: args.max_age,
         stale_while_revalidate: args.swr,
         caching_disabled: args.caching_disabled,
+        cache_upstream: args.cache_upstream.clone(),
         ..SingleDeployment::new(args.listen, origin)
     })?;
     if let Some(rules) = args.rules {

@@ -8,12 +8,13 @@
 //! connection set-up and for queries.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::cache::tier::Tier;
 use crate::cache::{CacheStatus, Store};
 
 /// Histogram bucket upper bounds, in seconds.
@@ -126,6 +127,7 @@ pub struct DeploymentMetrics {
     /// From a query's arrival to its ReadyForQuery.
     pub query_duration: Histogram,
     store: Arc<Store>,
+    tier: OnceLock<Arc<Tier>>,
 }
 
 impl DeploymentMetrics {
@@ -150,6 +152,14 @@ impl DeploymentMetrics {
             pool: Arc::new(PoolMetrics::default()),
             query_duration: Histogram::default(),
             store,
+            tier: OnceLock::new(),
+        }
+    }
+
+    /// The deployment's upstream tier, whose counters are shown with its own.
+    pub fn set_tier(&self, tier: Option<Arc<Tier>>) {
+        if let Some(tier) = tier {
+            let _ = self.tier.set(tier);
         }
     }
 
@@ -232,6 +242,7 @@ impl DeploymentMetrics {
             origin_connections: load(&self.pool.open),
             origin_connections_opened: load(&self.pool.opened),
             acquire_timeouts: load(&self.pool.acquire_timeouts),
+            l2: self.tier.get().map(|tier| TierSnapshot::of(tier)),
         }
     }
 
@@ -341,6 +352,144 @@ impl DeploymentMetrics {
             .render(out, "warpdrive_origin_connect_seconds", d);
         self.query_duration
             .render(out, "warpdrive_query_duration_seconds", d);
+        if let Some(tier) = self.tier.get() {
+            render_tier(out, d, tier);
+        }
+    }
+}
+
+fn render_tier(out: &mut String, d: &str, tier: &Tier) {
+    let stats = tier.stats();
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let labelled = [
+        ("warpdrive_l2_lookups_total", "outcome", "hit", &stats.hits),
+        (
+            "warpdrive_l2_lookups_total",
+            "outcome",
+            "miss",
+            &stats.misses,
+        ),
+        (
+            "warpdrive_l2_failures_total",
+            "kind",
+            "error",
+            &stats.errors,
+        ),
+        (
+            "warpdrive_l2_failures_total",
+            "kind",
+            "timeout",
+            &stats.timeouts,
+        ),
+        (
+            "warpdrive_l2_failures_total",
+            "kind",
+            "skipped",
+            &stats.skipped,
+        ),
+        (
+            "warpdrive_l2_failures_total",
+            "kind",
+            "refused_value",
+            &stats.refused_values,
+        ),
+        (
+            "warpdrive_l2_bytes_total",
+            "direction",
+            "read",
+            &stats.bytes_read,
+        ),
+        (
+            "warpdrive_l2_bytes_total",
+            "direction",
+            "written",
+            &stats.bytes_written,
+        ),
+        (
+            "warpdrive_cache_invalidations_total",
+            "cause",
+            "remote",
+            &stats.invalidations_remote,
+        ),
+        (
+            "warpdrive_cache_invalidations_total",
+            "cause",
+            "resubscribe",
+            &stats.invalidations_resubscribe,
+        ),
+    ];
+    for (metric, label, value, counter) in labelled {
+        let _ = writeln!(
+            out,
+            "{metric}{{deployment=\"{d}\",{label}=\"{value}\"}} {}",
+            load(counter)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "warpdrive_l2_connects_total{{deployment=\"{d}\"}} {}",
+        load(&stats.connects)
+    );
+    let _ = writeln!(
+        out,
+        "warpdrive_l2_up{{deployment=\"{d}\"}} {}",
+        u8::from(tier.is_up())
+    );
+    stats
+        .propagation
+        .render(out, "warpdrive_invalidation_propagation_seconds", d);
+}
+
+/// The upstream tier's numbers, in a deployment's snapshot.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct TierSnapshot {
+    /// Redis is reachable now.
+    pub up: bool,
+    /// Lookups that found a current entry.
+    pub hits: u64,
+    /// Lookups that found none.
+    pub misses: u64,
+    /// Failed operations.
+    pub errors: u64,
+    /// Operations with no answer within the timeout.
+    pub timeouts: u64,
+    /// Operations not sent while Redis was down.
+    pub skipped: u64,
+    /// Corrupt, foreign or old-format values.
+    pub refused_values: u64,
+    /// Bytes of entries read.
+    pub bytes_read: u64,
+    /// Bytes of entries written.
+    pub bytes_written: u64,
+    /// Other instances' writes heard of.
+    pub invalidations_remote: u64,
+    /// Entries dropped for a lost or renewed subscription.
+    pub invalidations_resubscribe: u64,
+    /// Connections made.
+    pub connects: u64,
+    /// Remote invalidations whose propagation delay was measured.
+    pub propagation_count: u64,
+}
+
+impl TierSnapshot {
+    fn of(tier: &Tier) -> TierSnapshot {
+        let stats = tier.stats();
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        TierSnapshot {
+            up: tier.is_up(),
+            hits: load(&stats.hits),
+            misses: load(&stats.misses),
+            errors: load(&stats.errors),
+            timeouts: load(&stats.timeouts),
+            skipped: load(&stats.skipped),
+            refused_values: load(&stats.refused_values),
+            bytes_read: load(&stats.bytes_read),
+            bytes_written: load(&stats.bytes_written),
+            invalidations_remote: load(&stats.invalidations_remote),
+            invalidations_resubscribe: load(&stats.invalidations_resubscribe),
+            connects: load(&stats.connects),
+            propagation_count: stats.propagation.count(),
+        }
     }
 }
 
@@ -416,6 +565,9 @@ pub struct DeploymentSnapshot {
     pub origin_connections_opened: u64,
     /// Checkouts that gave up after acquire_timeout.
     pub acquire_timeouts: u64,
+    /// The upstream tier's numbers, when the deployment has one.
+    #[serde(default)]
+    pub l2: Option<TierSnapshot>,
 }
 
 /// The `warpdrive stats` table: per deployment, the hit ratio first, then the cache's
@@ -457,6 +609,24 @@ pub fn stats_table(snapshots: &[DeploymentSnapshot]) -> String {
             snapshot.entries_invalidated,
             snapshot.fills_refused
         );
+        if let Some(l2) = &snapshot.l2 {
+            let _ = writeln!(
+                out,
+                "  upstream: {}; {} hits, {} misses; {} errors, {} timeouts, {} skipped while down, {} values refused; {} bytes read, {} written; {} remote invalidations, {} for resubscribing; {} connects",
+                if l2.up { "up" } else { "down" },
+                l2.hits,
+                l2.misses,
+                l2.errors,
+                l2.timeouts,
+                l2.skipped,
+                l2.refused_values,
+                l2.bytes_read,
+                l2.bytes_written,
+                l2.invalidations_remote,
+                l2.invalidations_resubscribe,
+                l2.connects
+            );
+        }
         let _ = writeln!(
             out,
             "  queries: {} completed, {} errors; {} pinned sessions, whose {} cacheable queries bypassed the cache",
@@ -534,7 +704,7 @@ const HELP: &str = "\
 # TYPE warpdrive_origin_connections_closed_total counter
 # HELP warpdrive_pool_acquire_timeouts_total Checkouts that gave up after acquire_timeout.
 # TYPE warpdrive_pool_acquire_timeouts_total counter
-# HELP warpdrive_cache_invalidations_total Writes through warpdrive that invalidated cached reads, by cause (write: of named tables; unknown_write: of the whole database).
+# HELP warpdrive_cache_invalidations_total Invalidations of cached reads, by cause (write: a write of named tables here; unknown_write: of the whole database; remote: another instance's write; resubscribe: everything, for a lost or renewed subscription to the upstream).
 # TYPE warpdrive_cache_invalidations_total counter
 # HELP warpdrive_cache_entries_invalidated_total Entries dropped because a write reached what they read.
 # TYPE warpdrive_cache_entries_invalidated_total counter
@@ -548,6 +718,18 @@ const HELP: &str = "\
 # TYPE warpdrive_origin_connect_seconds histogram
 # HELP warpdrive_query_duration_seconds Time from a query's arrival to its ReadyForQuery.
 # TYPE warpdrive_query_duration_seconds histogram
+# HELP warpdrive_l2_lookups_total Lookups in the upstream tier (Redis) after a local miss, by outcome.
+# TYPE warpdrive_l2_lookups_total counter
+# HELP warpdrive_l2_failures_total Upstream tier operations without an answer (error, timeout), or not sent while it was down (skipped), and values refused as corrupt or of another format.
+# TYPE warpdrive_l2_failures_total counter
+# HELP warpdrive_l2_bytes_total Bytes of entries read from and written to the upstream tier.
+# TYPE warpdrive_l2_bytes_total counter
+# HELP warpdrive_l2_connects_total Connections (with subscription) made to the upstream tier.
+# TYPE warpdrive_l2_connects_total counter
+# HELP warpdrive_l2_up Whether the upstream tier is reachable now.
+# TYPE warpdrive_l2_up gauge
+# HELP warpdrive_invalidation_propagation_seconds From another instance's write notice being sent to its arrival (clocks of both hosts).
+# TYPE warpdrive_invalidation_propagation_seconds histogram
 ";
 
 impl Registry {

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::analyze::memo::DEFAULT_MEMO_ENTRIES;
 use crate::analyze::{AnalysisMemo, Analyzer, AnalyzerOptions, Dialect, Rules, RulesError};
+use crate::cache::tier::{Tier, TierUrlError};
 use crate::cache::{Clocks, Store};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -44,6 +45,14 @@ pub enum ServerError {
     /// The rules file is missing or invalid.
     #[error("rules: {0}")]
     Rules(#[from] RulesError),
+    /// The cache upstream cannot be used.
+    #[error("deployment {deployment:?}: {source}")]
+    Upstream {
+        /// The deployment.
+        deployment: String,
+        /// Why.
+        source: TierUrlError,
+    },
 }
 
 /// Bound listeners, ready to serve.
@@ -120,8 +129,20 @@ impl Server {
                     source,
                 })?;
             tracing::info!(deployment = %name, listen = %listener.local_addr().unwrap_or(deployment.listen), origin = %deployment.origin, "listening");
+            let tier = match &deployment.cache.upstream {
+                Some(settings) if deployment.cache.enabled => Some(
+                    Tier::start(settings.clone(), Arc::clone(&process.clocks)).map_err(
+                        |source| ServerError::Upstream {
+                            deployment: name.clone(),
+                            source,
+                        },
+                    )?,
+                ),
+                _ => None,
+            };
+            metrics.set_tier(tier.clone());
             let ctx = Arc::new(SessionContext::new(
-                deployment, pools, tls, &process, store, metrics,
+                deployment, pools, tls, &process, store, metrics, tier,
             ));
             listeners.push((listener, ctx));
         }

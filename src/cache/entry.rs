@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::invalidation::Validity;
+use super::tier::TierStamp;
 
 /// How a recording of an origin reply ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -72,6 +73,9 @@ pub struct Entry {
     /// Whether writes since its query started left it current; `None` when the
     /// deployment does not invalidate on writes.
     pub validity: Option<Validity>,
+    /// The generations in the upstream tier of what it read, when its query started;
+    /// `None` without a tier, or when the tier did not answer.
+    pub tier_stamp: Option<TierStamp>,
     /// How to fetch it again.
     pub refetch: Arc<dyn Refetch>,
 }
@@ -146,6 +150,7 @@ pub(crate) mod tests {
             tables: Arc::from(Vec::new()),
             tables_unknown: false,
             validity: None,
+            tier_stamp: None,
             refetch: Arc::new(FixedRefetch(None)),
         }
     }

@@ -121,12 +121,28 @@ impl Validity {
 
 /// The write clocks of every origin database the process serves, shared by all
 /// deployments (two deployments on one database see each other's writes).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Clocks {
     by_database: Mutex<HashMap<String, Arc<Generations>>>,
+    /// Names these clocks among instances that tell each other of their writes.
+    instance: u64,
+}
+
+impl Default for Clocks {
+    fn default() -> Clocks {
+        Clocks {
+            by_database: Mutex::default(),
+            instance: rand::random(),
+        }
+    }
 }
 
 impl Clocks {
+    /// The instance these clocks belong to, as the notices of its writes name it.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
     /// The clock of the origin database named `origin`.
     pub fn of(&self, origin: &str) -> Arc<Generations> {
         let mut clocks = self.by_database.lock().unwrap_or_else(|p| p.into_inner());

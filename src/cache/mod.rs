@@ -11,6 +11,7 @@ pub mod entry;
 pub mod invalidation;
 pub mod key;
 pub mod store;
+pub mod tier;
 
 use std::fmt;
 

@@ -227,13 +227,26 @@ impl Store {
     /// Stores an entry outside single flight (a result fetched while the cache could
     /// not be consulted first). A result a write reached while its query ran is refused:
     /// false.
-    pub fn insert(&self, key: CacheKey, entry: Entry) -> bool {
+    pub fn insert(&self, key: CacheKey, entry: impl Into<Arc<Entry>>) -> bool {
+        let entry = entry.into();
         if !entry.is_current() || self.purge_covers(&entry) {
             self.refused_fills.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        self.entries.insert(key, Arc::new(entry));
+        self.entries.insert(key, entry);
         true
+    }
+
+    /// Drops `entry` from under `key` (found out of date elsewhere: the upstream tier
+    /// knows of a write), unless another entry took its place meanwhile.
+    pub fn invalidate(&self, key: CacheKey, entry: &Arc<Entry>) {
+        if self
+            .entries
+            .remove_if(&key, |held| Arc::ptr_eq(held, entry))
+            .is_some()
+        {
+            self.invalidated.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Drops every entry (`tables` is `None`), or those that read any of `tables` (by
@@ -292,7 +305,7 @@ impl FillGuard {
 
     /// Stores the fetched entry (unless a write reached it meanwhile: false) and
     /// releases the waiters.
-    pub fn fill(self, entry: Entry) -> bool {
+    pub fn fill(self, entry: impl Into<Arc<Entry>>) -> bool {
         self.store.insert(self.key, entry)
     }
 }
@@ -317,7 +330,7 @@ impl RevalidationGuard {
     }
 
     /// Stores the refreshed entry (unless a write reached it meanwhile: false).
-    pub fn fill(self, entry: Entry) -> bool {
+    pub fn fill(self, entry: impl Into<Arc<Entry>>) -> bool {
         self.store.insert(self.key, entry)
     }
 }
@@ -352,6 +365,7 @@ mod tests {
             tables: Arc::from(vec!["t".to_owned()]),
             tables_unknown: false,
             validity: None,
+            tier_stamp: None,
             refetch: Arc::new(FixedRefetch(Some(b"v2"))),
         }
     }
@@ -395,6 +409,7 @@ mod tests {
         let writes = Arc::new(Generations::default());
         let read = |store: &Store| Entry {
             validity: Some(Validity::starting(&writes)),
+            tier_stamp: None,
             ..entry(store, b"v1")
         };
         let Lookup::Miss(guard) = store.lookup(KEY) else {

@@ -11,6 +11,10 @@
 //! capacity_bytes = "256MiB"      # memory for cached results
 //! stable_functions = "cache"     # or "bypass": refuse now(), current_date, …
 //! invalidate_on_write = true     # a write through warpdrive drops the reads it reached
+//! upstream = "redis://127.0.0.1:6379/0"  # optional L2 tier shared by instances
+//! upstream_prefix = "warpdrive"  # namespace of its keys (default "warpdrive")
+//! upstream_timeout = "20ms"      # longest wait for Redis before the origin
+//! consistency = "fast"           # or "strict": check Redis on every hit
 //!
 //! [[deployment.cache.rule]]      # by tables read …
 //! tables = ["prices"]
@@ -31,6 +35,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, RawBytes, RawDuration};
 use crate::analyze::StableFunctions;
+use crate::cache::tier::{Consistency, TierSettings};
 use crate::units::{parse_bytes, parse_duration};
 
 /// The longest max_age (or stale_while_revalidate) anything may ask for.
@@ -56,8 +61,25 @@ pub struct CacheSettings {
     /// Whether a write through warpdrive invalidates the cached reads of what it wrote,
     /// so that no read is served older than a write that went through it. Default true.
     pub invalidate_on_write: bool,
+    /// The L2 tier on Redis shared with other instances. Default none.
+    pub upstream: Option<TierSettings>,
     /// Overrides by table or fingerprint.
     pub rules: Vec<CacheRule>,
+}
+
+/// Default for `upstream_prefix`.
+pub const DEFAULT_UPSTREAM_PREFIX: &str = "warpdrive";
+/// Default for `upstream_timeout`.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// The tier's settings for `url`, with the defaults.
+pub fn upstream(url: &str) -> TierSettings {
+    TierSettings {
+        url: url.to_owned(),
+        prefix: DEFAULT_UPSTREAM_PREFIX.to_owned(),
+        timeout: DEFAULT_UPSTREAM_TIMEOUT,
+        consistency: Consistency::Fast,
+    }
 }
 
 impl Default for CacheSettings {
@@ -71,6 +93,7 @@ impl Default for CacheSettings {
             capacity_bytes: 256 << 20,
             stable_functions: StableFunctions::Cache,
             invalidate_on_write: true,
+            upstream: None,
             rules: Vec::new(),
         }
     }
@@ -137,6 +160,10 @@ pub(super) struct RawCache {
     capacity_bytes: Option<RawBytes>,
     stable_functions: Option<String>,
     invalidate_on_write: Option<bool>,
+    upstream: Option<String>,
+    upstream_prefix: Option<String>,
+    upstream_timeout: Option<RawDuration>,
+    consistency: Option<String>,
     #[serde(default, rename = "rule")]
     rules: Vec<RawRule>,
 }
@@ -179,10 +206,59 @@ fn size(key: &str, raw: RawBytes) -> Result<u64, ConfigError> {
 }
 
 impl RawCache {
+    fn upstream_settings(&self, prefix: &str) -> Result<Option<TierSettings>, ConfigError> {
+        let key = |field: &str| format!("{prefix}.{field}");
+        let Some(url) = &self.upstream else {
+            let stray = [
+                ("upstream_prefix", self.upstream_prefix.is_some()),
+                ("upstream_timeout", self.upstream_timeout.is_some()),
+                ("consistency", self.consistency.is_some()),
+            ];
+            return match stray.iter().find(|(_, set)| *set) {
+                Some((field, _)) => Err(ConfigError::invalid(
+                    key(field),
+                    "applies to the upstream tier: set upstream = \"redis://HOST:PORT/DB\" too",
+                )),
+                None => Ok(None),
+            };
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(ConfigError::invalid(
+                key("upstream"),
+                "must be a redis:// or rediss:// URL, such as redis://127.0.0.1:6379/0",
+            ));
+        }
+        let mut tier = upstream(url);
+        if let Some(namespace) = &self.upstream_prefix {
+            if namespace.is_empty() || namespace.contains(['{', '}']) {
+                return Err(ConfigError::invalid(
+                    key("upstream_prefix"),
+                    "must be non-empty, without { or }",
+                ));
+            }
+            tier.prefix = namespace.clone();
+        }
+        if let Some(raw) = self.upstream_timeout.clone() {
+            tier.timeout = super::duration(&key("upstream_timeout"), Some(raw), tier.timeout)?;
+        }
+        tier.consistency = match self.consistency.as_deref() {
+            None | Some("fast") => Consistency::Fast,
+            Some("strict") => Consistency::Strict,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    key("consistency"),
+                    format!("{other:?} is not \"fast\" or \"strict\""),
+                ));
+            }
+        };
+        Ok(Some(tier))
+    }
+
     /// Validates the table; `prefix` is the key of the table (`deployment[0].cache`).
     pub(super) fn validate(self, prefix: &str) -> Result<CacheSettings, ConfigError> {
         let key = |field: &str| format!("{prefix}.{field}");
         let defaults = CacheSettings::default();
+        let upstream = self.upstream_settings(prefix)?;
         let optional = |field: &str, raw: Option<RawDuration>| {
             raw.map(|raw| lifetime(&key(field), raw)).transpose()
         };
@@ -210,6 +286,7 @@ impl RawCache {
             invalidate_on_write: self
                 .invalidate_on_write
                 .unwrap_or(defaults.invalidate_on_write),
+            upstream,
             rules: Vec::new(),
         };
         if let Some(raw) = self.max_result_bytes {

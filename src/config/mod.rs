@@ -236,6 +236,8 @@ pub struct SingleDeployment {
     pub stale_while_revalidate: Option<u64>,
     /// `--caching-disabled`.
     pub caching_disabled: bool,
+    /// `--cache-upstream`: a Redis URL.
+    pub cache_upstream: Option<String>,
 }
 
 impl SingleDeployment {
@@ -248,6 +250,7 @@ impl SingleDeployment {
             max_age: None,
             stale_while_revalidate: None,
             caching_disabled: false,
+            cache_upstream: None,
         }
     }
 }
@@ -339,7 +342,7 @@ struct RawLimits {
 }
 
 /// A duration as text (`"15s"`) or a number of seconds.
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum RawDuration {
     Seconds(u64),
@@ -428,6 +431,15 @@ impl Config {
             cache.stale_while_revalidate = seconds("--swr", swr)?;
         }
         cache.enabled = !single.caching_disabled;
+        if let Some(url) = &single.cache_upstream {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::invalid(
+                    "--cache-upstream",
+                    "must be a redis:// or rediss:// URL, such as redis://127.0.0.1:6379/0",
+                ));
+            }
+            cache.upstream = Some(cache::upstream(url));
+        }
         Ok(Config {
             deployments: vec![deployment],
             admin: DEFAULT_ADMIN.parse().ok(),
@@ -480,7 +492,7 @@ fn check_passwords(deployment: &Deployment, key: &str, or: &str) -> Result<(), C
     }
 }
 
-fn duration(
+pub(super) fn duration(
     key: &str,
     raw: Option<RawDuration>,
     default: Duration,

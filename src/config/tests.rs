@@ -143,3 +143,67 @@ fn passwords_are_not_printed_in_debug_output() {
         "{debug}"
     );
 }
+
+#[test]
+fn the_upstream_tier_is_configured_and_checked() {
+    use crate::cache::tier::Consistency;
+    let base = "[[deployment]]\nname = \"a\"\nlisten = \"127.0.0.1:6432\"\norigin = \"postgres://u:p@h/d\"\n[deployment.cache]\n";
+    let none = Config::from_toml(base, "test.toml").expect("valid");
+    assert_eq!(none.deployments[0].cache.upstream, None);
+    let tuned = Config::from_toml(
+        &format!("{base}upstream = \"rediss://r:6380/2\"\nupstream_prefix = \"shop\"\nupstream_timeout = \"5ms\"\nconsistency = \"strict\"\n"),
+        "test.toml",
+    )
+    .expect("valid");
+    let tier = tuned.deployments[0]
+        .cache
+        .upstream
+        .as_ref()
+        .expect("a tier");
+    assert_eq!(tier.url, "rediss://r:6380/2");
+    assert_eq!(tier.prefix, "shop");
+    assert_eq!(tier.timeout, Duration::from_millis(5));
+    assert_eq!(tier.consistency, Consistency::Strict);
+    let defaults = Config::from_toml(&format!("{base}upstream = \"redis://r\"\n"), "test.toml")
+        .expect("valid");
+    let tier = defaults.deployments[0]
+        .cache
+        .upstream
+        .as_ref()
+        .expect("a tier");
+    assert_eq!(
+        (tier.prefix.as_str(), tier.timeout),
+        ("warpdrive", Duration::from_millis(20))
+    );
+    assert_eq!(tier.consistency, Consistency::Fast);
+    let scheme = problem(&format!("{base}upstream = \"memcached://r\"\n"));
+    assert!(
+        scheme.contains("deployment[0].cache.upstream") && scheme.contains("redis://"),
+        "{scheme}"
+    );
+    let stray = problem(&format!("{base}consistency = \"strict\"\n"));
+    assert!(
+        stray.contains("deployment[0].cache.consistency") && stray.contains("upstream ="),
+        "{stray}"
+    );
+    let word = problem(&format!(
+        "{base}upstream = \"redis://r\"\nconsistency = \"eventual\"\n"
+    ));
+    assert!(word.contains("\"fast\" or \"strict\""), "{word}");
+    let tag = problem(&format!(
+        "{base}upstream = \"redis://r\"\nupstream_prefix = \"a{{b}}\"\n"
+    ));
+    assert!(tag.contains("upstream_prefix"), "{tag}");
+    let listen: SocketAddr = "127.0.0.1:6432".parse().expect("addr");
+    let single = Config::single(&SingleDeployment {
+        cache_upstream: Some("redis://127.0.0.1:6379/0".to_owned()),
+        ..SingleDeployment::new(listen, "postgres://app:s@db/shop")
+    })
+    .expect("valid");
+    assert!(single.deployments[0].cache.upstream.is_some());
+    let bad = Config::single(&SingleDeployment {
+        cache_upstream: Some("127.0.0.1:6379".to_owned()),
+        ..SingleDeployment::new(listen, "postgres://app:s@db/shop")
+    });
+    assert!(bad.is_err_and(|e| e.to_string().contains("--cache-upstream")));
+}

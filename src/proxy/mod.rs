@@ -11,6 +11,7 @@
 pub mod flight;
 pub mod policy;
 mod refresh;
+pub mod upstream;
 pub mod writes;
 
 use std::sync::Arc;
@@ -18,13 +19,17 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::analyze::Analysis;
-use crate::cache::{CacheKey, CacheStatus, Entry, Generations, Lookup, Recorded, Store, Validity};
+use crate::cache::tier::{Fetched, TierStamp};
+use crate::cache::{
+    CacheKey, CacheStatus, Entry, Freshness, Generations, Lookup, Recorded, Store, Validity,
+};
 use crate::config::CacheSettings;
 use crate::metrics::DeploymentMetrics;
 use crate::protocol::TxnStatus;
 use flight::{Fill, Recording};
 pub use flight::{Flight, Record, ToRecord};
 pub use policy::{Decision, Policy, Source, decide};
+pub use upstream::Upstream;
 
 /// The longest a miss waits for another client's fetch of the same key before going to
 /// the origin itself.
@@ -48,7 +53,7 @@ pub enum Consulted<R> {
     /// Answer with this entry.
     Hit(Arc<Entry>),
     /// Send it to the origin, tracked by this.
-    Forward(Flight<R>),
+    Forward(Box<Flight<R>>),
 }
 
 /// One deployment's cache, as a request sees it.
@@ -64,6 +69,8 @@ pub struct Composer<'a> {
     /// The write clock of the request's origin database, when the deployment
     /// invalidates on writes.
     pub generations: Option<&'a Arc<Generations>>,
+    /// The upstream tier, when the deployment has one.
+    pub upstream: Option<Upstream<'a>>,
 }
 
 impl Composer<'_> {
@@ -111,7 +118,7 @@ impl Composer<'_> {
         started: Instant,
         to_record: impl Fn() -> ToRecord<R>,
     ) -> Consulted<R> {
-        let recorded = |fill: Fill| {
+        let recorded = |fill: Fill, tier_stamp: Option<TierStamp>| {
             let ToRecord {
                 recorder,
                 tables,
@@ -128,43 +135,79 @@ impl Composer<'_> {
                         tables,
                         tables_unknown,
                         validity: self.generations.map(Validity::starting),
+                        tier_stamp,
                         refetch,
                     },
                 }),
                 ..Flight::forwarded(CacheStatus::Miss, query_bytes, started)
             }
         };
+        let unrecorded = || Flight::forwarded(CacheStatus::Miss, query_bytes, started);
         let deadline = tokio::time::Instant::now() + COALESCE_WAIT;
         let mut waited = false;
         loop {
-            match self.store.lookup(key) {
-                Lookup::Fresh(entry) => return Consulted::Hit(entry),
-                Lookup::Stale(entry, refresh) => {
-                    self.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
-                    if let Some(refresh) = refresh {
-                        refresh::spawn(
-                            Arc::clone(self.store),
-                            refresh,
-                            Arc::clone(&entry),
-                            policy,
-                            self.refresh_deadline,
-                            Arc::clone(self.metrics),
-                        );
-                    }
-                    return Consulted::Hit(entry);
-                }
+            let (entry, refresh) = match self.store.lookup(key) {
+                Lookup::Fresh(entry) => (entry, None),
+                Lookup::Stale(entry, refresh) => (entry, Some(refresh)),
                 Lookup::Miss(guard) if waited => {
                     // The fetch waited for ended without an entry (too large, an error, a
                     // notice, its client gone): each waiter now asks the origin itself, at
                     // once and unrecorded, rather than one after another.
                     drop(guard);
-                    return Consulted::Forward(Flight::forwarded(
-                        CacheStatus::Miss,
-                        query_bytes,
-                        started,
-                    ));
+                    return Consulted::Forward(Box::new(unrecorded()));
                 }
-                Lookup::Miss(guard) => return Consulted::Forward(recorded(Fill::Guard(guard))),
+                Lookup::Miss(guard) => {
+                    let Some(upstream) = self.upstream else {
+                        return Consulted::Forward(Box::new(recorded(Fill::Guard(guard), None)));
+                    };
+                    let validity = self.generations.map(Validity::starting);
+                    let record = to_record();
+                    let fetched = upstream
+                        .tier
+                        .fetch(
+                            upstream.database,
+                            key,
+                            &record.tables,
+                            record.tables_unknown,
+                        )
+                        .await;
+                    let stamp = match fetched {
+                        Fetched::Found(stored, stamp) => {
+                            let now = self.store.clock().now();
+                            let local = policy.entry(
+                                Vec::new(),
+                                true,
+                                now,
+                                Source {
+                                    tables: record.tables,
+                                    tables_unknown: record.tables_unknown,
+                                    validity,
+                                    tier_stamp: None,
+                                    refetch: record.refetch,
+                                },
+                            );
+                            let entry = upstream::from_stored(stored, stamp.clone(), now, local);
+                            if entry.freshness(now) == Freshness::Expired {
+                                Some(stamp)
+                            } else {
+                                let fresh = entry.freshness(now) == Freshness::Fresh;
+                                let entry = Arc::new(entry);
+                                if !guard.fill(Arc::clone(&entry)) {
+                                    // A write here overtook it on its way.
+                                    return Consulted::Forward(Box::new(unrecorded()));
+                                }
+                                if fresh {
+                                    return Consulted::Hit(entry);
+                                }
+                                // Stale: served as the store serves it, refreshed.
+                                continue;
+                            }
+                        }
+                        Fetched::Missing(stamp) => Some(stamp),
+                        Fetched::Unavailable => None,
+                    };
+                    return Consulted::Forward(Box::new(recorded(Fill::Guard(guard), stamp)));
+                }
                 Lookup::Wait(mut flight) => {
                     if !waited {
                         self.metrics.coalesced_waits.fetch_add(1, Ordering::Relaxed);
@@ -174,10 +217,38 @@ impl Composer<'_> {
                         .await
                         .is_err()
                     {
-                        return Consulted::Forward(recorded(Fill::Key(key)));
+                        return Consulted::Forward(Box::new(recorded(Fill::Key(key), None)));
                     }
+                    continue;
+                }
+            };
+            if let Some(upstream) = self.upstream.filter(|upstream| upstream.tier.strict()) {
+                match upstream.confirms(&entry).await {
+                    Some(true) => {}
+                    Some(false) => {
+                        // Another instance wrote what it read: look again (a miss now).
+                        self.store.invalidate(key, &entry);
+                        continue;
+                    }
+                    None => return Consulted::Forward(Box::new(unrecorded())),
                 }
             }
+            if let Some(refresh) = refresh {
+                self.metrics.stale_served.fetch_add(1, Ordering::Relaxed);
+                if let Some(refresh) = refresh {
+                    refresh::spawn(
+                        Arc::clone(self.store),
+                        refresh,
+                        Arc::clone(&entry),
+                        policy,
+                        self.refresh_deadline,
+                        Arc::clone(self.metrics),
+                        self.upstream
+                            .map(|u| (Arc::clone(u.tier), u.database.to_owned())),
+                    );
+                }
+            }
+            return Consulted::Hit(entry);
         }
     }
 
@@ -206,11 +277,15 @@ impl Composer<'_> {
                         recording.requested_at,
                         recording.source,
                     );
-                    // False when a write overtook it: counted by the store.
-                    let _stored = match recording.fill {
-                        Fill::Guard(guard) => guard.fill(entry),
-                        Fill::Key(key) => self.store.insert(key, entry),
+                    let entry = Arc::new(entry);
+                    let (key, stored) = match recording.fill {
+                        Fill::Guard(guard) => (guard.key(), guard.fill(Arc::clone(&entry))),
+                        Fill::Key(key) => (key, self.store.insert(key, Arc::clone(&entry))),
                     };
+                    // Not stored when a write overtook it (counted by the store).
+                    if let (true, Some(upstream)) = (stored, self.upstream) {
+                        upstream.store(key, &entry, self.store.clock().now());
+                    }
                 }
                 Recorded::Oversized => status = CacheStatus::OversizedResult,
                 _ => {}
@@ -352,6 +427,7 @@ mod tests {
                 metrics: &self.metrics,
                 refresh_deadline: Duration::from_secs(5),
                 generations: Some(&self.generations),
+                upstream: None,
             }
         }
 
@@ -384,7 +460,7 @@ mod tests {
                 flight.count(row.len());
                 flight.record(row);
             }
-            self.composer().finish(flight, txn);
+            self.composer().finish(*flight, txn);
         }
 
         fn count(&self, status: CacheStatus) -> u64 {
@@ -409,7 +485,7 @@ mod tests {
         fixture
             .generations
             .invalidate(crate::cache::Written::Tables(&written));
-        fixture.composer().finish(flight, TxnStatus::Idle);
+        fixture.composer().finish(*flight, TxnStatus::Idle);
         let stats = fixture.store.stats();
         assert_eq!((stats.invalidated, stats.refused_fills), (1, 1));
         assert!(matches!(
@@ -518,7 +594,7 @@ mod tests {
         flight.record(b"v1");
         flight.fail();
         assert!(flight.failed());
-        f.composer().finish(flight, TxnStatus::Idle);
+        f.composer().finish(*flight, TxnStatus::Idle);
         assert!(matches!(f.consult(key("q")).await, Consulted::Forward(_)));
     }
 
@@ -535,7 +611,7 @@ mod tests {
             .await
             .expect("no wait");
         assert!(matches!(second, Consulted::Forward(ref g) if g.is_recording()));
-        f.composer().finish(flight, TxnStatus::Idle);
+        f.composer().finish(*flight, TxnStatus::Idle);
         assert_eq!(f.count(CacheStatus::Miss), 1);
     }
 
@@ -551,7 +627,7 @@ mod tests {
         };
         flight.record(b"12345");
         assert_eq!(flight.status(), CacheStatus::OversizedResult);
-        f.composer().finish(flight, TxnStatus::Idle);
+        f.composer().finish(*flight, TxnStatus::Idle);
         assert_eq!(f.count(CacheStatus::OversizedResult), 1);
         assert!(matches!(f.consult(key("q")).await, Consulted::Forward(_)));
     }
@@ -569,7 +645,7 @@ mod tests {
         settle().await;
         assert_eq!(f.metrics.coalesced_waits.load(Ordering::Relaxed), 1);
         first.record(b"v1");
-        f.composer().finish(first, TxnStatus::Idle);
+        f.composer().finish(*first, TxnStatus::Idle);
         assert_eq!(waiter.await.expect("waiter"), "v1");
     }
 
@@ -590,7 +666,7 @@ mod tests {
         };
         settle().await;
         first.fail();
-        f.composer().finish(first, TxnStatus::Idle);
+        f.composer().finish(*first, TxnStatus::Idle);
         assert!(!waiter.await.expect("waiter"));
     }
 
@@ -605,7 +681,7 @@ mod tests {
         };
         assert!(second.is_recording());
         second.record(b"mine");
-        f.composer().finish(second, TxnStatus::Idle);
+        f.composer().finish(*second, TxnStatus::Idle);
         assert_eq!(hit_bytes(f.consult(key("q")).await), "mine");
     }
 
@@ -666,7 +742,7 @@ mod tests {
             panic!("miss")
         };
         flight.record(b"v1");
-        f.composer().abandon(flight);
+        f.composer().abandon(*flight);
         assert_eq!(f.count(CacheStatus::Miss), 1);
         assert!(matches!(f.consult(key("q")).await, Consulted::Forward(_)));
     }

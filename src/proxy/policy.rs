@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::analyze::{Analysis, Status};
+use crate::cache::tier::TierStamp;
 use crate::cache::{CacheStatus, Entry, Refetch, Validity};
 use crate::config::CacheSettings;
 use crate::config::cache::MAX_LIFETIME;
@@ -43,6 +44,8 @@ pub struct Source {
     pub tables_unknown: bool,
     /// The writes that may overtake it, from when it was sent.
     pub validity: Option<Validity>,
+    /// The generations in the upstream tier of what it read, when it was sent.
+    pub tier_stamp: Option<TierStamp>,
     /// How to run the request again.
     pub refetch: Arc<dyn Refetch>,
 }
@@ -61,6 +64,7 @@ impl Policy {
             tables,
             tables_unknown,
             validity,
+            tier_stamp,
             refetch,
         } = source;
         Entry {
@@ -75,6 +79,7 @@ impl Policy {
             tables,
             tables_unknown,
             validity,
+            tier_stamp,
             refetch,
         }
     }

@@ -6,11 +6,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::policy::{Policy, Source};
+use super::upstream::Upstream;
+use crate::cache::tier::Tier;
 use crate::cache::{Entry, Recorded, RevalidationGuard, Store, Validity};
 use crate::metrics::DeploymentMetrics;
 
-/// Refreshes `stale` in the background, within `deadline`. A failure leaves the stale
-/// entry in place until it expires.
+/// Refreshes `stale` in the background, within `deadline`, and stores the new entry in
+/// the upstream tier too when there is one (`upstream`: the tier and the database). A
+/// failure leaves the stale entry in place until it expires.
 pub(super) fn spawn(
     store: Arc<Store>,
     refresh: RevalidationGuard,
@@ -18,10 +21,15 @@ pub(super) fn spawn(
     policy: Policy,
     deadline: Duration,
     metrics: Arc<DeploymentMetrics>,
+    upstream: Option<(Arc<Tier>, String)>,
 ) {
     tokio::spawn(async move {
         let requested_at = store.clock().now();
         let validity = stale.validity.as_ref().map(Validity::restarted);
+        let tier_stamp = match &upstream {
+            Some((tier, database)) => tier.stamp(database, &stale.tables).await,
+            None => None,
+        };
         let fetched = tokio::time::timeout(deadline, stale.refetch.fetch()).await;
         let reason = match fetched {
             Ok(Ok(Recorded::Complete { segments, has_rows })) => {
@@ -29,11 +37,17 @@ pub(super) fn spawn(
                     tables: Arc::clone(&stale.tables),
                     tables_unknown: stale.tables_unknown,
                     validity,
+                    tier_stamp,
                     refetch: Arc::clone(&stale.refetch),
                 };
-                let refreshed = policy.entry(segments, has_rows, requested_at, source);
-                if refresh.fill(refreshed) {
+                let refreshed = Arc::new(policy.entry(segments, has_rows, requested_at, source));
+                let key = refresh.key();
+                if refresh.fill(Arc::clone(&refreshed)) {
                     metrics.revalidations_ok.fetch_add(1, Ordering::Relaxed);
+                    if let Some((tier, database)) = &upstream {
+                        let upstream = Upstream { tier, database };
+                        upstream.store(key, &refreshed, store.clock().now());
+                    }
                     return;
                 }
                 "a write reached what it read while it ran (the next read fetches it again)"

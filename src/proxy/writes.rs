@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use crate::analyze::catalog::Reach;
+use crate::cache::tier::Tier;
 use crate::cache::{Generations, Written};
 use crate::metrics::DeploymentMetrics;
 use crate::protocol::TxnStatus;
@@ -94,11 +95,15 @@ pub enum Control {
     },
 }
 
-/// The client's writes not yet known to be committed.
+/// The client's writes not yet known to be committed, and those marked here that the
+/// upstream tier has not been told of.
 #[derive(Debug, Default)]
 pub struct PendingWrites {
     uncommitted: WriteSet,
     in_block: bool,
+    /// Whether there is a tier to tell.
+    publishes: bool,
+    unpublished: WriteSet,
 }
 
 /// Where writes are marked.
@@ -111,12 +116,42 @@ pub struct Marking<'a> {
 }
 
 impl PendingWrites {
+    /// Writes of a client whose deployment has an upstream tier, which is told of each.
+    pub fn published() -> PendingWrites {
+        PendingWrites {
+            publishes: true,
+            ..PendingWrites::default()
+        }
+    }
+
+    /// Marks `writes` here, and keeps them for the tier.
+    fn mark(&mut self, writes: &WriteSet, marking: Marking<'_>) {
+        writes.mark(marking.generations, marking.metrics);
+        if self.publishes {
+            self.unpublished.add(writes);
+        }
+    }
+
+    /// Tells the tier of what was marked here since last time: called before the
+    /// replies that completed those writes reach the client, so that a read the client
+    /// then sends to another instance finds the generations moved.
+    pub async fn publish(&mut self, tier: &Tier, database: &str) {
+        match std::mem::take(&mut self.unpublished) {
+            WriteSet::Nothing => {}
+            WriteSet::Tables(tables) => {
+                let tables: Vec<String> = tables.into_iter().collect();
+                tier.mark(database, Written::Tables(&tables)).await;
+            }
+            WriteSet::Everything => tier.mark(database, Written::Everything).await,
+        }
+    }
+
     /// A statement completed: what it wrote, and how it moves the transaction.
     pub fn completed(&mut self, control: Control, writes: &WriteSet, marking: Marking<'_>) {
         match control {
             Control::None => {
                 if !self.in_block {
-                    writes.mark(marking.generations, marking.metrics);
+                    self.mark(writes, marking);
                 }
                 self.uncommitted.add(writes);
             }
@@ -124,7 +159,7 @@ impl PendingWrites {
             Control::Commit { committed, chain } => {
                 let ended = std::mem::take(&mut self.uncommitted);
                 if committed {
-                    ended.mark(marking.generations, marking.metrics);
+                    self.mark(&ended, marking);
                 }
                 self.in_block = chain;
             }
@@ -140,7 +175,8 @@ impl PendingWrites {
     pub fn ready(&mut self, txn: TxnStatus, marking: Marking<'_>) {
         self.in_block = !txn.is_idle();
         if txn.is_idle() {
-            std::mem::take(&mut self.uncommitted).mark(marking.generations, marking.metrics);
+            let ended = std::mem::take(&mut self.uncommitted);
+            self.mark(&ended, marking);
         }
     }
 
@@ -149,7 +185,7 @@ impl PendingWrites {
     pub fn lost(&mut self, in_flight: &WriteSet, marking: Marking<'_>) {
         let mut doubtful = std::mem::take(&mut self.uncommitted);
         doubtful.add(in_flight);
-        doubtful.mark(marking.generations, marking.metrics);
+        self.mark(&doubtful, marking);
         self.in_block = false;
     }
 }

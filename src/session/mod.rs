@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::analyze::AnalysisMemo;
+use crate::cache::tier::Tier;
 use crate::cache::{Clocks, Generations, Store};
 use crate::cancel::CancelRegistry;
 use crate::catalog::{Catalogs, SchemaChanges};
@@ -84,6 +85,8 @@ pub struct SessionContext {
     pub metrics: Arc<DeploymentMetrics>,
     /// The write clocks of the origin databases (shared with every deployment).
     pub clocks: Arc<Clocks>,
+    /// The deployment's upstream tier.
+    pub tier: Option<Arc<Tier>>,
     /// Becomes true when the server starts shutting down.
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -97,6 +100,7 @@ impl SessionContext {
         process: &ProcessShared,
         cache: Arc<Store>,
         metrics: Arc<DeploymentMetrics>,
+        tier: Option<Arc<Tier>>,
     ) -> SessionContext {
         let analyzer = Arc::clone(&process.analyzer);
         let catalogs = Arc::new(Catalogs::new(
@@ -115,6 +119,7 @@ impl SessionContext {
             cache,
             metrics,
             clocks: Arc::clone(&process.clocks),
+            tier,
             shutdown: process.shutdown.clone(),
         }
     }

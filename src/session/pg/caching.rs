@@ -27,7 +27,7 @@ use super::request::{PgRefetch, Request};
 use crate::analyze::Analysis;
 use crate::cache::{Entry, Generations, KeyScope};
 use crate::pool::pg::PgPool;
-use crate::proxy::{self, Composer, Situation, ToRecord};
+use crate::proxy::{self, Composer, Situation, ToRecord, Upstream};
 use crate::session::SessionContext;
 use crate::session::settings::SettingMap;
 use crate::wire::pg::backend::TransactionStatus;
@@ -37,10 +37,15 @@ use crate::wire::pg::encode;
 /// pool's database.
 pub(super) fn composer<'a>(
     ctx: &'a SessionContext,
-    pool: &PgPool,
+    pool: &'a PgPool,
     generations: &'a Arc<Generations>,
 ) -> Composer<'a> {
+    let upstream = ctx.tier.as_ref().map(|tier| Upstream {
+        tier,
+        database: &pool.target().target.database,
+    });
     Composer {
+        upstream,
         store: &ctx.cache,
         settings: &ctx.deployment.cache,
         metrics: &ctx.metrics,
@@ -123,7 +128,7 @@ impl Consult<'_> {
         {
             proxy::Consulted::Hit(entry) => Consulted::Hit(entry, ()),
             proxy::Consulted::Forward(flight) => {
-                Consulted::Forward(Box::new(InFlight::tracking(flight)))
+                Consulted::Forward(Box::new(InFlight::tracking(*flight)))
             }
         }
     }

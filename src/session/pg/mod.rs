@@ -131,10 +131,13 @@ pub(super) async fn run(client: Conn, ctx: &Arc<SessionContext>) -> Result<(), S
         catalog_changing: false,
         cancel,
         generations: ctx.generations(&database),
-        writes: PendingWrites::default(),
+        writes: match ctx.tier {
+            Some(_) => PendingWrites::published(),
+            None => PendingWrites::default(),
+        },
     };
     let served = drive(&mut session).await;
-    session.leave();
+    session.leave().await;
     served
 }
 

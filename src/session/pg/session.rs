@@ -108,7 +108,7 @@ impl Frontend for Session {
             }
             self.replies().relay(frame);
             if self.io.client.out.len() >= FLUSH_THRESHOLD {
-                self.io.client.flush().await?;
+                self.flush_client().await?;
             }
             if !self.io.holds() {
                 break;
@@ -119,8 +119,7 @@ impl Frontend for Session {
                 None => None,
             };
         }
-        self.io.client.flush().await?;
-        Ok(())
+        self.flush_client().await
     }
 
     async fn on_timer(&mut self) -> Result<(), SessionError> {
@@ -622,11 +621,14 @@ impl Session {
 
     /// The client left: writes still in flight may commit without anyone seeing their
     /// end, so they are marked (the connection they run on is closed, not reused).
-    pub(super) fn leave(&mut self) {
+    pub(super) async fn leave(&mut self) {
         if self.relay.awaits_origin() || self.requests.unsynced.sent {
             let in_flight = self.requests.writes_in_flight();
             self.writes
                 .lost(&in_flight, marking(&self.generations, &self.ctx));
+        }
+        if let Some(tier) = &self.ctx.tier {
+            self.writes.publish(tier, &self.database).await;
         }
     }
 
@@ -656,10 +658,19 @@ impl Session {
         ));
         if self.status != TransactionStatus::Idle || pinned {
             let fatal = lost.end_session(&mut self.io.client.out);
-            self.io.client.flush().await?;
+            self.flush_client().await?;
             return Err(SessionError::Refused(fatal));
         }
         lost.answer_requests(&mut self.io.client.out);
+        self.flush_client().await
+    }
+
+    /// Sends the client what is buffered for it, once the upstream tier knows of the
+    /// writes those replies complete.
+    async fn flush_client(&mut self) -> Result<(), SessionError> {
+        if let Some(tier) = &self.ctx.tier {
+            self.writes.publish(tier, &self.database).await;
+        }
         self.io.client.flush().await?;
         Ok(())
     }

@@ -1,0 +1,414 @@
+//! The upstream tier against the real PostgreSQL and the Redis on 127.0.0.1:6379 (and
+//! Redis servers the tests start themselves): instances sharing Redis share results,
+//! learn of each other's writes, and keep working, correct, while Redis is away. Each
+//! test uses its own database and key prefix, and removes its keys.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Proxy, TestDatabase};
+use tokio_postgres::{Client, SimpleQueryMessage};
+use warpdrive::cache::tier::{Consistency, TierSettings};
+use warpdrive::config::Deployment;
+
+const REDIS: &str = "redis://127.0.0.1:6379/0";
+
+/// The first column of the first row.
+async fn read(client: &Client, sql: &str) -> Option<String> {
+    let messages = client.simple_query(sql).await.expect("read");
+    messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+        _ => None,
+    })?
+}
+
+/// A key prefix of one test.
+struct Prefix(String);
+
+impl Prefix {
+    fn new(tag: &str) -> Prefix {
+        Prefix(format!("wdtest-{tag}-{:016x}", rand::random::<u64>()))
+    }
+
+    fn tier(&self, url: &str, consistency: Consistency) -> TierSettings {
+        TierSettings {
+            url: url.to_owned(),
+            prefix: self.0.clone(),
+            timeout: Duration::from_millis(20),
+            consistency,
+        }
+    }
+
+    /// Keys of entries stored under the prefix.
+    async fn entries(&self) -> Vec<String> {
+        let mut redis = redis_connection(REDIS).await;
+        redis::cmd("KEYS")
+            .arg(format!("{{{}:*:e:*", self.0))
+            .query_async(&mut redis)
+            .await
+            .expect("KEYS")
+    }
+
+    async fn remove(self) {
+        let mut redis = redis_connection(REDIS).await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{{{}:*", self.0))
+            .query_async(&mut redis)
+            .await
+            .expect("KEYS");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut redis)
+                .await
+                .expect("DEL");
+        }
+    }
+}
+
+async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis is running on 127.0.0.1:6379")
+}
+
+fn tiered(db: &TestDatabase, tier: TierSettings) -> Deployment {
+    let mut deployment = common::cached_deployment(&db.name, 3);
+    deployment.cache.upstream = Some(tier);
+    deployment
+}
+
+async fn table(tag: &str) -> TestDatabase {
+    let db = TestDatabase::create(tag).await;
+    db.direct()
+        .await
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one')",
+        )
+        .await
+        .expect("schema");
+    db
+}
+
+fn l2(proxy: &Proxy) -> warpdrive::metrics::TierSnapshot {
+    proxy.snapshot().l2.expect("the deployment has a tier")
+}
+
+async fn until_up(proxy: &Proxy) {
+    common::eventually("the tier to connect", || l2(proxy).up).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_on_one_instance_is_an_l2_hit_on_another_that_keeps_its_age() {
+    let db = table("tierhit").await;
+    let prefix = Prefix::new("hit");
+    let mut deployment = tiered(&db, prefix.tier(REDIS, Consistency::Fast));
+    deployment.cache.max_age = Duration::from_secs(3);
+    deployment.cache.stale_while_revalidate = Duration::from_secs(30);
+    let a = Proxy::start(deployment.clone()).await;
+    let b = Proxy::start(deployment).await;
+    until_up(&a).await;
+    until_up(&b).await;
+    let on_a = a.connect(&db.name).await;
+    let sql = "SELECT v FROM t WHERE id = 1";
+    assert_eq!(read(&on_a, sql).await.as_deref(), Some("one"));
+    let started = Instant::now();
+    for _ in 0..100 {
+        if !prefix.entries().await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        prefix.entries().await.len(),
+        1,
+        "A stored its result in Redis"
+    );
+    // Changed behind warpdrive's back: only a cached answer is still "one".
+    db.direct()
+        .await
+        .batch_execute("UPDATE t SET v = 'behind' WHERE id = 1")
+        .await
+        .expect("update");
+    let on_b = b.connect(&db.name).await;
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("one"));
+    assert_eq!((b.count("hit"), b.count("miss")), (1, 0));
+    assert_eq!(l2(&b).hits, 1);
+    // B keeps A's age: stale at A's max_age, not three seconds after B's read.
+    tokio::time::sleep(
+        Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(300),
+    )
+    .await;
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("one"));
+    assert_eq!(b.snapshot().stale_served, 1, "served stale at A's max_age");
+    assert_eq!((l2(&b).connects, l2(&b).invalidations_resubscribe), (1, 0));
+    drop((on_a, on_b));
+    a.stop().await;
+    b.stop().await;
+    prefix.remove().await;
+    db.drop_now().await;
+}
+
+/// Reads `sql` on `client` until it answers `want` (at most 2 s); the time it took.
+async fn until_reads(client: &Client, sql: &str, want: &str) -> Duration {
+    let started = Instant::now();
+    while read(client, sql).await.as_deref() != Some(want) {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{sql} never read {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_instance_reaches_the_other_at_once() {
+    let db = table("tierwrite").await;
+    let prefix = Prefix::new("write");
+    let deployment = tiered(&db, prefix.tier(REDIS, Consistency::Fast));
+    let a = Proxy::start(deployment.clone()).await;
+    let b = Proxy::start(deployment).await;
+    until_up(&a).await;
+    until_up(&b).await;
+    let (on_a, on_b) = (a.connect(&db.name).await, b.connect(&db.name).await);
+    let sql = "SELECT v FROM t WHERE id = 1";
+    for value in ["two", "three", "four"] {
+        assert_ne!(read(&on_b, sql).await.as_deref(), Some(value));
+        assert!(read(&on_b, sql).await.is_some());
+        on_a.batch_execute(&format!("UPDATE t SET v = '{value}' WHERE id = 1"))
+            .await
+            .expect("update");
+        let took = until_reads(&on_b, sql, value).await;
+        assert!(
+            took < Duration::from_millis(200),
+            "B read the write after {took:?}"
+        );
+    }
+    assert!(
+        b.count("hit") >= 3,
+        "B served its reads from its cache in between"
+    );
+    assert!(l2(&b).invalidations_remote >= 3);
+    assert_eq!(
+        l2(&b).invalidations_resubscribe,
+        0,
+        "B heard the writes, not a reconnect"
+    );
+    assert!(l2(&b).propagation_count >= 3);
+    drop((on_a, on_b));
+    a.stop().await;
+    b.stop().await;
+    prefix.remove().await;
+    db.drop_now().await;
+}
+
+/// A write whose notice B never hears (the generation moved in Redis by hand) still
+/// reaches B's reads in strict consistency, never in fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_consistency_checks_redis_on_every_hit() {
+    let db = table("tierstrict").await;
+    let prefix = Prefix::new("strict");
+    let strict = Proxy::start(tiered(&db, prefix.tier(REDIS, Consistency::Strict))).await;
+    let fast = Proxy::start(tiered(&db, prefix.tier(REDIS, Consistency::Fast))).await;
+    until_up(&strict).await;
+    until_up(&fast).await;
+    let (on_strict, on_fast) = (strict.connect(&db.name).await, fast.connect(&db.name).await);
+    let sql = "SELECT v FROM t WHERE id = 1";
+    assert_eq!(read(&on_strict, sql).await.as_deref(), Some("one"));
+    assert_eq!(read(&on_fast, sql).await.as_deref(), Some("one"));
+    assert_eq!(read(&on_strict, sql).await.as_deref(), Some("one"));
+    assert_eq!(read(&on_fast, sql).await.as_deref(), Some("one"));
+    let hits = (strict.count("hit"), fast.count("hit"));
+    assert!(hits.0 >= 1 && hits.1 >= 1, "{hits:?}");
+    db.direct()
+        .await
+        .batch_execute("UPDATE t SET v = 'two' WHERE id = 1")
+        .await
+        .expect("update");
+    let mut redis = redis_connection(REDIS).await;
+    let _: i64 = redis::cmd("INCR")
+        .arg(format!("{{{}:{}}}:1:g:t", prefix.0, db.name))
+        .query_async(&mut redis)
+        .await
+        .expect("INCR");
+    assert_eq!(read(&on_strict, sql).await.as_deref(), Some("two"));
+    assert_eq!(read(&on_fast, sql).await.as_deref(), Some("one"));
+    drop((on_strict, on_fast));
+    strict.stop().await;
+    fast.stop().await;
+    prefix.remove().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_costs_a_query_at_most_its_timeout() {
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let db = table("tiersilent").await;
+    let prefix = Prefix::new("silent");
+    let proxy = Proxy::start(tiered(
+        &db,
+        prefix.tier(&format!("redis://127.0.0.1:{port}/0"), Consistency::Fast),
+    ))
+    .await;
+    let client = proxy.connect(&db.name).await;
+    for round in 0..20 {
+        let started = Instant::now();
+        assert_eq!(
+            read(
+                &client,
+                &format!("SELECT v || '{round}' FROM t WHERE id = 1")
+            )
+            .await
+            .as_deref(),
+            Some(format!("one{round}").as_str())
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "round {round} took {:?}",
+            started.elapsed()
+        );
+        // The local cache still serves.
+        let started = Instant::now();
+        read(
+            &client,
+            &format!("SELECT v || '{round}' FROM t WHERE id = 1"),
+        )
+        .await;
+        assert!(started.elapsed() < Duration::from_millis(200));
+    }
+    assert_eq!(proxy.count("hit"), 20);
+    let tier = l2(&proxy);
+    assert!(!tier.up);
+    assert!(tier.skipped + tier.timeouts >= 20, "{tier:?}");
+    // Writes still invalidate on this instance.
+    client
+        .batch_execute("UPDATE t SET v = 'two' WHERE id = 1")
+        .await
+        .expect("update");
+    assert_eq!(
+        read(&client, "SELECT v || '0' FROM t WHERE id = 1")
+            .await
+            .as_deref(),
+        Some("two0")
+    );
+    drop(client);
+    proxy.stop().await;
+    held.abort();
+    db.drop_now().await;
+}
+
+/// A Redis server of the test's own, on a free port, that it can stop and start.
+struct OwnRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut redis = OwnRedis { port, child: None };
+        redis.resume();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn resume(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is required on the PATH");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on {}", self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Redis goes away and comes back (empty: it keeps nothing on disk) while two instances
+/// read and write: queries go on, and no read afterwards is older than a write made
+/// while it was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_while_redis_was_away_are_not_served_stale_after_it_returns() {
+    let mut redis = OwnRedis::start();
+    let db = table("tierback").await;
+    let prefix = Prefix::new("back");
+    let deployment = tiered(&db, prefix.tier(&redis.url(), Consistency::Fast));
+    let a = Proxy::start(deployment.clone()).await;
+    let b = Proxy::start(deployment).await;
+    until_up(&a).await;
+    until_up(&b).await;
+    let (on_a, on_b) = (a.connect(&db.name).await, b.connect(&db.name).await);
+    let sql = "SELECT v FROM t WHERE id = 1";
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("one"));
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("one"));
+    redis.stop();
+    common::eventually("both instances to see Redis gone", || {
+        !l2(&a).up && !l2(&b).up
+    })
+    .await;
+    assert!(l2(&b).invalidations_resubscribe >= 1);
+    on_a.batch_execute("UPDATE t SET v = 'two' WHERE id = 1")
+        .await
+        .expect("update while away");
+    // B dropped what it held when it lost Redis, so it reads the write.
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("two"));
+    assert_eq!(read(&on_a, sql).await.as_deref(), Some("two"));
+    redis.resume();
+    common::eventually("both instances to reconnect", || l2(&a).up && l2(&b).up).await;
+    on_a.batch_execute("UPDATE t SET v = 'three' WHERE id = 1")
+        .await
+        .expect("update after");
+    until_reads(&on_b, sql, "three").await;
+    assert_eq!(read(&on_a, sql).await.as_deref(), Some("three"));
+    drop((on_a, on_b));
+    a.stop().await;
+    b.stop().await;
+    db.drop_now().await;
+}
