@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::cache::Store;
+use crate::cache::tier::Tier;
 use crate::metrics::Registry;
 
 /// What the admin listener answers for: the counters, and each deployment's cache.
@@ -20,8 +21,19 @@ use crate::metrics::Registry;
 pub struct Admin {
     /// The deployments' counters.
     pub registry: Registry,
-    /// Each deployment's cache, by name.
-    pub caches: Vec<(String, Arc<Store>)>,
+    /// Each deployment's cache.
+    pub caches: Vec<DeploymentCache>,
+}
+
+/// One deployment's cache, as a purge reaches it.
+#[derive(Clone)]
+pub struct DeploymentCache {
+    /// The deployment.
+    pub name: String,
+    /// Its store.
+    pub store: Arc<Store>,
+    /// Its upstream tier, through which other instances purge too.
+    pub tier: Option<Arc<Tier>>,
 }
 
 /// What `POST /purge` dropped.
@@ -40,12 +52,16 @@ pub struct DeploymentPurged {
     pub deployment: String,
     /// Entries dropped.
     pub dropped: u64,
+    /// With an upstream tier: whether Redis took the purge to the other instances
+    /// (false when it could not be reached). `None` without one.
+    #[serde(default)]
+    pub shared: Option<bool>,
 }
 
 impl Admin {
     /// Purges what the query string asks: `all=true`, or `table=T` (repeatable), for
     /// every deployment or `deployment=NAME`. The error is the client's.
-    fn purge(&self, query: &str) -> Result<Purged, (&'static str, String)> {
+    async fn purge(&self, query: &str) -> Result<Purged, (&'static str, String)> {
         let mut deployment = None;
         let mut tables = Vec::new();
         let mut all = false;
@@ -75,10 +91,18 @@ impl Admin {
         let caches: Vec<_> = self
             .caches
             .iter()
-            .filter(|(name, _)| deployment.as_ref().is_none_or(|wanted| wanted == name))
+            .filter(|cache| {
+                deployment
+                    .as_ref()
+                    .is_none_or(|wanted| *wanted == cache.name)
+            })
             .collect();
         if caches.is_empty() {
-            let names: Vec<&str> = self.caches.iter().map(|(name, _)| name.as_str()).collect();
+            let names: Vec<&str> = self
+                .caches
+                .iter()
+                .map(|cache| cache.name.as_str())
+                .collect();
             return Err((
                 "404 Not Found",
                 format!(
@@ -88,13 +112,20 @@ impl Admin {
                 ),
             ));
         }
-        let deployments: Vec<DeploymentPurged> = caches
-            .into_iter()
-            .map(|(name, store)| DeploymentPurged {
-                deployment: name.clone(),
-                dropped: store.purge((!all).then_some(tables.as_slice())),
-            })
-            .collect();
+        let tables = (!all).then_some(tables.as_slice());
+        let mut deployments = Vec::new();
+        for cache in caches {
+            let dropped = cache.store.purge(tables);
+            let shared = match &cache.tier {
+                Some(tier) => Some(tier.purge(tables).await),
+                None => None,
+            };
+            deployments.push(DeploymentPurged {
+                deployment: cache.name.clone(),
+                dropped,
+                shared,
+            });
+        }
         Ok(Purged {
             dropped: deployments.iter().map(|d| d.dropped).sum(),
             deployments,
@@ -173,7 +204,7 @@ async fn answer(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
             serde_json::to_string_pretty(&registry.snapshots()).unwrap_or_else(|_| "[]".to_owned()),
         ),
         (b"GET", b"/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-        (b"POST", b"/purge") => match admin.purge(query) {
+        (b"POST", b"/purge") => match admin.purge(query).await {
             Ok(purged) => (
                 "200 OK",
                 "application/json",
@@ -254,7 +285,11 @@ mod tests {
         let store = Store::new(1 << 20, 1 << 10, Clock::system());
         let admin = Admin {
             registry,
-            caches: vec![("d".to_owned(), store)],
+            caches: vec![DeploymentCache {
+                name: "d".to_owned(),
+                store,
+                tier: None,
+            }],
         };
         let server = tokio::spawn(serve(listener, admin));
         let metrics = get(&address, "/metrics").await.unwrap();

@@ -429,6 +429,19 @@ fn purge(args: PurgeArgs) -> anyhow::Result<()> {
         purged.dropped,
         each.join(", ")
     );
+    for deployment in &purged.deployments {
+        match deployment.shared {
+            Some(true) => println!(
+                "{}: the other instances sharing its upstream were told",
+                deployment.deployment
+            ),
+            Some(false) => eprintln!(
+                "{}: its upstream (Redis) could not be reached: other instances keep their entries until they expire; purge again once Redis answers",
+                deployment.deployment
+            ),
+            None => {}
+        }
+    }
     Ok(())
 }
 

@@ -465,6 +465,8 @@ pub struct TierSnapshot {
     pub invalidations_remote: u64,
     /// Entries dropped for a lost or renewed subscription.
     pub invalidations_resubscribe: u64,
+    /// Other instances' purges heard of.
+    pub invalidations_purge: u64,
     /// Connections made.
     pub connects: u64,
     /// Remote invalidations whose propagation delay was measured.
@@ -487,6 +489,7 @@ impl TierSnapshot {
             bytes_written: load(&stats.bytes_written),
             invalidations_remote: load(&stats.invalidations_remote),
             invalidations_resubscribe: load(&stats.invalidations_resubscribe),
+            invalidations_purge: load(&stats.invalidations_purge),
             connects: load(&stats.connects),
             propagation_count: stats.propagation.count(),
         }
@@ -612,7 +615,7 @@ pub fn stats_table(snapshots: &[DeploymentSnapshot]) -> String {
         if let Some(l2) = &snapshot.l2 {
             let _ = writeln!(
                 out,
-                "  upstream: {}; {} hits, {} misses; {} errors, {} timeouts, {} skipped while down, {} values refused; {} bytes read, {} written; {} remote invalidations, {} for resubscribing; {} connects",
+                "  upstream: {}; {} hits, {} misses; {} errors, {} timeouts, {} skipped while down, {} values refused; {} bytes read, {} written; {} remote invalidations, {} remote purges, {} for resubscribing; {} connects",
                 if l2.up { "up" } else { "down" },
                 l2.hits,
                 l2.misses,
@@ -623,6 +626,7 @@ pub fn stats_table(snapshots: &[DeploymentSnapshot]) -> String {
                 l2.bytes_read,
                 l2.bytes_written,
                 l2.invalidations_remote,
+                l2.invalidations_purge,
                 l2.invalidations_resubscribe,
                 l2.connects
             );
@@ -704,7 +708,7 @@ const HELP: &str = "\
 # TYPE warpdrive_origin_connections_closed_total counter
 # HELP warpdrive_pool_acquire_timeouts_total Checkouts that gave up after acquire_timeout.
 # TYPE warpdrive_pool_acquire_timeouts_total counter
-# HELP warpdrive_cache_invalidations_total Invalidations of cached reads, by cause (write: a write of named tables here; unknown_write: of the whole database; remote: another instance's write; resubscribe: everything, for a lost or renewed subscription to the upstream).
+# HELP warpdrive_cache_invalidations_total Invalidations of cached reads, by cause (write: a write of named tables here; unknown_write: of the whole database; remote: another instance's write; purge: another instance's purge; resubscribe: everything, for a lost or renewed subscription to the upstream).
 # TYPE warpdrive_cache_invalidations_total counter
 # HELP warpdrive_cache_entries_invalidated_total Entries dropped because a write reached what they read.
 # TYPE warpdrive_cache_entries_invalidated_total counter

@@ -208,7 +208,11 @@ impl Server {
         let caches = self
             .listeners
             .iter()
-            .map(|(_, ctx)| (ctx.deployment.name.clone(), Arc::clone(&ctx.cache)))
+            .map(|(_, ctx)| crate::admin::DeploymentCache {
+                name: ctx.deployment.name.clone(),
+                store: Arc::clone(&ctx.cache),
+                tier: ctx.tier.clone(),
+            })
             .collect();
         let admin = crate::admin::Admin {
             registry: self.registry.clone(),

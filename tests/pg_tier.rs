@@ -53,7 +53,7 @@ impl Prefix {
     async fn remove(self) {
         let mut redis = redis_connection(REDIS).await;
         let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{{{}:*", self.0))
+            .arg(format!("{{{}*", self.0))
             .query_async(&mut redis)
             .await
             .expect("KEYS");
@@ -410,5 +410,75 @@ async fn writes_while_redis_was_away_are_not_served_stale_after_it_returns() {
     drop((on_a, on_b));
     a.stop().await;
     b.stop().await;
+    db.drop_now().await;
+}
+
+async fn purge(proxy: &Proxy, query: &str) -> warpdrive::admin::Purged {
+    let admin = proxy.admin.expect("an admin listener").to_string();
+    let body = warpdrive::admin::post(&admin, &format!("/purge?{query}"))
+        .await
+        .expect("POST /purge");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// A purge through one instance drops the entries of the other too, and those in
+/// Redis: by table, then everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_instance_reaches_every_instance_and_redis() {
+    let db = table("tierpurge").await;
+    db.direct()
+        .await
+        .batch_execute("CREATE TABLE u (v text); INSERT INTO u VALUES ('u1')")
+        .await
+        .expect("schema");
+    let prefix = Prefix::new("purge");
+    let deployment = tiered(&db, prefix.tier(REDIS, Consistency::Fast));
+    let a = Proxy::start_with_admin(deployment.clone()).await;
+    let b = Proxy::start(deployment).await;
+    until_up(&a).await;
+    until_up(&b).await;
+    let (on_a, on_b) = (a.connect(&db.name).await, b.connect(&db.name).await);
+    let (of_t, of_u) = ("SELECT v FROM t WHERE id = 1", "SELECT v FROM u");
+    for client in [&on_a, &on_b] {
+        assert_eq!(read(client, of_t).await.as_deref(), Some("one"));
+        assert_eq!(read(client, of_u).await.as_deref(), Some("u1"));
+    }
+    db.direct()
+        .await
+        .batch_execute("UPDATE t SET v = 'two'; UPDATE u SET v = 'u2'")
+        .await
+        .expect("behind warpdrive's back");
+    assert_eq!(read(&on_b, of_t).await.as_deref(), Some("one"), "cached");
+    let purged = purge(&a, "table=t").await;
+    assert_eq!(purged.dropped, 1, "{purged:?}");
+    assert_eq!(purged.deployments[0].shared, Some(true));
+    common::eventually("B to hear the purge", || l2(&b).invalidations_purge >= 1).await;
+    for client in [&on_a, &on_b] {
+        assert_eq!(read(client, of_t).await.as_deref(), Some("two"));
+        assert_eq!(
+            read(client, of_u).await.as_deref(),
+            Some("u1"),
+            "u was not purged"
+        );
+    }
+    // A third instance, which held nothing, finds nothing old in Redis either.
+    let c = Proxy::start(tiered(&db, prefix.tier(REDIS, Consistency::Fast))).await;
+    until_up(&c).await;
+    let on_c = c.connect(&db.name).await;
+    assert_eq!(read(&on_c, of_t).await.as_deref(), Some("two"));
+    let purged = purge(&a, "all=true").await;
+    assert_eq!(purged.deployments[0].shared, Some(true));
+    common::eventually("B and C to hear it", || {
+        l2(&b).invalidations_purge >= 2 && l2(&c).invalidations_purge >= 1
+    })
+    .await;
+    for client in [&on_a, &on_b, &on_c] {
+        assert_eq!(read(client, of_u).await.as_deref(), Some("u2"));
+    }
+    drop((on_a, on_b, on_c));
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+    prefix.remove().await;
     db.drop_now().await;
 }

@@ -129,6 +129,8 @@ impl TestDatabase {
 /// A warpdrive server running inside the test.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The admin listener's address, when started with one.
+    pub admin: Option<SocketAddr>,
     /// Every deployment's address, in configuration order.
     pub addrs: Vec<SocketAddr>,
     pub registry: warpdrive::metrics::Registry,
@@ -209,6 +211,7 @@ impl Proxy {
             .with_drain_timeout(Duration::from_secs(2));
         let addrs = server.local_addrs();
         let addr = addrs[0];
+        let admin = server.admin_addr();
         let registry = server.registry();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async {
@@ -216,11 +219,25 @@ impl Proxy {
         }));
         Proxy {
             addr,
+            admin,
             addrs,
             registry,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// With an admin listener on a free loopback port.
+    pub async fn start_with_admin(deployment: Deployment) -> Proxy {
+        Proxy::start_config(
+            Config {
+                deployments: vec![deployment],
+                admin: "127.0.0.1:0".parse().ok(),
+                rules: None,
+            },
+            warpdrive::clock::Clock::system(),
+        )
+        .await
     }
 
     /// Several deployments in one process.

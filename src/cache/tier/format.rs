@@ -43,6 +43,8 @@ pub struct Notice {
     pub database: String,
     /// The tables written; `None` for anything in the database.
     pub tables: Option<Vec<String>>,
+    /// An operator's purge rather than a write.
+    pub purge: bool,
     /// When it was sent, in microseconds since the Unix epoch (for the propagation
     /// delay, which is only meaningful between hosts whose clocks agree).
     pub sent_at_us: u64,
@@ -112,6 +114,7 @@ mod tests {
             sender: 9,
             database: "shop".to_owned(),
             tables: None,
+            purge: true,
             sent_at_us: 5,
         };
         assert_eq!(decode_notice(&encode(&notice)), Ok(notice));
@@ -142,6 +145,7 @@ mod tests {
             sender: 1,
             database: "d".to_owned(),
             tables: Some(vec!["t".to_owned()]),
+            purge: false,
             sent_at_us: 0,
         };
         assert!(decode_entry(&encode(&notice)).is_err());

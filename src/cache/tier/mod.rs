@@ -6,6 +6,7 @@
 //! database goes to one node):
 //! - `{prefix:db}:1:e:<key>`: an entry ([`format::StoredEntry`]), with a TTL of its
 //!   remaining life;
+//! - `{prefix}:1:databases`: the databases whose entries were stored, for purges;
 //! - `{prefix:db}:1:g:<table>`, `…:all`, `…:any`: generation counters, without a TTL
 //!   (Redis must not evict them: `maxmemory-policy` `noeviction` or `volatile-*`). A
 //!   write increments those of its tables (or `all`) and `any`, then publishes a
@@ -143,6 +144,8 @@ pub struct TierStats {
     pub refused_values: AtomicU64,
     /// Other instances' writes heard of.
     pub invalidations_remote: AtomicU64,
+    /// Other instances' purges heard of.
+    pub invalidations_purge: AtomicU64,
     /// Times the instance dropped its entries for a lost or renewed subscription.
     pub invalidations_resubscribe: AtomicU64,
     /// Connections (and subscriptions) made to Redis.
@@ -323,6 +326,7 @@ impl Tier {
             return;
         }
         let entry_key = self.keys(database).entry(key);
+        let (databases_key, database) = (self.databases_key(), database.to_owned());
         let tier = Arc::clone(self);
         tokio::spawn(async move {
             let value = format::encode(&entry);
@@ -330,11 +334,15 @@ impl Tier {
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
             let stored = tier
                 .run(|mut connection| async move {
-                    redis::cmd("SET")
+                    redis::pipe()
+                        .cmd("SET")
                         .arg(&entry_key)
                         .arg(value)
                         .arg("PX")
                         .arg(ttl_ms)
+                        .ignore()
+                        .sadd(&databases_key, &database)
+                        .ignore()
                         .query_async::<()>(&mut connection)
                         .await
                 })
@@ -353,9 +361,9 @@ impl Tier {
             std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
         let mut pipe = redis::pipe();
         pipe.atomic();
-        self.add_mark(&mut pipe, database, written);
+        self.add_mark(&mut pipe, database, written, false);
         for other in owed.iter().filter(|other| *other != database) {
-            self.add_mark(&mut pipe, other, Written::Everything);
+            self.add_mark(&mut pipe, other, Written::Everything, false);
         }
         let sent = self
             .run(|mut connection| async move { pipe.query_async::<()>(&mut connection).await })
@@ -367,7 +375,51 @@ impl Tier {
         }
     }
 
-    fn add_mark(&self, pipe: &mut redis::Pipeline, database: &str, written: Written<'_>) {
+    /// An operator's purge of `tables` (everything, for `None`): the entries in Redis
+    /// that read them are no longer served, and the other instances drop theirs, for
+    /// every database any instance stored entries of. False when Redis did not answer.
+    pub async fn purge(&self, tables: Option<&[String]>) -> bool {
+        let databases_key = self.databases_key();
+        let listed = self
+            .run(|mut connection| async move {
+                redis::cmd("SMEMBERS")
+                    .arg(&databases_key)
+                    .query_async::<Vec<String>>(&mut connection)
+                    .await
+            })
+            .await;
+        let Some(mut databases) = listed else {
+            return false;
+        };
+        databases.extend(
+            self.databases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        databases.sort();
+        databases.dedup();
+        let written = match tables {
+            Some(tables) => Written::Tables(tables),
+            None => Written::Everything,
+        };
+        let mut pipe = redis::pipe();
+        for database in &databases {
+            self.add_mark(&mut pipe, database, written, true);
+        }
+        self.run(|mut connection| async move { pipe.query_async::<()>(&mut connection).await })
+            .await
+            .is_some()
+    }
+
+    fn add_mark(
+        &self,
+        pipe: &mut redis::Pipeline,
+        database: &str,
+        written: Written<'_>,
+        purge: bool,
+    ) {
         let keys = self.keys(database);
         let tables = match written {
             Written::Tables(tables) => {
@@ -388,6 +440,7 @@ impl Tier {
             sender: self.clocks.instance(),
             database: database.to_owned(),
             tables,
+            purge,
             sent_at_us: u64::try_from(wall_clock().as_micros()).unwrap_or(u64::MAX),
         };
         pipe.publish(self.channel(), format::encode(&notice))
@@ -429,6 +482,11 @@ impl Tier {
         Keys(format!("{{{}:{database}}}:{FORMAT}", self.settings.prefix))
     }
 
+    /// The set of databases whose entries are in Redis (for purges).
+    fn databases_key(&self) -> String {
+        format!("{{{}}}:{FORMAT}:databases", self.settings.prefix)
+    }
+
     fn channel(&self) -> String {
         format!("{}:{FORMAT}:notices", self.settings.prefix)
     }
@@ -451,9 +509,11 @@ impl Tier {
             Some(tables) => generations.invalidate(Written::Tables(tables)),
             None => generations.invalidate(Written::Everything),
         }
-        self.stats
-            .invalidations_remote
-            .fetch_add(1, Ordering::Relaxed);
+        let counter = match notice.purge {
+            true => &self.stats.invalidations_purge,
+            false => &self.stats.invalidations_remote,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let sent = Duration::from_micros(notice.sent_at_us);
         self.stats
             .propagation
