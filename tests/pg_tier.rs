@@ -51,19 +51,7 @@ impl Prefix {
     }
 
     async fn remove(self) {
-        let mut redis = redis_connection(REDIS).await;
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{{{}*", self.0))
-            .query_async(&mut redis)
-            .await
-            .expect("KEYS");
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut redis)
-                .await
-                .expect("DEL");
-        }
+        common::remove_redis_keys(&self.0).await;
     }
 }
 

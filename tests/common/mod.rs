@@ -611,3 +611,24 @@ pub fn caching_off_for(table: &str) -> warpdrive::config::CacheRule {
         stale_while_revalidate: None,
     }
 }
+
+/// Removes every key of the Redis on 127.0.0.1:6379 under the tier prefix `prefix`.
+pub async fn remove_redis_keys(prefix: &str) {
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379/0")
+        .expect("redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis is running on 127.0.0.1:6379");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}*"))
+        .query_async(&mut redis)
+        .await
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut redis)
+            .await
+            .expect("DEL");
+    }
+}
