@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::analyze::memo::DEFAULT_MEMO_ENTRIES;
 use crate::analyze::{AnalysisMemo, Analyzer, AnalyzerOptions, Dialect, Rules, RulesError};
-use crate::cache::tier::{Tier, TierUrlError};
+use crate::cache::tier::{Tier, TierError};
 use crate::cache::{Clocks, Store};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -51,7 +51,7 @@ pub enum ServerError {
         /// The deployment.
         deployment: String,
         /// Why.
-        source: TierUrlError,
+        source: TierError,
     },
 }
 

@@ -37,6 +37,7 @@ impl Prefix {
             prefix: self.0.clone(),
             timeout: Duration::from_millis(20),
             consistency,
+            ca_file: None,
         }
     }
 
@@ -302,16 +303,27 @@ async fn a_silent_redis_costs_a_query_at_most_its_timeout() {
 /// A Redis server of the test's own, on a free port, that it can stop and start.
 struct OwnRedis {
     port: u16,
+    /// Further arguments of redis-server (TLS).
+    extra: Vec<String>,
     child: Option<std::process::Child>,
 }
 
 impl OwnRedis {
     fn start() -> OwnRedis {
+        OwnRedis::start_with(|_| Vec::new())
+    }
+
+    /// With the arguments `extra` gives for the port.
+    fn start_with(extra: impl FnOnce(u16) -> Vec<String>) -> OwnRedis {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut redis = OwnRedis { port, child: None };
+        let mut redis = OwnRedis {
+            port,
+            extra: extra(port),
+            child: None,
+        };
         redis.resume();
         redis
     }
@@ -321,17 +333,15 @@ impl OwnRedis {
     }
 
     fn resume(&mut self) {
+        let port = self.port.to_string();
+        let mut args = vec!["--port", &port];
+        if !self.extra.is_empty() {
+            args = vec!["--port", "0"];
+        }
         let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is required on the PATH");
@@ -468,5 +478,80 @@ async fn a_purge_on_one_instance_reaches_every_instance_and_redis() {
     b.stop().await;
     c.stop().await;
     prefix.remove().await;
+    db.drop_now().await;
+}
+
+/// `rediss://` with the server's CA given by `upstream_ca`: the tier connects over TLS
+/// and instances share entries through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tier_speaks_tls_with_its_own_ca() {
+    let dir = std::env::temp_dir().join(format!("warpdrive-rediss-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+    let (cert, key) = (dir.join("redis.crt"), dir.join("redis.key"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    let tls = {
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        OwnRedis::start_with(move |port| {
+            vec![
+                "--tls-port".to_owned(),
+                port.to_string(),
+                "--tls-cert-file".to_owned(),
+                cert.clone(),
+                "--tls-key-file".to_owned(),
+                key,
+                "--tls-ca-cert-file".to_owned(),
+                cert,
+                "--tls-auth-clients".to_owned(),
+                "no".to_owned(),
+            ]
+        })
+    };
+    let db = table("tiertls").await;
+    let prefix = Prefix::new("tls");
+    let mut tier = prefix.tier(
+        &format!("rediss://127.0.0.1:{}/0", tls.port),
+        Consistency::Fast,
+    );
+    tier.ca_file = Some(cert.clone());
+    let a = Proxy::start(tiered(&db, tier.clone())).await;
+    let b = Proxy::start(tiered(&db, tier)).await;
+    until_up(&a).await;
+    until_up(&b).await;
+    let sql = "SELECT v FROM t WHERE id = 1";
+    let on_a = a.connect(&db.name).await;
+    assert_eq!(read(&on_a, sql).await.as_deref(), Some("one"));
+    common::eventually("A to store its result in Redis", || {
+        l2(&a).bytes_written > 0
+    })
+    .await;
+    let on_b = b.connect(&db.name).await;
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("one"));
+    assert_eq!((l2(&b).hits, b.count("miss")), (1, 0));
+    // Without the CA, the server's certificate is refused: the tier stays down.
+    let untrusted = Proxy::start(tiered(
+        &db,
+        prefix.tier(
+            &format!("rediss://127.0.0.1:{}/0", tls.port),
+            Consistency::Fast,
+        ),
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!l2(&untrusted).up);
+    let on_untrusted = untrusted.connect(&db.name).await;
+    assert_eq!(
+        read(&on_untrusted, sql).await.as_deref(),
+        Some("one"),
+        "queries go on without it"
+    );
+    drop((on_a, on_b, on_untrusted));
+    a.stop().await;
+    b.stop().await;
+    untrusted.stop().await;
+    drop(tls);
+    let _ = std::fs::remove_dir_all(&dir);
     db.drop_now().await;
 }

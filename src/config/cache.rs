@@ -15,6 +15,7 @@
 //! upstream_prefix = "warpdrive"  # namespace of its keys (default "warpdrive")
 //! upstream_timeout = "20ms"      # longest wait for Redis before the origin
 //! consistency = "fast"           # or "strict": check Redis on every hit
+//! upstream_ca = "redis-ca.pem"   # rediss:// only: CA instead of the system's
 //!
 //! [[deployment.cache.rule]]      # by tables read …
 //! tables = ["prices"]
@@ -29,6 +30,7 @@
 //! max_age = "1h"
 //! ```
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -79,6 +81,7 @@ pub fn upstream(url: &str) -> TierSettings {
         prefix: DEFAULT_UPSTREAM_PREFIX.to_owned(),
         timeout: DEFAULT_UPSTREAM_TIMEOUT,
         consistency: Consistency::Fast,
+        ca_file: None,
     }
 }
 
@@ -164,6 +167,7 @@ pub(super) struct RawCache {
     upstream_prefix: Option<String>,
     upstream_timeout: Option<RawDuration>,
     consistency: Option<String>,
+    upstream_ca: Option<PathBuf>,
     #[serde(default, rename = "rule")]
     rules: Vec<RawRule>,
 }
@@ -213,6 +217,7 @@ impl RawCache {
                 ("upstream_prefix", self.upstream_prefix.is_some()),
                 ("upstream_timeout", self.upstream_timeout.is_some()),
                 ("consistency", self.consistency.is_some()),
+                ("upstream_ca", self.upstream_ca.is_some()),
             ];
             return match stray.iter().find(|(_, set)| *set) {
                 Some((field, _)) => Err(ConfigError::invalid(
@@ -251,6 +256,15 @@ impl RawCache {
                 ));
             }
         };
+        if let Some(ca) = &self.upstream_ca {
+            if !url.starts_with("rediss://") {
+                return Err(ConfigError::invalid(
+                    key("upstream_ca"),
+                    "applies to TLS: write the upstream as rediss://HOST:PORT/DB",
+                ));
+            }
+            tier.ca_file = Some(ca.clone());
+        }
         Ok(Some(tier))
     }
 

@@ -194,6 +194,27 @@ fn the_upstream_tier_is_configured_and_checked() {
         "{base}upstream = \"redis://r\"\nupstream_prefix = \"a{{b}}\"\n"
     ));
     assert!(tag.contains("upstream_prefix"), "{tag}");
+    let plain_ca = problem(&format!(
+        "{base}upstream = \"redis://r\"\nupstream_ca = \"ca.pem\"\n"
+    ));
+    assert!(
+        plain_ca.contains("upstream_ca") && plain_ca.contains("rediss://"),
+        "{plain_ca}"
+    );
+    let with_ca = Config::from_toml(
+        &format!("{base}upstream = \"rediss://r\"\nupstream_ca = \"ca.pem\"\n"),
+        "test.toml",
+    )
+    .expect("valid");
+    let tier = with_ca.deployments[0]
+        .cache
+        .upstream
+        .as_ref()
+        .expect("a tier");
+    assert_eq!(
+        tier.ca_file.as_deref(),
+        Some(std::path::Path::new("ca.pem"))
+    );
     let listen: SocketAddr = "127.0.0.1:6432".parse().expect("addr");
     let single = Config::single(&SingleDeployment {
         cache_upstream: Some("redis://127.0.0.1:6379/0".to_owned()),

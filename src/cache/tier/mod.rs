@@ -27,6 +27,7 @@ pub mod format;
 mod link;
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -71,6 +72,9 @@ pub struct TierSettings {
     pub timeout: Duration,
     /// Fast or strict.
     pub consistency: Consistency,
+    /// CA certificates (PEM) that a `rediss://` server's certificate is checked
+    /// against, instead of the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for TierSettings {
@@ -80,6 +84,7 @@ impl std::fmt::Debug for TierSettings {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("consistency", &self.consistency)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -175,29 +180,55 @@ pub struct Tier {
     last_log: Mutex<Option<Instant>>,
 }
 
-/// A URL the tier cannot use.
+/// Why the tier cannot start.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "cache upstream {url:?} is not a Redis URL warpdrive can use ({reason}); write redis://HOST:PORT/DB or rediss://HOST:PORT/DB"
-)]
-pub struct TierUrlError {
-    url: String,
-    reason: String,
+pub enum TierError {
+    /// The URL is not one the Redis client takes.
+    #[error(
+        "cache upstream {url:?} is not a Redis URL warpdrive can use ({reason}); write redis://HOST:PORT/DB or rediss://HOST:PORT/DB"
+    )]
+    Url {
+        /// The URL, without its password.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The CA file named by `upstream_ca` cannot be read.
+    #[error("cannot read the cache upstream's CA file {path}: {source}; check upstream_ca")]
+    Ca {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl Tier {
     /// Starts the tier of `settings`: it connects in the background (lookups go to the
     /// origin until it has), and marks remote writes on `clocks`.
-    pub fn start(settings: TierSettings, clocks: Arc<Clocks>) -> Result<Arc<Tier>, TierUrlError> {
-        let refused = |reason: String| TierUrlError {
+    pub fn start(settings: TierSettings, clocks: Arc<Clocks>) -> Result<Arc<Tier>, TierError> {
+        let refused = |reason: String| TierError::Url {
             url: redacted(&settings.url),
             reason,
         };
         if !(settings.url.starts_with("redis://") || settings.url.starts_with("rediss://")) {
             return Err(refused("the scheme is neither redis nor rediss".to_owned()));
         }
-        let client =
-            redis::Client::open(settings.url.as_str()).map_err(|e| refused(e.to_string()))?;
+        let client = match &settings.ca_file {
+            None => redis::Client::open(settings.url.as_str()),
+            Some(path) => {
+                let root_cert = std::fs::read(path).map_err(|source| TierError::Ca {
+                    path: path.clone(),
+                    source,
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(settings.url.as_str(), certificates)
+            }
+        }
+        .map_err(|e| refused(e.to_string()))?;
         let tier = Arc::new(Tier {
             link: Link::new(settings.timeout),
             settings,
@@ -730,6 +761,7 @@ mod tests {
             prefix: "p".to_owned(),
             timeout: Duration::from_millis(20),
             consistency: Consistency::Fast,
+            ca_file: None,
         };
         assert!(!format!("{settings:?}").contains("secret"));
         assert_eq!(
