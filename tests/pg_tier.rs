@@ -334,12 +334,13 @@ impl OwnRedis {
 
     fn resume(&mut self) {
         let port = self.port.to_string();
-        let mut args = vec!["--port", &port];
-        if !self.extra.is_empty() {
-            args = vec!["--port", "0"];
-        }
+        let own_port = !self.extra.iter().any(|arg| arg == "--port");
         let child = std::process::Command::new("redis-server")
-            .args(args)
+            .args(if own_port {
+                vec!["--port", &port]
+            } else {
+                Vec::new()
+            })
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(&self.extra)
             .stdout(std::process::Stdio::null())
@@ -496,6 +497,8 @@ async fn the_tier_speaks_tls_with_its_own_ca() {
         let (cert, key) = (cert.display().to_string(), key.display().to_string());
         OwnRedis::start_with(move |port| {
             vec![
+                "--port".to_owned(),
+                "0".to_owned(),
                 "--tls-port".to_owned(),
                 port.to_string(),
                 "--tls-cert-file".to_owned(),
@@ -553,5 +556,135 @@ async fn the_tier_speaks_tls_with_its_own_ca() {
     untrusted.stop().await;
     drop(tls);
     let _ = std::fs::remove_dir_all(&dir);
+    db.drop_now().await;
+}
+
+/// A Redis Cluster of three primaries on loopback ports, made by the test.
+struct OwnCluster {
+    nodes: Vec<OwnRedis>,
+    dir: std::path::PathBuf,
+}
+
+impl OwnCluster {
+    async fn start() -> OwnCluster {
+        let dir =
+            std::env::temp_dir().join(format!("warpdrive-cluster-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let nodes: Vec<OwnRedis> = (0..3)
+            .map(|_| {
+                let dir = dir.display().to_string();
+                OwnRedis::start_with(move |port| {
+                    vec![
+                        "--cluster-enabled".to_owned(),
+                        "yes".to_owned(),
+                        "--cluster-config-file".to_owned(),
+                        format!("{dir}/nodes-{port}.conf"),
+                        "--dir".to_owned(),
+                        dir,
+                    ]
+                })
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is required on the PATH");
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let cluster = OwnCluster { nodes, dir };
+        for _ in 0..100 {
+            let info = std::process::Command::new("redis-cli")
+                .args(["-p", &cluster.nodes[0].port.to_string(), "cluster", "info"])
+                .output()
+                .expect("redis-cli");
+            if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                return cluster;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the cluster did not become ready");
+    }
+
+    fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}/", hosts.join(","))
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// On a three-node Redis Cluster: an L2 hit on the second instance, a write on one seen
+/// by the other, strict hits checked, and a purge that reaches the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tier_and_its_invalidations_work_on_a_redis_cluster() {
+    let cluster = OwnCluster::start().await;
+    let db = table("tiercluster").await;
+    let prefix = Prefix::new("cluster");
+    let a =
+        Proxy::start_with_admin(tiered(&db, prefix.tier(&cluster.url(), Consistency::Fast))).await;
+    let b = Proxy::start(tiered(
+        &db,
+        prefix.tier(&cluster.url(), Consistency::Strict),
+    ))
+    .await;
+    until_up(&a).await;
+    until_up(&b).await;
+    let (on_a, on_b) = (a.connect(&db.name).await, b.connect(&db.name).await);
+    let sql = "SELECT v FROM t WHERE id = 1";
+    assert_eq!(read(&on_a, sql).await.as_deref(), Some("one"));
+    common::eventually("A to store its result in Redis", || {
+        l2(&a).bytes_written > 0
+    })
+    .await;
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("one"));
+    assert_eq!((l2(&b).hits, b.count("miss")), (1, 0), "{:?}", l2(&b));
+    assert_eq!(read(&on_a, sql).await.as_deref(), Some("one"));
+    on_b.batch_execute("UPDATE t SET v = 'two' WHERE id = 1")
+        .await
+        .expect("update");
+    until_reads(&on_a, sql, "two").await;
+    assert!(l2(&a).invalidations_remote >= 1);
+    // Strict B: a hit after a write through A is fresh at once.
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("two"));
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("two"));
+    on_a.batch_execute("UPDATE t SET v = 'three' WHERE id = 1")
+        .await
+        .expect("update");
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("three"));
+    // A purge through A, of a change behind warpdrive's back, reaches B.
+    db.direct()
+        .await
+        .batch_execute("UPDATE t SET v = 'four' WHERE id = 1")
+        .await
+        .expect("behind");
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("three"), "cached");
+    let purged = purge(&a, "table=t").await;
+    assert_eq!(purged.deployments[0].shared, Some(true), "{purged:?}");
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("four"));
+    assert_eq!((l2(&a).errors, l2(&b).errors), (0, 0));
+    drop((on_a, on_b));
+    a.stop().await;
+    b.stop().await;
+    drop(cluster);
     db.drop_now().await;
 }

@@ -11,7 +11,7 @@
 //! capacity_bytes = "256MiB"      # memory for cached results
 //! stable_functions = "cache"     # or "bypass": refuse now(), current_date, …
 //! invalidate_on_write = true     # a write through warpdrive drops the reads it reached
-//! upstream = "redis://127.0.0.1:6379/0"  # optional L2 tier shared by instances
+//! upstream = "redis://127.0.0.1:6379/0"  # optional L2 tier shared by instances (rediss://, redis+cluster://H:P,H:P/)
 //! upstream_prefix = "warpdrive"  # namespace of its keys (default "warpdrive")
 //! upstream_timeout = "20ms"      # longest wait for Redis before the origin
 //! consistency = "fast"           # or "strict": check Redis on every hit
@@ -227,18 +227,18 @@ impl RawCache {
                 None => Ok(None),
             };
         };
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        if !crate::cache::tier::is_redis_url(url) {
             return Err(ConfigError::invalid(
                 key("upstream"),
-                "must be a redis:// or rediss:// URL, such as redis://127.0.0.1:6379/0",
+                "must be a redis://, rediss:// or redis+cluster:// URL, such as redis://127.0.0.1:6379/0",
             ));
         }
         let mut tier = upstream(url);
         if let Some(namespace) = &self.upstream_prefix {
-            if namespace.is_empty() || namespace.contains(['{', '}']) {
+            if namespace.is_empty() || namespace.contains(['{', '}', '*', '?', '[', ']', '\\']) {
                 return Err(ConfigError::invalid(
                     key("upstream_prefix"),
-                    "must be non-empty, without { or }",
+                    "must be non-empty, without { } * ? [ ] or \\ (it names keys and a channel pattern)",
                 ));
             }
             tier.prefix = namespace.clone();
@@ -257,7 +257,7 @@ impl RawCache {
             }
         };
         if let Some(ca) = &self.upstream_ca {
-            if !url.starts_with("rediss://") {
+            if !url.starts_with("rediss") {
                 return Err(ConfigError::invalid(
                     key("upstream_ca"),
                     "applies to TLS: write the upstream as rediss://HOST:PORT/DB",

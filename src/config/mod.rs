@@ -432,10 +432,10 @@ impl Config {
         }
         cache.enabled = !single.caching_disabled;
         if let Some(url) = &single.cache_upstream {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            if !crate::cache::tier::is_redis_url(url) {
                 return Err(ConfigError::invalid(
                     "--cache-upstream",
-                    "must be a redis:// or rediss:// URL, such as redis://127.0.0.1:6379/0",
+                    "must be a redis://, rediss:// or redis+cluster:// URL, such as redis://127.0.0.1:6379/0",
                 ));
             }
             cache.upstream = Some(cache::upstream(url));

@@ -9,9 +9,52 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::RedisResult;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tokio::sync::Notify;
+
+/// A connection to one Redis, or to a Redis Cluster (which routes each command, and
+/// each pipeline, by the slot of its first key).
+#[derive(Clone)]
+pub enum Connection {
+    /// One server.
+    Single(MultiplexedConnection),
+    /// A cluster.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+            Connection::Cluster(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
 
 /// Consecutive timeouts after which Redis counts as gone.
 const TIMEOUTS_TO_OPEN: u32 = 3;
@@ -32,7 +75,7 @@ pub enum Failure {
 
 /// The connection in use, and what takes it down.
 pub struct Link {
-    current: RwLock<Option<MultiplexedConnection>>,
+    current: RwLock<Option<Connection>>,
     timeouts_in_a_row: AtomicU32,
     /// Told when the link goes down, so that the supervisor reconnects.
     broken: Arc<Notify>,
@@ -56,7 +99,7 @@ impl Link {
     }
 
     /// Operations use `connection` from now on.
-    pub fn up(&self, connection: MultiplexedConnection) {
+    pub fn up(&self, connection: Connection) {
         self.timeouts_in_a_row.store(0, Ordering::Relaxed);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(connection);
     }
@@ -87,10 +130,7 @@ impl Link {
     }
 
     /// Runs `operation` on the connection, within the read timeout.
-    pub async fn run<T, F>(
-        &self,
-        operation: impl FnOnce(MultiplexedConnection) -> F,
-    ) -> Result<T, Failure>
+    pub async fn run<T, F>(&self, operation: impl FnOnce(Connection) -> F) -> Result<T, Failure>
     where
         F: Future<Output = RedisResult<T>>,
     {

@@ -10,7 +10,8 @@
 //! - `{prefix:db}:1:g:<table>`, `…:all`, `…:any`: generation counters, without a TTL
 //!   (Redis must not evict them: `maxmemory-policy` `noeviction` or `volatile-*`). A
 //!   write increments those of its tables (or `all`) and `any`, then publishes a
-//!   [`format::Notice`] on `prefix:1:notices`.
+//!   [`format::Notice`] on `{prefix:db}:1:notices` (instances subscribe to the
+//!   pattern `{prefix:*}:1:notices`).
 //!
 //! An entry carries the generations of what it read as they were when its query
 //! started ([`TierStamp`]); it is served only while they are unchanged, so an entry
@@ -25,29 +26,24 @@
 
 pub mod format;
 mod link;
+mod servers;
+mod supervisor;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
 
 use super::invalidation::{Clocks, Written, table_key};
 use super::key::CacheKey;
 use crate::metrics::Histogram;
 use format::{FORMAT, Notice, StoredEntry};
 pub use link::Failure;
-use link::Link;
+use link::{Connection, Link};
+use servers::{CONNECT_TIMEOUT, Connected, Servers, redacted};
+pub use servers::{TierError, is_redis_url};
 
-/// The shortest and longest wait before connecting again.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
-/// How often a live link is checked when nothing else is sent.
-const HEARTBEAT: Duration = Duration::from_secs(1);
-/// How long connecting, subscribing or a heartbeat may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// At most one log line per this long about the tier's failures.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -169,7 +165,7 @@ pub fn wall_clock() -> Duration {
 /// A deployment's connection to its upstream.
 pub struct Tier {
     settings: TierSettings,
-    client: redis::Client,
+    servers: Servers,
     link: Link,
     clocks: Arc<Clocks>,
     stats: TierStats,
@@ -177,69 +173,31 @@ pub struct Tier {
     dirty: Mutex<BTreeSet<String>>,
     /// Databases looked up: those whose entries this instance may hold.
     databases: Mutex<BTreeSet<String>>,
+    /// Databases listed in Redis as holding entries.
+    registered: Mutex<BTreeSet<String>>,
     last_log: Mutex<Option<Instant>>,
-}
-
-/// Why the tier cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum TierError {
-    /// The URL is not one the Redis client takes.
-    #[error(
-        "cache upstream {url:?} is not a Redis URL warpdrive can use ({reason}); write redis://HOST:PORT/DB or rediss://HOST:PORT/DB"
-    )]
-    Url {
-        /// The URL, without its password.
-        url: String,
-        /// Why.
-        reason: String,
-    },
-    /// The CA file named by `upstream_ca` cannot be read.
-    #[error("cannot read the cache upstream's CA file {path}: {source}; check upstream_ca")]
-    Ca {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
 }
 
 impl Tier {
     /// Starts the tier of `settings`: it connects in the background (lookups go to the
     /// origin until it has), and marks remote writes on `clocks`.
     pub fn start(settings: TierSettings, clocks: Arc<Clocks>) -> Result<Arc<Tier>, TierError> {
-        let refused = |reason: String| TierError::Url {
-            url: redacted(&settings.url),
-            reason,
-        };
-        if !(settings.url.starts_with("redis://") || settings.url.starts_with("rediss://")) {
-            return Err(refused("the scheme is neither redis nor rediss".to_owned()));
-        }
-        let client = match &settings.ca_file {
-            None => redis::Client::open(settings.url.as_str()),
-            Some(path) => {
-                let root_cert = std::fs::read(path).map_err(|source| TierError::Ca {
-                    path: path.clone(),
-                    source,
-                })?;
-                let certificates = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert),
-                };
-                redis::Client::build_with_tls(settings.url.as_str(), certificates)
-            }
-        }
-        .map_err(|e| refused(e.to_string()))?;
+        let servers = Servers::open(&settings.url, settings.ca_file.as_ref())?;
         let tier = Arc::new(Tier {
             link: Link::new(settings.timeout),
             settings,
-            client,
+            servers,
             clocks,
             stats: TierStats::default(),
             dirty: Mutex::default(),
             databases: Mutex::default(),
+            registered: Mutex::default(),
             last_log: Mutex::new(None),
         });
-        tokio::spawn(supervise(Arc::downgrade(&tier), tier.link.broken()));
+        tokio::spawn(supervisor::supervise(
+            Arc::downgrade(&tier),
+            tier.link.broken(),
+        ));
         Ok(tier)
     }
 
@@ -357,7 +315,7 @@ impl Tier {
             return;
         }
         let entry_key = self.keys(database).entry(key);
-        let (databases_key, database) = (self.databases_key(), database.to_owned());
+        let database = database.to_owned();
         let tier = Arc::clone(self);
         tokio::spawn(async move {
             let value = format::encode(&entry);
@@ -365,23 +323,44 @@ impl Tier {
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
             let stored = tier
                 .run(|mut connection| async move {
-                    redis::pipe()
-                        .cmd("SET")
+                    redis::cmd("SET")
                         .arg(&entry_key)
                         .arg(value)
                         .arg("PX")
                         .arg(ttl_ms)
-                        .ignore()
-                        .sadd(&databases_key, &database)
-                        .ignore()
                         .query_async::<()>(&mut connection)
                         .await
                 })
                 .await;
             if stored.is_some() {
+                tier.register(&database).await;
+            }
+            if stored.is_some() {
                 tier.stats.bytes_written.fetch_add(size, Ordering::Relaxed);
             }
         });
+    }
+
+    /// Lists `database` among those whose entries are in Redis (once per process; the
+    /// set lives in a slot of its own, so it is not pipelined with the entry).
+    async fn register(&self, database: &str) {
+        let registered = || self.registered.lock().unwrap_or_else(|p| p.into_inner());
+        if registered().contains(database) {
+            return;
+        }
+        let databases_key = self.databases_key();
+        let added = self
+            .run(|mut connection| async move {
+                redis::cmd("SADD")
+                    .arg(&databases_key)
+                    .arg(database)
+                    .query_async::<()>(&mut connection)
+                    .await
+            })
+            .await;
+        if added.is_some() {
+            registered().insert(database.to_owned());
+        }
     }
 
     /// A write through this instance completed: its generations are incremented and
@@ -390,20 +369,33 @@ impl Tier {
     pub async fn mark(&self, database: &str, written: Written<'_>) {
         let owed: BTreeSet<String> =
             std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut unsent = BTreeSet::new();
+        if !self.announce(database, written, false).await {
+            unsent.insert(database.to_owned());
+        }
+        // One round trip per database: on a cluster each lives in its own slot.
+        for other in owed.into_iter().filter(|other| other != database) {
+            if !self.announce(&other, Written::Everything, false).await {
+                unsent.insert(other);
+            }
+        }
+        if !unsent.is_empty() {
+            self.dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(unsent);
+        }
+    }
+
+    /// Increments the generations `written` reaches in `database` and publishes the
+    /// notice, atomically; whether Redis answered.
+    async fn announce(&self, database: &str, written: Written<'_>, purge: bool) -> bool {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        self.add_mark(&mut pipe, database, written, false);
-        for other in owed.iter().filter(|other| *other != database) {
-            self.add_mark(&mut pipe, other, Written::Everything, false);
-        }
-        let sent = self
-            .run(|mut connection| async move { pipe.query_async::<()>(&mut connection).await })
-            .await;
-        if sent.is_none() {
-            let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-            dirty.extend(owed);
-            dirty.insert(database.to_owned());
-        }
+        self.add_mark(&mut pipe, database, written, purge);
+        self.run(|mut connection| async move { pipe.query_async::<()>(&mut connection).await })
+            .await
+            .is_some()
     }
 
     /// An operator's purge of `tables` (everything, for `None`): the entries in Redis
@@ -435,13 +427,11 @@ impl Tier {
             Some(tables) => Written::Tables(tables),
             None => Written::Everything,
         };
-        let mut pipe = redis::pipe();
+        let mut told = true;
         for database in &databases {
-            self.add_mark(&mut pipe, database, written, true);
+            told &= self.announce(database, written, true).await;
         }
-        self.run(|mut connection| async move { pipe.query_async::<()>(&mut connection).await })
-            .await
-            .is_some()
+        told
     }
 
     fn add_mark(
@@ -474,12 +464,12 @@ impl Tier {
             purge,
             sent_at_us: u64::try_from(wall_clock().as_micros()).unwrap_or(u64::MAX),
         };
-        pipe.publish(self.channel(), format::encode(&notice))
+        pipe.publish(keys.notices(), format::encode(&notice))
             .ignore();
     }
 
     /// Runs one operation, counting its failure; `None` when it gave no answer.
-    async fn run<T, F>(&self, operation: impl FnOnce(MultiplexedConnection) -> F) -> Option<T>
+    async fn run<T, F>(&self, operation: impl FnOnce(Connection) -> F) -> Option<T>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
@@ -518,8 +508,9 @@ impl Tier {
         format!("{{{}}}:{FORMAT}:databases", self.settings.prefix)
     }
 
-    fn channel(&self) -> String {
-        format!("{}:{FORMAT}:notices", self.settings.prefix)
+    /// The pattern of every database's notice channel.
+    fn notices(&self) -> String {
+        format!("{{{}:*}}:{FORMAT}:notices", self.settings.prefix)
     }
 
     /// Another instance's notice arrived.
@@ -565,29 +556,10 @@ impl Tier {
         }
     }
 
-    /// Connects and subscribes; then settles what is owed from while Redis was away.
-    async fn connect(
-        &self,
-    ) -> Result<
-        (
-            MultiplexedConnection,
-            redis::aio::PubSubSink,
-            redis::aio::PubSubStream,
-        ),
-        String,
-    > {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(CONNECT_TIMEOUT));
-        let connecting = async {
-            let connection = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
-            sink.subscribe(self.channel()).await?;
-            Ok::<_, redis::RedisError>((connection, sink, stream))
-        };
+    /// Connects and subscribes to the notices.
+    async fn connect(&self) -> Result<Connected, String> {
+        let pattern = self.notices();
+        let connecting = self.servers.connect(&pattern);
         match tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting).await {
             Ok(Ok(connected)) => Ok(connected),
             Ok(Err(error)) => Err(error.to_string()),
@@ -620,6 +592,12 @@ impl Keys {
         format!("{}:any", self.0)
     }
 
+    /// The channel of the database's notices (in its slot, so that a write's pipeline
+    /// stays in one slot on a cluster).
+    fn notices(&self) -> String {
+        format!("{}:notices", self.0)
+    }
+
     /// The keys of a [`TierStamp`] for a result that read `tables`.
     fn stamp(&self, tables: &[String]) -> Vec<String> {
         let names: BTreeSet<&str> = tables.iter().map(|t| table_key(t)).collect();
@@ -630,90 +608,6 @@ impl Keys {
         keys.push(self.all());
         keys.push(self.any());
         keys
-    }
-}
-
-/// The URL without its password, for messages.
-fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
-    }
-}
-
-/// Keeps the tier connected and subscribed while it lives: connects with backoff,
-/// listens to notices, checks the link every [`HEARTBEAT`], and starts again when the
-/// link or the subscription drops.
-async fn supervise(tier: Weak<Tier>, broken: Arc<tokio::sync::Notify>) {
-    let mut backoff = BACKOFF.0;
-    let mut first = true;
-    loop {
-        let Some(live) = tier.upgrade() else { return };
-        match live.connect().await {
-            Ok((connection, sink, stream)) => {
-                live.stats.connects.fetch_add(1, Ordering::Relaxed);
-                // Subscribed first, then forgotten: no notice falls in between.
-                live.forget_everything(!first);
-                live.link.up(connection);
-                let owed = live
-                    .dirty
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .pop_first();
-                if let Some(database) = owed {
-                    live.mark(&database, Written::Everything).await;
-                }
-                if !first {
-                    tracing::info!(upstream = %redacted(&live.settings.url), "cache upstream reachable again");
-                }
-                first = false;
-                backoff = BACKOFF.0;
-                drop(live);
-                listen(&tier, &broken, sink, stream).await;
-                let Some(live) = tier.upgrade() else { return };
-                let _was_up = live.link.down();
-                live.forget_everything(true);
-                live.log_failure("the connection (or the subscription to other instances' writes) was lost; this instance's cached results were dropped");
-            }
-            Err(error) => {
-                live.log_failure(&format!("connecting failed: {error}"));
-                drop(live);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF.1);
-            }
-        }
-    }
-}
-
-/// Hears notices until the subscription or the link drops, or the tier is gone.
-async fn listen(
-    tier: &Weak<Tier>,
-    broken: &tokio::sync::Notify,
-    mut sink: redis::aio::PubSubSink,
-    mut stream: redis::aio::PubSubStream,
-) {
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    heartbeat.tick().await;
-    loop {
-        tokio::select! {
-            message = stream.next() => {
-                let (Some(message), Some(live)) = (message, tier.upgrade()) else { return };
-                live.heard(message.get_payload_bytes());
-            }
-            _ = heartbeat.tick() => {
-                if tier.strong_count() == 0 {
-                    return;
-                }
-                let ping = tokio::time::timeout(CONNECT_TIMEOUT, sink.ping::<redis::Value>()).await;
-                if !matches!(ping, Ok(Ok(_))) {
-                    return;
-                }
-            }
-            _ = broken.notified() => return,
-        }
     }
 }
 
@@ -764,10 +658,5 @@ mod tests {
             ca_file: None,
         };
         assert!(!format!("{settings:?}").contains("secret"));
-        assert_eq!(
-            redacted("redis://:secret@127.0.0.1:6379/0"),
-            "redis://:***@127.0.0.1:6379/0"
-        );
-        assert_eq!(redacted("redis://127.0.0.1/0"), "redis://127.0.0.1/0");
     }
 }
