@@ -90,6 +90,22 @@ async fn until_up(proxy: &Proxy) {
     common::eventually("the tier to connect", || l2(proxy).up).await;
 }
 
+/// An instance of `deployment`, its tier connected.
+async fn instance(deployment: Deployment) -> Proxy {
+    let proxy = Proxy::start(deployment).await;
+    until_up(&proxy).await;
+    proxy
+}
+
+/// Stops the instances, then removes the test's keys and database.
+async fn finish(instances: Vec<Proxy>, prefix: Prefix, db: TestDatabase) {
+    for instance in instances {
+        instance.stop().await;
+    }
+    prefix.remove().await;
+    db.drop_now().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miss_on_one_instance_is_an_l2_hit_on_another_that_keeps_its_age() {
     let db = table("tierhit").await;
@@ -97,10 +113,8 @@ async fn a_miss_on_one_instance_is_an_l2_hit_on_another_that_keeps_its_age() {
     let mut deployment = tiered(&db, prefix.tier(REDIS, Consistency::Fast));
     deployment.cache.max_age = Duration::from_secs(3);
     deployment.cache.stale_while_revalidate = Duration::from_secs(30);
-    let a = Proxy::start(deployment.clone()).await;
-    let b = Proxy::start(deployment).await;
-    until_up(&a).await;
-    until_up(&b).await;
+    let a = instance(deployment.clone()).await;
+    let b = instance(deployment).await;
     let on_a = a.connect(&db.name).await;
     let sql = "SELECT v FROM t WHERE id = 1";
     assert_eq!(read(&on_a, sql).await.as_deref(), Some("one"));
@@ -135,10 +149,7 @@ async fn a_miss_on_one_instance_is_an_l2_hit_on_another_that_keeps_its_age() {
     assert_eq!(b.snapshot().stale_served, 1, "served stale at A's max_age");
     assert_eq!((l2(&b).connects, l2(&b).invalidations_resubscribe), (1, 0));
     drop((on_a, on_b));
-    a.stop().await;
-    b.stop().await;
-    prefix.remove().await;
-    db.drop_now().await;
+    finish(vec![a, b], prefix, db).await;
 }
 
 /// Reads `sql` on `client` until it answers `want` (at most 2 s); the time it took.
@@ -159,10 +170,8 @@ async fn a_write_on_one_instance_reaches_the_other_at_once() {
     let db = table("tierwrite").await;
     let prefix = Prefix::new("write");
     let deployment = tiered(&db, prefix.tier(REDIS, Consistency::Fast));
-    let a = Proxy::start(deployment.clone()).await;
-    let b = Proxy::start(deployment).await;
-    until_up(&a).await;
-    until_up(&b).await;
+    let a = instance(deployment.clone()).await;
+    let b = instance(deployment).await;
     let (on_a, on_b) = (a.connect(&db.name).await, b.connect(&db.name).await);
     let sql = "SELECT v FROM t WHERE id = 1";
     for value in ["two", "three", "four"] {
@@ -189,10 +198,7 @@ async fn a_write_on_one_instance_reaches_the_other_at_once() {
     );
     assert!(l2(&b).propagation_count >= 3);
     drop((on_a, on_b));
-    a.stop().await;
-    b.stop().await;
-    prefix.remove().await;
-    db.drop_now().await;
+    finish(vec![a, b], prefix, db).await;
 }
 
 /// A write whose notice B never hears (the generation moved in Redis by hand) still
@@ -201,10 +207,8 @@ async fn a_write_on_one_instance_reaches_the_other_at_once() {
 async fn strict_consistency_checks_redis_on_every_hit() {
     let db = table("tierstrict").await;
     let prefix = Prefix::new("strict");
-    let strict = Proxy::start(tiered(&db, prefix.tier(REDIS, Consistency::Strict))).await;
-    let fast = Proxy::start(tiered(&db, prefix.tier(REDIS, Consistency::Fast))).await;
-    until_up(&strict).await;
-    until_up(&fast).await;
+    let strict = instance(tiered(&db, prefix.tier(REDIS, Consistency::Strict))).await;
+    let fast = instance(tiered(&db, prefix.tier(REDIS, Consistency::Fast))).await;
     let (on_strict, on_fast) = (strict.connect(&db.name).await, fast.connect(&db.name).await);
     let sql = "SELECT v FROM t WHERE id = 1";
     assert_eq!(read(&on_strict, sql).await.as_deref(), Some("one"));
@@ -227,10 +231,7 @@ async fn strict_consistency_checks_redis_on_every_hit() {
     assert_eq!(read(&on_strict, sql).await.as_deref(), Some("two"));
     assert_eq!(read(&on_fast, sql).await.as_deref(), Some("one"));
     drop((on_strict, on_fast));
-    strict.stop().await;
-    fast.stop().await;
-    prefix.remove().await;
-    db.drop_now().await;
+    finish(vec![strict, fast], prefix, db).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,10 +380,8 @@ async fn writes_while_redis_was_away_are_not_served_stale_after_it_returns() {
     let db = table("tierback").await;
     let prefix = Prefix::new("back");
     let deployment = tiered(&db, prefix.tier(&redis.url(), Consistency::Fast));
-    let a = Proxy::start(deployment.clone()).await;
-    let b = Proxy::start(deployment).await;
-    until_up(&a).await;
-    until_up(&b).await;
+    let a = instance(deployment.clone()).await;
+    let b = instance(deployment).await;
     let (on_a, on_b) = (a.connect(&db.name).await, b.connect(&db.name).await);
     let sql = "SELECT v FROM t WHERE id = 1";
     assert_eq!(read(&on_b, sql).await.as_deref(), Some("one"));
@@ -461,8 +460,7 @@ async fn a_purge_on_one_instance_reaches_every_instance_and_redis() {
         );
     }
     // A third instance, which held nothing, finds nothing old in Redis either.
-    let c = Proxy::start(tiered(&db, prefix.tier(REDIS, Consistency::Fast))).await;
-    until_up(&c).await;
+    let c = instance(tiered(&db, prefix.tier(REDIS, Consistency::Fast))).await;
     let on_c = c.connect(&db.name).await;
     assert_eq!(read(&on_c, of_t).await.as_deref(), Some("two"));
     let purged = purge(&a, "all=true").await;
@@ -475,11 +473,7 @@ async fn a_purge_on_one_instance_reaches_every_instance_and_redis() {
         assert_eq!(read(client, of_u).await.as_deref(), Some("u2"));
     }
     drop((on_a, on_b, on_c));
-    a.stop().await;
-    b.stop().await;
-    c.stop().await;
-    prefix.remove().await;
-    db.drop_now().await;
+    finish(vec![a, b, c], prefix, db).await;
 }
 
 /// `rediss://` with the server's CA given by `upstream_ca`: the tier connects over TLS
@@ -519,10 +513,8 @@ async fn the_tier_speaks_tls_with_its_own_ca() {
         Consistency::Fast,
     );
     tier.ca_file = Some(cert.clone());
-    let a = Proxy::start(tiered(&db, tier.clone())).await;
-    let b = Proxy::start(tiered(&db, tier)).await;
-    until_up(&a).await;
-    until_up(&b).await;
+    let a = instance(tiered(&db, tier.clone())).await;
+    let b = instance(tiered(&db, tier)).await;
     let sql = "SELECT v FROM t WHERE id = 1";
     let on_a = a.connect(&db.name).await;
     assert_eq!(read(&on_a, sql).await.as_deref(), Some("one"));

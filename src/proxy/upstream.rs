@@ -111,15 +111,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_entry_from_redis_keeps_its_age() {
-        let now = Duration::from_secs(1000);
-        let entry = from_stored(
-            stored(Duration::from_secs(50)),
+    /// The local entry, at `now`, for one stored in Redis `age` seconds ago.
+    fn aged(age: u64, now: Duration) -> Entry {
+        from_stored(
+            stored(Duration::from_secs(age)),
             TierStamp::from(vec![]),
             now,
             local(),
-        );
+        )
+    }
+
+    #[test]
+    fn an_entry_from_redis_keeps_its_age() {
+        let now = Duration::from_secs(1000);
+        let entry = aged(50, now);
         let later = |s| entry.freshness(now + Duration::from_secs(s));
         assert_eq!(later(9), Freshness::Fresh);
         assert_eq!(later(11), Freshness::Stale);
@@ -130,22 +135,12 @@ mod tests {
     fn an_entry_older_than_the_process_keeps_its_age_too() {
         // The process started 20 s ago; the entry was made 50 s ago.
         let now = Duration::from_secs(20);
-        let entry = from_stored(
-            stored(Duration::from_secs(50)),
-            TierStamp::from(vec![]),
-            now,
-            local(),
-        );
+        let entry = aged(50, now);
         let later = |s| entry.freshness(now + Duration::from_secs(s));
         assert_eq!(later(9), Freshness::Fresh);
         assert_eq!(later(11), Freshness::Stale);
         assert_eq!(later(26), Freshness::Expired);
-        let stale = from_stored(
-            stored(Duration::from_secs(70)),
-            TierStamp::from(vec![]),
-            now,
-            local(),
-        );
+        let stale = aged(70, now);
         assert_eq!(stale.freshness(now), Freshness::Stale);
         assert_eq!(
             stale.freshness(now + Duration::from_secs(6)),
