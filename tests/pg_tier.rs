@@ -680,3 +680,35 @@ async fn the_tier_and_its_invalidations_work_on_a_redis_cluster() {
     drop(cluster);
     db.drop_now().await;
 }
+
+/// A result of several megabytes (more than a lookup reads in its first round trip, and
+/// more than moves in the 20 ms read timeout) is shared too, and costs the link nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_result_is_shared_through_redis() {
+    let db = table("tierlarge").await;
+    let prefix = Prefix::new("large");
+    let deployment = tiered(&db, prefix.tier(REDIS, Consistency::Fast));
+    let a = instance(deployment.clone()).await;
+    let b = instance(deployment).await;
+    let (on_a, on_b) = (a.connect(&db.name).await, b.connect(&db.name).await);
+    let sql = "SELECT repeat(v, 1000000) FROM t WHERE id = 1";
+    let expected = "one".repeat(1_000_000);
+    for round in 0..3 {
+        assert_eq!(read(&on_a, sql).await.as_deref(), Some(expected.as_str()));
+        if round == 0 {
+            common::eventually("A to store its result in Redis", || {
+                l2(&a).bytes_written > 3_000_000
+            })
+            .await;
+        }
+    }
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some(expected.as_str()));
+    let tier = l2(&b);
+    assert_eq!((tier.hits, b.count("miss")), (1, 0), "{tier:?}");
+    assert!(tier.bytes_read > 3_000_000, "{tier:?}");
+    assert_eq!((tier.timeouts, tier.errors), (0, 0), "{tier:?}");
+    assert!(tier.up && l2(&a).up);
+    assert_eq!((l2(&a).timeouts, l2(&a).errors), (0, 0), "{:?}", l2(&a));
+    drop((on_a, on_b));
+    finish(vec![a, b], prefix, db).await;
+}

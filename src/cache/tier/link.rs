@@ -79,17 +79,15 @@ pub struct Link {
     timeouts_in_a_row: AtomicU32,
     /// Told when the link goes down, so that the supervisor reconnects.
     broken: Arc<Notify>,
-    timeout: Duration,
 }
 
 impl Link {
-    /// A link, down until [`Link::up`], whose operations wait `timeout` for an answer.
-    pub fn new(timeout: Duration) -> Link {
+    /// A link, down until [`Link::up`].
+    pub fn new() -> Link {
         Link {
             current: RwLock::new(None),
             timeouts_in_a_row: AtomicU32::new(0),
             broken: Arc::new(Notify::new()),
-            timeout,
         }
     }
 
@@ -129,8 +127,13 @@ impl Link {
             .is_some()
     }
 
-    /// Runs `operation` on the connection, within the read timeout.
-    pub async fn run<T, F>(&self, operation: impl FnOnce(Connection) -> F) -> Result<T, Failure>
+    /// Runs `operation` on the connection within `timeout` (longer than the read timeout
+    /// for a large value).
+    pub async fn run<T, F>(
+        &self,
+        timeout: Duration,
+        operation: impl FnOnce(Connection) -> F,
+    ) -> Result<T, Failure>
     where
         F: Future<Output = RedisResult<T>>,
     {
@@ -140,7 +143,7 @@ impl Link {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or(Failure::Unavailable)?;
-        match tokio::time::timeout(self.timeout, operation(connection)).await {
+        match tokio::time::timeout(timeout, operation(connection)).await {
             Ok(Ok(answer)) => {
                 self.timeouts_in_a_row.store(0, Ordering::Relaxed);
                 Ok(answer)
@@ -155,7 +158,7 @@ impl Link {
                 if self.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= TIMEOUTS_TO_OPEN {
                     self.broke();
                 }
-                Err(Failure::Timeout(self.timeout))
+                Err(Failure::Timeout(timeout))
             }
         }
     }

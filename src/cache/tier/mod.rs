@@ -44,6 +44,11 @@ use link::{Connection, Link};
 use servers::{CONNECT_TIMEOUT, Connected, Servers, redacted};
 pub use servers::{TierError, is_redis_url};
 
+/// A lookup reads this much of an entry with the generations; a larger entry takes a
+/// second round trip, with a timeout for its size.
+const HEAD_BYTES: usize = 256 << 10;
+/// The rate a large value is expected to move at, for its timeout.
+const BULK_BYTES_PER_SECOND: f64 = 50e6;
 /// At most one log line per this long about the tier's failures.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -184,7 +189,7 @@ impl Tier {
     pub fn start(settings: TierSettings, clocks: Arc<Clocks>) -> Result<Arc<Tier>, TierError> {
         let servers = Servers::open(&settings.url, settings.ca_file.as_ref())?;
         let tier = Arc::new(Tier {
-            link: Link::new(settings.timeout),
+            link: Link::new(),
             settings,
             servers,
             clocks,
@@ -229,16 +234,18 @@ impl Tier {
         let keys = self.keys(database);
         let stamp_keys = keys.stamp(tables);
         let entry_key = keys.entry(key);
+        let head_key = entry_key.clone();
         let answer = self
             .run(|mut connection| async move {
                 redis::pipe()
-                    .get(&entry_key)
+                    .getrange(&head_key, 0, HEAD_BYTES as isize - 1)
+                    .strlen(&head_key)
                     .mget(&stamp_keys)
-                    .query_async::<(Option<Vec<u8>>, Vec<Option<u64>>)>(&mut connection)
+                    .query_async::<(Vec<u8>, usize, Vec<Option<u64>>)>(&mut connection)
                     .await
             })
             .await;
-        let Some((value, generations)) = answer else {
+        let Some((head, size, generations)) = answer else {
             return Fetched::Unavailable;
         };
         let now = TierStamp(
@@ -247,6 +254,11 @@ impl Tier {
                 .map(Option::unwrap_or_default)
                 .collect(),
         );
+        let value = match size {
+            0 => None,
+            size if size <= HEAD_BYTES => Some(head),
+            size => self.read_whole(entry_key, size).await,
+        };
         let Some(value) = value else {
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
             return Fetched::Missing(now);
@@ -274,6 +286,25 @@ impl Tier {
                 Fetched::Missing(now)
             }
         }
+    }
+
+    /// A value larger than [`HEAD_BYTES`], read within a time for its size; `None`
+    /// when it could not be.
+    async fn read_whole(&self, entry_key: String, size: usize) -> Option<Vec<u8>> {
+        self.run_within(self.bulk_timeout(size), |mut connection| async move {
+            redis::cmd("GET")
+                .arg(&entry_key)
+                .query_async::<Option<Vec<u8>>>(&mut connection)
+                .await
+        })
+        .await
+        .flatten()
+    }
+
+    /// The read timeout, and the time to move `bytes` at [`BULK_BYTES_PER_SECOND`].
+    fn bulk_timeout(&self, bytes: usize) -> Duration {
+        let transfer = Duration::from_secs_f64(bytes as f64 / BULK_BYTES_PER_SECOND);
+        self.settings.timeout + transfer
     }
 
     fn note_database(&self, database: &str) {
@@ -322,15 +353,18 @@ impl Tier {
             let size = value.len() as u64;
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
             let stored = tier
-                .run(|mut connection| async move {
-                    redis::cmd("SET")
-                        .arg(&entry_key)
-                        .arg(value)
-                        .arg("PX")
-                        .arg(ttl_ms)
-                        .query_async::<()>(&mut connection)
-                        .await
-                })
+                .run_within(
+                    tier.bulk_timeout(value.len()),
+                    |mut connection| async move {
+                        redis::cmd("SET")
+                            .arg(&entry_key)
+                            .arg(value)
+                            .arg("PX")
+                            .arg(ttl_ms)
+                            .query_async::<()>(&mut connection)
+                            .await
+                    },
+                )
                 .await;
             if stored.is_some() {
                 tier.register(&database).await;
@@ -468,12 +502,25 @@ impl Tier {
             .ignore();
     }
 
-    /// Runs one operation, counting its failure; `None` when it gave no answer.
+    /// Runs one operation within the read timeout, counting its failure; `None` when it
+    /// gave no answer.
     async fn run<T, F>(&self, operation: impl FnOnce(Connection) -> F) -> Option<T>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
-        match self.link.run(operation).await {
+        self.run_within(self.settings.timeout, operation).await
+    }
+
+    /// [`Tier::run`] within `timeout`.
+    async fn run_within<T, F>(
+        &self,
+        timeout: Duration,
+        operation: impl FnOnce(Connection) -> F,
+    ) -> Option<T>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        match self.link.run(timeout, operation).await {
             Ok(answer) => Some(answer),
             Err(failure) => {
                 let counter = match &failure {
