@@ -712,3 +712,49 @@ async fn a_large_result_is_shared_through_redis() {
     drop((on_a, on_b));
     finish(vec![a, b], prefix, db).await;
 }
+
+/// A value in Redis that is not an entry of this format is a counted miss: the read
+/// goes to the origin and is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_value_in_redis_is_a_counted_miss() {
+    let db = table("tiercorrupt").await;
+    let prefix = Prefix::new("corrupt");
+    let deployment = tiered(&db, prefix.tier(REDIS, Consistency::Fast));
+    let a = instance(deployment.clone()).await;
+    let b = instance(deployment).await;
+    let (on_a, on_b) = (a.connect(&db.name).await, b.connect(&db.name).await);
+    let sql = "SELECT v FROM t WHERE id = 1";
+    assert_eq!(read(&on_a, sql).await.as_deref(), Some("one"));
+    common::eventually("A to store its result in Redis", || {
+        l2(&a).bytes_written > 0
+    })
+    .await;
+    let entries = prefix.entries().await;
+    assert_eq!(entries.len(), 1);
+    let mut redis = redis_connection(REDIS).await;
+    let _: () = redis::cmd("SET")
+        .arg(&entries[0])
+        .arg(b"\x93not an entry".as_slice())
+        .query_async(&mut redis)
+        .await
+        .expect("SET");
+    db.direct()
+        .await
+        .batch_execute("UPDATE t SET v = 'two' WHERE id = 1")
+        .await
+        .expect("behind warpdrive's back");
+    assert_eq!(
+        read(&on_b, sql).await.as_deref(),
+        Some("two"),
+        "from the origin"
+    );
+    let tier = l2(&b);
+    assert_eq!(
+        (tier.refused_values, tier.misses, tier.hits),
+        (1, 1, 0),
+        "{tier:?}"
+    );
+    assert_eq!(b.count("miss"), 1);
+    drop((on_a, on_b));
+    finish(vec![a, b], prefix, db).await;
+}
