@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::cache::Store;
 use crate::cache::tier::Tier;
-use crate::metrics::Registry;
+use crate::metrics::{DeploymentMetrics, Registry};
 
 /// What the admin listener answers for: the counters, and each deployment's cache.
 #[derive(Clone, Default)]
@@ -34,6 +34,8 @@ pub struct DeploymentCache {
     pub store: Arc<Store>,
     /// Its upstream tier, through which other instances purge too.
     pub tier: Option<Arc<Tier>>,
+    /// Its counters.
+    pub metrics: Arc<DeploymentMetrics>,
 }
 
 /// What `POST /purge` dropped.
@@ -116,6 +118,10 @@ impl Admin {
         let mut deployments = Vec::new();
         for cache in caches {
             let dropped = cache.store.purge(tables);
+            cache
+                .metrics
+                .invalidations_purge
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let shared = match &cache.tier {
                 Some(tier) => Some(tier.purge(tables).await),
                 None => None,
@@ -279,7 +285,7 @@ mod tests {
         ));
         metrics.record(CacheStatus::Hit, 1, 2, Duration::from_millis(1), false);
         let mut registry = Registry::default();
-        registry.add(metrics);
+        registry.add(Arc::clone(&metrics));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let store = Store::new(1 << 20, 1 << 10, Clock::system());
@@ -289,13 +295,12 @@ mod tests {
                 name: "d".to_owned(),
                 store,
                 tier: None,
+                metrics: Arc::clone(&metrics),
             }],
         };
         let server = tokio::spawn(serve(listener, admin));
-        let metrics = get(&address, "/metrics").await.unwrap();
-        assert!(
-            metrics.contains("warpdrive_queries_total{deployment=\"d\",cache_status=\"hit\"} 1")
-        );
+        let text = get(&address, "/metrics").await.unwrap();
+        assert!(text.contains("warpdrive_queries_total{deployment=\"d\",cache_status=\"hit\"} 1"));
         let stats: serde_json::Value =
             serde_json::from_str(&get(&address, "/stats").await.unwrap()).unwrap();
         assert_eq!(stats[0]["deployment"], "d");
@@ -314,6 +319,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(purged.deployments[0].deployment, "d");
+        assert_eq!(purged.deployments[0].shared, None, "no tier");
+        let text = get(&address, "/metrics").await.unwrap();
+        assert!(
+            text.contains(
+                "warpdrive_cache_invalidations_total{deployment=\"d\",cause=\"purge\"} 1"
+            ),
+            "{text}"
+        );
         let refusal = |path: &'static str| {
             let address = address.clone();
             async move { post(&address, path).await.unwrap_err().to_string() }

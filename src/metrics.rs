@@ -118,6 +118,8 @@ pub struct DeploymentMetrics {
     /// Writes through the deployment whose tables warpdrive could not name: they
     /// invalidated every read of their database.
     pub invalidations_unknown_write: AtomicU64,
+    /// Purges of the deployment's cache asked of this instance.
+    pub invalidations_purge: AtomicU64,
     /// Queries that completed.
     pub completed: AtomicU64,
     /// Queries that ended in an error.
@@ -147,6 +149,7 @@ impl DeploymentMetrics {
             catalog_read_failures: AtomicU64::new(0),
             invalidations_write: AtomicU64::new(0),
             invalidations_unknown_write: AtomicU64::new(0),
+            invalidations_purge: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             pool: Arc::new(PoolMetrics::default()),
@@ -235,6 +238,7 @@ impl DeploymentMetrics {
             catalog_read_failures: load(&self.catalog_read_failures),
             invalidations_write: load(&self.invalidations_write),
             invalidations_unknown_write: load(&self.invalidations_unknown_write),
+            invalidations_purge: load(&self.invalidations_purge),
             entries_invalidated: store.invalidated,
             fills_refused: store.refused_fills,
             completed: load(&self.completed),
@@ -333,6 +337,7 @@ impl DeploymentMetrics {
         for (cause, counter) in [
             ("write", &self.invalidations_write),
             ("unknown_write", &self.invalidations_unknown_write),
+            ("purge", &self.invalidations_purge),
         ] {
             let _ = writeln!(
                 out,
@@ -552,6 +557,9 @@ pub struct DeploymentSnapshot {
     /// Writes of tables warpdrive could not name, which invalidated their database.
     #[serde(default)]
     pub invalidations_unknown_write: u64,
+    /// Purges asked of this instance.
+    #[serde(default)]
+    pub invalidations_purge: u64,
     /// Entries dropped because a write reached what they read.
     #[serde(default)]
     pub entries_invalidated: u64,
@@ -606,9 +614,10 @@ pub fn stats_table(snapshots: &[DeploymentSnapshot]) -> String {
         );
         let _ = writeln!(
             out,
-            "  invalidation: {} writes, {} writes of unknown tables; {} entries dropped, {} fills refused",
+            "  invalidation: {} writes, {} writes of unknown tables, {} purges; {} entries dropped, {} fills refused",
             snapshot.invalidations_write,
             snapshot.invalidations_unknown_write,
+            snapshot.invalidations_purge,
             snapshot.entries_invalidated,
             snapshot.fills_refused
         );
@@ -708,7 +717,7 @@ const HELP: &str = "\
 # TYPE warpdrive_origin_connections_closed_total counter
 # HELP warpdrive_pool_acquire_timeouts_total Checkouts that gave up after acquire_timeout.
 # TYPE warpdrive_pool_acquire_timeouts_total counter
-# HELP warpdrive_cache_invalidations_total Invalidations of cached reads, by cause (write: a write of named tables here; unknown_write: of the whole database; remote: another instance's write; purge: another instance's purge; resubscribe: everything, for a lost or renewed subscription to the upstream).
+# HELP warpdrive_cache_invalidations_total Invalidations of cached reads, by cause (write: a write of named tables here; unknown_write: of the whole database; purge: a purge asked of this instance; remote: another instance's write; remote_purge: another instance's purge; resubscribe: everything, for a lost or renewed subscription to the upstream).
 # TYPE warpdrive_cache_invalidations_total counter
 # HELP warpdrive_cache_entries_invalidated_total Entries dropped because a write reached what they read.
 # TYPE warpdrive_cache_entries_invalidated_total counter

@@ -212,6 +212,7 @@ impl Server {
                 name: ctx.deployment.name.clone(),
                 store: Arc::clone(&ctx.cache),
                 tier: ctx.tier.clone(),
+                metrics: Arc::clone(&ctx.metrics),
             })
             .collect();
         let admin = crate::admin::Admin {
