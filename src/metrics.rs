@@ -16,6 +16,10 @@ use serde::Serialize;
 
 use crate::cache::tier::Tier;
 use crate::cache::{CacheStatus, Store};
+pub use tier::TierSnapshot;
+use tier::render_tier;
+
+mod tier;
 
 /// Histogram bucket upper bounds, in seconds.
 const BUCKETS: [f64; 16] = [
@@ -359,144 +363,6 @@ impl DeploymentMetrics {
             .render(out, "warpdrive_query_duration_seconds", d);
         if let Some(tier) = self.tier.get() {
             render_tier(out, d, tier);
-        }
-    }
-}
-
-fn render_tier(out: &mut String, d: &str, tier: &Tier) {
-    let stats = tier.stats();
-    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-    let labelled = [
-        ("warpdrive_l2_lookups_total", "outcome", "hit", &stats.hits),
-        (
-            "warpdrive_l2_lookups_total",
-            "outcome",
-            "miss",
-            &stats.misses,
-        ),
-        (
-            "warpdrive_l2_failures_total",
-            "kind",
-            "error",
-            &stats.errors,
-        ),
-        (
-            "warpdrive_l2_failures_total",
-            "kind",
-            "timeout",
-            &stats.timeouts,
-        ),
-        (
-            "warpdrive_l2_failures_total",
-            "kind",
-            "skipped",
-            &stats.skipped,
-        ),
-        (
-            "warpdrive_l2_failures_total",
-            "kind",
-            "refused_value",
-            &stats.refused_values,
-        ),
-        (
-            "warpdrive_l2_bytes_total",
-            "direction",
-            "read",
-            &stats.bytes_read,
-        ),
-        (
-            "warpdrive_l2_bytes_total",
-            "direction",
-            "written",
-            &stats.bytes_written,
-        ),
-        (
-            "warpdrive_cache_invalidations_total",
-            "cause",
-            "remote",
-            &stats.invalidations_remote,
-        ),
-        (
-            "warpdrive_cache_invalidations_total",
-            "cause",
-            "resubscribe",
-            &stats.invalidations_resubscribe,
-        ),
-    ];
-    for (metric, label, value, counter) in labelled {
-        let _ = writeln!(
-            out,
-            "{metric}{{deployment=\"{d}\",{label}=\"{value}\"}} {}",
-            load(counter)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "warpdrive_l2_connects_total{{deployment=\"{d}\"}} {}",
-        load(&stats.connects)
-    );
-    let _ = writeln!(
-        out,
-        "warpdrive_l2_up{{deployment=\"{d}\"}} {}",
-        u8::from(tier.is_up())
-    );
-    stats
-        .propagation
-        .render(out, "warpdrive_invalidation_propagation_seconds", d);
-}
-
-/// The upstream tier's numbers, in a deployment's snapshot.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct TierSnapshot {
-    /// Redis is reachable now.
-    pub up: bool,
-    /// Lookups that found a current entry.
-    pub hits: u64,
-    /// Lookups that found none.
-    pub misses: u64,
-    /// Failed operations.
-    pub errors: u64,
-    /// Operations with no answer within the timeout.
-    pub timeouts: u64,
-    /// Operations not sent while Redis was down.
-    pub skipped: u64,
-    /// Corrupt, foreign or old-format values.
-    pub refused_values: u64,
-    /// Bytes of entries read.
-    pub bytes_read: u64,
-    /// Bytes of entries written.
-    pub bytes_written: u64,
-    /// Other instances' writes heard of.
-    pub invalidations_remote: u64,
-    /// Entries dropped for a lost or renewed subscription.
-    pub invalidations_resubscribe: u64,
-    /// Other instances' purges heard of.
-    pub invalidations_purge: u64,
-    /// Connections made.
-    pub connects: u64,
-    /// Remote invalidations whose propagation delay was measured.
-    pub propagation_count: u64,
-}
-
-impl TierSnapshot {
-    fn of(tier: &Tier) -> TierSnapshot {
-        let stats = tier.stats();
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        TierSnapshot {
-            up: tier.is_up(),
-            hits: load(&stats.hits),
-            misses: load(&stats.misses),
-            errors: load(&stats.errors),
-            timeouts: load(&stats.timeouts),
-            skipped: load(&stats.skipped),
-            refused_values: load(&stats.refused_values),
-            bytes_read: load(&stats.bytes_read),
-            bytes_written: load(&stats.bytes_written),
-            invalidations_remote: load(&stats.invalidations_remote),
-            invalidations_resubscribe: load(&stats.invalidations_resubscribe),
-            invalidations_purge: load(&stats.invalidations_purge),
-            connects: load(&stats.connects),
-            propagation_count: stats.propagation.count(),
         }
     }
 }

@@ -25,6 +25,7 @@
 //! answers again.
 
 pub mod format;
+mod keys;
 mod link;
 mod servers;
 mod supervisor;
@@ -39,6 +40,7 @@ use super::invalidation::{Clocks, Written, table_key};
 use super::key::CacheKey;
 use crate::metrics::Histogram;
 use format::{FORMAT, Notice, StoredEntry};
+use keys::Keys;
 pub use link::Failure;
 use link::{Connection, Link};
 use servers::{CONNECT_TIMEOUT, Connected, Servers, redacted};
@@ -615,49 +617,6 @@ impl Tier {
     }
 }
 
-/// Names of one database's keys.
-struct Keys(String);
-
-impl Keys {
-    fn entry(&self, key: CacheKey) -> String {
-        let mut name = format!("{}:e:", self.0);
-        for byte in key.0 {
-            name.push_str(&format!("{byte:02x}"));
-        }
-        name
-    }
-
-    fn generation(&self, table: &str) -> String {
-        format!("{}:g:{table}", self.0)
-    }
-
-    fn all(&self) -> String {
-        format!("{}:all", self.0)
-    }
-
-    fn any(&self) -> String {
-        format!("{}:any", self.0)
-    }
-
-    /// The channel of the database's notices (in its slot, so that a write's pipeline
-    /// stays in one slot on a cluster).
-    fn notices(&self) -> String {
-        format!("{}:notices", self.0)
-    }
-
-    /// The keys of a [`TierStamp`] for a result that read `tables`.
-    fn stamp(&self, tables: &[String]) -> Vec<String> {
-        let names: BTreeSet<&str> = tables.iter().map(|t| table_key(t)).collect();
-        let mut keys: Vec<String> = names
-            .into_iter()
-            .map(|name| self.generation(name))
-            .collect();
-        keys.push(self.all());
-        keys.push(self.any());
-        keys
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -670,29 +629,6 @@ mod tests {
         assert!(!stamped.is_current(&TierStamp::from(vec![2, 0, 5]), false));
         assert!(!stamped.is_current(&TierStamp::from(vec![1, 1, 4]), false));
         assert!(!stamped.is_current(&TierStamp::from(vec![1, 0]), false));
-    }
-
-    #[test]
-    fn keys_of_a_database_share_one_hash_tag() {
-        let keys = Keys(format!("{{{}:{}}}:{FORMAT}", "wd", "shop"));
-        let stamp = keys.stamp(&[
-            "public.prices".to_owned(),
-            "prices".to_owned(),
-            "stock".to_owned(),
-        ]);
-        assert_eq!(
-            stamp,
-            [
-                "{wd:shop}:1:g:prices",
-                "{wd:shop}:1:g:stock",
-                "{wd:shop}:1:all",
-                "{wd:shop}:1:any"
-            ]
-        );
-        assert!(
-            keys.entry(CacheKey([0xab; 32]))
-                .starts_with("{wd:shop}:1:e:abab")
-        );
     }
 
     #[test]
