@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_origin;
+pub mod tier;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
