@@ -633,3 +633,14 @@ pub async fn remove_redis_keys(prefix: &str) {
             .expect("DEL");
     }
 }
+
+/// The first column of the first row of a simple query's answer.
+pub fn row_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> String {
+    messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .expect("a row")
+}
