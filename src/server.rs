@@ -130,7 +130,8 @@ impl Server {
                 })?;
             tracing::info!(deployment = %name, listen = %listener.local_addr().unwrap_or(deployment.listen), origin = %deployment.origin, "listening");
             let tier = match &deployment.cache.upstream {
-                Some(settings) if deployment.cache.enabled => Some(
+                // Also with caching off: its writes still reach the other instances.
+                Some(settings) => Some(
                     Tier::start(settings.clone(), Arc::clone(&process.clocks)).map_err(
                         |source| ServerError::Upstream {
                             deployment: name.clone(),
@@ -138,7 +139,7 @@ impl Server {
                         },
                     )?,
                 ),
-                _ => None,
+                None => None,
             };
             metrics.set_tier(tier.clone());
             let ctx = Arc::new(SessionContext::new(

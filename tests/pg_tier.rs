@@ -260,3 +260,26 @@ async fn a_corrupt_value_in_redis_is_a_counted_miss() {
     drop((on_a, on_b));
     finish(vec![a, b], prefix, db).await;
 }
+
+/// Writes through an instance whose deployment caches nothing, but names the upstream,
+/// still reach the other instances' cached reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_an_uncached_deployment_still_reach_the_others() {
+    let db = table("tierwriter").await;
+    let prefix = Prefix::new("writer");
+    let mut writer = tiered(&db, prefix.tier(REDIS, Consistency::Fast));
+    writer.cache.enabled = false;
+    let a = instance(writer).await;
+    let b = instance(tiered(&db, prefix.tier(REDIS, Consistency::Fast))).await;
+    let (on_a, on_b) = (a.connect(&db.name).await, b.connect(&db.name).await);
+    let sql = "SELECT v FROM t WHERE id = 1";
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("one"));
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("one"));
+    assert_eq!(b.count("hit"), 1);
+    on_a.batch_execute("UPDATE t SET v = 'two' WHERE id = 1")
+        .await
+        .expect("update");
+    until_reads(&on_b, sql, "two").await;
+    drop((on_a, on_b));
+    finish(vec![a, b], prefix, db).await;
+}
