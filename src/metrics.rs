@@ -603,6 +603,8 @@ const HELP: &str = "\
 # TYPE warpdrive_l2_failures_total counter
 # HELP warpdrive_l2_bytes_total Bytes of entries read from and written to the upstream tier.
 # TYPE warpdrive_l2_bytes_total counter
+# HELP warpdrive_l2_flight_waits_total Misses that waited for another instance's fetch of the same key (single flight across instances).
+# TYPE warpdrive_l2_flight_waits_total counter
 # HELP warpdrive_l2_connects_total Connections (with subscription) made to the upstream tier.
 # TYPE warpdrive_l2_connects_total counter
 # HELP warpdrive_l2_up Whether the upstream tier is reachable now.

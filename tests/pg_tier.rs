@@ -283,3 +283,56 @@ async fn writes_through_an_uncached_deployment_still_reach_the_others() {
     drop((on_a, on_b));
     finish(vec![a, b], prefix, db).await;
 }
+
+/// With single flight, two instances missing one slow query together send it to the
+/// origin once: the second waits for the first's entry in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_missing_together_send_one_origin_query() {
+    let db = table("tierflight").await;
+    let prefix = Prefix::new("flight");
+    let mut tier = prefix.tier(REDIS, Consistency::Fast);
+    tier.single_flight = true;
+    let a = instance(tiered(&db, tier.clone())).await;
+    let b = instance(tiered(&db, tier)).await;
+    let (on_a, on_b) = (a.connect(&db.name).await, b.connect(&db.name).await);
+    let slow = "SELECT count(*) FROM generate_series(1, 3000000)";
+    let (from_a, from_b) = tokio::join!(read(&on_a, slow), read(&on_b, slow));
+    assert_eq!(
+        (from_a.as_deref(), from_b.as_deref()),
+        (Some("3000000"), Some("3000000"))
+    );
+    let misses = a.count("miss") + b.count("miss");
+    let hits = a.count("hit") + b.count("hit");
+    assert_eq!((misses, hits), (1, 1), "A {:?} B {:?}", l2(&a), l2(&b));
+    assert_eq!(l2(&a).flight_waits + l2(&b).flight_waits, 1);
+    drop((on_a, on_b));
+    finish(vec![a, b], prefix, db).await;
+}
+
+/// When the instance holding the lock stores nothing (its result is too large), the
+/// one waiting is let go as soon as the lock is released, not at the end of its wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_that_stores_nothing_lets_the_other_instances_go_at_once() {
+    let db = table("tierflightlarge").await;
+    let prefix = Prefix::new("flightlarge");
+    let mut tier = prefix.tier(REDIS, Consistency::Fast);
+    tier.single_flight = true;
+    let mut deployment = tiered(&db, tier);
+    deployment.cache.max_result_bytes = 1024;
+    let a = instance(deployment.clone()).await;
+    let b = instance(deployment).await;
+    let (on_a, on_b) = (a.connect(&db.name).await, b.connect(&db.name).await);
+    let slow = "SELECT count(*) || repeat('x', 4000) FROM generate_series(1, 3000000)";
+    let started = Instant::now();
+    let (from_a, from_b) = tokio::join!(read(&on_a, slow), read(&on_b, slow));
+    let took = started.elapsed();
+    assert_eq!(from_a, from_b);
+    assert!(from_a.is_some_and(|v| v.starts_with("3000000x")));
+    assert_eq!(a.count("oversizedresult") + b.count("oversizedresult"), 2);
+    assert!(
+        took < Duration::from_secs(3),
+        "the waiter waited out its bound: {took:?}"
+    );
+    drop((on_a, on_b));
+    finish(vec![a, b], prefix, db).await;
+}

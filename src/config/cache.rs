@@ -16,6 +16,7 @@
 //! upstream_timeout = "20ms"      # longest wait for Redis before the origin
 //! consistency = "fast"           # or "strict": check Redis on every hit
 //! upstream_ca = "redis-ca.pem"   # rediss:// only: CA instead of the system's
+//! upstream_single_flight = false # true: instances missing one key send one query
 //!
 //! [[deployment.cache.rule]]      # by tables read …
 //! tables = ["prices"]
@@ -81,6 +82,7 @@ pub fn upstream(url: &str) -> TierSettings {
         prefix: DEFAULT_UPSTREAM_PREFIX.to_owned(),
         timeout: DEFAULT_UPSTREAM_TIMEOUT,
         consistency: Consistency::Fast,
+        single_flight: false,
         ca_file: None,
     }
 }
@@ -168,6 +170,7 @@ pub(super) struct RawCache {
     upstream_timeout: Option<RawDuration>,
     consistency: Option<String>,
     upstream_ca: Option<PathBuf>,
+    upstream_single_flight: Option<bool>,
     #[serde(default, rename = "rule")]
     rules: Vec<RawRule>,
 }
@@ -218,6 +221,10 @@ impl RawCache {
                 ("upstream_timeout", self.upstream_timeout.is_some()),
                 ("consistency", self.consistency.is_some()),
                 ("upstream_ca", self.upstream_ca.is_some()),
+                (
+                    "upstream_single_flight",
+                    self.upstream_single_flight.is_some(),
+                ),
             ];
             return match stray.iter().find(|(_, set)| *set) {
                 Some((field, _)) => Err(ConfigError::invalid(
@@ -256,6 +263,7 @@ impl RawCache {
                 ));
             }
         };
+        tier.single_flight = self.upstream_single_flight.unwrap_or(false);
         if let Some(ca) = &self.upstream_ca {
             if !url.starts_with("rediss") {
                 return Err(ConfigError::invalid(

@@ -151,7 +151,7 @@ fn the_upstream_tier_is_configured_and_checked() {
     let none = Config::from_toml(base, "test.toml").expect("valid");
     assert_eq!(none.deployments[0].cache.upstream, None);
     let tuned = Config::from_toml(
-        &format!("{base}upstream = \"rediss://r:6380/2\"\nupstream_prefix = \"shop\"\nupstream_timeout = \"5ms\"\nconsistency = \"strict\"\n"),
+        &format!("{base}upstream = \"rediss://r:6380/2\"\nupstream_prefix = \"shop\"\nupstream_timeout = \"5ms\"\nconsistency = \"strict\"\nupstream_single_flight = true\n"),
         "test.toml",
     )
     .expect("valid");
@@ -164,6 +164,7 @@ fn the_upstream_tier_is_configured_and_checked() {
     assert_eq!(tier.prefix, "shop");
     assert_eq!(tier.timeout, Duration::from_millis(5));
     assert_eq!(tier.consistency, Consistency::Strict);
+    assert!(tier.single_flight);
     let defaults = Config::from_toml(&format!("{base}upstream = \"redis://r\"\n"), "test.toml")
         .expect("valid");
     let tier = defaults.deployments[0]

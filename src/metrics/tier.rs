@@ -77,6 +77,11 @@ pub(super) fn render_tier(out: &mut String, d: &str, tier: &Tier) {
     }
     let _ = writeln!(
         out,
+        "warpdrive_l2_flight_waits_total{{deployment=\"{d}\"}} {}",
+        load(&stats.flight_waits)
+    );
+    let _ = writeln!(
+        out,
         "warpdrive_l2_connects_total{{deployment=\"{d}\"}} {}",
         load(&stats.connects)
     );
@@ -119,6 +124,8 @@ pub struct TierSnapshot {
     pub invalidations_purge: u64,
     /// Connections made.
     pub connects: u64,
+    /// Misses that waited for another instance's fetch.
+    pub flight_waits: u64,
     /// Remote invalidations whose propagation delay was measured.
     pub propagation_count: u64,
 }
@@ -141,6 +148,7 @@ impl TierSnapshot {
             invalidations_resubscribe: load(&stats.invalidations_resubscribe),
             invalidations_purge: load(&stats.invalidations_purge),
             connects: load(&stats.connects),
+            flight_waits: load(&stats.flight_waits),
             propagation_count: stats.propagation.count(),
         }
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::policy::{Policy, Source};
+use crate::cache::tier::FlightLock;
 use crate::cache::{CacheKey, CacheStatus, FillGuard, Recorded, Refetch};
 
 /// Records an origin reply for the cache as it is forwarded to the client; each protocol
@@ -50,6 +51,8 @@ pub(super) struct Recording<R> {
     pub(super) requested_at: Duration,
     pub(super) policy: Policy,
     pub(super) source: Source,
+    /// This instance fetches the key for every instance sharing the tier.
+    pub(super) lock: Option<FlightLock>,
 }
 
 /// A request sent to the origin, until the origin reports it ended.

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::analyze::Analysis;
-use crate::cache::tier::{Fetched, TierStamp};
+use crate::cache::tier::{Fetched, FlightLock, TierStamp};
 use crate::cache::{
     CacheKey, CacheStatus, Entry, Freshness, Generations, Lookup, Recorded, Store, Validity,
 };
@@ -118,7 +118,7 @@ impl Composer<'_> {
         started: Instant,
         to_record: impl Fn() -> ToRecord<R>,
     ) -> Consulted<R> {
-        let recorded = |fill: Fill, tier_stamp: Option<TierStamp>| {
+        let recorded = |fill: Fill, tier_stamp: Option<TierStamp>, lock: Option<FlightLock>| {
             let ToRecord {
                 recorder,
                 tables,
@@ -138,6 +138,7 @@ impl Composer<'_> {
                         tier_stamp,
                         refetch,
                     },
+                    lock,
                 }),
                 ..Flight::forwarded(CacheStatus::Miss, query_bytes, started)
             }
@@ -158,18 +159,16 @@ impl Composer<'_> {
                 }
                 Lookup::Miss(guard) => {
                     let Some(upstream) = self.upstream else {
-                        return Consulted::Forward(Box::new(recorded(Fill::Guard(guard), None)));
+                        return Consulted::Forward(Box::new(recorded(
+                            Fill::Guard(guard),
+                            None,
+                            None,
+                        )));
                     };
                     let validity = self.generations.map(Validity::starting);
                     let record = to_record();
-                    let fetched = upstream
-                        .tier
-                        .fetch(
-                            upstream.database,
-                            key,
-                            &record.tables,
-                            record.tables_unknown,
-                        )
+                    let (fetched, lock) = upstream
+                        .look(key, &record.tables, record.tables_unknown, COALESCE_WAIT)
                         .await;
                     let stamp = match fetched {
                         Fetched::Found(stored, stamp) => {
@@ -206,7 +205,7 @@ impl Composer<'_> {
                         Fetched::Missing(stamp) => Some(stamp),
                         Fetched::Unavailable => None,
                     };
-                    return Consulted::Forward(Box::new(recorded(Fill::Guard(guard), stamp)));
+                    return Consulted::Forward(Box::new(recorded(Fill::Guard(guard), stamp, lock)));
                 }
                 Lookup::Wait(mut flight) => {
                     if !waited {
@@ -217,7 +216,7 @@ impl Composer<'_> {
                         .await
                         .is_err()
                     {
-                        return Consulted::Forward(Box::new(recorded(Fill::Key(key), None)));
+                        return Consulted::Forward(Box::new(recorded(Fill::Key(key), None, None)));
                     }
                     continue;
                 }
@@ -284,7 +283,8 @@ impl Composer<'_> {
                     };
                     // Not stored when a write overtook it (counted by the store).
                     if let (true, Some(upstream)) = (stored, self.upstream) {
-                        upstream.store(key, &entry, self.store.clock().now());
+                        let now = self.store.clock().now();
+                        upstream.store(key, &entry, now, recording.lock);
                     }
                 }
                 Recorded::Oversized => status = CacheStatus::OversizedResult,

@@ -46,7 +46,7 @@ pub(super) fn spawn(
                     metrics.revalidations_ok.fetch_add(1, Ordering::Relaxed);
                     if let Some((tier, database)) = &upstream {
                         let upstream = Upstream { tier, database };
-                        upstream.store(key, &refreshed, store.clock().now());
+                        upstream.store(key, &refreshed, store.clock().now(), None);
                     }
                     return;
                 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::tier::format::{FORMAT, StoredEntry};
-use crate::cache::tier::{Tier, TierStamp, wall_clock};
+use crate::cache::tier::{Claim, Fetched, FlightLock, Tier, TierStamp, wall_clock};
 use crate::cache::{CacheKey, Entry};
 
 /// The tier, for requests to one origin database.
@@ -19,6 +19,35 @@ pub struct Upstream<'a> {
 }
 
 impl Upstream<'_> {
+    /// Looks `key` up in Redis after a local miss. With single flight, a miss takes the
+    /// key's lock (returned, to hold until the result is stored), or waits at most
+    /// `wait` for the instance holding it.
+    pub async fn look(
+        &self,
+        key: CacheKey,
+        tables: &[String],
+        tables_unknown: bool,
+        wait: Duration,
+    ) -> (Fetched, Option<FlightLock>) {
+        let fetched = self
+            .tier
+            .fetch(self.database, key, tables, tables_unknown)
+            .await;
+        if !matches!(fetched, Fetched::Missing(_)) || !self.tier.single_flight() {
+            return (fetched, None);
+        }
+        match self.tier.claim(self.database, key, wait).await {
+            Claim::Won(lock) => (fetched, Some(lock)),
+            Claim::Lost => {
+                let waited =
+                    self.tier
+                        .await_flight(self.database, key, tables, tables_unknown, wait);
+                (waited.await, None)
+            }
+            Claim::Unknown => (fetched, None),
+        }
+    }
+
     /// Whether Redis confirms that no write reached what `entry` read since its query
     /// started; `None` when Redis does not answer. An entry without generations (stored
     /// while Redis was away) cannot be confirmed.
@@ -31,8 +60,8 @@ impl Upstream<'_> {
     }
 
     /// Stores `entry` in Redis too, for the life it has left at `now` (cache clock),
-    /// when it carries generations.
-    pub fn store(&self, key: CacheKey, entry: &Entry, now: Duration) {
+    /// when it carries generations; then lets go of `lock`.
+    pub fn store(&self, key: CacheKey, entry: &Entry, now: Duration, lock: Option<FlightLock>) {
         let Some(stamp) = &entry.tier_stamp else {
             return;
         };
@@ -49,7 +78,7 @@ impl Upstream<'_> {
             segments: entry.segments.clone(),
         };
         self.tier
-            .store(self.database, key, stored, life.saturating_sub(age));
+            .store(self.database, key, stored, life.saturating_sub(age), lock);
     }
 }
 

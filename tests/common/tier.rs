@@ -35,6 +35,7 @@ impl Prefix {
             prefix: self.0.clone(),
             timeout: Duration::from_millis(20),
             consistency,
+            single_flight: false,
             ca_file: None,
         }
     }

@@ -18,6 +18,15 @@ impl Keys {
         name
     }
 
+    /// The lock of a key's fetch across instances.
+    pub(super) fn lock(&self, key: CacheKey) -> String {
+        let mut name = format!("{}:l:", self.0);
+        for byte in key.0 {
+            name.push_str(&format!("{byte:02x}"));
+        }
+        name
+    }
+
     pub(super) fn generation(&self, table: &str) -> String {
         format!("{}:g:{table}", self.0)
     }

@@ -24,6 +24,7 @@
 //! incremented are remembered, and their databases' `all` incremented once Redis
 //! answers again.
 
+mod flight;
 pub mod format;
 mod keys;
 mod link;
@@ -39,6 +40,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::invalidation::{Clocks, Written, table_key};
 use super::key::CacheKey;
 use crate::metrics::Histogram;
+pub use flight::{Claim, FlightLock};
 use format::{FORMAT, Notice, StoredEntry};
 use keys::Keys;
 pub use link::Failure;
@@ -75,6 +77,8 @@ pub struct TierSettings {
     pub timeout: Duration,
     /// Fast or strict.
     pub consistency: Consistency,
+    /// Whether instances missing one key together send one origin query.
+    pub single_flight: bool,
     /// CA certificates (PEM) that a `rediss://` server's certificate is checked
     /// against, instead of the system's.
     pub ca_file: Option<PathBuf>,
@@ -87,6 +91,7 @@ impl std::fmt::Debug for TierSettings {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("consistency", &self.consistency)
+            .field("single_flight", &self.single_flight)
             .field("ca_file", &self.ca_file)
             .finish()
     }
@@ -158,6 +163,8 @@ pub struct TierStats {
     pub invalidations_resubscribe: AtomicU64,
     /// Connections (and subscriptions) made to Redis.
     pub connects: AtomicU64,
+    /// Misses that waited for another instance's fetch of the same key.
+    pub flight_waits: AtomicU64,
     /// From a remote write's notice being sent to its arrival here.
     pub propagation: Histogram,
 }
@@ -211,6 +218,11 @@ impl Tier {
     /// Its counters.
     pub fn stats(&self) -> &TierStats {
         &self.stats
+    }
+
+    /// Whether misses take a lock across instances.
+    pub fn single_flight(&self) -> bool {
+        self.settings.single_flight
     }
 
     /// Whether hits are checked against Redis.
@@ -336,13 +348,15 @@ impl Tier {
         })
     }
 
-    /// Stores `entry` under `key`, in the background, for the `ttl` it has left.
+    /// Stores `entry` under `key`, in the background, for the `ttl` it has left; then
+    /// releases `lock`.
     pub fn store(
         self: &Arc<Self>,
         database: &str,
         key: CacheKey,
         entry: StoredEntry,
         ttl: Duration,
+        lock: Option<FlightLock>,
     ) {
         if ttl.is_zero() || !self.link.is_up() {
             return;
@@ -368,6 +382,8 @@ impl Tier {
                     },
                 )
                 .await;
+            // Released once the entry is there for the instances waiting on it.
+            drop(lock);
             if stored.is_some() {
                 tier.register(&database).await;
             }
@@ -638,6 +654,7 @@ mod tests {
             prefix: "p".to_owned(),
             timeout: Duration::from_millis(20),
             consistency: Consistency::Fast,
+            single_flight: false,
             ca_file: None,
         };
         assert!(!format!("{settings:?}").contains("secret"));
