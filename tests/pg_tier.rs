@@ -170,7 +170,8 @@ async fn a_purge_on_one_instance_reaches_every_instance_and_redis() {
     let c = instance(tiered(&db, prefix.tier(REDIS, Consistency::Fast))).await;
     let on_c = c.connect(&db.name).await;
     assert_eq!(read(&on_c, of_t).await.as_deref(), Some("two"));
-    let purged = purge(&a, "all=true").await;
+    // One deployment, everything in it.
+    let purged = purge(&a, "all=true&deployment=default").await;
     assert_eq!(purged.deployments[0].shared, Some(true));
     common::eventually("B and C to hear it", || {
         l2(&b).invalidations_purge >= 2 && l2(&c).invalidations_purge >= 1
@@ -178,6 +179,22 @@ async fn a_purge_on_one_instance_reaches_every_instance_and_redis() {
     .await;
     for client in [&on_a, &on_b, &on_c] {
         assert_eq!(read(client, of_u).await.as_deref(), Some("u2"));
+    }
+    // Everything.
+    db.direct()
+        .await
+        .batch_execute("UPDATE u SET v = 'u3'")
+        .await
+        .expect("behind warpdrive's back");
+    assert_eq!(read(&on_c, of_u).await.as_deref(), Some("u2"), "cached");
+    let purged = purge(&a, "all=true").await;
+    assert_eq!(purged.deployments[0].shared, Some(true));
+    common::eventually("B and C to hear it", || {
+        l2(&b).invalidations_purge >= 3 && l2(&c).invalidations_purge >= 2
+    })
+    .await;
+    for client in [&on_a, &on_b, &on_c] {
+        assert_eq!(read(client, of_u).await.as_deref(), Some("u3"));
     }
     drop((on_a, on_b, on_c));
     finish(vec![a, b, c], prefix, db).await;
