@@ -355,16 +355,7 @@ async fn after_an_extended_copy_replies_stay_with_their_queries() {
     assert_eq!(sink.finish().await.expect("copy done"), 1);
     let value = |sql: &'static str| {
         let client = &client;
-        async move {
-            let messages = client.simple_query(sql).await.expect("read");
-            messages
-                .iter()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-                    _ => None,
-                })
-                .expect("a row")
-        }
+        async move { common::row_value(&client.simple_query(sql).await.expect("read")) }
     };
     // tokio-postgres returns at CommandComplete, before the copy's ReadyForQuery, at
     // which warpdrive marks the committed write again: a read sent before it may not be

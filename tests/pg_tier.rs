@@ -36,11 +36,7 @@ async fn a_miss_on_one_instance_is_an_l2_hit_on_another_that_keeps_its_age() {
         "A stored its result in Redis"
     );
     // Changed behind warpdrive's back: only a cached answer is still "one".
-    db.direct()
-        .await
-        .batch_execute("UPDATE t SET v = 'behind' WHERE id = 1")
-        .await
-        .expect("update");
+    on_origin(&db, "UPDATE t SET v = 'behind' WHERE id = 1").await;
     let on_b = b.connect(&db.name).await;
     assert_eq!(read(&on_b, sql).await.as_deref(), Some("one"));
     assert_eq!((b.count("hit"), b.count("miss")), (1, 0));
@@ -109,11 +105,7 @@ async fn strict_consistency_checks_redis_on_every_hit() {
     assert_eq!(read(&on_fast, sql).await.as_deref(), Some("one"));
     let hits = (strict.count("hit"), fast.count("hit"));
     assert!(hits.0 >= 1 && hits.1 >= 1, "{hits:?}");
-    db.direct()
-        .await
-        .batch_execute("UPDATE t SET v = 'two' WHERE id = 1")
-        .await
-        .expect("update");
+    on_origin(&db, "UPDATE t SET v = 'two' WHERE id = 1").await;
     let mut redis = redis_connection(REDIS).await;
     let _: i64 = redis::cmd("INCR")
         .arg(format!("{{{}:{}}}:1:g:t", prefix.0, db.name))
@@ -131,11 +123,7 @@ async fn strict_consistency_checks_redis_on_every_hit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_on_one_instance_reaches_every_instance_and_redis() {
     let db = table("tierpurge").await;
-    db.direct()
-        .await
-        .batch_execute("CREATE TABLE u (v text); INSERT INTO u VALUES ('u1')")
-        .await
-        .expect("schema");
+    on_origin(&db, "CREATE TABLE u (v text); INSERT INTO u VALUES ('u1')").await;
     let prefix = Prefix::new("purge");
     let deployment = tiered(&db, prefix.tier(REDIS, Consistency::Fast));
     let a = Proxy::start_with_admin(deployment.clone()).await;
@@ -148,11 +136,7 @@ async fn a_purge_on_one_instance_reaches_every_instance_and_redis() {
         assert_eq!(read(client, of_t).await.as_deref(), Some("one"));
         assert_eq!(read(client, of_u).await.as_deref(), Some("u1"));
     }
-    db.direct()
-        .await
-        .batch_execute("UPDATE t SET v = 'two'; UPDATE u SET v = 'u2'")
-        .await
-        .expect("behind warpdrive's back");
+    on_origin(&db, "UPDATE t SET v = 'two'; UPDATE u SET v = 'u2'").await;
     assert_eq!(read(&on_b, of_t).await.as_deref(), Some("one"), "cached");
     let purged = purge(&a, "table=t").await;
     assert_eq!(purged.dropped, 1, "{purged:?}");
@@ -181,11 +165,7 @@ async fn a_purge_on_one_instance_reaches_every_instance_and_redis() {
         assert_eq!(read(client, of_u).await.as_deref(), Some("u2"));
     }
     // Everything.
-    db.direct()
-        .await
-        .batch_execute("UPDATE u SET v = 'u3'")
-        .await
-        .expect("behind warpdrive's back");
+    on_origin(&db, "UPDATE u SET v = 'u3'").await;
     assert_eq!(read(&on_c, of_u).await.as_deref(), Some("u2"), "cached");
     let purged = purge(&a, "all=true").await;
     assert_eq!(purged.deployments[0].shared, Some(true));
@@ -257,11 +237,7 @@ async fn a_corrupt_value_in_redis_is_a_counted_miss() {
         .query_async(&mut redis)
         .await
         .expect("SET");
-    db.direct()
-        .await
-        .batch_execute("UPDATE t SET v = 'two' WHERE id = 1")
-        .await
-        .expect("behind warpdrive's back");
+    on_origin(&db, "UPDATE t SET v = 'two' WHERE id = 1").await;
     assert_eq!(
         read(&on_b, sql).await.as_deref(),
         Some("two"),

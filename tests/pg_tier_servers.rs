@@ -230,11 +230,7 @@ async fn the_tier_and_its_invalidations_work_on_a_redis_cluster() {
         .expect("update");
     assert_eq!(read(&on_b, sql).await.as_deref(), Some("three"));
     // A purge through A, of a change behind warpdrive's back, reaches B.
-    db.direct()
-        .await
-        .batch_execute("UPDATE t SET v = 'four' WHERE id = 1")
-        .await
-        .expect("behind");
+    on_origin(&db, "UPDATE t SET v = 'four' WHERE id = 1").await;
     assert_eq!(read(&on_b, sql).await.as_deref(), Some("three"), "cached");
     let purged = purge(&a, "table=t").await;
     assert_eq!(purged.deployments[0].shared, Some(true), "{purged:?}");

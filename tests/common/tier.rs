@@ -96,6 +96,15 @@ pub async fn instance(deployment: Deployment) -> Proxy {
     proxy
 }
 
+/// Runs `sql` on the origin directly, not through warpdrive.
+pub async fn on_origin(db: &TestDatabase, sql: &str) {
+    db.direct()
+        .await
+        .batch_execute(sql)
+        .await
+        .expect("SQL on the origin");
+}
+
 /// Stops the instances, then removes the test's keys and database.
 pub async fn finish(instances: Vec<Proxy>, prefix: Prefix, db: TestDatabase) {
     for instance in instances {
