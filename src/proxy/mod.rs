@@ -118,13 +118,16 @@ impl Composer<'_> {
         started: Instant,
         to_record: impl Fn() -> ToRecord<R>,
     ) -> Consulted<R> {
-        let recorded = |fill: Fill, tier_stamp: Option<TierStamp>, lock: Option<FlightLock>| {
+        let recorded = |record: ToRecord<R>,
+                        fill: Fill,
+                        tier_stamp: Option<TierStamp>,
+                        lock: Option<FlightLock>| {
             let ToRecord {
                 recorder,
                 tables,
                 tables_unknown,
                 refetch,
-            } = to_record();
+            } = record;
             Flight {
                 recording: Some(Recording {
                     recorder,
@@ -160,6 +163,7 @@ impl Composer<'_> {
                 Lookup::Miss(guard) => {
                     let Some(upstream) = self.upstream else {
                         return Consulted::Forward(Box::new(recorded(
+                            to_record(),
                             Fill::Guard(guard),
                             None,
                             None,
@@ -178,11 +182,11 @@ impl Composer<'_> {
                                 true,
                                 now,
                                 Source {
-                                    tables: record.tables,
+                                    tables: Arc::clone(&record.tables),
                                     tables_unknown: record.tables_unknown,
                                     validity,
                                     tier_stamp: None,
-                                    refetch: record.refetch,
+                                    refetch: Arc::clone(&record.refetch),
                                 },
                             );
                             let entry = upstream::from_stored(stored, stamp.clone(), now, local);
@@ -205,7 +209,12 @@ impl Composer<'_> {
                         Fetched::Missing(stamp) => Some(stamp),
                         Fetched::Unavailable => None,
                     };
-                    return Consulted::Forward(Box::new(recorded(Fill::Guard(guard), stamp, lock)));
+                    return Consulted::Forward(Box::new(recorded(
+                        record,
+                        Fill::Guard(guard),
+                        stamp,
+                        lock,
+                    )));
                 }
                 Lookup::Wait(mut flight) => {
                     if !waited {
@@ -216,7 +225,12 @@ impl Composer<'_> {
                         .await
                         .is_err()
                     {
-                        return Consulted::Forward(Box::new(recorded(Fill::Key(key), None, None)));
+                        return Consulted::Forward(Box::new(recorded(
+                            to_record(),
+                            Fill::Key(key),
+                            None,
+                            None,
+                        )));
                     }
                     continue;
                 }
