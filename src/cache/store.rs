@@ -194,12 +194,7 @@ impl Store {
     fn serve(self: &Arc<Self>, key: CacheKey) -> Option<Lookup> {
         let entry = self.entries.get(&key)?;
         if !entry.is_current() {
-            let dropped = self
-                .entries
-                .remove_if(&key, |held| Arc::ptr_eq(held, &entry));
-            if dropped.is_some() {
-                self.invalidated.fetch_add(1, Ordering::Relaxed);
-            }
+            self.invalidate(key, &entry);
             return None;
         }
         match entry.freshness(self.clock.now()) {
@@ -237,8 +232,8 @@ impl Store {
         true
     }
 
-    /// Drops `entry` from under `key` (found out of date elsewhere: the upstream tier
-    /// knows of a write), unless another entry took its place meanwhile.
+    /// Drops `entry` from under `key`, found out of date (by its write clock, or by the
+    /// upstream tier), unless another entry took its place meanwhile.
     pub fn invalidate(&self, key: CacheKey, entry: &Arc<Entry>) {
         if self
             .entries
