@@ -113,9 +113,12 @@ pub enum ConnError {
     /// The socket failed.
     #[error("{0}")]
     Io(#[from] io::Error),
-    /// The peer sent bytes that are not a valid message.
+    /// The peer sent bytes that are not a valid PostgreSQL message.
     #[error("{0}")]
     Wire(#[from] WireError),
+    /// The peer sent bytes that are not a valid MySQL packet.
+    #[error("{0}")]
+    MysqlWire(#[from] crate::wire::mysql::WireError),
     /// The peer closed the connection in the middle of a message.
     #[error("the connection closed in the middle of a message")]
     TruncatedFrame,

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use warpdrive::analyze::{Analyzer, AnalyzerOptions, Dialect, Rules, StableFunctions};
 use warpdrive::check::{CheckReport, PolicyReport};
-use warpdrive::config::{ClientAuth, Config, DEFAULT_ADMIN, SingleDeployment};
+use warpdrive::config::{ClientAuth, Config, DEFAULT_ADMIN, OriginUrl, SingleDeployment};
 use warpdrive::metrics::DeploymentSnapshot;
 use warpdrive::server::Server;
 
@@ -44,6 +44,12 @@ enum ClientAuthArg {
     ScramSha256,
     /// MD5, with the origin URL's user and password.
     Md5,
+    /// caching_sha2_password (MySQL origins), with the origin URL's user and password.
+    #[value(name = "caching_sha2_password")]
+    CachingSha2,
+    /// mysql_native_password (MySQL origins), with the origin URL's user and password.
+    #[value(name = "mysql_native_password")]
+    MysqlNative,
     /// No password: anyone who can reach the listener logs in.
     Trust,
 }
@@ -53,6 +59,8 @@ impl From<ClientAuthArg> for ClientAuth {
         match arg {
             ClientAuthArg::ScramSha256 => ClientAuth::ScramSha256,
             ClientAuthArg::Md5 => ClientAuth::Md5,
+            ClientAuthArg::CachingSha2 => ClientAuth::CachingSha2,
+            ClientAuthArg::MysqlNative => ClientAuth::MysqlNative,
             ClientAuthArg::Trust => ClientAuth::Trust,
         }
     }
@@ -122,14 +130,10 @@ impl Deployments {
 struct ServeArgs {
     #[command(flatten)]
     deployments: Deployments,
-    /// Address clients connect to (with --origin).
-    #[arg(
-        long,
-        value_name = "ADDR",
-        default_value = "127.0.0.1:6432",
-        conflicts_with = "config"
-    )]
-    listen: SocketAddr,
+    /// Address clients connect to (with --origin; default 127.0.0.1:6432, for a MySQL
+    /// origin 127.0.0.1:6033).
+    #[arg(long, value_name = "ADDR", conflicts_with = "config")]
+    listen: Option<SocketAddr>,
     /// Cached results are fresh for this many seconds (with --origin; default 60, at most 3600).
     #[arg(long, value_name = "SECONDS", conflicts_with = "config")]
     max_age: Option<u64>,
@@ -144,14 +148,10 @@ struct ServeArgs {
     #[arg(long, value_name = "URL", conflicts_with = "config")]
     cache_upstream: Option<String>,
     /// How clients log in (with --origin): with the origin URL's user and password, or
-    /// `trust` for no password.
-    #[arg(
-        long,
-        value_enum,
-        default_value = "scram-sha-256",
-        conflicts_with = "config"
-    )]
-    client_auth: ClientAuthArg,
+    /// `trust` for no password (default scram-sha-256, for a MySQL origin
+    /// caching_sha2_password).
+    #[arg(long, value_enum, conflicts_with = "config")]
+    client_auth: Option<ClientAuthArg>,
     /// Address of the admin listener (/metrics, /stats, /healthz); `off` for none.
     #[arg(long, value_name = "ADDR")]
     admin: Option<String>,
@@ -257,12 +257,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = args.deployments.load(|origin| SingleDeployment {
-        client_auth: args.client_auth.into(),
+        client_auth: args.client_auth.map(ClientAuth::from),
         max_age: args.max_age,
         stale_while_revalidate: args.swr,
         caching_disabled: args.caching_disabled,
         cache_upstream: args.cache_upstream.clone(),
-        ..SingleDeployment::new(args.listen, origin)
+        ..SingleDeployment::new(
+            args.listen
+                .unwrap_or_else(|| OriginUrl::default_listen(origin)),
+            origin,
+        )
     })?;
     if let Some(rules) = args.rules {
         config.rules = Some(rules);
@@ -463,7 +467,7 @@ fn validate(args: ValidateArgs) -> Result<(), (u8, anyhow::Error)> {
         .deployments
         .load(|origin| SingleDeployment {
             // Only the origin is checked: how clients log in does not matter here.
-            client_auth: ClientAuth::Trust,
+            client_auth: Some(ClientAuth::Trust),
             ..SingleDeployment::new(SocketAddr::from(([127, 0, 0, 1], 0)), origin)
         })
         .map_err(|error| (USAGE_ERROR, error))?;

@@ -1,6 +1,5 @@
 //! What every protocol has in common, in neutral terms: the transaction status an
-//! origin reports after each request, and which protocol a deployment speaks (MySQL
-//! joins when its frontend and backend do; its URLs are refused until then).
+//! origin reports after each request, and which protocol a deployment speaks.
 //!
 //! Each protocol's edge maps its own wire values to these (PostgreSQL's ReadyForQuery
 //! status byte, MySQL's status flags); the pool, the cache policy and the session driver
@@ -29,6 +28,8 @@ impl TxnStatus {
 pub enum Protocol {
     /// PostgreSQL's frontend/backend protocol 3.0.
     Postgres,
+    /// MySQL's client/server protocol 4.1 (MariaDB's too).
+    Mysql,
 }
 
 impl Protocol {
@@ -36,6 +37,7 @@ impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Postgres => "postgresql",
+            Protocol::Mysql => "mysql",
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::cache::{Clocks, Store};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::{DeploymentMetrics, Registry};
+use crate::protocol::Protocol;
 use crate::session::{self, ProcessShared, SessionContext};
 use crate::tls::TlsError;
 
@@ -55,9 +56,42 @@ pub enum ServerError {
     },
 }
 
+/// A deployment's sessions, by protocol.
+enum Listener {
+    Postgres(Arc<SessionContext>),
+    Mysql(Arc<SessionContext<session::mysql::Shared>>),
+}
+
+/// A session to run.
+type SessionTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl Listener {
+    fn serve(&self, tcp: tokio::net::TcpStream) -> SessionTask {
+        match self {
+            Listener::Postgres(ctx) => Box::pin(session::serve(tcp, Arc::clone(ctx))),
+            Listener::Mysql(ctx) => Box::pin(session::serve_mysql(tcp, Arc::clone(ctx))),
+        }
+    }
+
+    fn cache(&self) -> crate::admin::DeploymentCache {
+        fn of<P>(ctx: &SessionContext<P>) -> crate::admin::DeploymentCache {
+            crate::admin::DeploymentCache {
+                name: ctx.deployment.name.clone(),
+                store: Arc::clone(&ctx.cache),
+                tier: ctx.tier.clone(),
+                metrics: Arc::clone(&ctx.metrics),
+            }
+        }
+        match self {
+            Listener::Postgres(ctx) => of(ctx),
+            Listener::Mysql(ctx) => of(ctx),
+        }
+    }
+}
+
 /// Bound listeners, ready to serve.
 pub struct Server {
-    listeners: Vec<(TcpListener, Arc<SessionContext>)>,
+    listeners: Vec<(TcpListener, Listener)>,
     admin: Option<TcpListener>,
     registry: Registry,
     drain_timeout: Duration,
@@ -114,13 +148,6 @@ impl Server {
             );
             let metrics = Arc::new(DeploymentMetrics::new(&name, Arc::clone(&store)));
             registry.add(Arc::clone(&metrics));
-            let pools = crate::pool::pg::pools(
-                deployment.origin.clone(),
-                deployment.pool.clone(),
-                Arc::clone(&metrics.pool),
-            )
-            .map_err(tls_error)?;
-            pools.get(&deployment.origin.database);
             let listener = TcpListener::bind(deployment.listen)
                 .await
                 .map_err(|source| ServerError::Bind {
@@ -142,9 +169,28 @@ impl Server {
                 None => None,
             };
             metrics.set_tier(tier.clone());
-            let ctx = Arc::new(SessionContext::new(
-                deployment, pools, tls, &process, store, metrics, tier,
-            ));
+            let url = deployment.origin.clone();
+            let pool_settings = deployment.pool.clone();
+            let pool_metrics = Arc::clone(&metrics.pool);
+            let ctx = match url.protocol {
+                Protocol::Postgres => {
+                    let pools = crate::pool::pg::pools(url, pool_settings, pool_metrics)
+                        .map_err(tls_error)?;
+                    pools.get(&deployment.origin.database);
+                    let shared = |deployment: &_| session::pg::Shared::new(deployment, pools);
+                    Listener::Postgres(Arc::new(SessionContext::new(
+                        deployment, shared, tls, &process, store, metrics, tier,
+                    )))
+                }
+                Protocol::Mysql => {
+                    let pool = crate::pool::mysql::pool(url, pool_settings, pool_metrics)
+                        .map_err(tls_error)?;
+                    let shared = |deployment: &_| session::mysql::Shared::new(deployment, pool);
+                    Listener::Mysql(Arc::new(SessionContext::new(
+                        deployment, shared, tls, &process, store, metrics, tier,
+                    )))
+                }
+            };
             listeners.push((listener, ctx));
         }
         let admin = match config.admin {
@@ -209,12 +255,7 @@ impl Server {
         let caches = self
             .listeners
             .iter()
-            .map(|(_, ctx)| crate::admin::DeploymentCache {
-                name: ctx.deployment.name.clone(),
-                store: Arc::clone(&ctx.cache),
-                tier: ctx.tier.clone(),
-                metrics: Arc::clone(&ctx.metrics),
-            })
+            .map(|(_, listener)| listener.cache())
             .collect();
         let admin = crate::admin::Admin {
             registry: self.registry.clone(),
@@ -232,7 +273,7 @@ impl Server {
                         _ = stop.changed() => return,
                         accepted = listener.accept() => match accepted {
                             Ok((tcp, _)) => {
-                                let _ = session_tx.send(session::serve(tcp, Arc::clone(&ctx)));
+                                let _ = session_tx.send(ctx.serve(tcp));
                             }
                             Err(error) => {
                                 tracing::warn!(%error, "accept failed");

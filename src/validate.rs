@@ -10,7 +10,12 @@ use serde::Serialize;
 
 use crate::config::{Config, Deployment};
 use crate::conn::ConnError;
+use crate::pool::mysql::MysqlTarget;
 use crate::pool::pg::{OriginError, OriginTarget, origin, read_until_ready};
+use crate::protocol::Protocol;
+use crate::wire::mysql::command::code;
+use crate::wire::mysql::response::Expect;
+use crate::wire::mysql::write_packet;
 use crate::wire::pg::backend::{BackendMessage, TransactionStatus, tag};
 use crate::wire::pg::encode;
 
@@ -63,6 +68,29 @@ impl Cause {
             Cause::OriginRefused => "origin_refused",
             Cause::TestQueryFailed => "test_query_failed",
             Cause::ProtocolError => "protocol_error",
+        }
+    }
+
+    /// What to change, before an origin of `protocol`.
+    pub fn hint_for(self, protocol: Protocol) -> &'static str {
+        match (protocol, self) {
+            (Protocol::Mysql, Cause::TlsUnsupported) => {
+                "enable TLS on the origin, or lower ssl-mode in the origin URL (PREFERRED, DISABLED)"
+            }
+            (Protocol::Mysql, Cause::CertificateInvalid) => {
+                "give the CA that signed the origin's certificate with ssl-ca=FILE, or use ssl-mode=REQUIRED (no verification)"
+            }
+            (Protocol::Mysql, Cause::TlsFailed) => "check ssl-mode and ssl-ca in the origin URL",
+            (Protocol::Mysql, Cause::UnsupportedAuthentication) => {
+                "give the origin user mysql_native_password or caching_sha2_password (ALTER USER … IDENTIFIED WITH …); for caching_sha2_password without a cached login, use TLS"
+            }
+            (Protocol::Mysql, Cause::PermissionDenied) => {
+                "GRANT the origin URL's user access to the database"
+            }
+            (Protocol::Mysql, Cause::ProtocolError) => {
+                "check that the origin URL points at a MySQL or MariaDB server (5.7 / 10.2 or later)"
+            }
+            (_, cause) => cause.hint(),
         }
     }
 
@@ -172,10 +200,16 @@ pub async fn validate(config: &Config) -> Vec<Check> {
 
 async fn check(deployment: &Deployment, database: String) -> Check {
     let started = Instant::now();
-    let outcome = connect_and_query(deployment, &database).await;
+    let protocol = deployment.origin.protocol;
+    let outcome = connect_and_query(deployment, &database)
+        .await
+        .map_err(|failure| Failure {
+            hint: failure.cause.hint_for(protocol),
+            ..failure
+        });
     Check {
         deployment: deployment.name.clone(),
-        protocol: deployment.origin.protocol.name(),
+        protocol: protocol.name(),
         origin: deployment.origin.to_string(),
         database,
         elapsed_ms: outcome
@@ -186,6 +220,52 @@ async fn check(deployment: &Deployment, database: String) -> Check {
 }
 
 async fn connect_and_query(deployment: &Deployment, database: &str) -> Result<(), Failure> {
+    match deployment.origin.protocol {
+        Protocol::Postgres => connect_and_query_postgres(deployment, database).await,
+        Protocol::Mysql => connect_and_ping_mysql(deployment, database).await,
+    }
+}
+
+/// A MySQL origin: connect and authenticate as the pool would, then COM_PING.
+async fn connect_and_ping_mysql(deployment: &Deployment, database: &str) -> Result<(), Failure> {
+    let url = &deployment.origin;
+    let tls = crate::tls::client_config(url.ssl_mode, url.ssl_root_cert.as_deref())
+        .map_err(|error| Failure::new(Cause::TlsFailed, error.to_string()))?;
+    let target = MysqlTarget {
+        url: url.clone(),
+        tls,
+        connect_timeout: deployment.pool.connect_timeout,
+    };
+    let database = Some(database).filter(|db| !db.is_empty());
+    let mut link = crate::pool::mysql::origin::connect(&target, database)
+        .await
+        .map_err(|error| Failure::new(cause_of(&error), error.to_string()))?;
+    let ping = link.exchange("COM_PING", &[code::PING], Expect::Ok);
+    match tokio::time::timeout(TEST_QUERY_TIMEOUT, ping).await {
+        Err(_) => Err(Failure::new(
+            Cause::TestQueryFailed,
+            format!(
+                "the origin did not answer COM_PING within {}s",
+                TEST_QUERY_TIMEOUT.as_secs()
+            ),
+        )),
+        Ok(Err(error)) => Err(Failure::new(
+            Cause::TestQueryFailed,
+            format!("COM_PING failed: {error}"),
+        )),
+        Ok(Ok(_)) => {
+            write_packet(&mut link.conn.out, 0, &[code::QUIT]);
+            let _ = link.conn.flush().await;
+            Ok(())
+        }
+    }
+}
+
+/// A PostgreSQL origin: connect and start up as the pool would, then the empty query.
+async fn connect_and_query_postgres(
+    deployment: &Deployment,
+    database: &str,
+) -> Result<(), Failure> {
     let url = &deployment.origin;
     let tls = crate::tls::client_config(url.ssl_mode, url.ssl_root_cert.as_deref())
         .map_err(|error| Failure::new(Cause::TlsFailed, error.to_string()))?;
@@ -252,14 +332,23 @@ pub fn cause_of(error: &OriginError) -> Cause {
         OriginError::BadCredentials { .. } | OriginError::NoPassword | OriginError::Scram(_) => {
             Cause::BadCredentials
         }
-        OriginError::UnsupportedAuth(_) => Cause::UnsupportedAuthentication,
+        OriginError::UnsupportedAuth(_)
+        | OriginError::UnsupportedMysqlAuth(_)
+        | OriginError::FullAuthNeedsTls => Cause::UnsupportedAuthentication,
         OriginError::UnknownDatabase { .. } => Cause::DatabaseNotFound,
         OriginError::Refused(fields) if fields.code() == b"42501" => Cause::PermissionDenied,
         OriginError::Refused(_) => Cause::OriginRefused,
+        // ER_DBACCESS_DENIED_ERROR, ER_TABLEACCESS_DENIED_ERROR
+        OriginError::MysqlRefused {
+            code: 1044 | 1142, ..
+        } => Cause::PermissionDenied,
+        OriginError::MysqlRefused { .. } => Cause::OriginRefused,
         OriginError::Conn(ConnError::Io(source)) if is_certificate_error(source) => {
             Cause::CertificateInvalid
         }
-        OriginError::Conn(_) | OriginError::NotPostgres { .. } => Cause::ProtocolError,
+        OriginError::Conn(_) | OriginError::NotPostgres { .. } | OriginError::NotMysql { .. } => {
+            Cause::ProtocolError
+        }
     }
 }
 

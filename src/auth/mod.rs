@@ -3,4 +3,5 @@
 //! carry the messages.
 
 pub mod md5;
+pub mod mysql;
 pub mod scram;

@@ -27,6 +27,7 @@
 //! prepared_statements_per_connection = 256
 //! health_check_interval = "30s"
 //! catalog_max_age = "10s"
+//! stay_after_write = 1
 //!
 //! [deployment.limits]
 //! max_message_bytes = "64MiB"
@@ -41,6 +42,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::protocol::Protocol;
 
 pub use cache::{CacheRule, CacheSettings};
 pub use origin::{OriginUrl, SslMode};
@@ -83,15 +86,74 @@ impl ConfigError {
     }
 }
 
-/// How clients prove who they are.
+/// How clients prove who they are. Each protocol has a strong method (its default) and a
+/// legacy one; validation keeps each deployment to its protocol's names, and a frontend
+/// reads the other protocol's name as its own counterpart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientAuth {
-    /// SCRAM-SHA-256 (the default).
+    /// SCRAM-SHA-256 (PostgreSQL's default).
     ScramSha256,
-    /// MD5 password hashing.
+    /// MD5 password hashing (PostgreSQL).
     Md5,
+    /// caching_sha2_password (MySQL's default).
+    CachingSha2,
+    /// mysql_native_password (MySQL).
+    MysqlNative,
     /// No password: only when explicitly configured.
     Trust,
+}
+
+impl ClientAuth {
+    /// The default method of `protocol`.
+    pub fn default_for(protocol: Protocol) -> ClientAuth {
+        match protocol {
+            Protocol::Postgres => ClientAuth::ScramSha256,
+            Protocol::Mysql => ClientAuth::CachingSha2,
+        }
+    }
+
+    /// Its name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientAuth::ScramSha256 => "scram-sha-256",
+            ClientAuth::Md5 => "md5",
+            ClientAuth::CachingSha2 => "caching_sha2_password",
+            ClientAuth::MysqlNative => "mysql_native_password",
+            ClientAuth::Trust => "trust",
+        }
+    }
+
+    /// The methods `protocol` offers.
+    pub fn of(protocol: Protocol) -> [ClientAuth; 3] {
+        match protocol {
+            Protocol::Postgres => [ClientAuth::ScramSha256, ClientAuth::Md5, ClientAuth::Trust],
+            Protocol::Mysql => [
+                ClientAuth::CachingSha2,
+                ClientAuth::MysqlNative,
+                ClientAuth::Trust,
+            ],
+        }
+    }
+
+    /// The method named `name`, if `protocol` offers it; the error lists those it does.
+    pub fn parse(name: &str, protocol: Protocol) -> Result<ClientAuth, String> {
+        let offered = ClientAuth::of(protocol);
+        offered
+            .iter()
+            .copied()
+            .find(|auth| auth.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<String> = offered
+                    .iter()
+                    .map(|auth| format!("{:?}", auth.name()))
+                    .collect();
+                format!(
+                    "{name:?} is not one of {} (for a {} origin)",
+                    names.join(", "),
+                    protocol.name()
+                )
+            })
+    }
 }
 
 /// A user clients may log in as.
@@ -145,6 +207,10 @@ pub struct PoolSettings {
     /// read again once this old, to see DDL that did not pass through warpdrive.
     /// Default 10 s, at most 1 h.
     pub catalog_max_age: Duration,
+    /// MySQL: after a statement that generated an AUTO_INCREMENT id or changed rows, the
+    /// client keeps its connection for this many more statements, so that
+    /// `LAST_INSERT_ID()` and `ROW_COUNT()` answer about it. Default 1.
+    pub stay_after_write: usize,
 }
 
 impl Default for PoolSettings {
@@ -159,6 +225,7 @@ impl Default for PoolSettings {
             prepared_statements_per_connection: 256,
             health_check_interval: Duration::from_secs(30),
             catalog_max_age: Duration::from_secs(10),
+            stay_after_write: 1,
         }
     }
 }
@@ -194,6 +261,7 @@ impl Deployment {
 
     /// A deployment with every default, for `warpdrive serve --origin URL`.
     pub fn from_origin(listen: SocketAddr, origin: OriginUrl) -> Deployment {
+        let protocol = origin.protocol;
         let users = vec![ClientUser {
             name: origin.user.clone(),
             password: origin.password.clone().unwrap_or_default(),
@@ -203,7 +271,7 @@ impl Deployment {
             listen,
             origin,
             databases: None,
-            client_auth: ClientAuth::ScramSha256,
+            client_auth: ClientAuth::default_for(protocol),
             users,
             tls: None,
             pool: PoolSettings::default(),
@@ -228,8 +296,8 @@ pub struct SingleDeployment {
     pub listen: SocketAddr,
     /// The origin URL.
     pub origin: String,
-    /// How clients log in.
-    pub client_auth: ClientAuth,
+    /// How clients log in (default: the protocol's default).
+    pub client_auth: Option<ClientAuth>,
     /// `--max-age`, seconds.
     pub max_age: Option<u64>,
     /// `--swr`, seconds.
@@ -246,7 +314,7 @@ impl SingleDeployment {
         SingleDeployment {
             listen,
             origin: origin.to_owned(),
-            client_auth: ClientAuth::ScramSha256,
+            client_auth: None,
             max_age: None,
             stale_while_revalidate: None,
             caching_disabled: false,
@@ -333,6 +401,7 @@ struct RawPool {
     prepared_statements_per_connection: Option<usize>,
     health_check_interval: Option<RawDuration>,
     catalog_max_age: Option<RawDuration>,
+    stay_after_write: Option<usize>,
 }
 
 #[derive(Default, Deserialize)]
@@ -411,7 +480,10 @@ impl Config {
         let origin = OriginUrl::parse(&single.origin)
             .map_err(|problem| ConfigError::invalid("--origin", problem))?;
         let mut deployment = Deployment::from_origin(single.listen, origin);
-        deployment.client_auth = single.client_auth;
+        if let Some(auth) = single.client_auth {
+            deployment.client_auth = ClientAuth::parse(auth.name(), deployment.origin.protocol)
+                .map_err(|problem| ConfigError::invalid("--client-auth", problem))?;
+        }
         check_passwords(&deployment, "--origin", "pass --client-auth trust")?;
         let seconds = |flag: &str, value: u64| {
             let duration = Duration::from_secs(value);
@@ -538,17 +610,10 @@ fn validate_deployment(index: usize, raw: RawDeployment) -> Result<Deployment, C
         deployment.databases = Some(databases);
     }
 
-    deployment.client_auth = match raw.client.auth.as_deref() {
-        None | Some("scram-sha-256") => ClientAuth::ScramSha256,
-        Some("md5") => ClientAuth::Md5,
-        Some("trust") => ClientAuth::Trust,
-        Some(other) => {
-            return Err(ConfigError::invalid(
-                key("client.auth"),
-                format!("{other:?} is not one of \"scram-sha-256\", \"md5\", \"trust\""),
-            ));
-        }
-    };
+    if let Some(name) = raw.client.auth.as_deref() {
+        deployment.client_auth = ClientAuth::parse(name, deployment.origin.protocol)
+            .map_err(|problem| ConfigError::invalid(key("client.auth"), problem))?;
+    }
     if let Some(users) = raw.client.users {
         if users.is_empty() {
             return Err(ConfigError::invalid(
@@ -618,6 +683,7 @@ fn validate_deployment(index: usize, raw: RawDeployment) -> Result<Deployment, C
             pool.catalog_max_age,
             defaults.catalog_max_age,
         )?,
+        stay_after_write: pool.stay_after_write.unwrap_or(defaults.stay_after_write),
     };
     if deployment.pool.catalog_max_age.is_zero()
         || deployment.pool.catalog_max_age > Duration::from_secs(3600)

@@ -1,11 +1,13 @@
-//! The origin URL: `postgres://user:password@host:port/database?sslmode=…`. Its scheme
+//! The origin URL: `postgres://user:password@host:port/database?sslmode=…`, or
+//! `mysql://` (`mariadb://`) `user:password@host:port/database?ssl-mode=…`. Its scheme
 //! picks the protocol.
 
 use std::path::PathBuf;
 
 use crate::protocol::Protocol;
 
-/// TLS policy towards the origin, as libpq's `sslmode`.
+/// TLS policy towards the origin, as libpq's `sslmode` (MySQL's `ssl-mode` DISABLED,
+/// PREFERRED, REQUIRED, VERIFY_CA, VERIFY_IDENTITY map one to one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslMode {
     /// Never TLS.
@@ -27,13 +29,14 @@ pub struct OriginUrl {
     pub protocol: Protocol,
     /// Host name or address.
     pub host: String,
-    /// Port (default 5432).
+    /// Port (default 5432, MySQL 3306).
     pub port: u16,
     /// Origin user.
     pub user: String,
     /// Origin password, if any.
     pub password: Option<String>,
-    /// Default database (default: the user name, as libpq does).
+    /// Default database (PostgreSQL's default: the user name, as libpq does; MySQL's:
+    /// none, the empty string).
     pub database: String,
     /// TLS policy.
     pub ssl_mode: SslMode,
@@ -50,9 +53,13 @@ impl std::fmt::Debug for OriginUrl {
 impl std::fmt::Display for OriginUrl {
     /// The URL without its password, for logs and messages.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = match self.protocol {
+            Protocol::Postgres => "postgres",
+            Protocol::Mysql => "mysql",
+        };
         write!(
             f,
-            "postgres://{}@{}:{}/{}",
+            "{scheme}://{}@{}:{}/{}",
             self.user, self.host, self.port, self.database
         )
     }
@@ -81,8 +88,19 @@ fn percent_decode(part: &str) -> Option<String> {
 }
 
 impl OriginUrl {
-    /// Parses a `postgres://` or `postgresql://` URL. The error says what is wrong without
-    /// repeating the password.
+    /// Where warpdrive listens by default in front of `origin` (an origin URL, valid or
+    /// not): 127.0.0.1:6432, or 127.0.0.1:6033 before a MySQL origin.
+    pub fn default_listen(origin: &str) -> std::net::SocketAddr {
+        let mysql = ["mysql:", "mariadb:"].iter().any(|scheme| {
+            origin
+                .get(..scheme.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+        });
+        std::net::SocketAddr::from(([127, 0, 0, 1], if mysql { 6033 } else { 6432 }))
+    }
+
+    /// Parses a `postgres://`, `postgresql://`, `mysql://` or `mariadb://` URL. The error
+    /// says what is wrong without repeating the password.
     pub fn parse(text: &str) -> Result<OriginUrl, String> {
         let url = url::Url::parse(text).map_err(|error| {
             format!(
@@ -91,15 +109,10 @@ impl OriginUrl {
         })?;
         let protocol = match url.scheme() {
             "postgres" | "postgresql" => Protocol::Postgres,
-            "mysql" | "mariadb" => {
-                return Err(
-                    "MySQL origins are not supported yet; this warpdrive serves PostgreSQL origins (postgres://user:password@host:port/database)"
-                        .to_owned(),
-                );
-            }
+            "mysql" | "mariadb" => Protocol::Mysql,
             other => {
                 return Err(format!(
-                    "scheme {other:?} is not supported; expected postgres://user:password@host:port/database"
+                    "scheme {other:?} is not supported; expected postgres://user:password@host:port/database or mysql://user:password@host:port/database"
                 ));
             }
         };
@@ -117,40 +130,23 @@ impl OriginUrl {
             );
         }
         let password = url.password().map(|p| decode(p, "password")).transpose()?;
-        let database = match url.path().trim_start_matches('/') {
-            "" => user.clone(),
-            path => decode(path, "database")?,
+        let database = match (url.path().trim_start_matches('/'), protocol) {
+            ("", Protocol::Postgres) => user.clone(),
+            ("", Protocol::Mysql) => String::new(),
+            (path, _) => decode(path, "database")?,
         };
-        let mut ssl_mode = SslMode::Prefer;
-        let mut ssl_root_cert = None;
-        for (key, value) in url.query_pairs() {
-            match key.as_ref() {
-                "sslmode" => {
-                    ssl_mode = match value.as_ref() {
-                        "disable" => SslMode::Disable,
-                        "prefer" | "allow" => SslMode::Prefer,
-                        "require" => SslMode::Require,
-                        "verify-ca" => SslMode::VerifyCa,
-                        "verify-full" => SslMode::VerifyFull,
-                        other => {
-                            return Err(format!(
-                                "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
-                            ));
-                        }
-                    }
-                }
-                "sslrootcert" => ssl_root_cert = Some(PathBuf::from(value.as_ref())),
-                other => {
-                    return Err(format!(
-                        "origin URL parameter {other:?} is not supported (supported: sslmode, sslrootcert)"
-                    ));
-                }
-            }
-        }
+        let (ssl_mode, ssl_root_cert) = match protocol {
+            Protocol::Postgres => postgres_tls(&url)?,
+            Protocol::Mysql => mysql_tls(&url)?,
+        };
+        let default_port = match protocol {
+            Protocol::Postgres => 5432,
+            Protocol::Mysql => 3306,
+        };
         Ok(OriginUrl {
             protocol,
             host,
-            port: url.port().unwrap_or(5432),
+            port: url.port().unwrap_or(default_port),
             user,
             password,
             database,
@@ -158,6 +154,68 @@ impl OriginUrl {
             ssl_root_cert,
         })
     }
+}
+
+fn postgres_tls(url: &url::Url) -> Result<(SslMode, Option<PathBuf>), String> {
+    let mut ssl_mode = SslMode::Prefer;
+    let mut ssl_root_cert = None;
+    for (key, value) in url.query_pairs() {
+        match key.as_ref() {
+            "sslmode" => {
+                ssl_mode = match value.as_ref() {
+                    "disable" => SslMode::Disable,
+                    "prefer" | "allow" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => {
+                        return Err(format!(
+                            "sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full"
+                        ));
+                    }
+                }
+            }
+            "sslrootcert" => ssl_root_cert = Some(PathBuf::from(value.as_ref())),
+            other => {
+                return Err(format!(
+                    "origin URL parameter {other:?} is not supported (supported: sslmode, sslrootcert)"
+                ));
+            }
+        }
+    }
+    Ok((ssl_mode, ssl_root_cert))
+}
+
+/// MySQL's `ssl-mode` (as mysql and mysqlsh spell it; case and `-`/`_` do not matter) and
+/// `ssl-ca`.
+fn mysql_tls(url: &url::Url) -> Result<(SslMode, Option<PathBuf>), String> {
+    let mut ssl_mode = SslMode::Prefer;
+    let mut ssl_root_cert = None;
+    for (key, value) in url.query_pairs() {
+        match key.replace('_', "-").to_ascii_lowercase().as_str() {
+            "ssl-mode" => {
+                ssl_mode = match value.replace('-', "_").to_ascii_uppercase().as_str() {
+                    "DISABLED" => SslMode::Disable,
+                    "PREFERRED" => SslMode::Prefer,
+                    "REQUIRED" => SslMode::Require,
+                    "VERIFY_CA" => SslMode::VerifyCa,
+                    "VERIFY_IDENTITY" => SslMode::VerifyFull,
+                    _ => {
+                        return Err(format!(
+                            "ssl-mode={value} is not one of DISABLED, PREFERRED, REQUIRED, VERIFY_CA, VERIFY_IDENTITY"
+                        ));
+                    }
+                }
+            }
+            "ssl-ca" => ssl_root_cert = Some(PathBuf::from(value.as_ref())),
+            _ => {
+                return Err(format!(
+                    "origin URL parameter {key:?} is not supported (supported: ssl-mode, ssl-ca)"
+                ));
+            }
+        }
+    }
+    Ok((ssl_mode, ssl_root_cert))
 }
 
 #[cfg(test)]
@@ -187,6 +245,23 @@ mod tests {
     }
 
     #[test]
+    fn parses_mysql_and_mariadb_urls() {
+        let url =
+            OriginUrl::parse("mysql://app:pw@db:3307/shop?ssl-mode=VERIFY_IDENTITY&ssl-ca=/ca.pem")
+                .expect("valid");
+        assert_eq!(url.protocol, Protocol::Mysql);
+        assert_eq!((url.port, url.database.as_str()), (3307, "shop"));
+        assert_eq!(url.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(url.ssl_root_cert, Some(PathBuf::from("/ca.pem")));
+        let minimal = OriginUrl::parse("mariadb://root@127.0.0.1").expect("valid");
+        assert_eq!((minimal.port, minimal.database.as_str()), (3306, ""));
+        assert_eq!(minimal.ssl_mode, SslMode::Prefer);
+        let spelled = OriginUrl::parse("mysql://u@h/d?ssl_mode=verify-ca").expect("valid");
+        assert_eq!(spelled.ssl_mode, SslMode::VerifyCa);
+        assert_eq!(minimal.to_string(), "mysql://root@127.0.0.1:3306/");
+    }
+
+    #[test]
     fn display_hides_the_password() {
         let url = OriginUrl::parse("postgres://app:hunter2@db/shop").expect("valid");
         assert_eq!(url.to_string(), "postgres://app@db:5432/shop");
@@ -200,13 +275,16 @@ mod tests {
                 .unwrap_err()
                 .contains("scheme \"redis\"")
         );
-        for mysql in ["mysql://u@h/d", "mariadb://u:p@h:3306/d"] {
-            let error = OriginUrl::parse(mysql).unwrap_err();
-            assert!(
-                error.contains("MySQL origins are not supported yet"),
-                "{error}"
-            );
-        }
+        assert!(
+            OriginUrl::parse("mysql://u@h/d?ssl-mode=sometimes")
+                .unwrap_err()
+                .contains("VERIFY_IDENTITY")
+        );
+        assert!(
+            OriginUrl::parse("mysql://u@h/d?sslmode=require")
+                .unwrap_err()
+                .contains("ssl-mode, ssl-ca")
+        );
         assert!(
             OriginUrl::parse("postgres://h/d")
                 .unwrap_err()

@@ -77,8 +77,16 @@ fn errors_name_the_key() {
     );
     let listen = problem(&base.replace("127.0.0.1:6432", "localhost"));
     assert!(listen.contains("deployment[0].listen"), "{listen}");
-    let origin = problem(&base.replace("postgres://u:p@h/d", "mysql://u@h/d"));
+    let origin = problem(&base.replace("postgres://u:p@h/d", "redis://u@h/d"));
     assert!(origin.contains("deployment[0].origin"), "{origin}");
+    let foreign = problem(&format!(
+        "{}[deployment.client]\nauth = \"md5\"\n",
+        base.replace("postgres://u:p@h/d", "mysql://u:p@h/d")
+    ));
+    assert!(
+        foreign.contains("\"caching_sha2_password\", \"mysql_native_password\", \"trust\""),
+        "{foreign}"
+    );
     let auth = problem(&format!("{base}[deployment.client]\nauth = \"password\"\n"));
     assert!(auth.contains("deployment[0].client.auth"), "{auth}");
     let nopass = problem(&base.replace("u:p@", "u@"));
@@ -98,7 +106,7 @@ fn the_single_form_is_validated_like_a_file() {
     assert!(nopass.contains("no password"), "{nopass}");
     assert!(nopass.contains("--client-auth trust"), "{nopass}");
     let trusted = Config::single(&SingleDeployment {
-        client_auth: ClientAuth::Trust,
+        client_auth: Some(ClientAuth::Trust),
         ..SingleDeployment::new(listen, "postgres://app@db/shop")
     })
     .expect("trust needs no password");
@@ -127,11 +135,22 @@ fn the_single_form_is_validated_like_a_file() {
     assert_eq!(cache.max_age, Duration::from_secs(3600));
     assert_eq!(cache.stale_while_revalidate, Duration::ZERO);
     assert!(!cache.enabled);
-    let mysql = problem(SingleDeployment::new(listen, "mysql://app:s@db/shop"));
+    let mysql = Config::single(&SingleDeployment::new(listen, "mysql://app:s@db/shop"))
+        .expect("a MySQL origin");
+    assert_eq!(mysql.deployments[0].client_auth, ClientAuth::CachingSha2);
+    let scram = problem(SingleDeployment {
+        client_auth: Some(ClientAuth::ScramSha256),
+        ..SingleDeployment::new(listen, "mysql://app:s@db/shop")
+    });
     assert!(
-        mysql.contains("MySQL origins are not supported yet"),
-        "{mysql}"
+        scram.contains("--client-auth") && scram.contains("mysql origin"),
+        "{scram}"
     );
+    assert_eq!(
+        OriginUrl::default_listen("mariadb://root@h/db").port(),
+        6033
+    );
+    assert_eq!(OriginUrl::default_listen("postgres://u@h/d").port(), 6432);
 }
 
 #[test]

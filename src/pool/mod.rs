@@ -22,6 +22,8 @@
 //! known state; the PostgreSQL one is in [`pg`]. Nothing here reads a message.
 
 pub mod backend;
+pub mod mysql;
+pub mod origin;
 pub mod pg;
 
 use std::collections::HashMap;

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::pool::PoolError;
+use crate::pool::origin::OriginError;
 
 /// What went wrong, whatever the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +31,8 @@ pub enum ErrorKind {
     UnknownStatement,
     /// An unknown setting.
     UnknownSetting,
+    /// No connection has that id (KILL).
+    UnknownConnection,
     /// A setting's value is invalid.
     InvalidValue,
     /// A setting that cannot change now.
@@ -107,6 +110,21 @@ impl ClientError {
                 ClientError::fatal(ErrorKind::ShuttingDown, "warpdrive is shutting down")
             }
         }
+    }
+
+    /// A failure to open an origin connection, whatever the protocol.
+    pub fn from_origin(error: &OriginError) -> ClientError {
+        let kind = match error {
+            OriginError::UnknownDatabase { .. } => ErrorKind::UnknownDatabase,
+            OriginError::Resolve { .. }
+            | OriginError::Connect { .. }
+            | OriginError::Timeout { .. }
+            | OriginError::NotPostgres { .. }
+            | OriginError::NotMysql { .. } => ErrorKind::CannotConnect,
+            _ => ErrorKind::Unavailable,
+        };
+        ClientError::error(kind, format!("warpdrive could not open an origin connection: {error}"))
+            .hint("check that the origin is up and that the origin URL's credentials are right (warpdrive validate)")
     }
 
     /// The server is shutting down and the client is between transactions.

@@ -5,6 +5,7 @@
 
 pub mod driver;
 pub mod error;
+pub mod mysql;
 pub mod pg;
 pub mod settings;
 
@@ -21,7 +22,6 @@ use crate::catalog::{Catalogs, SchemaChanges};
 use crate::config::Deployment;
 use crate::conn::{Conn, ConnError, Stream};
 use crate::metrics::DeploymentMetrics;
-use crate::pool::pg::PgPoolSet as PoolSet;
 use error::ClientError;
 
 /// Why a session ended early.
@@ -46,6 +46,7 @@ impl From<ConnError> for SessionError {
         match error {
             ConnError::Io(error) => SessionError::Io(error),
             ConnError::Wire(error) => SessionError::Protocol(error.to_string()),
+            ConnError::MysqlWire(error) => SessionError::Protocol(error.to_string()),
             ConnError::TruncatedFrame => SessionError::ClientGone,
         }
     }
@@ -63,16 +64,15 @@ pub struct ProcessShared {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-/// What every session of one deployment shares.
-pub struct SessionContext {
+/// What every session of one deployment shares; `P` is what its protocol's sessions
+/// share besides (their pools first).
+pub struct SessionContext<P = pg::Shared> {
     /// The deployment's configuration.
     pub deployment: Deployment,
-    /// Its pools.
-    pub pools: PoolSet,
     /// TLS towards clients.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// What PostgreSQL's sessions of the deployment share besides.
-    pg: pg::Shared,
+    /// What the protocol's sessions of the deployment share besides.
+    pub(crate) protocol: P,
     /// The analyzer (with its memo).
     pub analyzer: Arc<AnalysisMemo>,
     /// Cancel keys of live sessions.
@@ -91,17 +91,18 @@ pub struct SessionContext {
     shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-impl SessionContext {
-    /// The shared state of a deployment's sessions.
-    pub fn new(
+impl<P> SessionContext<P> {
+    /// The shared state of a deployment's sessions; `protocol` is made from the
+    /// deployment.
+    pub(crate) fn new(
         deployment: Deployment,
-        pools: PoolSet,
+        protocol: impl FnOnce(&Deployment) -> P,
         tls: Option<tokio_rustls::TlsAcceptor>,
         process: &ProcessShared,
         cache: Arc<Store>,
         metrics: Arc<DeploymentMetrics>,
         tier: Option<Arc<Tier>>,
-    ) -> SessionContext {
+    ) -> SessionContext<P> {
         let analyzer = Arc::clone(&process.analyzer);
         let catalogs = Arc::new(Catalogs::new(
             Arc::clone(&analyzer),
@@ -110,9 +111,8 @@ impl SessionContext {
         ));
         SessionContext {
             catalogs,
-            pg: pg::Shared::new(&deployment),
+            protocol: protocol(&deployment),
             deployment,
-            pools,
             tls,
             analyzer,
             cancels: Arc::new(CancelRegistry::default()),
@@ -133,14 +133,28 @@ impl SessionContext {
     }
 }
 
-/// Serves one client connection to its end.
+/// Serves one PostgreSQL client connection to its end.
 pub async fn serve(tcp: TcpStream, ctx: Arc<SessionContext>) {
+    serve_with(tcp, &ctx, |client| pg::run(client, &ctx)).await
+}
+
+/// Serves one MySQL client connection to its end.
+pub async fn serve_mysql(tcp: TcpStream, ctx: Arc<SessionContext<mysql::Shared>>) {
+    serve_with(tcp, &ctx, |client| mysql::run(client, &ctx)).await
+}
+
+async fn serve_with<P, F, R, Fut>(tcp: TcpStream, ctx: &SessionContext<P>, run: R)
+where
+    F: crate::wire::Framing<Error: Into<ConnError>>,
+    R: FnOnce(Conn<F>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), SessionError>>,
+{
     let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let span = tracing::info_span!("client", deployment = %ctx.deployment.name, %peer);
     async move {
         let _ = tcp.set_nodelay(true);
-        let client: Conn = Conn::new(Stream::Plain(tcp), ctx.deployment.max_message_bytes);
-        match pg::run(client, &ctx).await {
+        let client = Conn::new(Stream::Plain(tcp), ctx.deployment.max_message_bytes);
+        match run(client).await {
             Ok(()) => tracing::debug!("client left"),
             Err(SessionError::ClientGone) => tracing::debug!("client disconnected"),
             Err(error) => tracing::info!(%error, "session ended"),

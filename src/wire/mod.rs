@@ -6,6 +6,7 @@
 //! `BytesMut`. Every length a peer declares is checked against a cap before memory is
 //! reserved for it.
 
+pub mod mysql;
 pub mod pg;
 
 use bytes::BytesMut;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_origin;
+pub mod mysql;
 pub mod tier;
 
 use std::net::SocketAddr;
@@ -64,7 +65,7 @@ impl Drop for TestDatabase {
     }
 }
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+pub(crate) static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub async fn admin() -> Client {
     let (client, connection) = tokio_postgres::connect(

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
 
 use crate::auth::md5::md5_response;
 use crate::auth::scram::{ClientExchange, MECHANISM, ScramError};
 use crate::config::{OriginUrl, SslMode};
 use crate::conn::{Conn, ConnError, Stream};
+pub use crate::pool::origin::{OriginError, dial};
 use crate::wire::pg::Frame;
 use crate::wire::pg::backend::{
     Authentication, BackendMessage, ErrorFields, TransactionStatus, tag,
@@ -23,96 +23,6 @@ use crate::wire::pg::encode;
 
 /// Largest frame accepted from an origin (PostgreSQL's own limit is 1 GiB).
 pub const MAX_ORIGIN_FRAME: usize = 1 << 30;
-
-/// Why an origin connection could not be opened or was lost.
-#[derive(Debug, thiserror::Error)]
-pub enum OriginError {
-    /// DNS lookup failed.
-    #[error("cannot resolve origin host {host:?}: {source}")]
-    Resolve {
-        /// The host.
-        host: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// TCP connect failed.
-    #[error("cannot connect to origin {address}: {source}")]
-    Connect {
-        /// host:port.
-        address: String,
-        /// Why (refused, unreachable, …).
-        source: std::io::Error,
-    },
-    /// Connecting and authenticating took longer than connect_timeout.
-    #[error("connecting to origin {address} timed out after {timeout:?}")]
-    Timeout {
-        /// host:port.
-        address: String,
-        /// The limit.
-        timeout: Duration,
-    },
-    /// Something listens at the address, but it does not speak PostgreSQL.
-    #[error("the server at {address} does not speak PostgreSQL: {detail}")]
-    NotPostgres {
-        /// host:port.
-        address: String,
-        /// What it did instead.
-        detail: String,
-    },
-    /// The origin does not offer TLS but sslmode requires it.
-    #[error("the origin at {address} does not support TLS, but sslmode={mode} requires it")]
-    TlsUnsupported {
-        /// host:port.
-        address: String,
-        /// The sslmode.
-        mode: &'static str,
-    },
-    /// The TLS handshake failed.
-    #[error("TLS handshake with origin {address} failed: {source}")]
-    Tls {
-        /// host:port.
-        address: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The origin refused the credentials.
-    #[error("the origin refused the credentials of user {user:?}: {message}")]
-    BadCredentials {
-        /// The origin user.
-        user: String,
-        /// The origin's message.
-        message: String,
-    },
-    /// The database does not exist on the origin.
-    #[error("database {database:?} does not exist on the origin")]
-    UnknownDatabase {
-        /// The database.
-        database: String,
-    },
-    /// The origin asks for an authentication method warpdrive does not implement.
-    #[error(
-        "the origin asks for an unsupported authentication method (code {0}); use scram-sha-256, md5 or password"
-    )]
-    UnsupportedAuth(i32),
-    /// The origin asks for a password but the origin URL has none.
-    #[error("the origin asks for a password but the origin URL has none")]
-    NoPassword,
-    /// SCRAM failed.
-    #[error("SCRAM authentication with the origin failed: {0}")]
-    Scram(#[from] ScramError),
-    /// The origin sent an error during startup.
-    #[error("the origin refused the connection: {}", .0.message())]
-    Refused(ErrorFields),
-    /// The origin broke the protocol or the connection dropped.
-    #[error("origin connection failed: {0}")]
-    Conn(#[from] ConnError),
-}
-
-impl From<std::io::Error> for OriginError {
-    fn from(error: std::io::Error) -> Self {
-        OriginError::Conn(ConnError::Io(error))
-    }
-}
 
 /// Where and how to connect: one origin server, one database.
 #[derive(Clone, Debug)]
@@ -136,11 +46,11 @@ impl OriginTarget {
 
 fn ssl_mode_name(mode: SslMode) -> &'static str {
     match mode {
-        SslMode::Disable => "disable",
-        SslMode::Prefer => "prefer",
-        SslMode::Require => "require",
-        SslMode::VerifyCa => "verify-ca",
-        SslMode::VerifyFull => "verify-full",
+        SslMode::Disable => "sslmode=disable",
+        SslMode::Prefer => "sslmode=prefer",
+        SslMode::Require => "sslmode=require",
+        SslMode::VerifyCa => "sslmode=verify-ca",
+        SslMode::VerifyFull => "sslmode=verify-full",
     }
 }
 
@@ -186,30 +96,7 @@ pub async fn open_stream(
     connected: &AtomicBool,
 ) -> Result<Stream, OriginError> {
     let address = target.address();
-    let addresses: Vec<_> = tokio::net::lookup_host((target.url.host.as_str(), target.url.port))
-        .await
-        .map_err(|source| OriginError::Resolve {
-            host: target.url.host.clone(),
-            source,
-        })?
-        .collect();
-    let mut last_error = None;
-    let mut tcp = None;
-    for candidate in addresses {
-        match TcpStream::connect(candidate).await {
-            Ok(stream) => {
-                tcp = Some(stream);
-                break;
-            }
-            Err(error) => last_error = Some(error),
-        }
-    }
-    let tcp = tcp.ok_or_else(|| OriginError::Connect {
-        address: address.clone(),
-        source: last_error.unwrap_or_else(|| std::io::Error::other("no address found")),
-    })?;
-    tcp.set_nodelay(true)?;
-    connected.store(true, Ordering::Relaxed);
+    let tcp = dial(&target.url.host, target.url.port, connected).await?;
     let Some(tls) = &target.tls else {
         return Ok(Stream::Plain(tcp));
     };

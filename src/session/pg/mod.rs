@@ -43,7 +43,7 @@ use crate::cache::Generations;
 use crate::cancel::CancelHandle;
 use crate::config::Deployment;
 use crate::conn::Conn;
-use crate::pool::pg::PgOrigin;
+use crate::pool::pg::{PgOrigin, PgPoolSet};
 use crate::protocol::TxnStatus;
 use crate::proxy::writes::PendingWrites;
 use crate::wire::pg::PgFraming;
@@ -54,7 +54,9 @@ use relay::Relay;
 use statement::ClientStatements;
 
 /// What PostgreSQL's sessions of one deployment share.
-pub(super) struct Shared {
+pub struct Shared {
+    /// The deployment's pools, one per database.
+    pub(crate) pools: PgPoolSet,
     /// SCRAM secrets per user.
     secrets: HashMap<String, ScramSecret>,
     /// The key unknown users' SCRAM salts are derived from (random per process, as
@@ -65,7 +67,8 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub(super) fn new(deployment: &Deployment) -> Shared {
+    /// The shared state of a deployment's PostgreSQL sessions, served from `pools`.
+    pub(crate) fn new(deployment: &Deployment, pools: PgPoolSet) -> Shared {
         let secrets = deployment
             .users
             .iter()
@@ -74,6 +77,7 @@ impl Shared {
         let mut mock_secret = [0u8; 32];
         rand::RngExt::fill(&mut rand::rng(), &mut mock_secret[..]);
         Shared {
+            pools,
             secrets,
             mock_secret,
             tried: internal::TriedSettings::default(),

@@ -411,7 +411,7 @@ impl Session {
         if let Some(mut translator) = self.translator(&[]) {
             translator.send_pending_closes();
         }
-        let_go_of_databases(&self.ctx.pools, &analysis);
+        let_go_of_databases(&self.ctx.protocol.pools, &analysis);
         self.send_to_origin(frame.raw());
         if let Some(conn) = self.io.origin() {
             // A simple query destroys the unnamed statement.
@@ -459,7 +459,7 @@ impl Session {
             },
             standard_conforming_strings: self.standard_conforming_strings,
             pinned,
-            pools: &self.ctx.pools,
+            pools: &self.ctx.protocol.pools,
             writes,
         })
     }

@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 
-use crate::pool::pg::{OriginError, PgPoolError};
+use crate::pool::pg::PgPoolError;
 use crate::session::error::{ClientError, ErrorKind, Severity};
 use crate::wire::pg::encode;
 
@@ -19,7 +19,7 @@ pub fn sqlstate(kind: ErrorKind) -> &'static str {
         ErrorKind::UnknownDatabase => "3D000",
         ErrorKind::DuplicateStatement => "42P05",
         ErrorKind::UnknownStatement => "26000",
-        ErrorKind::UnknownSetting => "42704",
+        ErrorKind::UnknownSetting | ErrorKind::UnknownConnection => "42704",
         ErrorKind::InvalidValue => "22023",
         ErrorKind::SettingFixed => "55P02",
         ErrorKind::PermissionDenied => "42501",
@@ -69,21 +69,7 @@ impl ErrorResponse for ClientError {
 
 /// A failed checkout of a PostgreSQL origin connection.
 pub fn from_pool(error: &PgPoolError) -> ClientError {
-    ClientError::from_pool(error, from_origin)
-}
-
-/// A failure to open a PostgreSQL origin connection.
-pub fn from_origin(error: &OriginError) -> ClientError {
-    let kind = match error {
-        OriginError::UnknownDatabase { .. } => ErrorKind::UnknownDatabase,
-        OriginError::Resolve { .. }
-        | OriginError::Connect { .. }
-        | OriginError::Timeout { .. }
-        | OriginError::NotPostgres { .. } => ErrorKind::CannotConnect,
-        _ => ErrorKind::Unavailable,
-    };
-    ClientError::error(kind, format!("warpdrive could not open an origin connection: {error}"))
-        .hint("check that the origin is up and that the origin URL's credentials are right (warpdrive validate)")
+    ClientError::from_pool(error, ClientError::from_origin)
 }
 
 #[cfg(test)]

@@ -246,7 +246,7 @@ pub async fn admit(
         return refuse(&mut client, error).await;
     }
     encode::authentication_ok(&mut client.out);
-    let pool = ctx.pools.get(&database);
+    let pool = ctx.protocol.pools.get(&database);
     let (reported, notices) = match greeting_parameters(ctx, &pool, &database, &settings).await {
         Ok(greeting) => greeting,
         Err(mut error) => {
@@ -352,7 +352,7 @@ async fn greeting_parameters(
     let mut notices = Vec::new();
     for (name, value) in settings {
         let tried = ctx
-            .pg
+            .protocol
             .tried
             .try_setting(pool, database, name, value)
             .await?;
@@ -402,7 +402,7 @@ async fn authenticate(
             }
             Ok(Ok(()))
         }
-        ClientAuth::Md5 => {
+        ClientAuth::Md5 | ClientAuth::MysqlNative => {
             let mut salt = [0u8; 4];
             rand::rng().fill(&mut salt[..]);
             encode::authentication_md5(&mut client.out, salt);
@@ -414,7 +414,7 @@ async fn authenticate(
                 _ => Ok(failed()),
             }
         }
-        ClientAuth::ScramSha256 => {
+        ClientAuth::ScramSha256 | ClientAuth::CachingSha2 => {
             encode::authentication_sasl(&mut client.out, &[MECHANISM]);
             client.flush().await?;
             let initial = read_password(client).await?;
@@ -425,9 +425,9 @@ async fn authenticate(
             };
             // An unknown user still goes through the exchange, with a throwaway secret, so
             // that a client cannot tell unknown users from wrong passwords.
-            let secret = match known.and_then(|u| ctx.pg.secrets.get(&u.name)) {
+            let secret = match known.and_then(|u| ctx.protocol.secrets.get(&u.name)) {
                 Some(secret) => secret.clone(),
-                None => crate::auth::scram::ScramSecret::mock(&ctx.pg.mock_secret, user),
+                None => crate::auth::scram::ScramSecret::mock(&ctx.protocol.mock_secret, user),
             };
             let (exchange, server_first) = match ServerExchange::start(&secret, client_first) {
                 Ok(started) => started,

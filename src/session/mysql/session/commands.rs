@@ -1,0 +1,403 @@
+//! What each client command does.
+
+use bytes::Buf;
+
+use super::{InFlight, Session, unknown_statement};
+use crate::session::SessionError;
+use crate::session::driver::Flow;
+use crate::session::error::{ClientError, ErrorKind};
+use crate::session::mysql::lexical::{self, Kill};
+use crate::session::mysql::sessions::FIRST_ID;
+use crate::wire::mysql::command::{
+    self, CURSOR_TYPE_READ_ONLY, Execute, code, execute_binding, with_statement_id,
+};
+use crate::wire::mysql::reply::{EOF, EofPacket, OkPacket};
+use crate::wire::mysql::response::Expect;
+use crate::wire::mysql::{Packet, caps, write_packet};
+
+fn killed() -> ClientError {
+    ClientError::fatal(ErrorKind::QueryCanceled, "Connection was killed")
+}
+
+impl Session {
+    /// One command of the client.
+    pub(super) async fn command(&mut self, packet: Packet) -> Result<Flow, SessionError> {
+        let seq = packet.next_seq();
+        if self.registration.handle.killed() {
+            let error = killed();
+            self.reply_error(seq, &error).await?;
+            return Err(SessionError::Refused(error));
+        }
+        let Some(command) = packet.first() else {
+            let error = ClientError::protocol_violation("an empty command packet");
+            self.reply_error(seq, &error).await?;
+            return Err(SessionError::Refused(error));
+        };
+        tracing::trace!(command, len = packet.payload.len(), "client command");
+        match command {
+            code::QUIT => return Ok(Flow::Stop),
+            code::PING => self.reply_ok(seq).await?,
+            code::QUERY => return self.query(packet).await,
+            code::INIT_DB => self.init_db(packet).await?,
+            code::STMT_PREPARE => self.prepare(packet).await?,
+            code::STMT_EXECUTE => self.execute(packet).await?,
+            code::STMT_FETCH => self.fetch(packet).await?,
+            code::STMT_SEND_LONG_DATA => self.long_data(packet).await?,
+            code::STMT_CLOSE => self.close(&packet),
+            code::STMT_RESET => self.reset_statement(packet).await?,
+            code::SET_OPTION => self.set_option(&packet).await?,
+            code::RESET_CONNECTION => self.reset_connection(seq).await?,
+            code::FIELD_LIST => self.forward(packet, Expect::Rows, |_| {}).await?,
+            code::STATISTICS => self.forward(packet, Expect::Text, |_| {}).await?,
+            code::PROCESS_KILL => {
+                let mut id = packet.payload.slice(1..);
+                if id.len() < 4 {
+                    let error = ClientError::protocol_violation("COM_PROCESS_KILL without an id");
+                    self.reply_error(seq, &error).await?;
+                    return Err(SessionError::Refused(error));
+                }
+                let kill = Kill {
+                    query_only: false,
+                    id: id.get_u32_le().into(),
+                };
+                return self.kill(packet, kill).await;
+            }
+            other => {
+                let error = ClientError::error(
+                    ErrorKind::NotSupported,
+                    format!("warpdrive does not relay command 0x{other:02x}"),
+                )
+                .hint(match other {
+                    code::CHANGE_USER => "COM_CHANGE_USER is not supported yet: open a new connection as the other user",
+                    _ => "replication and administrative commands go to the origin directly",
+                });
+                self.reply_error(seq, &error).await?;
+            }
+        }
+        self.maybe_release();
+        Ok(Flow::Continue)
+    }
+
+    /// Sends `packet` as is on a connection in the client's state; `setup` describes
+    /// the reply.
+    async fn forward(
+        &mut self,
+        packet: Packet,
+        expect: Expect,
+        setup: impl FnOnce(&mut InFlight),
+    ) -> Result<(), SessionError> {
+        if let Err(error) = self.ready().await {
+            return self.reply_error(packet.next_seq(), &error).await;
+        }
+        let mut in_flight = InFlight::new(self.relay(expect, packet.seq));
+        setup(&mut in_flight);
+        self.send(&packet.payload, in_flight).await
+    }
+
+    async fn query(&mut self, packet: Packet) -> Result<Flow, SessionError> {
+        let effects = lexical::effects(&packet.payload[1..]);
+        if let Some(kill) = effects.kill
+            && (kill.id >= u64::from(FIRST_ID))
+        {
+            return self.kill(packet, kill).await;
+        }
+        self.forward(packet, Expect::Results, |in_flight| {
+            in_flight.statement = true;
+            in_flight.explained = effects.only_settings;
+            in_flight.pins = effects.pins.map(str::to_owned);
+            in_flight.unlocks = effects.unlocks;
+            in_flight.keeps_for_next = effects.keeps_for_next;
+        })
+        .await?;
+        Ok(Flow::Continue)
+    }
+
+    async fn init_db(&mut self, packet: Packet) -> Result<(), SessionError> {
+        let database = String::from_utf8_lossy(&packet.payload[1..]).into_owned();
+        if !self.ctx.deployment.allows_database(&database) {
+            let error = ClientError::error(
+                ErrorKind::UnknownDatabase,
+                format!("Access denied to database '{database}'"),
+            )
+            .hint("this deployment's databases setting does not list it");
+            return self.reply_error(packet.next_seq(), &error).await;
+        }
+        self.forward(packet, Expect::Ok, |in_flight| {
+            in_flight.explained = true;
+            in_flight.init_db = Some(database);
+        })
+        .await
+    }
+
+    async fn prepare(&mut self, packet: Packet) -> Result<(), SessionError> {
+        let sql = packet.payload.slice(1..);
+        let id = self.statements.add(sql, 0, 0);
+        self.forward(packet, Expect::Prepare, |in_flight| {
+            in_flight.prepares = Some(id);
+            in_flight.relay.set_statement_id(id);
+        })
+        .await
+    }
+
+    async fn execute(&mut self, packet: Packet) -> Result<(), SessionError> {
+        let seq = packet.next_seq();
+        let id = match command::statement_id(&packet.payload) {
+            Ok(id) => id,
+            Err(error) => return self.malformed(seq, error).await,
+        };
+        let Some(statement) = self.statements.get_mut(id) else {
+            return self
+                .reply_error(seq, &unknown_statement(id, "mysqld_stmt_execute"))
+                .await;
+        };
+        let execute = match Execute::decode(&packet.payload, statement.params) {
+            Ok(execute) => execute,
+            Err(error) => return self.malformed(seq, error).await,
+        };
+        if let Some(types) = &execute.param_types {
+            statement.param_types = Some(types.clone());
+        }
+        statement.cursor_open = false;
+        let (sql, params, bound) = (
+            statement.sql.clone(),
+            statement.params,
+            statement.param_types.clone(),
+        );
+        if let Err(error) = self.ready().await {
+            return self.reply_error(seq, &error).await;
+        }
+        let origin = match self.prepared(&sql).await {
+            Ok(origin) => origin,
+            Err(Ok(refusal)) => return self.send_to_client(seq, &refusal).await,
+            Err(Err(error)) => return self.reply_error(seq, &error).await,
+        };
+        let mut payload = with_statement_id(&packet.payload, origin.id);
+        if execute.param_types.is_none()
+            && params > 0
+            && let Some(types) = bound
+        {
+            match execute_binding(&payload, params, &types) {
+                Ok(rebound) => payload = rebound,
+                Err(error) => return self.malformed(seq, error).await,
+            }
+        }
+        if let Some(statement) = self.statements.get_mut(id) {
+            statement.long_data = false;
+        }
+        let mut in_flight = InFlight::new(self.relay(Expect::Results, packet.seq));
+        in_flight.statement = true;
+        in_flight.executes = Some((id, execute.flags & CURSOR_TYPE_READ_ONLY != 0));
+        self.send(&payload, in_flight).await
+    }
+
+    async fn fetch(&mut self, packet: Packet) -> Result<(), SessionError> {
+        let seq = packet.next_seq();
+        let id = match command::statement_id(&packet.payload) {
+            Ok(id) => id,
+            Err(error) => return self.malformed(seq, error).await,
+        };
+        let Some(sql) = self
+            .statements
+            .get_mut(id)
+            .filter(|statement| statement.cursor_open)
+            .map(|statement| statement.sql.clone())
+        else {
+            return self
+                .reply_error(seq, &unknown_statement(id, "mysqld_stmt_fetch"))
+                .await;
+        };
+        let Some(origin) = self.io.origin().and_then(|conn| conn.statements.get(&sql)) else {
+            return self
+                .reply_error(seq, &unknown_statement(id, "mysqld_stmt_fetch"))
+                .await;
+        };
+        let payload = with_statement_id(&packet.payload, origin.id);
+        let mut in_flight = InFlight::new(self.relay(Expect::Rows, packet.seq));
+        in_flight.fetches = Some(id);
+        self.send(&payload, in_flight).await
+    }
+
+    /// COM_STMT_SEND_LONG_DATA has no reply: an error shows at the execute.
+    async fn long_data(&mut self, packet: Packet) -> Result<(), SessionError> {
+        let Ok(id) = command::statement_id(&packet.payload) else {
+            return Ok(());
+        };
+        let Some(sql) = self.statements.get_mut(id).map(|s| s.sql.clone()) else {
+            return Ok(());
+        };
+        if self.ready().await.is_err() {
+            return Ok(());
+        }
+        let Ok(origin) = self.prepared(&sql).await else {
+            return Ok(());
+        };
+        if let Some(statement) = self.statements.get_mut(id) {
+            statement.long_data = true;
+        }
+        let conn = self.conn();
+        write_packet(
+            &mut conn.link.conn.out,
+            0,
+            &with_statement_id(&packet.payload, origin.id),
+        );
+        if let Err(error) = conn.link.conn.flush().await {
+            self.lose_connection();
+            tracing::info!(%error, "the origin connection failed during long data");
+        }
+        Ok(())
+    }
+
+    /// COM_STMT_CLOSE has no reply; the origin's statement stays for the next client,
+    /// unless a cursor or long data is open on it.
+    fn close(&mut self, packet: &Packet) {
+        let Ok(id) = command::statement_id(&packet.payload) else {
+            return;
+        };
+        let Some(statement) = self.statements.remove(id) else {
+            return;
+        };
+        if (statement.cursor_open || statement.long_data)
+            && let Some(conn) = self.io.origin()
+            && let Some(origin) = conn.statements.get(&statement.sql)
+        {
+            conn.statements.remove(&statement.sql);
+            write_packet(
+                &mut conn.link.conn.out,
+                0,
+                &with_statement_id(&packet.payload, origin.id),
+            );
+        }
+    }
+
+    async fn reset_statement(&mut self, packet: Packet) -> Result<(), SessionError> {
+        let seq = packet.next_seq();
+        let id = match command::statement_id(&packet.payload) {
+            Ok(id) => id,
+            Err(error) => return self.malformed(seq, error).await,
+        };
+        let Some(statement) = self.statements.get_mut(id) else {
+            return self
+                .reply_error(seq, &unknown_statement(id, "mysqld_stmt_reset"))
+                .await;
+        };
+        let pending = statement.cursor_open || statement.long_data;
+        statement.cursor_open = false;
+        statement.long_data = false;
+        let sql = statement.sql.clone();
+        // Nothing of it lives on a connection: there is nothing to reset.
+        let origin = self.io.origin().and_then(|conn| conn.statements.get(&sql));
+        match origin {
+            Some(origin) if pending => {
+                let payload = with_statement_id(&packet.payload, origin.id);
+                let in_flight = InFlight::new(self.relay(Expect::Ok, packet.seq));
+                self.send(&payload, in_flight).await
+            }
+            _ => self.reply_ok(seq).await,
+        }
+    }
+
+    async fn set_option(&mut self, packet: &Packet) -> Result<(), SessionError> {
+        let seq = packet.next_seq();
+        let on = match packet.payload.get(1..3) {
+            Some([0, 0]) => true,
+            Some([1, 0]) => false,
+            _ => {
+                let error = ClientError::error(
+                    ErrorKind::NotSupported,
+                    "COM_SET_OPTION with an unknown option",
+                );
+                return self.reply_error(seq, &error).await;
+            }
+        };
+        self.state.multi_statements = on;
+        // As a server answers it: EOF, or the OK that replaces it.
+        if self.capabilities & caps::DEPRECATE_EOF != 0 {
+            let ok = OkPacket {
+                header: EOF,
+                status: self.status,
+                ..OkPacket::default()
+            };
+            let payload = ok.encode(self.capabilities);
+            self.send_to_client(seq, &payload).await
+        } else {
+            let eof = EofPacket {
+                warnings: 0,
+                status: self.status,
+            };
+            self.send_to_client(seq, &eof.encode()).await
+        }
+    }
+
+    /// The client's session is new again: its statements and settings go, its
+    /// connection (which may hold more) is not reused.
+    async fn reset_connection(&mut self, seq: u8) -> Result<(), SessionError> {
+        if self.io.holds() {
+            if let Some(conn) = self.io.origin() {
+                conn.keep_from_others();
+            }
+            self.io.unpin();
+            if self.status & crate::wire::mysql::status::IN_TRANS != 0 {
+                // Its transaction ends with it, as on a server.
+                let _ = self.lose_connection();
+            }
+        }
+        self.io.release();
+        self.registration.handle.set_origin_thread(None);
+        self.statements.clear();
+        self.state = self.initial.clone();
+        self.stay = 0;
+        self.status = crate::wire::mysql::status::AUTOCOMMIT;
+        self.reply_ok(seq).await
+    }
+
+    /// KILL of one of warpdrive's connection ids: reaches the origin thread serving it.
+    async fn kill(&mut self, packet: Packet, kill: Kill) -> Result<Flow, SessionError> {
+        let seq = packet.next_seq();
+        if kill.id == u64::from(self.registration.id) {
+            if kill.query_only {
+                self.reply_ok(seq).await?;
+                return Ok(Flow::Continue);
+            }
+            let error = killed();
+            self.reply_error(seq, &error).await?;
+            return Err(SessionError::Refused(error));
+        }
+        let Some(handle) = self.ctx.protocol.sessions.get(kill.id) else {
+            if kill.id < u64::from(FIRST_ID) {
+                // An origin thread, from SHOW PROCESSLIST: the origin decides.
+                self.forward(packet, Expect::Results, |in_flight| {
+                    in_flight.statement = true
+                })
+                .await?;
+                return Ok(Flow::Continue);
+            }
+            let error = ClientError::error(
+                ErrorKind::UnknownConnection,
+                format!("Unknown thread id: {}", kill.id),
+            );
+            self.reply_error(seq, &error).await?;
+            return Ok(Flow::Continue);
+        };
+        if !kill.query_only {
+            handle.kill();
+        }
+        if let Some(thread) = handle.origin_thread() {
+            let target = std::sync::Arc::clone(&self.ctx.protocol.pool.target().target);
+            if let Err(error) = crate::pool::mysql::kill(&target, thread, kill.query_only).await {
+                tracing::warn!(%error, "KILL at the origin failed");
+            }
+        }
+        self.reply_ok(seq).await?;
+        Ok(Flow::Continue)
+    }
+
+    async fn malformed(
+        &mut self,
+        seq: u8,
+        error: crate::wire::mysql::WireError,
+    ) -> Result<(), SessionError> {
+        let error = ClientError::protocol_violation(error);
+        self.reply_error(seq, &error).await?;
+        Err(SessionError::Refused(error))
+    }
+}

@@ -1,0 +1,99 @@
+//! A client's prepared statements, by the ids warpdrive gave them: the SQL (which names
+//! the origin statement on whichever connection serves the client), the counts of
+//! parameters and columns, the parameter types it bound last, and whether a cursor or
+//! long data keeps it on its connection.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+/// One of the client's statements.
+#[derive(Clone, Debug)]
+pub struct ClientStatement {
+    /// Its SQL text.
+    pub sql: Bytes,
+    /// Parameters.
+    pub params: u16,
+    /// Result columns.
+    pub columns: u16,
+    /// The parameter types of its last execute that bound them.
+    pub param_types: Option<Bytes>,
+    /// A cursor is open on it at the origin.
+    pub cursor_open: bool,
+    /// Long data was sent for its next execute.
+    pub long_data: bool,
+}
+
+/// The client's statements.
+#[derive(Default)]
+pub struct ClientStatements {
+    next_id: u32,
+    by_id: HashMap<u32, ClientStatement>,
+}
+
+impl ClientStatements {
+    /// Registers a statement; its id for the client.
+    pub fn add(&mut self, sql: Bytes, params: u16, columns: u16) -> u32 {
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.by_id.insert(
+            self.next_id,
+            ClientStatement {
+                sql,
+                params,
+                columns,
+                param_types: None,
+                cursor_open: false,
+                long_data: false,
+            },
+        );
+        self.next_id
+    }
+
+    /// The statement with id `id`.
+    pub fn get_mut(&mut self, id: u32) -> Option<&mut ClientStatement> {
+        self.by_id.get_mut(&id)
+    }
+
+    /// Forgets a statement.
+    pub fn remove(&mut self, id: u32) -> Option<ClientStatement> {
+        self.by_id.remove(&id)
+    }
+
+    /// Forgets them all (COM_RESET_CONNECTION, COM_CHANGE_USER).
+    pub fn clear(&mut self) {
+        self.by_id.clear();
+    }
+
+    /// Whether a cursor or long data keeps the client on its connection.
+    pub fn keep_connection(&self) -> bool {
+        self.by_id.values().any(|s| s.cursor_open || s.long_data)
+    }
+
+    /// The connection is gone: its cursors and long data with it.
+    pub fn lose_connection(&mut self) {
+        for statement in self.by_id.values_mut() {
+            statement.cursor_open = false;
+            statement.long_data = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_per_client_and_cursors_keep_the_connection() {
+        let mut statements = ClientStatements::default();
+        let a = statements.add(Bytes::from_static(b"SELECT 1"), 0, 1);
+        let b = statements.add(Bytes::from_static(b"SELECT 1"), 0, 1);
+        assert_ne!(a, b);
+        assert!(!statements.keep_connection());
+        statements.get_mut(a).expect("known").cursor_open = true;
+        assert!(statements.keep_connection());
+        statements.lose_connection();
+        assert!(!statements.keep_connection());
+        assert!(statements.remove(b).is_some());
+        assert!(statements.get_mut(b).is_none());
+    }
+}
