@@ -122,11 +122,22 @@ impl Proxy {
 }
 
 /// A MySQL client that speaks packet by packet, for what drivers never send.
-pub struct RawMysql {
-    pub stream: tokio::net::TcpStream,
+pub struct RawMysql<S = tokio::net::TcpStream> {
+    pub stream: S,
     buffer: bytes::BytesMut,
     /// The capabilities it asked for.
     pub capabilities: u32,
+}
+
+impl<'a> RawMysql<&'a mut tokio::net::TcpStream> {
+    /// A raw client over a stream of the test's own, before any packet.
+    pub fn from_stream(stream: &'a mut tokio::net::TcpStream) -> Self {
+        RawMysql {
+            stream,
+            buffer: bytes::BytesMut::new(),
+            capabilities: 0,
+        }
+    }
 }
 
 impl RawMysql {
@@ -188,7 +199,9 @@ impl RawMysql {
             }
         }
     }
+}
 
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawMysql<S> {
     /// Writes one packet.
     pub async fn write(&mut self, seq: u8, payload: &[u8]) {
         let mut out = bytes::BytesMut::new();

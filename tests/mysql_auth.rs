@@ -1,0 +1,147 @@
+//! Authentication both ways and TLS to the origin, with warpdrive's own server side as
+//! the origin where MariaDB cannot play it (it has no caching_sha2_password); bad bytes
+//! from one client end that client only.
+
+mod common;
+
+use common::mysql::{MYSQL_USER, MysqlDatabase, RawMysql, mysql_deployment};
+use common::{PASSWORD, Proxy, small_pool};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use warpdrive::config::{ClientAuth, Deployment, OriginUrl, ServerTls};
+
+fn write_certificate(dir: &std::path::Path) -> (ServerTls, std::path::PathBuf) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    std::fs::create_dir_all(dir).expect("dir");
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+    (
+        ServerTls {
+            cert: cert.clone(),
+            key,
+        },
+        cert,
+    )
+}
+
+/// A warpdrive whose origin is the warpdrive at `front` (which asks for
+/// caching_sha2_password), with TLS `mode`.
+fn chained(front: u16, database: &str, mode: &str, ca: Option<&std::path::Path>) -> Deployment {
+    let mut url =
+        format!("mysql://{MYSQL_USER}:{PASSWORD}@localhost:{front}/{database}?ssl-mode={mode}");
+    if let Some(ca) = ca {
+        url.push_str(&format!("&ssl-ca={}", ca.display()));
+    }
+    let mut deployment = mysql_deployment(database, small_pool(2));
+    deployment.origin = OriginUrl::parse(&url).expect("origin URL");
+    deployment
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_plugin_works_both_ways_and_tls_to_the_origin_is_verified() {
+    let db = MysqlDatabase::create("auth").await;
+    let dir = std::env::temp_dir().join(format!("warpdrive-mysql-tls-{}", db.name));
+    let (tls, ca) = write_certificate(&dir);
+    let mut front = mysql_deployment(&db.name, small_pool(4));
+    assert_eq!(front.client_auth, ClientAuth::CachingSha2);
+    front.tls = Some(tls);
+    let front = Proxy::start(front).await;
+    let port = front.addr.port();
+    // caching_sha2_password towards the origin, in clear and over verified TLS.
+    for (mode, ca) in [
+        ("DISABLED", None),
+        ("REQUIRED", None),
+        ("VERIFY_IDENTITY", Some(ca.as_path())),
+    ] {
+        let mut back = chained(port, &db.name, mode, ca);
+        back.client_auth = ClientAuth::MysqlNative;
+        let back = Proxy::start(back).await;
+        let mut conn = back.mysql(&db.name).await;
+        let answer: Option<i32> = conn.query_first("SELECT 40 + 2").await.expect(mode);
+        assert_eq!(answer, Some(42), "{mode}");
+        drop(conn);
+        back.stop().await;
+    }
+    // A certificate for another name fails verify-identity with a clear cause.
+    let elsewhere = rcgen::generate_simple_self_signed(vec!["elsewhere".to_owned()]).expect("CA");
+    let wrong_ca = dir.join("wrong.crt");
+    std::fs::write(&wrong_ca, elsewhere.cert.pem()).expect("write");
+    let config = warpdrive::config::Config {
+        deployments: vec![chained(port, &db.name, "VERIFY_IDENTITY", Some(&wrong_ca))],
+        admin: None,
+        rules: None,
+    };
+    let checks = warpdrive::validate::validate(&config).await;
+    let failure = checks[0].failure.as_ref().expect("refused");
+    assert_eq!(
+        failure.cause.name(),
+        "certificate_invalid",
+        "{}",
+        failure.message
+    );
+    // A wrong password gets 1045 from warpdrive itself.
+    let wrong = OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(port)
+        .user(Some(MYSQL_USER))
+        .pass(Some("not the password"))
+        .prefer_socket(false);
+    match Conn::new(wrong).await {
+        Err(mysql_async::Error::Server(error)) => {
+            assert_eq!(
+                (error.code, error.state.as_str()),
+                (1045, "28000"),
+                "{error:?}"
+            );
+            assert!(
+                error.message.contains("Access denied for user 'root'"),
+                "{error:?}"
+            );
+        }
+        Err(other) => panic!("expected ERR 1045, got {other}"),
+        Ok(_) => panic!("a wrong password logged in"),
+    }
+    front.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    db.drop_now().await;
+}
+
+#[tokio::test]
+async fn bad_bytes_end_that_client_only() {
+    let db = MysqlDatabase::create("garbage").await;
+    let mut deployment = mysql_deployment(&db.name, small_pool(2));
+    deployment.max_message_bytes = 1 << 20;
+    let proxy = Proxy::start(deployment).await;
+    let mut bystander = proxy.mysql(&db.name).await;
+    // Garbage instead of a handshake response.
+    let mut garbage = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let mut raw = RawMysql::from_stream(&mut garbage);
+    let _greeting = raw.read().await;
+    raw.write_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let refusal = raw.read().await;
+    assert_eq!(refusal.first(), Some(0xFF), "an ERR packet");
+    assert!(String::from_utf8_lossy(&refusal.payload).contains("MySQL protocol"));
+    assert!(raw.try_read().await.is_none(), "then the connection closes");
+    // An oversized packet after login.
+    let mut big = RawMysql::login(proxy.addr, Some(&db.name), 0).await;
+    big.write_raw(&[0xff, 0xff, 0x7f, 0x00, 0x03]).await;
+    let refusal = big.read().await;
+    assert_eq!(refusal.first(), Some(0xFF));
+    assert!(String::from_utf8_lossy(&refusal.payload).contains("exceeds the limit"));
+    assert!(big.try_read().await.is_none());
+    // A statement command without its id.
+    let mut short = RawMysql::login(proxy.addr, Some(&db.name), 0).await;
+    let refusal = short.command(&[0x17, 0x01]).await;
+    assert_eq!(refusal.first(), Some(0xFF));
+    // The bystander never noticed.
+    let answer: Option<i32> = bystander.query_first("SELECT 1").await.expect("bystander");
+    assert_eq!(answer, Some(1));
+    drop(bystander);
+    proxy.stop().await;
+    db.drop_now().await;
+}
