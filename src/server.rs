@@ -183,9 +183,10 @@ impl Server {
                     )))
                 }
                 Protocol::Mysql => {
-                    let pool = crate::pool::mysql::pool(url, pool_settings, pool_metrics)
+                    let pools = crate::pool::mysql::pools(url, pool_settings, pool_metrics)
                         .map_err(tls_error)?;
-                    let shared = |deployment: &_| session::mysql::Shared::new(deployment, pool);
+                    pools.get(crate::pool::mysql::PLAIN);
+                    let shared = |deployment: &_| session::mysql::Shared::new(deployment, pools);
                     Listener::Mysql(Arc::new(SessionContext::new(
                         deployment, shared, tls, &process, store, metrics, tier,
                     )))

@@ -237,7 +237,7 @@ async fn connect_and_ping_mysql(deployment: &Deployment, database: &str) -> Resu
         connect_timeout: deployment.pool.connect_timeout,
     };
     let database = Some(database).filter(|db| !db.is_empty());
-    let mut link = crate::pool::mysql::origin::connect(&target, database)
+    let mut link = crate::pool::mysql::origin::connect(&target, database, false)
         .await
         .map_err(|error| Failure::new(cause_of(&error), error.to_string()))?;
     let ping = link.exchange("COM_PING", &[code::PING], Expect::Ok);

@@ -385,3 +385,43 @@ async fn an_exhausted_pool_answers_1040_and_a_vanished_transaction_is_rolled_bac
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test]
+async fn an_idle_client_after_a_write_lets_go_of_its_connection_in_time() {
+    let db = MysqlDatabase::create("stay").await;
+    let pool = PoolSettings {
+        acquire_timeout: Duration::from_secs(5),
+        stay_after_write_timeout: Duration::from_millis(300),
+        ..small_pool(1)
+    };
+    let proxy = proxy_for(&db, pool).await;
+    let mut writer = proxy.mysql(&db.name).await;
+    writer
+        .query_drop("CREATE TABLE t (id INT AUTO_INCREMENT PRIMARY KEY)")
+        .await
+        .expect("table");
+    writer
+        .query_drop("INSERT INTO t VALUES ()")
+        .await
+        .expect("insert");
+    // The writer keeps the one connection for its next statement, then lets it go.
+    let started = Instant::now();
+    let mut other = RawMysql::login(proxy.addr, Some(&db.name), 0).await;
+    let reply = other.reply(b"\x03SELECT 1", Expect::Results).await;
+    assert_ne!(
+        reply[0].first(),
+        Some(0xFF),
+        "served once the writer let go"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "not before"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "well before the acquire timeout"
+    );
+    drop((writer, other));
+    proxy.stop().await;
+    db.drop_now().await;
+}

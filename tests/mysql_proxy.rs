@@ -341,3 +341,32 @@ async fn every_common_column_type_and_null_round_trips() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test]
+async fn update_counts_matched_rows_for_clients_that_ask_found_rows() {
+    let db = MysqlDatabase::create("found_rows").await;
+    let proxy = proxy_for(&db, 1).await;
+    let mut setup = proxy.mysql(&db.name).await;
+    setup
+        .query_drop("CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 5)")
+        .await
+        .expect("setup");
+    setup.disconnect().await.expect("disconnect");
+    for found_rows in [false, true, false] {
+        let mut conn = Conn::new(
+            proxy
+                .mysql_opts(Some(&db.name))
+                .client_found_rows(found_rows),
+        )
+        .await
+        .expect("connect");
+        conn.query_drop("UPDATE t SET v = 5 WHERE id = 1")
+            .await
+            .expect("update");
+        let expected = u64::from(found_rows);
+        assert_eq!(conn.affected_rows(), expected, "found_rows {found_rows}");
+        conn.disconnect().await.expect("disconnect");
+    }
+    proxy.stop().await;
+    db.drop_now().await;
+}

@@ -28,6 +28,7 @@
 //! health_check_interval = "30s"
 //! catalog_max_age = "10s"
 //! stay_after_write = 1
+//! stay_after_write_timeout = "10s"
 //!
 //! [deployment.limits]
 //! max_message_bytes = "64MiB"
@@ -211,6 +212,9 @@ pub struct PoolSettings {
     /// client keeps its connection for this many more statements, so that
     /// `LAST_INSERT_ID()` and `ROW_COUNT()` answer about it. Default 1.
     pub stay_after_write: usize,
+    /// MySQL: how long such a client keeps its connection while it sends nothing, so
+    /// that an idle client does not starve the pool. Default 10 s.
+    pub stay_after_write_timeout: Duration,
 }
 
 impl Default for PoolSettings {
@@ -226,6 +230,7 @@ impl Default for PoolSettings {
             health_check_interval: Duration::from_secs(30),
             catalog_max_age: Duration::from_secs(10),
             stay_after_write: 1,
+            stay_after_write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -402,6 +407,7 @@ struct RawPool {
     health_check_interval: Option<RawDuration>,
     catalog_max_age: Option<RawDuration>,
     stay_after_write: Option<usize>,
+    stay_after_write_timeout: Option<RawDuration>,
 }
 
 #[derive(Default, Deserialize)]
@@ -684,6 +690,11 @@ fn validate_deployment(index: usize, raw: RawDeployment) -> Result<Deployment, C
             defaults.catalog_max_age,
         )?,
         stay_after_write: pool.stay_after_write.unwrap_or(defaults.stay_after_write),
+        stay_after_write_timeout: duration(
+            &key("pool.stay_after_write_timeout"),
+            pool.stay_after_write_timeout,
+            defaults.stay_after_write_timeout,
+        )?,
     };
     if deployment.pool.catalog_max_age.is_zero()
         || deployment.pool.catalog_max_age > Duration::from_secs(3600)

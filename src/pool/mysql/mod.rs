@@ -2,8 +2,10 @@
 //! prepared on each ([`statements`]), the session state each carries, and how a
 //! connection is brought back to a known state (ROLLBACK, COM_PING, COM_QUIT).
 //!
-//! One pool per deployment: the current database is session state of a connection
-//! (COM_INIT_DB), applied on checkout like the client's other settings.
+//! The current database is session state of a connection (COM_INIT_DB), applied on
+//! checkout like the client's other settings, so a deployment needs one pool, and a
+//! second for clients that ask for CLIENT_FOUND_ROWS: a capability fixed when a
+//! connection opens, which changes what UPDATE reports.
 
 pub mod origin;
 pub mod statements;
@@ -17,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::origin::OriginError;
-use super::{Backend, Pool, PoolError, PooledConn};
+use super::{Backend, Pool, PoolError, PoolSet, PooledConn};
 use crate::config::{OriginUrl, PoolSettings};
 use crate::conn::Conn;
 use crate::metrics::PoolMetrics;
@@ -30,6 +32,12 @@ pub use statements::{OriginStatement, StatementCache};
 
 /// A pool of MySQL origin connections.
 pub type MysqlPool = Pool<MysqlOrigin>;
+/// A deployment's MySQL pools: [`PLAIN`] and [`FOUND_ROWS`].
+pub type MysqlPools = PoolSet<MysqlOrigin>;
+/// The pool of clients without CLIENT_FOUND_ROWS (kept warm).
+pub const PLAIN: &str = "";
+/// The pool of clients with CLIENT_FOUND_ROWS.
+pub const FOUND_ROWS: &str = "found_rows";
 /// A pooled MySQL origin connection.
 pub type MysqlPooledConn = PooledConn<MysqlOrigin>;
 /// Why a MySQL checkout failed.
@@ -77,6 +85,8 @@ pub struct MysqlOrigin {
     pub target: Arc<MysqlTarget>,
     statements_per_connection: usize,
     baseline: OnceLock<Arc<Baseline>>,
+    /// Its connections open with CLIENT_FOUND_ROWS.
+    found_rows: bool,
 }
 
 impl fmt::Display for MysqlOrigin {
@@ -140,7 +150,7 @@ impl Backend for MysqlOrigin {
 
     async fn connect(&self) -> Result<(MysqlConn, MysqlGreeting), OriginError> {
         let database = Some(self.target.url.database.as_str()).filter(|db| !db.is_empty());
-        let mut link = origin::connect(&self.target, database).await?;
+        let mut link = origin::connect(&self.target, database, self.found_rows).await?;
         let baseline = self.baseline(&mut link).await?;
         let greeting = MysqlGreeting {
             server_version: link.greeting.server_version.clone(),
@@ -207,7 +217,7 @@ impl Backend for MysqlOrigin {
 /// Kills what thread `thread` of the origin runs (`query_only`), or the thread itself,
 /// from a connection of its own.
 pub async fn kill(target: &MysqlTarget, thread: u32, query_only: bool) -> Result<(), String> {
-    let mut link = origin::connect(target, None)
+    let mut link = origin::connect(target, None, false)
         .await
         .map_err(|e| e.to_string())?;
     let what = if query_only { "QUERY" } else { "CONNECTION" };
@@ -217,21 +227,24 @@ pub async fn kill(target: &MysqlTarget, thread: u32, query_only: bool) -> Result
     killed.map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// The pool of a MySQL origin; builds the TLS client configuration once.
-pub fn pool(
+/// The pools of a MySQL origin; builds the TLS client configuration once.
+pub fn pools(
     url: OriginUrl,
     settings: PoolSettings,
     metrics: Arc<PoolMetrics>,
-) -> Result<MysqlPool, crate::tls::TlsError> {
+) -> Result<MysqlPools, crate::tls::TlsError> {
     let tls = crate::tls::client_config(url.ssl_mode, url.ssl_root_cert.as_deref())?;
-    let origin = MysqlOrigin {
-        target: Arc::new(MysqlTarget {
-            url,
-            tls,
-            connect_timeout: settings.connect_timeout,
-        }),
-        statements_per_connection: settings.prepared_statements_per_connection,
+    let target = Arc::new(MysqlTarget {
+        url,
+        tls,
+        connect_timeout: settings.connect_timeout,
+    });
+    let statements_per_connection = settings.prepared_statements_per_connection;
+    let for_kind = move |kind: &str| MysqlOrigin {
+        target: Arc::clone(&target),
+        statements_per_connection,
         baseline: OnceLock::new(),
+        found_rows: kind == FOUND_ROWS,
     };
-    Ok(Pool::new(origin, settings, true, metrics))
+    Ok(PoolSet::new(PLAIN.to_owned(), for_kind, settings, metrics))
 }

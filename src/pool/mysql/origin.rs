@@ -194,10 +194,12 @@ fn text_row(payload: Bytes) -> Result<Vec<Option<Bytes>>, crate::wire::mysql::Wi
     Ok(row)
 }
 
-/// Connects, authenticates, and turns on session-state tracking.
+/// Connects, authenticates, and turns on session-state tracking; `found_rows` asks for
+/// CLIENT_FOUND_ROWS (UPDATE counts matched rows, not changed ones).
 pub async fn connect(
     target: &MysqlTarget,
     database: Option<&str>,
+    found_rows: bool,
 ) -> Result<OriginLink, OriginError> {
     let connected = AtomicBool::new(false);
     let not_mysql = |detail: String| OriginError::NotMysql {
@@ -206,7 +208,7 @@ pub async fn connect(
     };
     match tokio::time::timeout(
         target.connect_timeout,
-        connect_inner(target, database, &connected),
+        connect_inner(target, database, found_rows, &connected),
     )
     .await
     {
@@ -228,6 +230,7 @@ pub async fn connect(
 async fn connect_inner(
     target: &MysqlTarget,
     database: Option<&str>,
+    found_rows: bool,
     connected: &AtomicBool,
 ) -> Result<OriginLink, OriginError> {
     let tcp = dial(&target.url.host, target.url.port, connected).await?;
@@ -248,6 +251,9 @@ async fn connect_inner(
         });
     }
     let mut capabilities = ORIGIN_CAPABILITIES & greeting.capabilities;
+    if found_rows {
+        capabilities |= caps::FOUND_ROWS & greeting.capabilities;
+    }
     if database.is_none() {
         capabilities &= !caps::CONNECT_WITH_DB;
     }

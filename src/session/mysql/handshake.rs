@@ -20,6 +20,7 @@ use crate::wire::mysql::{MysqlFraming, Packet, caps, write_packet};
 
 /// The capabilities warpdrive offers its clients (SSL besides, with a certificate).
 pub const SERVER_CAPABILITIES: u32 = caps::LONG_PASSWORD
+    | caps::FOUND_ROWS
     | caps::LONG_FLAG
     | caps::CONNECT_WITH_DB
     | caps::LOCAL_FILES
@@ -96,7 +97,7 @@ pub async fn admit(
     ctx: &SessionContext<Shared>,
     connection_id: u32,
 ) -> Result<Option<Admitted>, SessionError> {
-    let greeting = match ctx.protocol.pool.greeting().await {
+    let greeting = match ctx.protocol.pool_for(0).greeting().await {
         Ok(greeting) => greeting,
         Err(error) => {
             let error = ClientError::from_pool(&error, ClientError::from_origin);

@@ -27,13 +27,14 @@ use std::sync::Arc;
 use super::{SessionContext, SessionError};
 use crate::config::Deployment;
 use crate::conn::Conn;
-use crate::pool::mysql::MysqlPool;
-use crate::wire::mysql::MysqlFraming;
+use crate::pool;
+use crate::pool::mysql::{MysqlPool, MysqlPools};
+use crate::wire::mysql::{MysqlFraming, caps};
 
 /// What MySQL's sessions of one deployment share.
 pub struct Shared {
-    /// The deployment's pool.
-    pub(crate) pool: MysqlPool,
+    /// The deployment's pools.
+    pools: MysqlPools,
     /// Client passwords per user.
     passwords: HashMap<String, String>,
     /// The live sessions, for KILL.
@@ -41,16 +42,24 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The shared state of a deployment's MySQL sessions, served from `pool`.
-    pub(crate) fn new(deployment: &Deployment, pool: MysqlPool) -> Shared {
+    /// The shared state of a deployment's MySQL sessions, served from `pools`.
+    pub(crate) fn new(deployment: &Deployment, pools: MysqlPools) -> Shared {
         Shared {
-            pool,
+            pools,
             passwords: deployment
                 .users
                 .iter()
                 .map(|user| (user.name.clone(), user.password.clone()))
                 .collect(),
             sessions: Arc::default(),
+        }
+    }
+
+    /// The pool of a client with `capabilities`: its CLIENT_FOUND_ROWS decides.
+    fn pool_for(&self, capabilities: u32) -> MysqlPool {
+        match capabilities & caps::FOUND_ROWS {
+            0 => self.pools.get(pool::mysql::PLAIN),
+            _ => self.pools.get(pool::mysql::FOUND_ROWS),
         }
     }
 }

@@ -124,7 +124,11 @@ pub(super) async fn serve(
         multi_statements,
     );
     let mut session = Session {
-        io: Driver::new(client, ctx.protocol.pool.clone(), ctx.shutdown.clone()),
+        io: Driver::new(
+            client,
+            ctx.protocol.pool_for(capabilities),
+            ctx.shutdown.clone(),
+        ),
         ctx: Arc::clone(ctx),
         capabilities,
         baseline: Arc::clone(&greeting.baseline),

@@ -382,7 +382,7 @@ impl Session {
             handle.kill();
         }
         if let Some(thread) = handle.origin_thread() {
-            let target = std::sync::Arc::clone(&self.ctx.protocol.pool.target().target);
+            let target = std::sync::Arc::clone(&self.io.pool.target().target);
             if let Err(error) = crate::pool::mysql::kill(&target, thread, kill.query_only).await {
                 tracing::warn!(%error, "KILL at the origin failed");
             }

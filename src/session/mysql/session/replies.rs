@@ -136,6 +136,9 @@ impl Session {
             if in_flight.keeps_for_next {
                 self.stay = self.stay.max(1);
             }
+            let timeout = self.io.pool.settings().stay_after_write_timeout;
+            let until = (self.stay > 0).then(|| tokio::time::Instant::now() + timeout);
+            self.io.set_timer(until);
         }
         if let Some(why) = &in_flight.pins {
             self.io.pin(why, &self.ctx.metrics);
@@ -262,7 +265,13 @@ impl Frontend for Session {
         }
     }
 
+    /// The client stayed idle on its connection after a write for
+    /// stay_after_write_timeout: it lets go of it.
     async fn on_timer(&mut self) -> Result<(), SessionError> {
+        if self.in_flight.is_none() {
+            self.stay = 0;
+            self.maybe_release();
+        }
         Ok(())
     }
 
