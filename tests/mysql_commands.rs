@@ -202,3 +202,46 @@ async fn max_query_duration_stops_a_long_statement() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test]
+async fn change_user_logs_in_again_and_starts_over() {
+    let db = MysqlDatabase::create("change_user").await;
+    let other = MysqlDatabase::create("change_user_b").await;
+    let mut deployment = mysql_deployment(&db.name, small_pool(2));
+    deployment.users.push(warpdrive::config::ClientUser {
+        name: "reader".to_owned(),
+        password: "reader-pw".to_owned(),
+    });
+    let proxy = Proxy::start(deployment).await;
+    let mut conn = proxy.mysql(&db.name).await;
+    conn.query_drop("SET SESSION time_zone = '+09:00'")
+        .await
+        .expect("set");
+    let change = mysql_async::ChangeUserOpts::default()
+        .with_user(Some("reader".to_owned()))
+        .with_pass(Some("reader-pw".to_owned()))
+        .with_db_name(Some(other.name.clone()));
+    conn.change_user(change).await.expect("COM_CHANGE_USER");
+    let current: Option<String> = conn.query_first("SELECT DATABASE()").await.expect("db");
+    assert_eq!(current.as_deref(), Some(other.name.as_str()));
+    let zone: Option<String> = conn
+        .query_first("SELECT @@session.time_zone")
+        .await
+        .expect("zone");
+    assert_ne!(
+        zone.as_deref(),
+        Some("+09:00"),
+        "the old session's settings went"
+    );
+    let wrong = mysql_async::ChangeUserOpts::default()
+        .with_user(Some("reader".to_owned()))
+        .with_pass(Some("nope".to_owned()));
+    assert!(
+        conn.change_user(wrong).await.is_err(),
+        "a wrong password is refused"
+    );
+    drop(conn);
+    proxy.stop().await;
+    other.drop_now().await;
+    db.drop_now().await;
+}

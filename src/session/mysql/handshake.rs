@@ -55,7 +55,7 @@ pub struct Admitted {
 }
 
 /// A scramble of 20 printable bytes (no NUL: the greeting terminates it).
-fn new_scramble() -> Bytes {
+pub fn new_scramble() -> Bytes {
     let mut rng = rand::rng();
     (0..20)
         .map(|_| rng.random_range(0x21u8..0x7f))
@@ -104,10 +104,7 @@ pub async fn admit(
             return refuse(&mut client, 0, error).await;
         }
     };
-    let plugin: &'static [u8] = match ctx.deployment.client_auth {
-        ClientAuth::CachingSha2 | ClientAuth::ScramSha256 => scramble::CACHING_SHA2,
-        _ => scramble::NATIVE,
-    };
+    let plugin = plugin_of(ctx);
     let mut offered = SERVER_CAPABILITIES;
     if ctx.tls.is_some() {
         offered |= caps::SSL;
@@ -167,32 +164,16 @@ pub async fn admit(
     };
     let capabilities = response.capabilities & offered;
     let user = String::from_utf8_lossy(&response.user).into_owned();
-    let mut seq = packet.next_seq();
-    let mut answer = response.auth_response.clone();
-    let trusted = ctx.deployment.client_auth == ClientAuth::Trust;
-    if !trusted && response.auth_plugin.as_deref() != Some(plugin) {
-        let switch = AuthSwitch {
-            plugin: Bytes::from_static(plugin),
-            data: ours.scramble.clone(),
-        };
-        write_packet(&mut client.out, seq, &switch.encode());
-        client.flush().await?;
-        let reply = read(&mut client).await?;
-        seq = reply.next_seq();
-        answer = reply.payload;
-    }
-    if !trusted {
-        let password = ctx.protocol.passwords.get(&user);
-        let proven = password.is_some_and(|password| {
-            scramble::verify(plugin, password.as_bytes(), &ours.scramble, &answer)
-        });
-        if !proven {
-            return refuse(&mut client, seq, access_denied(&user, !answer.is_empty())).await;
-        }
-        if plugin == scramble::CACHING_SHA2 {
-            seq = write_packet(&mut client.out, seq, &[0x01, FAST_AUTH_SUCCESS]);
-        }
-    }
+    let proof = Proof {
+        user: &user,
+        plugin: response.auth_plugin.as_deref(),
+        answer: response.auth_response.clone(),
+        scramble: &ours.scramble,
+    };
+    let seq = match authenticate(&mut client, ctx, packet.next_seq(), proof).await? {
+        Ok(seq) => seq,
+        Err((seq, error)) => return refuse(&mut client, seq, error).await,
+    };
     let database = response
         .database
         .as_ref()
@@ -216,6 +197,64 @@ pub async fn admit(
         greeting,
         seq,
     }))
+}
+
+/// What a client sent to prove who it is.
+pub struct Proof<'a> {
+    /// The user it names.
+    pub user: &'a str,
+    /// The plugin its answer is for.
+    pub plugin: Option<&'a [u8]>,
+    /// Its answer.
+    pub answer: Bytes,
+    /// The scramble the answer is over.
+    pub scramble: &'a Bytes,
+}
+
+/// The plugin clients of the deployment log in with.
+fn plugin_of(ctx: &SessionContext<Shared>) -> &'static [u8] {
+    match ctx.deployment.client_auth {
+        ClientAuth::CachingSha2 | ClientAuth::ScramSha256 => scramble::CACHING_SHA2,
+        _ => scramble::NATIVE,
+    }
+}
+
+/// Checks a client's proof under the deployment's plugin, switching the client to it
+/// (over the same scramble) when it answered for another: the sequence id to answer with
+/// next, or the refusal to send with its sequence id.
+pub async fn authenticate(
+    client: &mut Conn<MysqlFraming>,
+    ctx: &SessionContext<Shared>,
+    mut seq: u8,
+    proof: Proof<'_>,
+) -> Result<Result<u8, (u8, ClientError)>, SessionError> {
+    if ctx.deployment.client_auth == ClientAuth::Trust {
+        return Ok(Ok(seq));
+    }
+    let plugin = plugin_of(ctx);
+    let mut answer = proof.answer;
+    if proof.plugin != Some(plugin) {
+        let switch = AuthSwitch {
+            plugin: Bytes::from_static(plugin),
+            data: proof.scramble.clone(),
+        };
+        write_packet(&mut client.out, seq, &switch.encode());
+        client.flush().await?;
+        let reply = read(client).await?;
+        seq = reply.next_seq();
+        answer = reply.payload;
+    }
+    let password = ctx.protocol.passwords.get(proof.user);
+    let proven = password.is_some_and(|password| {
+        scramble::verify(plugin, password.as_bytes(), proof.scramble, &answer)
+    });
+    if !proven {
+        return Ok(Err((seq, access_denied(proof.user, !answer.is_empty()))));
+    }
+    if plugin == scramble::CACHING_SHA2 {
+        seq = write_packet(&mut client.out, seq, &[0x01, FAST_AUTH_SUCCESS]);
+    }
+    Ok(Ok(seq))
 }
 
 enum Refusal {

@@ -88,6 +88,8 @@ pub(super) struct Session {
     state: SessionState,
     /// Its state at login, for COM_RESET_CONNECTION.
     initial: SessionState,
+    /// The collation it logged in with.
+    collation: u8,
     statements: ClientStatements,
     in_flight: Option<InFlight>,
     /// Commands that arrived while a reply was in flight.
@@ -133,6 +135,7 @@ pub(super) async fn serve(
         capabilities,
         baseline: Arc::clone(&greeting.baseline),
         initial: state.clone(),
+        collation,
         state,
         statements: ClientStatements::default(),
         in_flight: None,

@@ -131,9 +131,58 @@ pub fn execute_binding(payload: &[u8], params: u16, types: &[u8]) -> Result<Byte
     Ok(out)
 }
 
+/// COM_CHANGE_USER: log in again, as another user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeUser {
+    /// The user.
+    pub user: Bytes,
+    /// The authentication response (over the greeting's scramble).
+    pub auth_response: Bytes,
+    /// The database to start in.
+    pub database: Option<Bytes>,
+    /// The collation, when given.
+    pub collation: Option<u16>,
+}
+
+impl ChangeUser {
+    /// Decodes one sent under `capabilities`.
+    pub fn decode(payload: Bytes, capabilities: u32) -> Result<ChangeUser, WireError> {
+        let mut r = super::codec::Reader::new("COM_CHANGE_USER", payload);
+        r.skip(1)?;
+        let user = r.cstr()?;
+        let auth_response = if capabilities & super::caps::SECURE_CONNECTION != 0 {
+            let len = usize::from(r.u8()?);
+            r.bytes(len)?
+        } else {
+            r.cstr()?
+        };
+        let database = Some(r.cstr_or_rest()).filter(|db| !db.is_empty());
+        let collation = if r.is_empty() { None } else { Some(r.u16()?) };
+        Ok(ChangeUser {
+            user,
+            auth_response,
+            database,
+            collation,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn change_user_reads_its_fields() {
+        let packet =
+            Bytes::from_static(b"\x11app\x00\x03abcshop\x00\x08\x00mysql_native_password\x00");
+        let change =
+            ChangeUser::decode(packet, super::super::caps::SECURE_CONNECTION).expect("valid");
+        assert_eq!(&change.user[..], b"app");
+        assert_eq!(&change.auth_response[..], b"abc");
+        assert_eq!(change.database.as_deref(), Some(&b"shop"[..]));
+        assert_eq!(change.collation, Some(8));
+        assert!(ChangeUser::decode(Bytes::from_static(b"\x11app"), 0).is_err());
+    }
 
     #[test]
     fn execute_layout_and_rebinding() {

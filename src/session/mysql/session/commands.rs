@@ -6,14 +6,16 @@ use super::{InFlight, Session, unknown_statement};
 use crate::session::SessionError;
 use crate::session::driver::Flow;
 use crate::session::error::{ClientError, ErrorKind};
+use crate::session::mysql::handshake::{Proof, authenticate, new_scramble};
 use crate::session::mysql::lexical::{self, Kill};
 use crate::session::mysql::sessions::FIRST_ID;
+use crate::session::mysql::state;
 use crate::wire::mysql::command::{
-    self, CURSOR_TYPE_READ_ONLY, Execute, code, execute_binding, with_statement_id,
+    self, CURSOR_TYPE_READ_ONLY, ChangeUser, Execute, code, execute_binding, with_statement_id,
 };
 use crate::wire::mysql::reply::{EOF, EofPacket, OkPacket};
 use crate::wire::mysql::response::Expect;
-use crate::wire::mysql::{Packet, caps, write_packet};
+use crate::wire::mysql::{Packet, caps, status, write_packet};
 
 fn killed() -> ClientError {
     ClientError::fatal(ErrorKind::QueryCanceled, "Connection was killed")
@@ -46,7 +48,11 @@ impl Session {
             code::STMT_CLOSE => self.close(&packet),
             code::STMT_RESET => self.reset_statement(packet).await?,
             code::SET_OPTION => self.set_option(&packet).await?,
-            code::RESET_CONNECTION => self.reset_connection(seq).await?,
+            code::RESET_CONNECTION => {
+                self.forget_session();
+                self.reply_ok(seq).await?;
+            }
+            code::CHANGE_USER => return self.change_user(packet).await,
             code::FIELD_LIST => self.forward(packet, Expect::Rows, |_| {}).await?,
             code::STATISTICS => self.forward(packet, Expect::Text, |_| {}).await?,
             code::PROCESS_KILL => {
@@ -67,10 +73,7 @@ impl Session {
                     ErrorKind::NotSupported,
                     format!("warpdrive does not relay command 0x{other:02x}"),
                 )
-                .hint(match other {
-                    code::CHANGE_USER => "COM_CHANGE_USER is not supported yet: open a new connection as the other user",
-                    _ => "replication and administrative commands go to the origin directly",
-                });
+                .hint("replication and administrative commands go to the origin directly");
                 self.reply_error(seq, &error).await?;
             }
         }
@@ -330,13 +333,13 @@ impl Session {
 
     /// The client's session is new again: its statements and settings go, its
     /// connection (which may hold more) is not reused.
-    async fn reset_connection(&mut self, seq: u8) -> Result<(), SessionError> {
+    fn forget_session(&mut self) {
         if self.io.holds() {
             if let Some(conn) = self.io.origin() {
                 conn.keep_from_others();
             }
             self.io.unpin();
-            if self.status & crate::wire::mysql::status::IN_TRANS != 0 {
+            if self.status & status::IN_TRANS != 0 {
                 // Its transaction ends with it, as on a server.
                 let _ = self.lose_connection();
             }
@@ -346,8 +349,66 @@ impl Session {
         self.statements.clear();
         self.state = self.initial.clone();
         self.stay = 0;
-        self.status = crate::wire::mysql::status::AUTOCOMMIT;
-        self.reply_ok(seq).await
+        self.status = status::AUTOCOMMIT;
+    }
+
+    /// COM_CHANGE_USER: the client proves it is the other user (over a fresh
+    /// scramble), then starts over as it, in the database it names.
+    async fn change_user(&mut self, packet: Packet) -> Result<Flow, SessionError> {
+        let change = match ChangeUser::decode(packet.payload.clone(), self.capabilities) {
+            Ok(change) => change,
+            Err(error) => {
+                self.malformed(packet.next_seq(), error).await?;
+                return Ok(Flow::Stop);
+            }
+        };
+        let user = String::from_utf8_lossy(&change.user).into_owned();
+        let scramble = new_scramble();
+        let proof = Proof {
+            user: &user,
+            plugin: None,
+            answer: change.auth_response.clone(),
+            scramble: &scramble,
+        };
+        let ctx = std::sync::Arc::clone(&self.ctx);
+        let seq = match authenticate(&mut self.io.client, &ctx, packet.next_seq(), proof).await? {
+            Ok(seq) => seq,
+            Err((seq, error)) => {
+                // As on a server, a failed change of user ends the connection.
+                self.reply_error(seq, &error).await?;
+                return Err(SessionError::Refused(error));
+            }
+        };
+        self.forget_session();
+        let database = change
+            .database
+            .map(|db| String::from_utf8_lossy(&db).into_owned())
+            .or_else(|| {
+                Some(self.ctx.deployment.origin.database.clone()).filter(|db| !db.is_empty())
+            });
+        let collation = change.collation.map_or(self.collation, |c| c as u8);
+        let multi_statements = self.initial.multi_statements;
+        self.state = state::initial(
+            &self.baseline,
+            collation,
+            database.clone(),
+            multi_statements,
+        );
+        self.initial = self.state.clone();
+        if let Some(database) = &database
+            && (!self.ctx.deployment.allows_database(database) || self.ready().await.is_err())
+        {
+            let error = ClientError::fatal(
+                ErrorKind::UnknownDatabase,
+                format!("Unknown database '{database}'"),
+            );
+            self.reply_error(seq, &error).await?;
+            return Err(SessionError::Refused(error));
+        }
+        self.maybe_release();
+        tracing::debug!(%user, "client changed user");
+        self.reply_ok(seq).await?;
+        Ok(Flow::Continue)
     }
 
     /// KILL of one of warpdrive's connection ids: reaches the origin thread serving it.
