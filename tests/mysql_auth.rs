@@ -82,6 +82,22 @@ async fn each_plugin_works_both_ways_and_tls_to_the_origin_is_verified() {
         "{}",
         failure.message
     );
+    // validate names the cause for MySQL origins too.
+    let mut wrong_password = chained(port, &db.name, "REQUIRED", None);
+    wrong_password.origin.password = Some("not the password".to_owned());
+    let mut unknown_database = mysql_deployment("wd_no_such_database", small_pool(1));
+    unknown_database.name = "missing".to_owned();
+    let config = warpdrive::config::Config {
+        deployments: vec![wrong_password, unknown_database],
+        admin: None,
+        rules: None,
+    };
+    let causes: Vec<&str> = warpdrive::validate::validate(&config)
+        .await
+        .iter()
+        .map(|check| check.failure.as_ref().map_or("ok", |f| f.cause.name()))
+        .collect();
+    assert_eq!(causes, vec!["bad_credentials", "database_not_found"]);
     // A wrong password gets 1045 from warpdrive itself.
     let wrong = OptsBuilder::default()
         .ip_or_hostname("127.0.0.1")

@@ -89,13 +89,26 @@ async fn state_changed_inside_a_procedure_pins_and_stays_with_its_client() {
     let mut direct = db.direct().await;
     direct
         .query_drop(
-            "CREATE PROCEDURE shift() BEGIN SET @@session.time_zone = '+03:00'; SET @@session.max_statement_time = 7; SET @hidden = 1; END",
+            "CREATE PROCEDURE shift() BEGIN SET @@session.sql_mode = 'ANSI_QUOTES'; SET @@session.time_zone = '+03:00'; SET @@session.max_statement_time = 7; SET @hidden = 1; END",
         )
         .await
         .expect("procedure");
     let fresh_zone: String = read(&mut direct, "SELECT @@session.time_zone").await;
+    let fresh_mode: String = read(&mut direct, "SELECT @@session.sql_mode").await;
+    // What a direct session looks like after the same call.
+    let mut called = db.direct().await;
+    called
+        .query_drop("CALL shift()")
+        .await
+        .expect("direct call");
+    let called_mode: String = read(&mut called, "SELECT @@session.sql_mode").await;
+    drop(called);
     let mut caller = proxy.mysql(&db.name).await;
     caller.query_drop("CALL shift()").await.expect("call");
+    assert_eq!(
+        read::<String>(&mut caller, "SELECT @@session.sql_mode").await,
+        called_mode
+    );
     assert_eq!(
         read::<String>(&mut caller, "SELECT @@session.time_zone").await,
         "+03:00"
@@ -130,6 +143,8 @@ async fn state_changed_inside_a_procedure_pins_and_stays_with_its_client() {
         client.query_drop("BEGIN").await.expect("begin");
         let zone: String = read(&mut client, "SELECT @@session.time_zone").await;
         assert_eq!(zone, fresh_zone);
+        let mode: String = read(&mut client, "SELECT @@session.sql_mode").await;
+        assert_eq!(mode, fresh_mode);
         let statement_time: f64 = read(&mut client, "SELECT @@session.max_statement_time").await;
         assert_eq!(statement_time, 0.0);
         clients.push(client);

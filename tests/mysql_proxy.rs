@@ -370,3 +370,40 @@ async fn update_counts_matched_rows_for_clients_that_ask_found_rows() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_and_mysql_deployments_run_in_one_process() {
+    let db = MysqlDatabase::create("beside").await;
+    let pg = common::TestDatabase::create("beside_pg").await;
+    let proxy = Proxy::start_deployments(vec![
+        common::deployment(&pg.name, small_pool(1)),
+        mysql_deployment(&db.name, small_pool(1)),
+    ])
+    .await;
+    let postgres = proxy.connect_at(0, &pg.name).await;
+    let row = postgres
+        .query_one("SELECT 40 + 2", &[])
+        .await
+        .expect("postgres");
+    assert_eq!(row.get::<_, i32>(0), 42);
+    let opts = proxy
+        .mysql_opts(Some(&db.name))
+        .tcp_port(proxy.addrs[1].port());
+    let mut mysql = Conn::new(opts).await.expect("mysql");
+    let answer: Option<i32> = mysql
+        .query_first("SELECT 40 + 2")
+        .await
+        .expect("mysql query");
+    assert_eq!(answer, Some(42));
+    let names: Vec<String> = proxy
+        .registry
+        .snapshots()
+        .into_iter()
+        .map(|s| s.deployment)
+        .collect();
+    assert_eq!(names.len(), 2);
+    drop((postgres, mysql));
+    proxy.stop().await;
+    pg.drop_now().await;
+    db.drop_now().await;
+}
