@@ -133,6 +133,32 @@ impl<P> SessionContext<P> {
     }
 }
 
+/// Turns a client's plain connection into TLS, warpdrive as the server, once it asked
+/// for it. Bytes that came before the handshake are refused: anyone on the path could
+/// have injected them.
+pub(crate) async fn accept_tls<F: crate::wire::Framing<Error: Into<ConnError>>>(
+    client: Conn<F>,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    max_message_bytes: usize,
+) -> Result<Conn<F>, SessionError> {
+    if client.has_buffered_input() {
+        return Err(SessionError::Protocol(
+            "data after the request for TLS, before the TLS handshake".into(),
+        ));
+    }
+    let (stream, _) = client.into_parts();
+    let Stream::Plain(tcp) = stream else {
+        return Err(SessionError::Protocol(
+            "a request for TLS on an encrypted connection".into(),
+        ));
+    };
+    let tls = acceptor.accept(tcp).await?;
+    Ok(Conn::new(
+        Stream::ServerTls(Box::new(tls)),
+        max_message_bytes,
+    ))
+}
+
 /// Serves one PostgreSQL client connection to its end.
 pub async fn serve(tcp: TcpStream, ctx: Arc<SessionContext>) {
     serve_with(tcp, &ctx, |client| pg::run(client, &ctx)).await

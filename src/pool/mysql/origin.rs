@@ -24,23 +24,6 @@ use crate::wire::mysql::{MysqlFraming, Packet, caps, write_packet};
 /// Largest packet accepted from an origin.
 pub const MAX_ORIGIN_PACKET: usize = 1 << 30;
 
-/// The capabilities warpdrive asks an origin for (those it offers, that is).
-pub const ORIGIN_CAPABILITIES: u32 = caps::LONG_PASSWORD
-    | caps::LONG_FLAG
-    | caps::CONNECT_WITH_DB
-    | caps::LOCAL_FILES
-    | caps::PROTOCOL_41
-    | caps::TRANSACTIONS
-    | caps::SECURE_CONNECTION
-    | caps::MULTI_STATEMENTS
-    | caps::MULTI_RESULTS
-    | caps::PS_MULTI_RESULTS
-    | caps::PLUGIN_AUTH
-    | caps::CONNECT_ATTRS
-    | caps::PLUGIN_AUTH_LENENC_CLIENT_DATA
-    | caps::SESSION_TRACK
-    | caps::DEPRECATE_EOF;
-
 /// The capabilities an origin must have for warpdrive to multiplex clients over it.
 const REQUIRED: u32 =
     caps::PROTOCOL_41 | caps::SECURE_CONNECTION | caps::SESSION_TRACK | caps::TRANSACTIONS;
@@ -250,7 +233,7 @@ async fn connect_inner(
             detail: "it lacks protocol 4.1, secure authentication, transactions or session-state tracking (MySQL 5.7 or MariaDB 10.2 and later have them)".to_owned(),
         });
     }
-    let mut capabilities = ORIGIN_CAPABILITIES & greeting.capabilities;
+    let mut capabilities = caps::SPOKEN & greeting.capabilities;
     if found_rows {
         capabilities |= caps::FOUND_ROWS & greeting.capabilities;
     }

@@ -11,7 +11,7 @@ use super::Shared;
 use super::errno::err_packet;
 use crate::auth::mysql::{self as scramble, FAST_AUTH_SUCCESS};
 use crate::config::ClientAuth;
-use crate::conn::{Conn, ConnError, Stream};
+use crate::conn::{Conn, ConnError};
 use crate::pool::mysql::MysqlGreeting;
 use crate::session::error::{ClientError, ErrorKind};
 use crate::session::{SessionContext, SessionError};
@@ -19,22 +19,7 @@ use crate::wire::mysql::handshake::{AuthSwitch, Greeting, HandshakeResponse};
 use crate::wire::mysql::{MysqlFraming, Packet, caps, write_packet};
 
 /// The capabilities warpdrive offers its clients (SSL besides, with a certificate).
-pub const SERVER_CAPABILITIES: u32 = caps::LONG_PASSWORD
-    | caps::FOUND_ROWS
-    | caps::LONG_FLAG
-    | caps::CONNECT_WITH_DB
-    | caps::LOCAL_FILES
-    | caps::PROTOCOL_41
-    | caps::TRANSACTIONS
-    | caps::SECURE_CONNECTION
-    | caps::MULTI_STATEMENTS
-    | caps::MULTI_RESULTS
-    | caps::PS_MULTI_RESULTS
-    | caps::PLUGIN_AUTH
-    | caps::CONNECT_ATTRS
-    | caps::PLUGIN_AUTH_LENENC_CLIENT_DATA
-    | caps::SESSION_TRACK
-    | caps::DEPRECATE_EOF;
+pub const SERVER_CAPABILITIES: u32 = caps::SPOKEN | caps::FOUND_ROWS;
 
 /// A client that logged in.
 pub struct Admitted {
@@ -136,22 +121,8 @@ pub async fn admit(
             )
             .await;
         };
-        if client.has_buffered_input() {
-            return Err(SessionError::Protocol(
-                "data after the SSL request before the TLS handshake".into(),
-            ));
-        }
-        let (stream, _) = client.into_parts();
-        let Stream::Plain(tcp) = stream else {
-            return Err(SessionError::Protocol(
-                "SSL request on an encrypted connection".into(),
-            ));
-        };
-        let tls = acceptor.accept(tcp).await?;
-        let mut client = Conn::new(
-            Stream::ServerTls(Box::new(tls)),
-            ctx.deployment.max_message_bytes,
-        );
+        let mut client =
+            crate::session::accept_tls(client, acceptor, ctx.deployment.max_message_bytes).await?;
         match read_response(&mut client).await {
             Ok((packet, response)) => (client, packet, response),
             Err(Refusal::Gone) => return Ok(None),

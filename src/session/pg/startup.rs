@@ -11,7 +11,7 @@ use super::sqlstate::{ErrorResponse, from_pool};
 use crate::auth::md5::verify_md5;
 use crate::auth::scram::{MECHANISM, ServerExchange};
 use crate::config::ClientAuth;
-use crate::conn::{Conn, ConnError, Stream};
+use crate::conn::{Conn, ConnError};
 use crate::pool::pg::PgPool as Pool;
 use crate::session::error::{ClientError, ErrorKind};
 use crate::session::settings::{
@@ -98,23 +98,12 @@ async fn opening(
                 Some(acceptor) if !client.stream().is_tls() => {
                     (ssl_done, gss_done) = (true, true);
                     client.send(b"S").await?;
-                    if client.has_buffered_input() {
-                        // Bytes sent before the handshake could have been injected by anyone.
-                        return Err(SessionError::Protocol(
-                            "data after SSLRequest before the TLS handshake".into(),
-                        ));
-                    }
-                    let (stream, _) = client.into_parts();
-                    let Stream::Plain(tcp) = stream else {
-                        return Err(SessionError::Protocol(
-                            "SSLRequest on an encrypted connection".into(),
-                        ));
-                    };
-                    let tls = acceptor.accept(tcp).await?;
-                    client = Conn::new(
-                        Stream::ServerTls(Box::new(tls)),
+                    client = crate::session::accept_tls(
+                        client,
+                        acceptor,
                         ctx.deployment.max_message_bytes,
-                    );
+                    )
+                    .await?;
                 }
                 _ => {
                     ssl_done = true;

@@ -61,6 +61,24 @@ pub mod caps {
     pub const SESSION_TRACK: u32 = 1 << 23;
     /// OK packets replace EOF packets.
     pub const DEPRECATE_EOF: u32 = 1 << 24;
+
+    /// What warpdrive speaks, both as a client and as a server (SSL and FOUND_ROWS
+    /// besides, where they apply).
+    pub const SPOKEN: u32 = LONG_PASSWORD
+        | LONG_FLAG
+        | CONNECT_WITH_DB
+        | LOCAL_FILES
+        | PROTOCOL_41
+        | TRANSACTIONS
+        | SECURE_CONNECTION
+        | MULTI_STATEMENTS
+        | MULTI_RESULTS
+        | PS_MULTI_RESULTS
+        | PLUGIN_AUTH
+        | CONNECT_ATTRS
+        | PLUGIN_AUTH_LENENC_CLIENT_DATA
+        | SESSION_TRACK
+        | DEPRECATE_EOF;
 }
 
 /// Server status flags (`SERVER_STATUS_*`, `SERVER_MORE_RESULTS_EXISTS`, …).

@@ -144,14 +144,11 @@ impl Session {
 
     async fn execute(&mut self, packet: Packet) -> Result<(), SessionError> {
         let seq = packet.next_seq();
-        let id = match command::statement_id(&packet.payload) {
-            Ok(id) => id,
-            Err(error) => return self.malformed(seq, error).await,
+        let Some(id) = self.known_statement(&packet, "mysqld_stmt_execute").await? else {
+            return Ok(());
         };
         let Some(statement) = self.statements.get_mut(id) else {
-            return self
-                .reply_error(seq, &unknown_statement(id, "mysqld_stmt_execute"))
-                .await;
+            return Ok(());
         };
         let execute = match Execute::decode(&packet.payload, statement.params) {
             Ok(execute) => execute,
@@ -274,14 +271,11 @@ impl Session {
 
     async fn reset_statement(&mut self, packet: Packet) -> Result<(), SessionError> {
         let seq = packet.next_seq();
-        let id = match command::statement_id(&packet.payload) {
-            Ok(id) => id,
-            Err(error) => return self.malformed(seq, error).await,
+        let Some(id) = self.known_statement(&packet, "mysqld_stmt_reset").await? else {
+            return Ok(());
         };
         let Some(statement) = self.statements.get_mut(id) else {
-            return self
-                .reply_error(seq, &unknown_statement(id, "mysqld_stmt_reset"))
-                .await;
+            return Ok(());
         };
         let pending = statement.cursor_open || statement.long_data;
         statement.cursor_open = false;
@@ -450,6 +444,29 @@ impl Session {
         }
         self.reply_ok(seq).await?;
         Ok(Flow::Continue)
+    }
+
+    /// The client's statement a COM_STMT_* packet names; `None` once the client was
+    /// told it names none.
+    async fn known_statement(
+        &mut self,
+        packet: &Packet,
+        command: &str,
+    ) -> Result<Option<u32>, SessionError> {
+        let seq = packet.next_seq();
+        let id = match command::statement_id(&packet.payload) {
+            Ok(id) => id,
+            Err(error) => {
+                self.malformed(seq, error).await?;
+                return Ok(None);
+            }
+        };
+        if self.statements.get_mut(id).is_none() {
+            self.reply_error(seq, &unknown_statement(id, command))
+                .await?;
+            return Ok(None);
+        }
+        Ok(Some(id))
     }
 
     async fn malformed(
