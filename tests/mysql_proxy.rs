@@ -407,3 +407,50 @@ async fn postgresql_and_mysql_deployments_run_in_one_process() {
     pg.drop_now().await;
     db.drop_now().await;
 }
+
+#[tokio::test]
+async fn a_shared_statement_text_means_what_it_means_in_each_clients_database() {
+    let a = MysqlDatabase::create("stmt_db_a").await;
+    let b = MysqlDatabase::create("stmt_db_b").await;
+    for (db, value) in [(&a, 1), (&b, 2)] {
+        let mut direct = db.direct().await;
+        direct
+            .query_drop(format!(
+                "CREATE TABLE t (v INT); INSERT INTO t VALUES ({value})"
+            ))
+            .await
+            .expect("setup");
+    }
+    // One connection serves both clients in turn.
+    let proxy = proxy_for(&a, 1).await;
+    let sql = "SELECT v FROM t";
+    let mut in_a = proxy.mysql(&a.name).await;
+    let first: Option<i32> = in_a.exec_first(sql, ()).await.expect("a");
+    assert_eq!(first, Some(1));
+    let mut in_b = proxy.mysql(&b.name).await;
+    let second: Option<i32> = in_b.exec_first(sql, ()).await.expect("b");
+    assert_eq!(second, Some(2), "b's statement read b's table");
+    // A statement keeps the database it was prepared in, as on a direct connection.
+    let mut direct = a.direct().await;
+    let statement = direct.prep(sql).await.expect("prepare");
+    direct
+        .query_drop(format!("USE {}", b.name))
+        .await
+        .expect("use");
+    let expected: Option<i32> = direct.exec_first(&statement, ()).await.expect("direct");
+    let through = in_a.prep(sql).await.expect("prepare");
+    in_a.query_drop(format!("USE {}", b.name))
+        .await
+        .expect("use");
+    // Client b took the connection meanwhile, so a's statement is prepared again.
+    let _: Option<i32> = in_b
+        .exec_first("SELECT v + 0 FROM t", ())
+        .await
+        .expect("b again");
+    let got: Option<i32> = in_a.exec_first(&through, ()).await.expect("through");
+    assert_eq!(got, expected);
+    drop((in_a, in_b, direct));
+    proxy.stop().await;
+    b.drop_now().await;
+    a.drop_now().await;
+}

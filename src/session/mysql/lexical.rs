@@ -197,6 +197,8 @@ fn read_statement(statement: &[Token], effects: &mut Effects) {
             pin("FLUSH TABLES WITH READ LOCK")
         }
         (Some(Token::Word(w)), _) if w == b"HANDLER" => pin("HANDLER"),
+        // An XA transaction can outlive the connection's view of it (XA END, PREPARE).
+        (Some(Token::Word(w)), _) if w == b"XA" => pin("XA transactions"),
         (Some(Token::Word(w)), Some(Token::Word(v)))
             if w == b"UNLOCK" && (v == b"TABLES" || v == b"TABLE") =>
         {
@@ -257,6 +259,7 @@ mod tests {
             Some("FLUSH TABLES WITH READ LOCK")
         );
         assert_eq!(pins("SELECT 1; SET @y = 2"), Some("user variables"));
+        assert_eq!(pins("XA START 'x'"), Some("XA transactions"));
         assert_eq!(
             pins("/*!40101 SET @saved = @@sql_mode */"),
             Some("user variables")

@@ -162,7 +162,7 @@ pub(super) async fn serve(
     drive(&mut session).await
 }
 
-fn unknown_statement(id: u32, command: &str) -> ClientError {
+pub(super) fn unknown_statement(id: u32, command: &str) -> ClientError {
     ClientError::error(
         ErrorKind::UnknownStatement,
         format!("Unknown prepared statement handler ({id}) given to {command}"),
@@ -220,29 +220,39 @@ impl Session {
                 let thread = self.conn().thread_id();
                 self.registration.handle.set_origin_thread(Some(thread));
             }
-            let conn = self.io.origin().expect("the client holds a connection");
-            let Some(steps) = state::steps(&conn.session, &self.state, &self.baseline) else {
-                // A setting of another client that cannot be put back: not this one.
-                self.lose_connection();
-                continue;
-            };
-            for step in steps {
-                tracing::trace!(?step, "putting the client's state on its connection");
-                self.take(step).await?;
-            }
             let want = self.state.clone();
-            let conn = &mut self.conn().session;
-            conn.variables = want.variables;
-            conn.multi_statements = want.multi_statements;
-            if want.database.is_some() {
-                conn.database = want.database;
+            match self.bring_to(&want).await? {
+                true => return Ok(()),
+                // A setting of another client that cannot be put back: not this one.
+                false => {
+                    self.lose_connection();
+                }
             }
-            return Ok(());
         }
         Err(ClientError::error(
             ErrorKind::Unavailable,
             "warpdrive could not find an origin connection it can bring to this session's settings",
         ))
+    }
+
+    /// Brings the connection the client holds to `want`; false when it cannot be (a
+    /// setting another client left that cannot be put back).
+    async fn bring_to(&mut self, want: &SessionState) -> Result<bool, ClientError> {
+        let conn = self.io.origin().expect("the client holds a connection");
+        let Some(steps) = state::steps(&conn.session, want, &self.baseline) else {
+            return Ok(false);
+        };
+        for step in steps {
+            tracing::trace!(?step, "putting the client's state on its connection");
+            self.take(step).await?;
+        }
+        let conn = &mut self.conn().session;
+        conn.variables = want.variables.clone();
+        conn.multi_statements = want.multi_statements;
+        if want.database.is_some() {
+            conn.database = want.database.clone();
+        }
+        Ok(true)
     }
 
     async fn take(&mut self, step: Step) -> Result<(), ClientError> {
@@ -301,14 +311,42 @@ impl Session {
         pinned
     }
 
-    /// The statement for `sql` on the client's connection, prepared there if missing.
-    async fn prepared(
+    /// The client's statement `id` on its connection, prepared there if missing: under
+    /// the database and parse settings the client prepared it with, which the connection
+    /// takes on for the prepare when the client's differ now.
+    pub(super) async fn prepared(
         &mut self,
-        sql: &Bytes,
+        id: u32,
     ) -> Result<OriginStatement, Result<Bytes, ClientError>> {
-        if let Some(known) = self.conn().statements.get(sql) {
+        let Some(statement) = self.statements.get_mut(id).map(|s| s.clone()) else {
+            return Err(Err(unknown_statement(id, "mysqld_stmt_execute")));
+        };
+        if let Some(known) = self.conn().statements.get(&statement.key) {
             return Ok(known);
         }
+        let context = state::with_parse_context(&self.state, &statement.context);
+        let elsewhere = context != self.state;
+        if elsewhere && !self.bring_to(&context).await.map_err(Err)? {
+            return Err(Err(ClientError::error(
+                ErrorKind::Unavailable,
+                "warpdrive could not prepare the statement again under the settings it was prepared with",
+            )));
+        }
+        let prepared = self.prepare_here(&statement.sql).await;
+        if elsewhere {
+            let own = self.state.clone();
+            self.bring_to(&own).await.map_err(Err)?;
+        }
+        let origin = prepared?;
+        self.remember(statement.key, origin);
+        Ok(origin)
+    }
+
+    /// Prepares `sql` on the connection as it stands.
+    async fn prepare_here(
+        &mut self,
+        sql: &[u8],
+    ) -> Result<OriginStatement, Result<Bytes, ClientError>> {
         let mut command = BytesMut::with_capacity(1 + sql.len());
         command.put_u8(code::STMT_PREPARE);
         command.put_slice(sql);
@@ -326,13 +364,11 @@ impl Session {
                         "the origin answered a prepare without a statement",
                     ))
                 })?;
-                let statement = OriginStatement {
+                Ok(OriginStatement {
                     id: prepared.statement_id,
                     params: prepared.params,
                     columns: prepared.columns,
-                };
-                self.remember(sql.clone(), statement);
-                Ok(statement)
+                })
             }
             Err(ExchangeError::Refused { error, .. }) => Err(Ok(error.encode().freeze())),
             Err(error) => {
@@ -343,9 +379,9 @@ impl Session {
     }
 
     /// Records a statement prepared on the connection; one it displaced is closed there.
-    fn remember(&mut self, sql: Bytes, statement: OriginStatement) {
+    fn remember(&mut self, key: Bytes, statement: OriginStatement) {
         let conn = self.conn();
-        if let Some(displaced) = conn.statements.insert(sql, statement)
+        if let Some(displaced) = conn.statements.insert(key, statement)
             && displaced != statement.id
         {
             let mut close = [code::STMT_CLOSE, 0, 0, 0, 0];

@@ -37,6 +37,45 @@ const CHARSET_VARIABLES: [&str; 4] = [
     "collation_connection",
 ];
 
+/// The variables that change how the origin parses a statement's text (and so what a
+/// prepared statement is): quoting, and the character set of its literals.
+const PARSE_VARIABLES: [&str; 4] = [
+    "sql_mode",
+    "character_set_client",
+    "character_set_connection",
+    "collation_connection",
+];
+
+/// What a statement prepared under `state` is on a connection: its text, with the
+/// database its names resolve in and the settings it was parsed under. Two clients'
+/// statements share an origin statement only when all of these match.
+pub fn statement_key(sql: &[u8], state: &SessionState, baseline: &Baseline) -> Bytes {
+    let mut key = BytesMut::with_capacity(sql.len() + 64);
+    key.put_slice(state.database.as_deref().unwrap_or_default().as_bytes());
+    key.put_u8(0);
+    for name in PARSE_VARIABLES {
+        let value = state.variables.get(name).or(baseline.variables.get(name));
+        key.put_slice(value.map(String::as_bytes).unwrap_or_default());
+        key.put_u8(0);
+    }
+    key.put_slice(sql);
+    key.freeze()
+}
+
+/// `state` with the database and parse settings of `context`: what a connection must be
+/// in to prepare a statement as the client prepared it under `context`.
+pub fn with_parse_context(state: &SessionState, context: &SessionState) -> SessionState {
+    let mut out = state.clone();
+    out.database = context.database.clone();
+    for name in PARSE_VARIABLES {
+        match context.variables.get(name) {
+            Some(value) => out.variables.insert(name.to_owned(), value.clone()),
+            None => out.variables.remove(name),
+        };
+    }
+    out
+}
+
 /// What a reply's state changes mean for the session.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Adopted {
@@ -317,6 +356,40 @@ mod tests {
             Some(vec![Step::Set(
                 "SET SESSION max_statement_time = 0.000000".into()
             )])
+        );
+    }
+
+    #[test]
+    fn statements_are_told_apart_by_database_and_parse_settings() {
+        let baseline = baseline();
+        let shop = initial(&baseline, 45, Some("shop".into()), true);
+        let crm = initial(&baseline, 45, Some("crm".into()), true);
+        let latin1 = initial(&baseline, 8, Some("shop".into()), true);
+        let sql = b"SELECT v FROM t";
+        let key = |state: &SessionState| statement_key(sql, state, &baseline);
+        assert_eq!(key(&shop), key(&shop.clone()));
+        assert_ne!(key(&shop), key(&crm));
+        assert_ne!(key(&shop), key(&latin1));
+        let mut ansi = shop.clone();
+        ansi.variables
+            .insert("sql_mode".into(), "ANSI_QUOTES".into());
+        assert_ne!(key(&shop), key(&ansi));
+        let mut zoned = shop.clone();
+        zoned.variables.insert("time_zone".into(), "+01:00".into());
+        assert_eq!(
+            key(&shop),
+            key(&zoned),
+            "the time zone does not change parsing"
+        );
+        let back = with_parse_context(&crm, &ansi);
+        assert_eq!(back.database.as_deref(), Some("shop"));
+        assert_eq!(
+            back.variables.get("sql_mode").map(String::as_str),
+            Some("ANSI_QUOTES")
+        );
+        assert_eq!(
+            with_parse_context(&ansi, &crm).variables.get("sql_mode"),
+            None
         );
     }
 

@@ -7,11 +7,18 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use crate::pool::mysql::SessionState;
+
 /// One of the client's statements.
 #[derive(Clone, Debug)]
 pub struct ClientStatement {
     /// Its SQL text.
     pub sql: Bytes,
+    /// What it is on a connection ([`super::state::statement_key`]).
+    pub key: Bytes,
+    /// The session state it was prepared under: its database and parse settings are
+    /// the ones it is prepared with on every connection.
+    pub context: SessionState,
     /// Parameters.
     pub params: u16,
     /// Result columns.
@@ -32,15 +39,17 @@ pub struct ClientStatements {
 }
 
 impl ClientStatements {
-    /// Registers a statement; its id for the client.
-    pub fn add(&mut self, sql: Bytes, params: u16, columns: u16) -> u32 {
+    /// Registers a statement prepared under `context`; its id for the client.
+    pub fn add(&mut self, sql: Bytes, key: Bytes, context: SessionState) -> u32 {
         self.next_id = self.next_id.wrapping_add(1).max(1);
         self.by_id.insert(
             self.next_id,
             ClientStatement {
                 sql,
-                params,
-                columns,
+                key,
+                context,
+                params: 0,
+                columns: 0,
                 param_types: None,
                 cursor_open: false,
                 long_data: false,
@@ -85,8 +94,9 @@ mod tests {
     #[test]
     fn ids_are_per_client_and_cursors_keep_the_connection() {
         let mut statements = ClientStatements::default();
-        let a = statements.add(Bytes::from_static(b"SELECT 1"), 0, 1);
-        let b = statements.add(Bytes::from_static(b"SELECT 1"), 0, 1);
+        let sql = Bytes::from_static(b"SELECT 1");
+        let a = statements.add(sql.clone(), sql.clone(), SessionState::default());
+        let b = statements.add(sql.clone(), sql, SessionState::default());
         assert_ne!(a, b);
         assert!(!statements.keep_connection());
         statements.get_mut(a).expect("known").cursor_open = true;

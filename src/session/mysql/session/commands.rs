@@ -134,7 +134,8 @@ impl Session {
 
     async fn prepare(&mut self, packet: Packet) -> Result<(), SessionError> {
         let sql = packet.payload.slice(1..);
-        let id = self.statements.add(sql, 0, 0);
+        let key = state::statement_key(&sql, &self.state, &self.baseline);
+        let id = self.statements.add(sql, key, self.state.clone());
         self.forward(packet, Expect::Prepare, |in_flight| {
             in_flight.prepares = Some(id);
             in_flight.relay.set_statement_id(id);
@@ -158,15 +159,11 @@ impl Session {
             statement.param_types = Some(types.clone());
         }
         statement.cursor_open = false;
-        let (sql, params, bound) = (
-            statement.sql.clone(),
-            statement.params,
-            statement.param_types.clone(),
-        );
+        let (params, bound) = (statement.params, statement.param_types.clone());
         if let Err(error) = self.ready().await {
             return self.reply_error(seq, &error).await;
         }
-        let origin = match self.prepared(&sql).await {
+        let origin = match self.prepared(id).await {
             Ok(origin) => origin,
             Err(Ok(refusal)) => return self.send_to_client(seq, &refusal).await,
             Err(Err(error)) => return self.reply_error(seq, &error).await,
@@ -196,17 +193,17 @@ impl Session {
             Ok(id) => id,
             Err(error) => return self.malformed(seq, error).await,
         };
-        let Some(sql) = self
+        let Some(key) = self
             .statements
             .get_mut(id)
             .filter(|statement| statement.cursor_open)
-            .map(|statement| statement.sql.clone())
+            .map(|statement| statement.key.clone())
         else {
             return self
                 .reply_error(seq, &unknown_statement(id, "mysqld_stmt_fetch"))
                 .await;
         };
-        let Some(origin) = self.io.origin().and_then(|conn| conn.statements.get(&sql)) else {
+        let Some(origin) = self.io.origin().and_then(|conn| conn.statements.get(&key)) else {
             return self
                 .reply_error(seq, &unknown_statement(id, "mysqld_stmt_fetch"))
                 .await;
@@ -222,13 +219,10 @@ impl Session {
         let Ok(id) = command::statement_id(&packet.payload) else {
             return Ok(());
         };
-        let Some(sql) = self.statements.get_mut(id).map(|s| s.sql.clone()) else {
-            return Ok(());
-        };
-        if self.ready().await.is_err() {
+        if self.statements.get_mut(id).is_none() || self.ready().await.is_err() {
             return Ok(());
         }
-        let Ok(origin) = self.prepared(&sql).await else {
+        let Ok(origin) = self.prepared(id).await else {
             return Ok(());
         };
         if let Some(statement) = self.statements.get_mut(id) {
@@ -258,9 +252,9 @@ impl Session {
         };
         if (statement.cursor_open || statement.long_data)
             && let Some(conn) = self.io.origin()
-            && let Some(origin) = conn.statements.get(&statement.sql)
+            && let Some(origin) = conn.statements.get(&statement.key)
         {
-            conn.statements.remove(&statement.sql);
+            conn.statements.remove(&statement.key);
             write_packet(
                 &mut conn.link.conn.out,
                 0,
@@ -280,9 +274,9 @@ impl Session {
         let pending = statement.cursor_open || statement.long_data;
         statement.cursor_open = false;
         statement.long_data = false;
-        let sql = statement.sql.clone();
+        let key = statement.key.clone();
         // Nothing of it lives on a connection: there is nothing to reset.
-        let origin = self.io.origin().and_then(|conn| conn.statements.get(&sql));
+        let origin = self.io.origin().and_then(|conn| conn.statements.get(&key));
         match origin {
             Some(origin) if pending => {
                 let payload = with_statement_id(&packet.payload, origin.id);

@@ -39,13 +39,13 @@ impl Session {
                 {
                     statement.params = prepared.params;
                     statement.columns = prepared.columns;
-                    let sql = statement.sql.clone();
+                    let key = statement.key.clone();
                     let origin = OriginStatement {
                         id: prepared.statement_id,
                         params: prepared.params,
                         columns: prepared.columns,
                     };
-                    self.remember(sql, origin);
+                    self.remember(key, origin);
                 }
             }
             Part::Err => {
