@@ -161,3 +161,34 @@ async fn bad_bytes_end_that_client_only() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test]
+async fn the_greeting_says_what_the_origin_says_and_an_unknown_database_is_refused() {
+    use warpdrive::wire::mysql::handshake::Greeting;
+    let db = MysqlDatabase::create("greeting").await;
+    let proxy = Proxy::start(mysql_deployment(&db.name, small_pool(1))).await;
+    let mut greetings = Vec::new();
+    for addr in [proxy.addr, "127.0.0.1:3306".parse().expect("addr")] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut raw = RawMysql::from_stream(&mut tcp);
+        greetings.push(Greeting::decode(raw.read().await.payload).expect("greeting"));
+    }
+    let (ours, origin) = (&greetings[0], &greetings[1]);
+    assert_eq!(ours.server_version, origin.server_version);
+    assert_eq!(ours.collation, origin.collation);
+    assert_eq!(ours.status, origin.status);
+    assert_eq!(&ours.auth_plugin[..], b"caching_sha2_password");
+    assert_eq!(
+        ours.capabilities & warpdrive::wire::mysql::caps::COMPRESS,
+        0,
+        "no compression"
+    );
+    let missing = Conn::new(proxy.mysql_opts(Some("wd_no_such_database"))).await;
+    match missing {
+        Err(mysql_async::Error::Server(error)) => assert_eq!(error.code, 1049, "{error:?}"),
+        Err(other) => panic!("expected ERR 1049, got {other}"),
+        Ok(_) => panic!("logged in to a database that does not exist"),
+    }
+    proxy.stop().await;
+    db.drop_now().await;
+}

@@ -61,7 +61,7 @@ pub struct MysqlGreeting {
     pub capabilities: u32,
     /// Its default collation.
     pub collation: u8,
-    /// Its status flags after login.
+    /// Its status flags, as its own greeting gave them.
     pub status: u16,
     /// What a fresh connection looks like.
     pub baseline: Arc<Baseline>,
@@ -156,7 +156,7 @@ impl Backend for MysqlOrigin {
             server_version: link.greeting.server_version.clone(),
             capabilities: link.greeting.capabilities,
             collation: link.greeting.collation,
-            status: link.status,
+            status: link.greeting.status,
             baseline,
         };
         let conn = MysqlConn {

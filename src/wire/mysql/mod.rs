@@ -35,6 +35,8 @@ pub mod caps {
     pub const LONG_FLAG: u32 = 1 << 2;
     /// A database may be named in the handshake response.
     pub const CONNECT_WITH_DB: u32 = 1 << 3;
+    /// Compression (never offered).
+    pub const COMPRESS: u32 = 1 << 5;
     /// LOAD DATA LOCAL is allowed.
     pub const LOCAL_FILES: u32 = 1 << 7;
     /// Protocol 4.1.
