@@ -192,3 +192,125 @@ async fn the_greeting_says_what_the_origin_says_and_an_unknown_database_is_refus
     proxy.stop().await;
     db.drop_now().await;
 }
+
+/// A MySQL server of the test's own that asks for caching_sha2_password's full
+/// authentication (as a server does whose cache lacks the user): the password in clear,
+/// which a client may send only over TLS. It answers every later command with OK.
+async fn full_auth_origin(password: &'static str, tls: tokio_rustls::TlsAcceptor) -> u16 {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+    use warpdrive::wire::mysql::caps;
+    use warpdrive::wire::mysql::handshake::{Greeting, HandshakeResponse};
+    use warpdrive::wire::mysql::reply::{ErrPacket, OkPacket};
+
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        raw: &mut RawMysql<S>,
+        password: &str,
+        mut seq: u8,
+    ) {
+        raw.write(seq, &[0x01, 0x04]).await;
+        let clear = raw.read().await;
+        seq = clear.seq + 1;
+        if clear.payload[..] != [password.as_bytes(), b"\0"].concat()[..] {
+            let error = ErrPacket {
+                code: 1045,
+                sql_state: *b"28000",
+                message: "Access denied".into(),
+            };
+            raw.write(seq, &error.encode()).await;
+            return;
+        }
+        let ok = OkPacket {
+            status: 2,
+            ..OkPacket::default()
+        }
+        .encode(caps::SPOKEN);
+        raw.write(seq, &ok).await;
+        while let Some(command) = raw.try_read().await {
+            if command.first() == Some(0x01) {
+                return;
+            }
+            raw.write(1, &ok).await;
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let mut raw = RawMysql::from_stream(&mut tcp);
+                let greeting = Greeting {
+                    server_version: "8.0.40-fake".into(),
+                    connection_id: 1,
+                    scramble: bytes::Bytes::from_static(b"0123456789abcdefghij"),
+                    capabilities: caps::SPOKEN | caps::SSL,
+                    collation: 45,
+                    status: 2,
+                    auth_plugin: bytes::Bytes::from_static(b"caching_sha2_password"),
+                };
+                raw.write(0, &greeting.encode()).await;
+                drop(raw);
+                // Exactly the first packet: a TLS handshake may follow it at once.
+                let mut header = [0u8; 4];
+                tcp.read_exact(&mut header).await.expect("header");
+                let mut payload = vec![0u8; usize::from(header[0]) | usize::from(header[1]) << 8];
+                tcp.read_exact(&mut payload).await.expect("payload");
+                let request = HandshakeResponse::decode(payload.into()).expect("response");
+                if !request.is_ssl_request() {
+                    let mut raw = RawMysql::from_stream(&mut tcp);
+                    serve(&mut raw, password, header[3] + 1).await;
+                    return;
+                }
+                let stream = tls.accept(tcp).await.expect("TLS");
+                let mut raw = RawMysql {
+                    stream,
+                    buffer: bytes::BytesMut::new(),
+                    capabilities: 0,
+                };
+                let response = raw.read().await;
+                serve(&mut raw, password, response.seq + 1).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caching_sha2_full_authentication_goes_over_tls_only() {
+    let dir = std::env::temp_dir().join(format!("warpdrive-full-auth-{}", std::process::id()));
+    let (tls, _) = write_certificate(&dir);
+    let config = warpdrive::tls::server_config(&tls.cert, &tls.key).expect("server TLS");
+    let port = full_auth_origin("s3cret", tokio_rustls::TlsAcceptor::from(config)).await;
+    let check = |password: &str, mode: &str| {
+        let origin = format!("mysql://app:{password}@127.0.0.1:{port}/db?ssl-mode={mode}");
+        let deployment = Deployment::from_origin(
+            "127.0.0.1:0".parse().expect("addr"),
+            OriginUrl::parse(&origin).expect("URL"),
+        );
+        warpdrive::config::Config {
+            deployments: vec![deployment],
+            admin: None,
+            rules: None,
+        }
+    };
+    let cause = |checks: Vec<warpdrive::validate::Check>| {
+        checks[0].failure.as_ref().map_or("ok".to_owned(), |f| {
+            format!("{}: {}", f.cause.name(), f.message)
+        })
+    };
+    assert_eq!(
+        cause(warpdrive::validate::validate(&check("s3cret", "REQUIRED")).await),
+        "ok"
+    );
+    let clear = cause(warpdrive::validate::validate(&check("s3cret", "DISABLED")).await);
+    assert!(
+        clear.starts_with("unsupported_authentication") && clear.contains("TLS"),
+        "{clear}"
+    );
+    let wrong = cause(warpdrive::validate::validate(&check("nope", "REQUIRED")).await);
+    assert!(wrong.starts_with("bad_credentials"), "{wrong}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -124,7 +124,7 @@ impl Proxy {
 /// A MySQL client that speaks packet by packet, for what drivers never send.
 pub struct RawMysql<S = tokio::net::TcpStream> {
     pub stream: S,
-    buffer: bytes::BytesMut,
+    pub buffer: bytes::BytesMut,
     /// The capabilities it asked for.
     pub capabilities: u32,
 }
