@@ -169,6 +169,20 @@ where
         (self.stream, self.read_buf)
     }
 
+    /// Reads exactly `n` bytes: buffered input first, then from the stream without
+    /// reading past them, so that what follows (a TLS handshake the peer starts at once)
+    /// stays in the socket.
+    pub async fn read_exact(&mut self, n: usize) -> io::Result<BytesMut> {
+        let buffered = n.min(self.read_buf.len());
+        let mut out = self.read_buf.split_to(buffered);
+        if out.len() < n {
+            let start = out.len();
+            out.resize(n, 0);
+            self.stream.read_exact(&mut out[start..]).await?;
+        }
+        Ok(out)
+    }
+
     /// Whether input is buffered but not yet consumed.
     pub fn has_buffered_input(&self) -> bool {
         !self.read_buf.is_empty()

@@ -82,7 +82,7 @@ impl Cause {
             }
             (Protocol::Mysql, Cause::TlsFailed) => "check ssl-mode and ssl-ca in the origin URL",
             (Protocol::Mysql, Cause::UnsupportedAuthentication) => {
-                "give the origin user mysql_native_password or caching_sha2_password (ALTER USER … IDENTIFIED WITH …); for caching_sha2_password without a cached login, use TLS"
+                "give the origin user mysql_native_password or caching_sha2_password (ALTER USER … IDENTIFIED WITH …), or use TLS"
             }
             (Protocol::Mysql, Cause::PermissionDenied) => {
                 "GRANT the origin URL's user access to the database"
@@ -334,7 +334,7 @@ pub fn cause_of(error: &OriginError) -> Cause {
         }
         OriginError::UnsupportedAuth(_)
         | OriginError::UnsupportedMysqlAuth(_)
-        | OriginError::FullAuthNeedsTls => Cause::UnsupportedAuthentication,
+        | OriginError::RsaExchange(_) => Cause::UnsupportedAuthentication,
         OriginError::UnknownDatabase { .. } => Cause::DatabaseNotFound,
         OriginError::Refused(fields) if fields.code() == b"42501" => Cause::PermissionDenied,
         OriginError::Refused(_) => Cause::OriginRefused,

@@ -194,23 +194,53 @@ async fn the_greeting_says_what_the_origin_says_and_an_unknown_database_is_refus
 }
 
 /// A MySQL server of the test's own that asks for caching_sha2_password's full
-/// authentication (as a server does whose cache lacks the user): the password in clear,
-/// which a client may send only over TLS. It answers every later command with OK.
+/// authentication (as a server does whose cache lacks the user): over TLS the password
+/// in clear, without TLS under its RSA public key (a password in clear without TLS is
+/// refused). It answers every later command with OK.
 async fn full_auth_origin(password: &'static str, tls: tokio_rustls::TlsAcceptor) -> u16 {
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
     use warpdrive::wire::mysql::caps;
     use warpdrive::wire::mysql::handshake::{Greeting, HandshakeResponse};
     use warpdrive::wire::mysql::reply::{ErrPacket, OkPacket};
 
+    const SCRAMBLE: &[u8; 20] = b"0123456789abcdefghij";
+
     async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         raw: &mut RawMysql<S>,
         password: &str,
         mut seq: u8,
+        key: Option<&rsa::RsaPrivateKey>,
     ) {
+        use rsa::pkcs8::{EncodePublicKey, LineEnding};
         raw.write(seq, &[0x01, 0x04]).await;
-        let clear = raw.read().await;
-        seq = clear.seq + 1;
-        if clear.payload[..] != [password.as_bytes(), b"\0"].concat()[..] {
+        let mut sent = raw.read().await;
+        seq = sent.seq + 1;
+        let clear = match key {
+            None => sent.payload.to_vec(),
+            Some(key) => {
+                assert_eq!(
+                    &sent.payload[..],
+                    &[0x02],
+                    "without TLS: a request for the key, never the password"
+                );
+                let pem = rsa::RsaPublicKey::from(key)
+                    .to_public_key_pem(LineEnding::LF)
+                    .expect("PEM");
+                raw.write(seq, &[&[0x01][..], pem.as_bytes()].concat())
+                    .await;
+                sent = raw.read().await;
+                seq = sent.seq + 1;
+                let masked = key
+                    .decrypt(rsa::Oaep::new::<sha1_010::Sha1>(), &sent.payload)
+                    .unwrap_or_default();
+                masked
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ SCRAMBLE[i % 20])
+                    .collect()
+            }
+        };
+        if clear[..] != [password.as_bytes(), b"\0"].concat()[..] {
             let error = ErrPacket {
                 code: 1045,
                 sql_state: *b"28000",
@@ -245,7 +275,7 @@ async fn full_auth_origin(password: &'static str, tls: tokio_rustls::TlsAcceptor
                 let greeting = Greeting {
                     server_version: "8.0.40-fake".into(),
                     connection_id: 1,
-                    scramble: bytes::Bytes::from_static(b"0123456789abcdefghij"),
+                    scramble: bytes::Bytes::from_static(SCRAMBLE),
                     capabilities: caps::SPOKEN | caps::SSL,
                     collation: 45,
                     status: 2,
@@ -260,8 +290,9 @@ async fn full_auth_origin(password: &'static str, tls: tokio_rustls::TlsAcceptor
                 tcp.read_exact(&mut payload).await.expect("payload");
                 let request = HandshakeResponse::decode(payload.into()).expect("response");
                 if !request.is_ssl_request() {
+                    let key = rsa::RsaPrivateKey::new(&mut rand_core_06::OsRng, 1024).expect("key");
                     let mut raw = RawMysql::from_stream(&mut tcp);
-                    serve(&mut raw, password, header[3] + 1).await;
+                    serve(&mut raw, password, header[3] + 1, Some(&key)).await;
                     return;
                 }
                 let stream = tls.accept(tcp).await.expect("TLS");
@@ -271,7 +302,7 @@ async fn full_auth_origin(password: &'static str, tls: tokio_rustls::TlsAcceptor
                     capabilities: 0,
                 };
                 let response = raw.read().await;
-                serve(&mut raw, password, response.seq + 1).await;
+                serve(&mut raw, password, response.seq + 1, None).await;
             });
         }
     });
@@ -279,7 +310,7 @@ async fn full_auth_origin(password: &'static str, tls: tokio_rustls::TlsAcceptor
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn caching_sha2_full_authentication_goes_over_tls_only() {
+async fn caching_sha2_full_authentication_over_tls_or_with_the_servers_rsa_key() {
     let dir = std::env::temp_dir().join(format!("warpdrive-full-auth-{}", std::process::id()));
     let (tls, _) = write_certificate(&dir);
     let config = warpdrive::tls::server_config(&tls.cert, &tls.key).expect("server TLS");
@@ -301,16 +332,11 @@ async fn caching_sha2_full_authentication_goes_over_tls_only() {
             format!("{}: {}", f.cause.name(), f.message)
         })
     };
-    assert_eq!(
-        cause(warpdrive::validate::validate(&check("s3cret", "REQUIRED")).await),
-        "ok"
-    );
-    let clear = cause(warpdrive::validate::validate(&check("s3cret", "DISABLED")).await);
-    assert!(
-        clear.starts_with("unsupported_authentication") && clear.contains("TLS"),
-        "{clear}"
-    );
-    let wrong = cause(warpdrive::validate::validate(&check("nope", "REQUIRED")).await);
-    assert!(wrong.starts_with("bad_credentials"), "{wrong}");
+    for mode in ["REQUIRED", "DISABLED"] {
+        let right = cause(warpdrive::validate::validate(&check("s3cret", mode)).await);
+        assert_eq!(right, "ok", "{mode}");
+        let wrong = cause(warpdrive::validate::validate(&check("nope", mode)).await);
+        assert!(wrong.starts_with("bad_credentials"), "{mode}: {wrong}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -48,6 +48,35 @@ pub fn caching_sha2_response(password: &[u8], scramble: &[u8]) -> Vec<u8> {
     stage1.iter().zip(mask.iter()).map(|(a, b)| a ^ b).collect()
 }
 
+/// caching_sha2_password's full authentication without TLS: the password
+/// (NUL-terminated) XORed with the scramble, encrypted with the server's RSA public key
+/// (PEM), OAEP with SHA-1, as MySQL's clients send it.
+pub fn rsa_encrypted_password(
+    password: &[u8],
+    scramble: &[u8],
+    public_key_pem: &[u8],
+) -> Result<Vec<u8>, String> {
+    use rsa::pkcs8::DecodePublicKey;
+    if scramble.is_empty() {
+        return Err("the server sent no scramble".to_owned());
+    }
+    let pem =
+        std::str::from_utf8(public_key_pem).map_err(|_| "the key is not PEM text".to_owned())?;
+    let key = rsa::RsaPublicKey::from_public_key_pem(pem.trim_end_matches('\0'))
+        .map_err(|error| format!("the key is not an RSA public key: {error}"))?;
+    let mut clear = password.to_vec();
+    clear.push(0);
+    for (i, byte) in clear.iter_mut().enumerate() {
+        *byte ^= scramble[i % scramble.len()];
+    }
+    key.encrypt(
+        &mut rand_core_06::OsRng,
+        rsa::Oaep::new::<sha1_010::Sha1>(),
+        &clear,
+    )
+    .map_err(|error| format!("RSA encryption failed: {error}"))
+}
+
 /// The response `plugin` expects for `password`, if warpdrive speaks that plugin.
 pub fn response(plugin: &[u8], password: &[u8], scramble: &[u8]) -> Option<Vec<u8>> {
     match plugin {
@@ -95,6 +124,26 @@ mod tests {
             .collect();
         assert_eq!(stage1, Sha1::digest(b"secret").to_vec());
         assert!(native_response(b"", SCRAMBLE).is_empty());
+    }
+
+    #[test]
+    fn the_rsa_exchange_decrypts_to_the_password() {
+        use rsa::pkcs8::{EncodePublicKey, LineEnding};
+        let key = rsa::RsaPrivateKey::new(&mut rand_core_06::OsRng, 1024).expect("key");
+        let pem = rsa::RsaPublicKey::from(&key)
+            .to_public_key_pem(LineEnding::LF)
+            .expect("PEM");
+        let sent = rsa_encrypted_password(b"pw", SCRAMBLE, pem.as_bytes()).expect("encrypted");
+        let clear = key
+            .decrypt(rsa::Oaep::new::<sha1_010::Sha1>(), &sent)
+            .expect("decrypted");
+        let unmasked: Vec<u8> = clear
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ SCRAMBLE[i % 20])
+            .collect();
+        assert_eq!(unmasked, b"pw\0");
+        assert!(rsa_encrypted_password(b"pw", SCRAMBLE, b"not a key").is_err());
     }
 
     #[test]

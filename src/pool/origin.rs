@@ -59,12 +59,12 @@ pub enum OriginError {
         "the origin asks for the authentication plugin {0:?}; warpdrive speaks mysql_native_password and caching_sha2_password"
     )]
     UnsupportedMysqlAuth(String),
-    /// caching_sha2_password needs the password in full, which warpdrive sends only over
-    /// TLS.
+    /// caching_sha2_password's full authentication without TLS failed at the RSA
+    /// exchange.
     #[error(
-        "the origin needs caching_sha2_password's full authentication, which warpdrive does only over TLS; use ssl-mode=REQUIRED (or better), or log in once with the mysql client so that the server caches the password"
+        "caching_sha2_password's full authentication without TLS failed: {0}; use ssl-mode=REQUIRED (or better)"
     )]
-    FullAuthNeedsTls,
+    RsaExchange(String),
     /// Something listens at the address, but it does not speak PostgreSQL.
     #[error("the server at {address} does not speak PostgreSQL: {detail}")]
     NotPostgres {

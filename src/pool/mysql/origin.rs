@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::auth::mysql::{self as scramble, FAST_AUTH_SUCCESS, PERFORM_FULL_AUTHENTICATION};
+use crate::auth::mysql::{
+    self as scramble, FAST_AUTH_SUCCESS, PERFORM_FULL_AUTHENTICATION, REQUEST_PUBLIC_KEY,
+};
 use crate::config::{OriginUrl, SslMode};
 use crate::conn::{Conn, ConnError, Stream};
 use crate::pool::origin::{OriginError, dial};
@@ -350,6 +352,8 @@ async fn authenticate(
         .as_bytes();
     let mut plugin = link.greeting.auth_plugin.clone();
     let scramble_data = &link.greeting.scramble;
+    // What the password is masked with in the RSA exchange: the last scramble sent.
+    let mut salt = scramble_data.clone();
     // An unknown default plugin: answer as native and let the server switch.
     if scramble::response(&plugin, password, scramble_data).is_none() {
         plugin = Bytes::from_static(scramble::NATIVE);
@@ -392,6 +396,7 @@ async fn authenticate(
                     ));
                 };
                 plugin = switch.plugin;
+                salt = switch.data;
                 write_packet(&mut link.conn.out, seq, &answer);
                 link.conn.flush().await?;
             }
@@ -404,7 +409,21 @@ async fn authenticate(
                         write_packet(&mut link.conn.out, seq, &clear);
                         link.conn.flush().await?;
                     }
-                    Some(PERFORM_FULL_AUTHENTICATION) => return Err(OriginError::FullAuthNeedsTls),
+                    Some(PERFORM_FULL_AUTHENTICATION) => {
+                        // No TLS: ask for the server's public key, send the password under it.
+                        write_packet(&mut link.conn.out, seq, &[REQUEST_PUBLIC_KEY]);
+                        link.conn.flush().await?;
+                        let key = link.read().await?;
+                        let encrypted = match key.payload.split_first() {
+                            Some((0x01, pem)) => {
+                                scramble::rsa_encrypted_password(password, &salt, pem)
+                            }
+                            _ => Err("the server sent no public key".to_owned()),
+                        }
+                        .map_err(OriginError::RsaExchange)?;
+                        write_packet(&mut link.conn.out, key.next_seq(), &encrypted);
+                        link.conn.flush().await?;
+                    }
                     _ => {
                         return Err(OriginError::NotMysql {
                             address: target.address(),

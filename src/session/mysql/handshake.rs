@@ -16,7 +16,7 @@ use crate::pool::mysql::MysqlGreeting;
 use crate::session::error::{ClientError, ErrorKind};
 use crate::session::{SessionContext, SessionError};
 use crate::wire::mysql::handshake::{AuthSwitch, Greeting, HandshakeResponse};
-use crate::wire::mysql::{MysqlFraming, Packet, caps, write_packet};
+use crate::wire::mysql::{HEADER_LEN, MysqlFraming, Packet, caps, write_packet};
 
 /// The capabilities warpdrive offers its clients (SSL besides, with a certificate).
 pub const SERVER_CAPABILITIES: u32 = caps::SPOKEN | caps::FOUND_ROWS;
@@ -54,7 +54,12 @@ pub async fn refuse(
     seq: u8,
     error: ClientError,
 ) -> Result<Option<Admitted>, SessionError> {
-    write_packet(&mut client.out, seq, &err_packet(&error).encode());
+    let packet = err_packet(&error);
+    let payload = match seq {
+        0 => packet.encode_before_handshake(),
+        _ => packet.encode(),
+    };
+    write_packet(&mut client.out, seq, &payload);
     let _ = client.flush().await;
     Err(SessionError::Refused(error))
 }
@@ -105,7 +110,7 @@ pub async fn admit(
     };
     write_packet(&mut client.out, 0, &ours.encode());
     client.flush().await?;
-    let (packet, response) = match read_response(&mut client).await {
+    let (packet, response) = match read_first_response(&mut client).await {
         Ok(read) => read,
         Err(Refusal::Gone) => return Ok(None),
         Err(Refusal::Invalid(seq, error)) => {
@@ -231,6 +236,44 @@ pub async fn authenticate(
 enum Refusal {
     Gone,
     Invalid(u8, String),
+}
+
+/// The largest first packet accepted (an SSL request or a handshake response).
+const MAX_HANDSHAKE_RESPONSE: usize = 64 << 10;
+
+/// Reads the client's first packet exactly: after an SSL request the client starts its
+/// TLS handshake without waiting, and those bytes must stay in the socket for TLS.
+async fn read_first_response(
+    client: &mut Conn<MysqlFraming>,
+) -> Result<(Packet, HandshakeResponse), Refusal> {
+    let header = client
+        .read_exact(HEADER_LEN)
+        .await
+        .map_err(|_| Refusal::Gone)?;
+    let len = usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
+    if len > MAX_HANDSHAKE_RESPONSE {
+        return Err(Refusal::Invalid(
+            header[3].wrapping_add(1),
+            format!("a first packet of {len} bytes; this port speaks the MySQL protocol"),
+        ));
+    }
+    let payload = client.read_exact(len).await.map_err(|_| Refusal::Gone)?;
+    let packet = Packet {
+        seq: header[3],
+        parts: 1,
+        payload: payload.freeze(),
+    };
+    decode_response(packet)
+}
+
+fn decode_response(packet: Packet) -> Result<(Packet, HandshakeResponse), Refusal> {
+    match HandshakeResponse::decode(packet.payload.clone()) {
+        Ok(response) => Ok((packet, response)),
+        Err(error) => Err(Refusal::Invalid(
+            packet.next_seq(),
+            format!("invalid handshake response: {error}; this port speaks the MySQL protocol"),
+        )),
+    }
 }
 
 async fn read_response(

@@ -194,6 +194,16 @@ impl ErrPacket {
         })
     }
 
+    /// Encodes it as a server sends it before the handshake, when it cannot know yet
+    /// that the client speaks 4.1: without the SQLSTATE.
+    pub fn encode_before_handshake(&self) -> BytesMut {
+        let mut out = BytesMut::with_capacity(3 + self.message.len());
+        out.put_u8(ERR);
+        out.put_u16_le(self.code);
+        out.put_slice(&self.message);
+        out
+    }
+
     /// Encodes it.
     pub fn encode(&self) -> BytesMut {
         let mut out = BytesMut::with_capacity(9 + self.message.len());
