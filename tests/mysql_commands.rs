@@ -10,7 +10,9 @@ use common::mysql::{MysqlDatabase, RawMysql, mysql_deployment};
 use common::{Proxy, small_pool};
 use mysql_async::prelude::Queryable;
 use warpdrive::config::PoolSettings;
+use warpdrive::wire::mysql::binary::{Value, decode_row, encode_execute};
 use warpdrive::wire::mysql::caps;
+use warpdrive::wire::mysql::column::ColumnDefinition;
 use warpdrive::wire::mysql::reply::{EofPacket, ErrPacket, PrepareOk};
 use warpdrive::wire::mysql::response::Expect;
 
@@ -46,15 +48,18 @@ async fn a_cursor_keeps_its_connection_until_its_last_row() {
     // Other clients meanwhile take the other connection: the cursor's stays put.
     let mut other = proxy.mysql(&db.name).await;
     let _: Option<i32> = other.query_first("SELECT 1").await.expect("other");
+    // The column, from the prepare's reply: the rows are binary, in its type's layout.
+    let column = ColumnDefinition::decode(prepared[1].payload.clone()).expect("column definition");
+    let columns = [(column.column_type, column.flags)];
     let mut rows = Vec::new();
     for _ in 0..3 {
         let fetch = [0x1C, id[0], id[1], id[2], id[3], 1, 0, 0, 0];
         let fetched = raw.reply(&fetch, Expect::Rows).await;
         assert_eq!(fetched.len(), 2, "one row and its EOF: {fetched:?}");
-        rows.push(fetched[0].payload.clone());
+        rows.push(decode_row(fetched[0].payload.clone(), &columns).expect("binary row"));
     }
-    assert_eq!(rows.len(), 3);
-    assert_ne!(rows[0], rows[2], "three different rows");
+    let values: Vec<Value> = rows.into_iter().flatten().collect();
+    assert_eq!(values, vec![Value::Int(1), Value::Int(2), Value::Int(3)]);
     let reset = raw
         .reply(&[0x1A, id[0], id[1], id[2], id[3]], Expect::Ok)
         .await;
@@ -243,5 +248,37 @@ async fn change_user_logs_in_again_and_starts_over() {
     drop(conn);
     proxy.stop().await;
     other.drop_now().await;
+    db.drop_now().await;
+}
+
+#[tokio::test]
+async fn a_raw_binary_execute_binds_its_parameters() {
+    let db = MysqlDatabase::create("binary").await;
+    let proxy = Proxy::start(mysql_deployment(&db.name, small_pool(2))).await;
+    let mut raw = RawMysql::login(proxy.addr, Some(&db.name), 0).await;
+    let prepared = raw
+        .reply(
+            b"\x16SELECT ? + 1, CONCAT(?, '!'), ? IS NULL",
+            Expect::Prepare,
+        )
+        .await;
+    let statement = PrepareOk::decode(prepared[0].payload.clone()).expect("prepared");
+    let params = [Value::Int(41), Value::Bytes("hé".into()), Value::Null];
+    let reply = raw
+        .reply(
+            &encode_execute(statement.statement_id, &params),
+            Expect::Results,
+        )
+        .await;
+    let columns: Vec<(u8, u16)> = reply[1..4]
+        .iter()
+        .map(|p| ColumnDefinition::decode(p.payload.clone()).expect("column"))
+        .map(|c| (c.column_type, c.flags))
+        .collect();
+    let row = decode_row(reply[5].payload.clone(), &columns).expect("row");
+    assert_eq!(row[0], Value::Int(42));
+    assert_eq!(row[1], Value::Bytes("hé!".into()));
+    assert_eq!(row[2], Value::Int(1));
+    proxy.stop().await;
     db.drop_now().await;
 }

@@ -11,7 +11,9 @@
 //!
 //! Reference: the MySQL client/server protocol documentation and MariaDB's.
 
+pub mod binary;
 pub mod codec;
+pub mod column;
 pub mod command;
 pub mod handshake;
 pub mod reply;
