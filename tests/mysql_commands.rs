@@ -282,3 +282,37 @@ async fn a_raw_binary_execute_binds_its_parameters() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test]
+async fn load_data_local_passes_through_for_a_client_that_allows_it() {
+    let db = MysqlDatabase::create("infile_ok").await;
+    let proxy = Proxy::start(mysql_deployment(&db.name, small_pool(1))).await;
+    let path = std::env::temp_dir().join(format!("{}.tsv", db.name));
+    let lines: String = (1..=2000).map(|i| format!("{i}\n")).collect();
+    std::fs::write(&path, lines).expect("file");
+    let handler = mysql_async::WhiteListFsHandler::new([path.clone()]);
+    let opts = proxy
+        .mysql_opts(Some(&db.name))
+        .local_infile_handler(Some(handler));
+    let mut conn = mysql_async::Conn::new(opts).await.expect("connect");
+    conn.query_drop("CREATE TABLE t (x INT)")
+        .await
+        .expect("table");
+    conn.query_drop(format!(
+        "LOAD DATA LOCAL INFILE '{}' INTO TABLE t",
+        path.display()
+    ))
+    .await
+    .expect("load");
+    assert_eq!(conn.affected_rows(), 2000);
+    let (count, sum): (i64, i64) = conn
+        .query_first("SELECT COUNT(*), SUM(x) FROM t")
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!((count, sum), (2000, 2001000));
+    let _ = std::fs::remove_file(&path);
+    drop(conn);
+    proxy.stop().await;
+    db.drop_now().await;
+}
