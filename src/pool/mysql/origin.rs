@@ -76,8 +76,6 @@ pub struct OriginLink {
 /// What an exchange of warpdrive's own brought back.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// The final OK, if the reply ended with one.
-    pub ok: Option<OkPacket>,
     /// The rows of a text result, as strings (`None` for NULL).
     pub rows: Vec<Vec<Option<Bytes>>>,
     /// The status flags the reply ended with.
@@ -127,10 +125,7 @@ impl OriginLink {
         while !response.is_done() {
             let packet = self.read().await?;
             match response.feed(&packet)? {
-                Part::Ok(ok) => {
-                    outcome.status = ok.status;
-                    outcome.ok = Some(ok);
-                }
+                Part::Ok(ok) => outcome.status = ok.status,
                 Part::End(terminator) => outcome.status = terminator.status(),
                 Part::Prepared(prepared) => outcome.prepared = Some(prepared),
                 Part::Row => outcome.rows.push(text_row(packet.payload)?),

@@ -1,5 +1,6 @@
-//! The statements prepared on one MySQL origin connection, by their SQL text: the
-//! origin's id for each, so that every client's statement of the same text shares one,
+//! The statements prepared on one MySQL origin connection, by their key (text, database,
+//! parse settings): the origin's id for each, so that every client's statement with the
+//! same key shares one,
 //! and a connection that lacks a client's statement prepares it first. Bounded: the
 //! least recently used is closed on the origin when room is needed.
 
@@ -12,10 +13,6 @@ use bytes::Bytes;
 pub struct OriginStatement {
     /// The origin's statement id.
     pub id: u32,
-    /// Its parameters.
-    pub params: u16,
-    /// Its result columns.
-    pub columns: u16,
 }
 
 struct Slot {
@@ -102,11 +99,7 @@ mod tests {
     use super::*;
 
     fn statement(id: u32) -> OriginStatement {
-        OriginStatement {
-            id,
-            params: 0,
-            columns: 1,
-        }
+        OriginStatement { id }
     }
 
     #[test]

@@ -34,9 +34,26 @@ pub struct Kill {
     pub id: u64,
 }
 
+/// A word as written; it compares with keywords ignoring case, so that reading a query
+/// allocates nothing per word.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Token {
-    Word(Vec<u8>),
+struct Word<'a>(&'a [u8]);
+
+impl PartialEq<[u8]> for Word<'_> {
+    fn eq(&self, keyword: &[u8]) -> bool {
+        self.0.eq_ignore_ascii_case(keyword)
+    }
+}
+
+impl<const N: usize> PartialEq<[u8; N]> for Word<'_> {
+    fn eq(&self, keyword: &[u8; N]) -> bool {
+        self.0.eq_ignore_ascii_case(keyword)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Token<'a> {
+    Word(Word<'a>),
     Number(u64),
     UserVariable,
     Open,
@@ -44,7 +61,7 @@ enum Token {
     Other,
 }
 
-fn tokens(text: &[u8]) -> Vec<Token> {
+fn tokens(text: &[u8]) -> Vec<Token<'_>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < text.len() {
@@ -124,7 +141,7 @@ fn tokens(text: &[u8]) -> Vec<Token> {
                 {
                     i += 1;
                 }
-                out.push(Token::Word(text[start..i].to_ascii_uppercase()));
+                out.push(Token::Word(Word(&text[start..i])));
             }
             c if c.is_ascii_whitespace() => i += 1,
             _ => {
@@ -144,7 +161,7 @@ fn skip_line(text: &[u8], from: usize) -> usize {
 }
 
 fn word(token: Option<&Token>, expected: &[u8]) -> bool {
-    matches!(token, Some(Token::Word(w)) if w == expected)
+    matches!(token, Some(Token::Word(w)) if *w == *expected)
 }
 
 /// Reads a query text.

@@ -27,8 +27,6 @@ pub struct Relay {
     statement_id: u32,
     /// The status flags last seen.
     pub status: u16,
-    /// The warnings of the reply's last terminator or OK.
-    pub warnings: u16,
     /// The origin asked for a local file the client may not send: the origin gets an
     /// empty one, the client an error.
     refusing_infile: bool,
@@ -52,7 +50,6 @@ impl Relay {
             params_left: 0,
             statement_id: 0,
             status,
-            warnings: 0,
             refusing_infile: false,
         }
     }
@@ -132,7 +129,6 @@ impl Relay {
         match &part {
             Part::Ok(ok) => {
                 self.status = ok.status;
-                self.warnings = ok.warnings;
                 self.write_ok(out, ok, raw);
             }
             Part::ColumnCount(count) => {
@@ -175,7 +171,6 @@ impl Relay {
             }
             Part::End(terminator) => {
                 self.status = terminator.status();
-                self.warnings = terminator.warnings();
                 self.write_terminator(out, terminator, raw);
             }
             Part::Err | Part::Row | Part::Text | Part::LocalInfile => self.write(out, raw),

@@ -220,6 +220,11 @@ impl Session {
                 let thread = self.conn().thread_id();
                 self.registration.handle.set_origin_thread(Some(thread));
             }
+            // The common case: the connection is in the client's state already.
+            let conn = self.io.origin().expect("the client holds a connection");
+            if conn.session == self.state {
+                return Ok(());
+            }
             let want = self.state.clone();
             match self.bring_to(&want).await? {
                 true => return Ok(()),
@@ -318,12 +323,16 @@ impl Session {
         &mut self,
         id: u32,
     ) -> Result<OriginStatement, Result<Bytes, ClientError>> {
+        let Some(key) = self.statements.get_mut(id).map(|s| s.key.clone()) else {
+            return Err(Err(unknown_statement(id, "mysqld_stmt_execute")));
+        };
+        if let Some(known) = self.conn().statements.get(&key) {
+            return Ok(known);
+        }
+        // Not on this connection: only now the statement's text and context are needed.
         let Some(statement) = self.statements.get_mut(id).map(|s| s.clone()) else {
             return Err(Err(unknown_statement(id, "mysqld_stmt_execute")));
         };
-        if let Some(known) = self.conn().statements.get(&statement.key) {
-            return Ok(known);
-        }
         let context = state::with_parse_context(&self.state, &statement.context);
         let elsewhere = context != self.state;
         if elsewhere && !self.bring_to(&context).await.map_err(Err)? {
@@ -338,7 +347,7 @@ impl Session {
             self.bring_to(&own).await.map_err(Err)?;
         }
         let origin = prepared?;
-        self.remember(statement.key, origin);
+        self.remember(key, origin);
         Ok(origin)
     }
 
@@ -366,8 +375,6 @@ impl Session {
                 })?;
                 Ok(OriginStatement {
                     id: prepared.statement_id,
-                    params: prepared.params,
-                    columns: prepared.columns,
                 })
             }
             Err(ExchangeError::Refused { error, .. }) => Err(Ok(error.encode().freeze())),

@@ -1,6 +1,6 @@
 //! A client's prepared statements, by the ids warpdrive gave them: the SQL (which names
 //! the origin statement on whichever connection serves the client), the counts of
-//! parameters and columns, the parameter types it bound last, and whether a cursor or
+//! parameters, the parameter types it bound last, and whether a cursor or
 //! long data keeps it on its connection.
 
 use std::collections::HashMap;
@@ -21,8 +21,6 @@ pub struct ClientStatement {
     pub context: SessionState,
     /// Parameters.
     pub params: u16,
-    /// Result columns.
-    pub columns: u16,
     /// The parameter types of its last execute that bound them.
     pub param_types: Option<Bytes>,
     /// A cursor is open on it at the origin.
@@ -49,7 +47,6 @@ impl ClientStatements {
                 key,
                 context,
                 params: 0,
-                columns: 0,
                 param_types: None,
                 cursor_open: false,
                 long_data: false,

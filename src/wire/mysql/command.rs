@@ -104,12 +104,10 @@ impl Execute {
             0 => None,
             _ => {
                 let end = at + 1 + 2 * usize::from(params);
-                Some(
-                    payload
-                        .get(at + 1..end)
-                        .ok_or_else(|| malformed("no parameter types"))?,
-                )
-                .map(|types| payload.slice_ref(types))
+                if payload.len() < end {
+                    return Err(malformed("no parameter types"));
+                }
+                Some(payload.slice(at + 1..end))
             }
         };
         Ok(Execute { flags, param_types })

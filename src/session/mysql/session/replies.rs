@@ -38,12 +38,9 @@ impl Session {
                     && let Some(statement) = self.statements.get_mut(id)
                 {
                     statement.params = prepared.params;
-                    statement.columns = prepared.columns;
                     let key = statement.key.clone();
                     let origin = OriginStatement {
                         id: prepared.statement_id,
-                        params: prepared.params,
-                        columns: prepared.columns,
                     };
                     self.remember(key, origin);
                 }
@@ -170,12 +167,13 @@ impl Session {
         let pinned = self.lose_connection();
         if let Some(in_flight) = self.in_flight.take() {
             let seq = in_flight.relay.client_seq();
-            let error = match in_flight.relay.awaits_infile() {
-                _ if self.io.cancelled_overdue() => ClientError::error(
+            let error = if self.io.cancelled_overdue() {
+                ClientError::error(
                     ErrorKind::QueryCanceled,
                     "the query ran longer than max_query_duration and was cancelled",
-                ),
-                _ => ClientError::origin_lost(&error),
+                )
+            } else {
+                ClientError::origin_lost(&error)
             };
             write_packet(&mut self.io.client.out, seq, &err_packet(&error).encode());
             self.io.client.flush().await?;
