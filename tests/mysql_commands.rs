@@ -316,3 +316,41 @@ async fn load_data_local_passes_through_for_a_client_that_allows_it() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+#[tokio::test]
+async fn field_list_statistics_and_process_kill_answer_as_a_server_does() {
+    let db = MysqlDatabase::create("field_list").await;
+    let proxy = Proxy::start(mysql_deployment(&db.name, small_pool(2))).await;
+    let mut raw = RawMysql::login(proxy.addr, Some(&db.name), 0).await;
+    let created = raw
+        .reply(b"\x03CREATE TABLE t (a INT, b TEXT)", Expect::Results)
+        .await;
+    assert_eq!(created[0].first(), Some(0x00));
+    // COM_FIELD_LIST: a definition per column, then EOF.
+    let fields = raw.reply(b"\x04t\x00", Expect::Rows).await;
+    let names: Vec<Vec<u8>> = fields[..fields.len() - 1]
+        .iter()
+        .map(|p| {
+            ColumnDefinition::decode(p.payload.clone())
+                .expect("column")
+                .name
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(names, vec![b"a".to_vec(), b"b".to_vec()]);
+    assert!(EofPacket::decode(fields[fields.len() - 1].payload.clone()).is_ok());
+    // COM_STATISTICS: one string.
+    let statistics = raw.reply(&[0x09], Expect::Text).await;
+    assert!(String::from_utf8_lossy(&statistics[0].payload).contains("Uptime"));
+    // COM_PROCESS_KILL of another client's connection id ends that client.
+    let mut victim = proxy.mysql(&db.name).await;
+    let mut kill = vec![0x0C];
+    kill.extend_from_slice(&victim.id().to_le_bytes());
+    assert_eq!(raw.command(&kill).await.first(), Some(0x00));
+    assert!(
+        victim.query_drop("SELECT 1").await.is_err(),
+        "the killed client is gone"
+    );
+    proxy.stop().await;
+    db.drop_now().await;
+}
