@@ -281,6 +281,7 @@ mod tests {
     async fn routes() {
         let metrics = Arc::new(DeploymentMetrics::new(
             "d",
+            crate::protocol::Protocol::Postgres,
             Store::new(1 << 20, 1 << 10, Clock::system()),
         ));
         metrics.record(CacheStatus::Hit, 1, 2, Duration::from_millis(1), false);
@@ -300,7 +301,7 @@ mod tests {
         };
         let server = tokio::spawn(serve(listener, admin));
         let text = get(&address, "/metrics").await.unwrap();
-        assert!(text.contains("warpdrive_queries_total{deployment=\"d\",cache_status=\"hit\"} 1"));
+        assert!(text.contains("warpdrive_queries_total{deployment=\"d\",protocol=\"postgresql\",cache_status=\"hit\"} 1"));
         let stats: serde_json::Value =
             serde_json::from_str(&get(&address, "/stats").await.unwrap()).unwrap();
         assert_eq!(stats[0]["deployment"], "d");

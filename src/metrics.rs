@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::cache::tier::Tier;
 use crate::cache::{CacheStatus, Store};
+use crate::protocol::Protocol;
 pub use tier::TierSnapshot;
 use tier::render_tier;
 
@@ -97,6 +98,8 @@ struct StatusCounters {
 /// Counters of one deployment.
 pub struct DeploymentMetrics {
     name: String,
+    /// The protocol of its origin (`postgres`, `mysql`).
+    protocol: Protocol,
     by_status: [StatusCounters; CacheStatus::ALL.len()],
     /// Hits answered with a stale entry.
     pub stale_served: AtomicU64,
@@ -128,6 +131,8 @@ pub struct DeploymentMetrics {
     pub completed: AtomicU64,
     /// Queries that ended in an error.
     pub errors: AtomicU64,
+    /// Cacheable results not stored because they carried warnings (MySQL).
+    pub results_with_warnings: AtomicU64,
     /// The deployment's origin connections.
     pub pool: Arc<PoolMetrics>,
     /// From a query's arrival to its ReadyForQuery.
@@ -137,10 +142,11 @@ pub struct DeploymentMetrics {
 }
 
 impl DeploymentMetrics {
-    /// Counters for a deployment whose cache is `store`.
-    pub fn new(name: &str, store: Arc<Store>) -> DeploymentMetrics {
+    /// Counters for a deployment of `protocol` whose cache is `store`.
+    pub fn new(name: &str, protocol: Protocol, store: Arc<Store>) -> DeploymentMetrics {
         DeploymentMetrics {
             name: name.to_owned(),
+            protocol,
             by_status: Default::default(),
             stale_served: AtomicU64::new(0),
             revalidations_ok: AtomicU64::new(0),
@@ -156,6 +162,7 @@ impl DeploymentMetrics {
             invalidations_purge: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            results_with_warnings: AtomicU64::new(0),
             pool: Arc::new(PoolMetrics::default()),
             query_duration: Histogram::default(),
             store,
@@ -211,6 +218,7 @@ impl DeploymentMetrics {
         let store = self.store.stats();
         DeploymentSnapshot {
             deployment: self.name.clone(),
+            protocol: self.protocol.name().to_owned(),
             hit_ratio: if hits + misses == 0 {
                 0.0
             } else {
@@ -247,6 +255,7 @@ impl DeploymentMetrics {
             fills_refused: store.refused_fills,
             completed: load(&self.completed),
             errors: load(&self.errors),
+            results_with_warnings: load(&self.results_with_warnings),
             origin_connections: load(&self.pool.open),
             origin_connections_opened: load(&self.pool.opened),
             acquire_timeouts: load(&self.pool.acquire_timeouts),
@@ -256,6 +265,7 @@ impl DeploymentMetrics {
 
     fn render(&self, out: &mut String) {
         let d = &self.name;
+        let protocol = self.protocol.name();
         for status in CacheStatus::ALL {
             let counters = &self.by_status[status.index()];
             for (metric, counter) in [
@@ -265,7 +275,7 @@ impl DeploymentMetrics {
             ] {
                 let _ = writeln!(
                     out,
-                    "{metric}{{deployment=\"{d}\",cache_status=\"{status}\"}} {}",
+                    "{metric}{{deployment=\"{d}\",protocol=\"{protocol}\",cache_status=\"{status}\"}} {}",
                     counter.load(Ordering::Relaxed)
                 );
             }
@@ -291,6 +301,10 @@ impl DeploymentMetrics {
             (
                 "warpdrive_pinned_sessions_total",
                 self.pinned_sessions.load(Ordering::Relaxed),
+            ),
+            (
+                "warpdrive_cache_results_with_warnings_total",
+                self.results_with_warnings.load(Ordering::Relaxed),
             ),
             (
                 "warpdrive_cache_pinned_bypasses_total",
@@ -385,6 +399,9 @@ pub struct StatusSnapshot {
 pub struct DeploymentSnapshot {
     /// Deployment name.
     pub deployment: String,
+    /// The protocol of its origin (`postgres`, `mysql`).
+    #[serde(default)]
+    pub protocol: String,
     /// hits / (hits + misses).
     pub hit_ratio: f64,
     /// Counters per status.
@@ -436,6 +453,9 @@ pub struct DeploymentSnapshot {
     pub completed: u64,
     /// Failed queries.
     pub errors: u64,
+    /// Cacheable results not stored because they carried warnings.
+    #[serde(default)]
+    pub results_with_warnings: u64,
     /// Origin connections open now.
     pub origin_connections: u64,
     /// Origin connections opened since start.
@@ -461,22 +481,24 @@ pub fn stats_table(snapshots: &[DeploymentSnapshot]) -> String {
         };
         let _ = writeln!(
             out,
-            "deployment {}: hit ratio {:.1}% ({} hits, {} misses)",
+            "deployment {} ({}): hit ratio {:.1}% ({} hits, {} misses)",
             snapshot.deployment,
+            snapshot.protocol,
             snapshot.hit_ratio * 100.0,
             count(CacheStatus::Hit),
             count(CacheStatus::Miss)
         );
         let _ = writeln!(
             out,
-            "  cache: {} entries, {} bytes; {} stale serves; revalidations {} ok, {} failed; {} coalesced waits; {} evictions",
+            "  cache: {} entries, {} bytes; {} stale serves; revalidations {} ok, {} failed; {} coalesced waits; {} evictions; {} results with warnings not stored",
             snapshot.entries,
             snapshot.bytes,
             snapshot.stale_served,
             snapshot.revalidations_ok,
             snapshot.revalidations_failed,
             snapshot.coalesced_waits,
-            snapshot.evictions
+            snapshot.evictions,
+            snapshot.results_with_warnings
         );
         let _ = writeln!(
             out,
@@ -549,11 +571,11 @@ pub struct Registry {
 }
 
 const HELP: &str = "\
-# HELP warpdrive_queries_total Queries by deployment and cache status.
+# HELP warpdrive_queries_total Queries by deployment, protocol and cache status.
 # TYPE warpdrive_queries_total counter
-# HELP warpdrive_query_bytes_total Bytes of query messages by deployment and cache status.
+# HELP warpdrive_query_bytes_total Bytes of query messages by deployment, protocol and cache status.
 # TYPE warpdrive_query_bytes_total counter
-# HELP warpdrive_result_bytes_total Bytes of result messages by deployment and cache status.
+# HELP warpdrive_result_bytes_total Bytes of result messages by deployment, protocol and cache status.
 # TYPE warpdrive_result_bytes_total counter
 # HELP warpdrive_cache_stale_served_total Hits served from a stale entry while it was refreshed.
 # TYPE warpdrive_cache_stale_served_total counter
@@ -567,6 +589,8 @@ const HELP: &str = "\
 # TYPE warpdrive_cache_bytes gauge
 # HELP warpdrive_pinned_sessions_total Clients pinned to their origin connection.
 # TYPE warpdrive_pinned_sessions_total counter
+# HELP warpdrive_cache_results_with_warnings_total Cacheable MySQL results not stored because they carried warnings.
+# TYPE warpdrive_cache_results_with_warnings_total counter
 # HELP warpdrive_cache_pinned_bypasses_total Cacheable queries of pinned clients, forwarded without the cache.
 # TYPE warpdrive_cache_pinned_bypasses_total counter
 # HELP warpdrive_catalog_reads_total Reads of the origin's catalog (functions, triggers) to judge code statements run.
@@ -641,7 +665,7 @@ mod tests {
 
     #[test]
     fn counters_render_with_the_documented_names() {
-        let metrics = DeploymentMetrics::new("shop", Store::new(1 << 20, 1 << 10, Clock::system()));
+        let metrics = DeploymentMetrics::new("shop", Protocol::Postgres, Store::new(1 << 20, 1 << 10, Clock::system()));
         metrics.record(CacheStatus::Hit, 10, 100, Duration::from_micros(50), false);
         metrics.record(CacheStatus::Hit, 10, 100, Duration::from_micros(70), false);
         metrics.record(CacheStatus::Miss, 10, 100, Duration::from_millis(3), true);
@@ -649,14 +673,14 @@ mod tests {
         registry.add(Arc::new(metrics));
         let text = registry.prometheus();
         assert!(
-            text.contains("warpdrive_queries_total{deployment=\"shop\",cache_status=\"hit\"} 2"),
+            text.contains("warpdrive_queries_total{deployment=\"shop\",protocol=\"postgresql\",cache_status=\"hit\"} 2"),
             "{text}"
         );
         assert!(text.contains(
-            "warpdrive_result_bytes_total{deployment=\"shop\",cache_status=\"miss\"} 100"
+            "warpdrive_result_bytes_total{deployment=\"shop\",protocol=\"postgresql\",cache_status=\"miss\"} 100"
         ));
         assert!(text.contains(
-            "warpdrive_query_bytes_total{deployment=\"shop\",cache_status=\"volatile\"} 0"
+            "warpdrive_query_bytes_total{deployment=\"shop\",protocol=\"postgresql\",cache_status=\"volatile\"} 0"
         ));
         assert!(text.contains(
             "warpdrive_query_duration_seconds_bucket{deployment=\"shop\",le=\"0.0001\"} 2"

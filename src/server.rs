@@ -146,7 +146,11 @@ impl Server {
                 deployment.cache.max_result_bytes as u64,
                 clock.clone(),
             );
-            let metrics = Arc::new(DeploymentMetrics::new(&name, Arc::clone(&store)));
+            let metrics = Arc::new(DeploymentMetrics::new(
+                &name,
+                deployment.origin.protocol,
+                Arc::clone(&store),
+            ));
             registry.add(Arc::clone(&metrics));
             let listener = TcpListener::bind(deployment.listen)
                 .await

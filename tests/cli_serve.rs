@@ -82,11 +82,11 @@ async fn serve_flags_admin_stats_and_sigterm() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("warpdrive_queries_total{deployment=\"default\",cache_status=\"hit\"} 2"),
+        metrics.contains("warpdrive_queries_total{deployment=\"default\",protocol=\"postgresql\",cache_status=\"hit\"} 2"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("warpdrive_queries_total{deployment=\"default\",cache_status=\"miss\"} 1")
+        metrics.contains("warpdrive_queries_total{deployment=\"default\",protocol=\"postgresql\",cache_status=\"miss\"} 1")
     );
     let stats = Command::new(env!("CARGO_BIN_EXE_warpdrive"))
         .args(["stats", "--admin", &format!("127.0.0.1:{admin}")])
@@ -95,7 +95,7 @@ async fn serve_flags_admin_stats_and_sigterm() {
     let text = String::from_utf8_lossy(&stats.stdout);
     assert!(stats.status.success(), "{stats:?}");
     assert!(
-        text.starts_with("deployment default: hit ratio 66.7% (2 hits, 1 misses)"),
+        text.starts_with("deployment default (postgresql): hit ratio 66.7% (2 hits, 1 misses)"),
         "{text}"
     );
     assert!(text.contains("hit"), "{text}");
@@ -212,7 +212,7 @@ async fn caching_disabled_and_a_rules_file() {
         .unwrap();
     assert!(
         metrics.contains(
-            "warpdrive_queries_total{deployment=\"default\",cache_status=\"disabled\"} 2"
+            "warpdrive_queries_total{deployment=\"default\",protocol=\"postgresql\",cache_status=\"disabled\"} 2"
         ),
         "{metrics}"
     );

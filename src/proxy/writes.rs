@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use crate::analyze::catalog::Reach;
+use crate::analyze::{SessionEffect, TransactionControl};
 use crate::cache::tier::Tier;
 use crate::cache::{Generations, Written};
 use crate::metrics::DeploymentMetrics;
@@ -93,6 +94,35 @@ pub enum Control {
         /// AND CHAIN.
         chain: bool,
     },
+}
+
+impl Control {
+    /// How a statement with these effects moves the client's transaction.
+    pub fn of(effects: &[SessionEffect], rolled_back: bool) -> Control {
+        effects
+            .iter()
+            .find_map(|effect| match effect {
+                SessionEffect::Transaction(TransactionControl::Begin) => Some(Control::Begin),
+                SessionEffect::Transaction(TransactionControl::Commit) => Some(Control::Commit {
+                    committed: !rolled_back,
+                    chain: false,
+                }),
+                SessionEffect::Transaction(TransactionControl::CommitAndChain) => {
+                    Some(Control::Commit {
+                        committed: !rolled_back,
+                        chain: true,
+                    })
+                }
+                SessionEffect::Transaction(TransactionControl::Rollback) => {
+                    Some(Control::Rollback { chain: false })
+                }
+                SessionEffect::Transaction(TransactionControl::RollbackAndChain) => {
+                    Some(Control::Rollback { chain: true })
+                }
+                _ => None,
+            })
+            .unwrap_or(Control::None)
+    }
 }
 
 /// The client's writes not yet known to be committed, and those marked here that the
@@ -209,7 +239,7 @@ mod tests {
             let store = Store::new(1 << 20, 1 << 16, clock.clock());
             Fixture {
                 generations: Generations::default(),
-                metrics: DeploymentMetrics::new("d", Arc::clone(&store)),
+                metrics: DeploymentMetrics::new("d", crate::protocol::Protocol::Postgres, Arc::clone(&store)),
             }
         }
 

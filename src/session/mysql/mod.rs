@@ -12,12 +12,15 @@
 //! ([`crate::pool::mysql::statements`]). [`relay::Relay`] turns each origin reply into
 //! the one this client's capabilities expect; [`session`] wires the parts together.
 
+mod caching;
 mod errno;
 mod handshake;
 mod lexical;
+mod recorder;
 mod relay;
 mod session;
 pub mod sessions;
+mod setup;
 mod state;
 mod statements;
 

@@ -3,35 +3,37 @@
 //! on the client's origin connection once its state is the client's, with the reply
 //! relayed and its session-state reports taken in.
 
+mod cache;
 mod commands;
 mod replies;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::Shared;
+use super::caching;
+use super::recorder::Recorder;
 use super::errno::err_packet;
 use super::handshake::{Admitted, refuse};
 use super::relay::Relay;
 use super::sessions::Registration;
+use super::setup::{self, StepFailed};
 use super::state::{self, Step};
 use super::statements::ClientStatements;
+use crate::analyze::Analysis;
+use crate::cache::Generations;
 use crate::conn::ConnError;
+use crate::proxy::Flight;
+use crate::proxy::writes::PendingWrites;
 use crate::pool::mysql::{Baseline, ExchangeError, MysqlOrigin, OriginStatement, SessionState};
 use crate::session::driver::{Driver, drive};
 use crate::session::error::{ClientError, ErrorKind};
 use crate::session::{SessionContext, SessionError};
-use crate::wire::mysql::command::code;
 use crate::wire::mysql::reply::OkPacket;
 use crate::wire::mysql::response::Expect;
 use crate::wire::mysql::{MysqlFraming, Packet, caps, status, write_packet};
-
-/// The longest warpdrive waits for the origin to answer a command of its own (putting
-/// the client's state on a connection, preparing a statement).
-const INTERNAL_EXCHANGE: Duration = Duration::from_secs(10);
 
 /// What the reply in flight is for.
 pub(super) struct InFlight {
@@ -58,6 +60,12 @@ pub(super) struct InFlight {
     init_db: Option<String>,
     /// The next sequence id towards the origin (the client's file).
     origin_seq: u8,
+    /// The statement's analysis (COM_QUERY, COM_STMT_EXECUTE), for its writes.
+    analysis: Option<Arc<Analysis>>,
+    /// Statements of it that completed.
+    completed: usize,
+    /// Its cache status and recording.
+    flight: Option<Box<Flight<Recorder>>>,
 }
 
 impl InFlight {
@@ -75,6 +83,9 @@ impl InFlight {
             fetches: None,
             init_db: None,
             origin_seq: 1,
+            analysis: None,
+            completed: 0,
+            flight: None,
         }
     }
 }
@@ -99,6 +110,10 @@ pub(super) struct Session {
     /// Statements the client still runs on its connection after a write.
     stay: usize,
     registration: Registration,
+    /// The write clock of the origin.
+    generations: Arc<Generations>,
+    /// The client's writes on their way to it.
+    writes: PendingWrites,
 }
 
 /// Serves an admitted client until it leaves.
@@ -143,6 +158,11 @@ pub(super) async fn serve(
         status: greeting.status,
         stay: 0,
         registration,
+        generations: ctx.generations(caching::CLOCK),
+        writes: match ctx.tier {
+            Some(_) => PendingWrites::published(),
+            None => PendingWrites::default(),
+        },
     };
     // A database the client named is checked now, as a server does at login.
     if named && let Err(error) = session.ready().await {
@@ -159,7 +179,12 @@ pub(super) async fn serve(
     };
     write_packet(&mut session.io.client.out, seq, &ok.encode(capabilities));
     session.io.client.flush().await?;
-    drive(&mut session).await
+    let served = drive(&mut session).await;
+    // Writes in flight may commit without anyone seeing their end.
+    if let Some(mut in_flight) = session.in_flight.take() {
+        session.request_lost(&mut in_flight).await;
+    }
+    served
 }
 
 pub(super) fn unknown_statement(id: u32, command: &str) -> ClientError {
@@ -243,41 +268,14 @@ impl Session {
     /// Brings the connection the client holds to `want`; false when it cannot be (a
     /// setting another client left that cannot be put back).
     async fn bring_to(&mut self, want: &SessionState) -> Result<bool, ClientError> {
+        let baseline = Arc::clone(&self.baseline);
         let conn = self.io.origin().expect("the client holds a connection");
-        let Some(steps) = state::steps(&conn.session, want, &self.baseline) else {
-            return Ok(false);
-        };
-        for step in steps {
-            tracing::trace!(?step, "putting the client's state on its connection");
-            self.take(step).await?;
-        }
-        let conn = &mut self.conn().session;
-        conn.variables = want.variables.clone();
-        conn.multi_statements = want.multi_statements;
-        if want.database.is_some() {
-            conn.database = want.database.clone();
-        }
-        Ok(true)
-    }
-
-    async fn take(&mut self, step: Step) -> Result<(), ClientError> {
-        let expect = match step {
-            Step::Set(_) => Expect::Results,
-            _ => Expect::Ok,
-        };
-        let command = step.command();
-        let exchange = self
-            .conn()
-            .link
-            .exchange("the session's settings", &command, expect);
-        let outcome = tokio::time::timeout(INTERNAL_EXCHANGE, exchange)
-            .await
-            .unwrap_or(Err(ExchangeError::Timeout));
-        match (step, outcome) {
-            (_, Ok(_)) => Ok(()),
-            (Step::UseDatabase(database), Err(ExchangeError::Refused { error, .. }))
-                if error.code == 1049 =>
-            {
+        match setup::bring(conn, want, &baseline).await {
+            Ok(brought) => Ok(brought),
+            Err(StepFailed {
+                step: Step::UseDatabase(database),
+                error: ExchangeError::Refused { error, .. },
+            }) if error.code == 1049 => {
                 // The database went: as on a server, the session has none now.
                 self.state.database = None;
                 Err(ClientError::error(
@@ -285,7 +283,10 @@ impl Session {
                     format!("Unknown database '{database}'"),
                 ))
             }
-            (_, Err(ExchangeError::Refused { error, .. })) => {
+            Err(StepFailed {
+                error: ExchangeError::Refused { error, .. },
+                ..
+            }) => {
                 self.lose_connection();
                 Err(ClientError::error(
                     ErrorKind::Unavailable,
@@ -296,7 +297,7 @@ impl Session {
                     ),
                 ))
             }
-            (_, Err(error)) => {
+            Err(StepFailed { error, .. }) => {
                 self.lose_connection();
                 Err(ClientError::origin_lost(error))
             }
@@ -356,27 +357,8 @@ impl Session {
         &mut self,
         sql: &[u8],
     ) -> Result<OriginStatement, Result<Bytes, ClientError>> {
-        let mut command = BytesMut::with_capacity(1 + sql.len());
-        command.put_u8(code::STMT_PREPARE);
-        command.put_slice(sql);
-        let exchange =
-            self.conn()
-                .link
-                .exchange("a statement the client prepared", &command, Expect::Prepare);
-        match tokio::time::timeout(INTERNAL_EXCHANGE, exchange)
-            .await
-            .unwrap_or(Err(ExchangeError::Timeout))
-        {
-            Ok(outcome) => {
-                let prepared = outcome.prepared.ok_or_else(|| {
-                    Err(ClientError::origin_lost(
-                        "the origin answered a prepare without a statement",
-                    ))
-                })?;
-                Ok(OriginStatement {
-                    id: prepared.statement_id,
-                })
-            }
+        match setup::prepare(self.conn(), sql).await {
+            Ok(statement) => Ok(statement),
             Err(ExchangeError::Refused { error, .. }) => Err(Ok(error.encode().freeze())),
             Err(error) => {
                 self.lose_connection();
@@ -385,16 +367,9 @@ impl Session {
         }
     }
 
-    /// Records a statement prepared on the connection; one it displaced is closed there.
+    /// Records a statement prepared on the connection.
     fn remember(&mut self, key: Bytes, statement: OriginStatement) {
-        let conn = self.conn();
-        if let Some(displaced) = conn.statements.insert(key, statement)
-            && displaced != statement.id
-        {
-            let mut close = [code::STMT_CLOSE, 0, 0, 0, 0];
-            close[1..].copy_from_slice(&displaced.to_le_bytes());
-            write_packet(&mut conn.link.conn.out, 0, &close);
-        }
+        setup::remember(self.conn(), key, statement);
     }
 
     /// Sends a command on the connection the client holds (in its state) and waits for

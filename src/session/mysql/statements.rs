@@ -5,8 +5,11 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
+use crate::analyze::Analysis;
 use crate::pool::mysql::SessionState;
 
 /// One of the client's statements.
@@ -14,6 +17,8 @@ use crate::pool::mysql::SessionState;
 pub struct ClientStatement {
     /// Its SQL text.
     pub sql: Bytes,
+    /// The analysis of its text, made once at the prepare.
+    pub analysis: Arc<Analysis>,
     /// What it is on a connection ([`super::state::statement_key`]).
     pub key: Bytes,
     /// The session state it was prepared under: its database and parse settings are
@@ -38,12 +43,19 @@ pub struct ClientStatements {
 
 impl ClientStatements {
     /// Registers a statement prepared under `context`; its id for the client.
-    pub fn add(&mut self, sql: Bytes, key: Bytes, context: SessionState) -> u32 {
+    pub fn add(
+        &mut self,
+        sql: Bytes,
+        analysis: Arc<Analysis>,
+        key: Bytes,
+        context: SessionState,
+    ) -> u32 {
         self.next_id = self.next_id.wrapping_add(1).max(1);
         self.by_id.insert(
             self.next_id,
             ClientStatement {
                 sql,
+                analysis,
                 key,
                 context,
                 params: 0,
@@ -92,8 +104,11 @@ mod tests {
     fn ids_are_per_client_and_cursors_keep_the_connection() {
         let mut statements = ClientStatements::default();
         let sql = Bytes::from_static(b"SELECT 1");
-        let a = statements.add(sql.clone(), sql.clone(), SessionState::default());
-        let b = statements.add(sql.clone(), sql, SessionState::default());
+        let analyzer = crate::analyze::Analyzer::with_builtin_rules(Default::default());
+        let analysis = Arc::new(analyzer.analyze(crate::analyze::Dialect::Mysql, "SELECT 1"));
+        let state = SessionState::default;
+        let a = statements.add(sql.clone(), Arc::clone(&analysis), sql.clone(), state());
+        let b = statements.add(sql.clone(), analysis, sql, state());
         assert_ne!(a, b);
         assert!(!statements.keep_connection());
         statements.get_mut(a).expect("known").cursor_open = true;

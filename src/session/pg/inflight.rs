@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::recorder::Recorder;
-use crate::analyze::{SessionEffect, StringLiterals, TransactionControl};
+use crate::analyze::{SessionEffect, StringLiterals};
 use crate::cache::{CacheStatus, Entry};
 use crate::protocol::TxnStatus;
 use crate::proxy::writes::{Control, WriteSet};
@@ -119,7 +119,7 @@ impl Requests {
         *completed += 1;
         let control = effects
             .get(index)
-            .map_or(Control::None, |effects| control(effects, rolled_back));
+            .map_or(Control::None, |effects| Control::of(effects, rolled_back));
         // Text warpdrive did not read has one list for all its statements.
         let written = writes
             .get(index)
@@ -179,32 +179,6 @@ impl Requests {
     }
 }
 
-/// How a statement with these effects moves the client's transaction.
-fn control(effects: &[SessionEffect], rolled_back: bool) -> Control {
-    effects
-        .iter()
-        .find_map(|effect| match effect {
-            SessionEffect::Transaction(TransactionControl::Begin) => Some(Control::Begin),
-            SessionEffect::Transaction(TransactionControl::Commit) => Some(Control::Commit {
-                committed: !rolled_back,
-                chain: false,
-            }),
-            SessionEffect::Transaction(TransactionControl::CommitAndChain) => {
-                Some(Control::Commit {
-                    committed: !rolled_back,
-                    chain: true,
-                })
-            }
-            SessionEffect::Transaction(TransactionControl::Rollback) => {
-                Some(Control::Rollback { chain: false })
-            }
-            SessionEffect::Transaction(TransactionControl::RollbackAndChain) => {
-                Some(Control::Rollback { chain: true })
-            }
-            _ => None,
-        })
-        .unwrap_or(Control::None)
-}
 
 /// Extended-protocol messages already sent to the origin without their Sync (after a
 /// Flush, or beyond the batch bound): they belong to the request the next Sync ends.

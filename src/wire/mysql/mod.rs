@@ -97,6 +97,8 @@ pub mod status {
     pub const CURSOR_EXISTS: u16 = 1 << 6;
     /// The cursor's last row was sent.
     pub const LAST_ROW_SENT: u16 = 1 << 7;
+    /// The open transaction is read-only.
+    pub const IN_TRANS_READONLY: u16 = 1 << 13;
     /// The session's state changed; the OK packet says how.
     pub const SESSION_STATE_CHANGED: u16 = 1 << 14;
 }

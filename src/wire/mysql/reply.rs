@@ -246,6 +246,25 @@ impl EofPacket {
     }
 }
 
+/// Where the status flags are in an EOF packet's payload, or in an OK packet's (`ok`):
+/// behind the header, or behind the header and two length-encoded integers.
+pub fn status_offset(payload: &[u8], ok: bool) -> Option<usize> {
+    let lenenc_len = |at: usize| match payload.get(at)? {
+        0xFC => Some(3),
+        0xFD => Some(4),
+        0xFE => Some(9),
+        _ => Some(1),
+    };
+    let at = match ok {
+        false => 3,
+        true => {
+            let affected = 1 + lenenc_len(1)?;
+            affected + lenenc_len(affected)?
+        }
+    };
+    (payload.len() >= at + 2).then_some(at)
+}
+
 /// Whether a packet inside a result set is its terminator (an EOF, or the OK that
 /// replaces it) rather than a row: a row that starts with 0xFE is at least 16 MiB.
 pub fn ends_rows(payload: &[u8]) -> bool {
@@ -299,6 +318,15 @@ impl PrepareOk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_flags_are_found_in_eof_and_ok_packets() {
+        assert_eq!(status_offset(b"\xfe\x01\x00\x02\x00", false), Some(3));
+        assert_eq!(status_offset(b"\xfe\x00\x00\x02\x00\x00\x00", true), Some(3));
+        // Affected rows 300 (0xFC, two bytes), insert id 0.
+        assert_eq!(status_offset(b"\x00\xfc\x2c\x01\x00\x02\x00\x00\x00", true), Some(5));
+        assert_eq!(status_offset(b"\xfe\x00", false), None);
+    }
 
     const TRACKED: u32 = caps::PROTOCOL_41 | caps::SESSION_TRACK;
 

@@ -1,8 +1,16 @@
 //! What each client command does.
 
-use bytes::Buf;
+use std::sync::Arc;
+use std::time::Instant;
 
+use bytes::{Buf, BytesMut};
+
+use super::cache::canonical_execute;
 use super::{InFlight, Session, unknown_statement};
+use crate::cache::{CacheStatus, Entry};
+use crate::proxy::{Consulted, Flight};
+use crate::session::mysql::caching::Request;
+use crate::session::mysql::recorder::Recorder;
 use crate::session::SessionError;
 use crate::session::driver::Flow;
 use crate::session::error::{ClientError, ErrorKind};
@@ -98,18 +106,36 @@ impl Session {
     }
 
     async fn query(&mut self, packet: Packet) -> Result<Flow, SessionError> {
-        let effects = lexical::effects(&packet.payload[1..]);
+        let started = Instant::now();
+        let sql = packet.payload.slice(1..);
+        let effects = lexical::effects(&sql);
         if let Some(kill) = effects.kill
             && (kill.id >= u64::from(FIRST_ID))
         {
             return self.kill(packet, kill).await;
         }
+        let analysis = self.analysis_of(&sql);
+        let query_bytes = packet.payload.len();
+        let flight = match self
+            .consulting()
+            .consult(&analysis, Request::Text { sql }, query_bytes, started)
+            .await
+        {
+            Consulted::Hit(entry) => {
+                self.serve_hit(packet.seq, &entry, query_bytes, started)
+                    .await?;
+                return Ok(Flow::Continue);
+            }
+            Consulted::Forward(flight) => flight,
+        };
         self.forward(packet, Expect::Results, |in_flight| {
             in_flight.statement = true;
             in_flight.explained = effects.only_settings;
             in_flight.pins = effects.pins.map(str::to_owned);
             in_flight.unlocks = effects.unlocks;
             in_flight.keeps_for_next = effects.keeps_for_next;
+            in_flight.analysis = Some(analysis);
+            in_flight.flight = Some(flight);
         })
         .await?;
         Ok(Flow::Continue)
@@ -135,7 +161,8 @@ impl Session {
     async fn prepare(&mut self, packet: Packet) -> Result<(), SessionError> {
         let sql = packet.payload.slice(1..);
         let key = state::statement_key(&sql, &self.state, &self.baseline);
-        let id = self.statements.add(sql, key, self.state.clone());
+        let analysis = self.analysis_of(&sql);
+        let id = self.statements.add(sql, analysis, key, self.state.clone());
         self.forward(packet, Expect::Prepare, |in_flight| {
             in_flight.prepares = Some(id);
             in_flight.relay.set_statement_id(id);
@@ -144,6 +171,7 @@ impl Session {
     }
 
     async fn execute(&mut self, packet: Packet) -> Result<(), SessionError> {
+        let started = Instant::now();
         let seq = packet.next_seq();
         let Some(id) = self.known_statement(&packet, "mysqld_stmt_execute").await? else {
             return Ok(());
@@ -160,15 +188,7 @@ impl Session {
         }
         statement.cursor_open = false;
         let (params, bound) = (statement.params, statement.param_types.clone());
-        if let Err(error) = self.ready().await {
-            return self.reply_error(seq, &error).await;
-        }
-        let origin = match self.prepared(id).await {
-            Ok(origin) => origin,
-            Err(Ok(refusal)) => return self.send_to_client(seq, &refusal).await,
-            Err(Err(error)) => return self.reply_error(seq, &error).await,
-        };
-        let mut payload = with_statement_id(&packet.payload, origin.id);
+        let mut payload = BytesMut::from(&packet.payload[..]);
         if execute.param_types.is_none()
             && params > 0
             && let Some(types) = bound
@@ -178,13 +198,69 @@ impl Session {
                 Err(error) => return self.malformed(seq, error).await,
             }
         }
-        if let Some(statement) = self.statements.get_mut(id) {
-            statement.long_data = false;
+        let cursor = execute.flags & CURSOR_TYPE_READ_ONLY != 0;
+        let flight = match self.consult_execute(id, cursor, &payload, started).await {
+            Ok(flight) => flight,
+            Err(entry) => {
+                let query_bytes = packet.payload.len();
+                return self.serve_hit(packet.seq, &entry, query_bytes, started).await;
+            }
+        };
+        if let Err(error) = self.ready().await {
+            return self.reply_error(seq, &error).await;
         }
+        let origin = match self.prepared(id).await {
+            Ok(origin) => origin,
+            Err(Ok(refusal)) => return self.send_to_client(seq, &refusal).await,
+            Err(Err(error)) => return self.reply_error(seq, &error).await,
+        };
+        payload[1..5].copy_from_slice(&origin.id.to_le_bytes());
+        let analysis = self.statements.get_mut(id).map(|statement| {
+            statement.long_data = false;
+            Arc::clone(&statement.analysis)
+        });
         let mut in_flight = InFlight::new(self.relay(Expect::Results, packet.seq));
         in_flight.statement = true;
-        in_flight.executes = Some((id, execute.flags & CURSOR_TYPE_READ_ONLY != 0));
+        in_flight.executes = Some((id, cursor));
+        in_flight.analysis = analysis;
+        in_flight.flight = Some(flight);
         self.send(&payload, in_flight).await
+    }
+
+    /// The cache's word on an execute of the client's statement `id` with `payload`
+    /// (its parameter types bound): an entry to answer with, or how it is forwarded.
+    /// One that opens a cursor or sent long data is forwarded, not cached.
+    async fn consult_execute(
+        &mut self,
+        id: u32,
+        cursor: bool,
+        payload: &[u8],
+        started: Instant,
+    ) -> Result<Box<Flight<Recorder>>, Arc<Entry>> {
+        let Some(statement) = self.statements.get_mut(id).map(|s| s.clone()) else {
+            return Ok(Box::new(Flight::forwarded(
+                CacheStatus::Uncacheable,
+                payload.len(),
+                started,
+            )));
+        };
+        if cursor || statement.long_data {
+            return Ok(self.forwarded(&statement.analysis, payload.len(), started));
+        }
+        let request = Request::Binary {
+            sql: statement.sql,
+            statement: statement.key,
+            context: statement.context,
+            execute: canonical_execute(payload),
+        };
+        match self
+            .consulting()
+            .consult(&statement.analysis, request, payload.len(), started)
+            .await
+        {
+            Consulted::Hit(entry) => Err(entry),
+            Consulted::Forward(flight) => Ok(flight),
+        }
     }
 
     async fn fetch(&mut self, packet: Packet) -> Result<(), SessionError> {

@@ -1,6 +1,7 @@
 //! The origin's replies: relayed to the client, their session-state reports taken in,
 //! and, once a reply ends, what it leaves the client holding.
 
+use super::cache::record;
 use super::{InFlight, Session};
 use crate::conn::{ConnError, FLUSH_THRESHOLD};
 use crate::pool::mysql::MysqlOrigin;
@@ -24,6 +25,7 @@ impl Session {
             // Nothing was asked: the origin is closing the connection (KILL, shutdown).
             return self.origin_lost(ConnError::TruncatedFrame).await;
         };
+        let before = self.io.client.out.len();
         let part = match in_flight.relay.relay(&packet, &mut self.io.client.out) {
             Ok(part) => part,
             Err(error) => {
@@ -31,6 +33,11 @@ impl Session {
                 return self.origin_lost(ConnError::MysqlWire(error)).await;
             }
         };
+        let written = &self.io.client.out[before..];
+        record(&self.ctx.metrics, &mut in_flight, &part, written);
+        if in_flight.statement && matches!(part, Part::Ok(_) | Part::End(_)) {
+            self.statement_completed(&mut in_flight);
+        }
         match &part {
             Part::Ok(ok) | Part::End(Terminator::Ok(ok)) => self.take_in(ok, &mut in_flight),
             Part::Prepared(prepared) => {
@@ -70,6 +77,7 @@ impl Session {
         }
         self.in_flight = Some(in_flight);
         if self.io.client.out.len() >= FLUSH_THRESHOLD || matches!(part, Part::LocalInfile) {
+            self.publish_writes().await;
             self.io.client.flush().await?;
         }
         Ok(())
@@ -103,8 +111,9 @@ impl Session {
     }
 
     /// The reply ended: what the client now holds, then the commands that waited.
-    async fn finish(&mut self, in_flight: InFlight) -> Result<(), SessionError> {
+    async fn finish(&mut self, mut in_flight: InFlight) -> Result<(), SessionError> {
         let status = in_flight.relay.status;
+        self.request_ended(&mut in_flight, status).await;
         self.status = status;
         let conn = self.conn();
         conn.link.status = status;
@@ -165,7 +174,8 @@ impl Session {
     pub(super) async fn origin_lost(&mut self, error: ConnError) -> Result<(), SessionError> {
         tracing::info!(%error, "the origin connection was lost");
         let pinned = self.lose_connection();
-        if let Some(in_flight) = self.in_flight.take() {
+        if let Some(mut in_flight) = self.in_flight.take() {
+            self.request_lost(&mut in_flight).await;
             let seq = in_flight.relay.client_seq();
             let error = if self.io.cancelled_overdue() {
                 ClientError::error(

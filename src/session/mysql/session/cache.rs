@@ -1,0 +1,344 @@
+//! The cache and the write clock in a session: a status for every COM_QUERY and
+//! COM_STMT_EXECUTE, hits answered without the origin, results recorded as they are
+//! relayed, and each statement's writes marked as it completes.
+//!
+//! A request is looked up only when the client is outside a transaction with autocommit
+//! on, and not pinned (it may read its own temporary tables or user variables).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{InFlight, Session};
+use crate::analyze::{Analysis, Dialect, Status, StringLiterals, Writes};
+use crate::cache::{CacheStatus, Entry, Generations, KeyScope};
+use crate::metrics::DeploymentMetrics;
+use crate::protocol::TxnStatus;
+use crate::proxy::writes::{Control, Marking, WriteSet};
+use crate::proxy::{Composer, Consulted, Flight, Situation, ToRecord};
+use crate::pool::mysql::{Baseline, MysqlPool, SessionState};
+use crate::session::mysql::Shared;
+use crate::session::{SessionContext, SessionError};
+use crate::session::mysql::caching::{self, MysqlRefetch, Request};
+use crate::session::mysql::recorder::{Recorder, Unstorable, unstorable};
+use crate::wire::mysql::response::Part;
+use crate::wire::mysql::status;
+
+/// The sql_mode flag under which a backslash in a string is itself.
+const NO_BACKSLASH_ESCAPES: &str = "NO_BACKSLASH_ESCAPES";
+
+impl Session {
+    fn composer(&self) -> Composer<'_> {
+        caching::composer(&self.ctx, &self.io.pool, &self.generations)
+    }
+
+    /// Where the client stands: autocommit off counts as a transaction.
+    fn situation(&self) -> Situation {
+        let txn = match self.status & status::AUTOCOMMIT {
+            0 => TxnStatus::InTransaction,
+            _ => crate::pool::mysql::txn_status(self.status),
+        };
+        Situation {
+            txn,
+            pinned: self.io.pinned().is_some(),
+            behind_others: false,
+        }
+    }
+
+    /// The analysis of a COM_QUERY's text (or a statement's), from the memo. Under
+    /// NO_BACKSLASH_ESCAPES a text with a backslash may be other statements than the
+    /// analyzer reads: it is not cached, and may write anything.
+    pub(super) fn analysis_of(&self, sql: &[u8]) -> Arc<Analysis> {
+        let analysis =
+            self.ctx
+                .analyzer
+                .analyze_bytes(Dialect::Mysql, sql, StringLiterals::BackslashEscapes);
+        let literal_backslashes = self
+            .state
+            .variables
+            .get("sql_mode")
+            .is_some_and(|mode| mode.contains(NO_BACKSLASH_ESCAPES));
+        if literal_backslashes && sql.contains(&b'\\') {
+            let mut unread = analysis.refused(
+                Status::ParseError,
+                "sql_mode has NO_BACKSLASH_ESCAPES and the text has a backslash",
+            );
+            unread.statement_writes = vec![Writes::anything()];
+            return Arc::new(unread);
+        }
+        analysis
+    }
+
+    /// The request's view of the session, for the cache (only what may be held across
+    /// a wait).
+    pub(super) fn consulting(&self) -> Consult<'_> {
+        Consult {
+            ctx: &self.ctx,
+            pool: &self.io.pool,
+            generations: &self.generations,
+            state: &self.state,
+            baseline: &self.baseline,
+            capabilities: self.capabilities,
+            situation: self.situation(),
+        }
+    }
+
+    /// The status a request the cache cannot serve in its shape is forwarded with.
+    pub(super) fn forwarded(
+        &self,
+        analysis: &Analysis,
+        query_bytes: usize,
+        started: Instant,
+    ) -> Box<Flight<Recorder>> {
+        let status = self
+            .composer()
+            .forwarded_status(analysis, self.situation().txn);
+        Box::new(Flight::forwarded(status, query_bytes, started))
+    }
+
+    /// Answers the client's command `seq` from `entry`.
+    pub(super) async fn serve_hit(
+        &mut self,
+        seq: u8,
+        entry: &Entry,
+        query_bytes: usize,
+        started: Instant,
+    ) -> Result<(), SessionError> {
+        let out = &mut self.io.client.out;
+        let sent = caching::write_hit(out, seq, entry, self.capabilities, self.status);
+        self.composer().served(query_bytes, sent, started);
+        self.io.client.flush().await?;
+        Ok(())
+    }
+
+    /// One statement of the request in flight completed (an OK, or the end of a result
+    /// set): what it wrote is marked, or kept until its transaction ends.
+    pub(super) fn statement_completed(&mut self, in_flight: &mut InFlight) {
+        let Some(analysis) = in_flight.analysis.clone() else {
+            return;
+        };
+        let index = in_flight.completed;
+        in_flight.completed += 1;
+        let writes = self.write_set(analysis.statement_writes.get(index));
+        let control = analysis
+            .statement_effects
+            .get(index)
+            .map_or(Control::None, |effects| Control::of(effects, false));
+        let marking = Marking {
+            generations: &self.generations,
+            metrics: &self.ctx.metrics,
+        };
+        self.writes.completed(control, &writes, marking);
+    }
+
+    /// What the statements of the request in flight that did not complete may have
+    /// written.
+    pub(super) fn writes_in_flight(&self, in_flight: &InFlight) -> WriteSet {
+        let mut writes = WriteSet::Nothing;
+        if let Some(analysis) = &in_flight.analysis {
+            for index in in_flight.completed..analysis.statement_writes.len().max(1) {
+                writes.add(&self.write_set(analysis.statement_writes.get(index)));
+            }
+        }
+        writes
+    }
+
+    /// The reply ended with the client's transaction `txn`: its result is stored if it
+    /// may be, it is counted, and what committed is marked, then told to the tier.
+    pub(super) async fn request_ended(&mut self, in_flight: &mut InFlight, status: u16) {
+        let txn = match status & status::AUTOCOMMIT {
+            0 => TxnStatus::InTransaction,
+            _ => crate::pool::mysql::txn_status(status),
+        };
+        if let Some(flight) = in_flight.flight.take() {
+            self.composer().finish(*flight, txn);
+        }
+        if in_flight.analysis.is_some() {
+            let marking = Marking {
+                generations: &self.generations,
+                metrics: &self.ctx.metrics,
+            };
+            self.writes
+                .ready(crate::pool::mysql::txn_status(status), marking);
+        }
+        self.publish_writes().await;
+    }
+
+    /// Tells the upstream tier of the writes marked here, before the replies that
+    /// completed them reach the client.
+    pub(super) async fn publish_writes(&mut self) {
+        if let Some(tier) = &self.ctx.tier {
+            self.writes.publish(tier, caching::CLOCK).await;
+        }
+    }
+
+    /// The connection went with the request in flight: what it may have written is
+    /// marked, and its flight ends failed.
+    pub(super) async fn request_lost(&mut self, in_flight: &mut InFlight) {
+        let doubtful = self.writes_in_flight(in_flight);
+        let marking = Marking {
+            generations: &self.generations,
+            metrics: &self.ctx.metrics,
+        };
+        self.writes.lost(&doubtful, marking);
+        if let Some(flight) = in_flight.flight.take() {
+            self.composer().abandon(*flight);
+        }
+        self.publish_writes().await;
+    }
+
+    /// What one statement's writes reach: its tables, named with the current database
+    /// where it names none; anything when it may call a function of the database's.
+    fn write_set(&self, writes: Option<&Writes>) -> WriteSet {
+        let Some(writes) = writes else {
+            return WriteSet::Everything;
+        };
+        if writes.is_nothing() {
+            return WriteSet::Nothing;
+        }
+        let rules = self.ctx.analyzer.analyzer().rules(Dialect::Mysql);
+        let user_code = writes
+            .calls
+            .iter()
+            .any(|name| !rules.is_builtin_function(name));
+        if writes.anything || user_code {
+            return WriteSet::Everything;
+        }
+        let database = self.state.database.as_deref();
+        WriteSet::Tables(
+            writes
+                .tables
+                .iter()
+                .map(|table| qualified(table, database))
+                .collect(),
+        )
+    }
+
+}
+
+/// Takes one packet of the reply in flight into its recording: `written` is what
+/// the client was sent for it.
+pub(super) fn record(
+metrics: &DeploymentMetrics,
+in_flight: &mut InFlight,
+part: &Part,
+written: &[u8],
+) {
+    let Some(flight) = in_flight.flight.as_mut() else {
+        return;
+    };
+    flight.count(written.len());
+    match unstorable(part) {
+        None => flight.record(written),
+        Some(Unstorable::Failed) => flight.fail(),
+        Some(Unstorable::Warnings) => {
+            if flight.status() == CacheStatus::Miss {
+                metrics
+                    .results_with_warnings
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            flight.not_stored(CacheStatus::Miss);
+        }
+        Some(Unstorable::Shape(status)) => flight.not_stored(status),
+    }
+}
+
+/// `table` named with its database: `database.table` unless it names one.
+fn qualified(table: &str, database: Option<&str>) -> String {
+    match database {
+        Some(database) if !table.contains('.') => format!("{}.{table}", database.to_lowercase()),
+        _ => table.to_owned(),
+    }
+}
+
+/// The parameters of an execute in the key's form: statement id zero, types bound.
+pub(super) fn canonical_execute(payload: &[u8]) -> Bytes {
+    let mut execute = payload.to_vec();
+    execute[1..5].copy_from_slice(&[0; 4]);
+    Bytes::from(execute)
+}
+
+/// A request's view of its session, for the cache.
+pub(super) struct Consult<'a> {
+    ctx: &'a SessionContext<Shared>,
+    pool: &'a MysqlPool,
+    generations: &'a Arc<Generations>,
+    state: &'a SessionState,
+    baseline: &'a Arc<Baseline>,
+    capabilities: u32,
+    situation: Situation,
+}
+
+impl Consult<'_> {
+    /// Decides a request's status and, for a cacheable one, looks it up.
+    pub(super) async fn consult(
+        &self,
+        analysis: &Analysis,
+        request: Request,
+        query_bytes: usize,
+        started: Instant,
+    ) -> Consulted<Recorder> {
+        let composer = caching::composer(self.ctx, self.pool, self.generations);
+        let situation = self.situation;
+        let refined = match composer.may_cache(situation) {
+            true => self.refine(analysis).await,
+            false => None,
+        };
+        let analysis = refined.as_ref().unwrap_or(analysis);
+        let policy = match composer.decide(analysis, situation) {
+            Ok(policy) => policy,
+            Err(status) => {
+                return Consulted::Forward(Box::new(Flight::forwarded(
+                    status,
+                    query_bytes,
+                    started,
+                )));
+            }
+        };
+        let deployment = &self.ctx.deployment;
+        let scope = KeyScope {
+            deployment: &deployment.name,
+            database: &deployment.origin.database,
+            role: &deployment.origin.user,
+        };
+        let key = request.key(scope, self.state, self.capabilities);
+        let limit = deployment.cache.max_result_bytes;
+        let tables: Arc<[String]> = analysis.tables_read.clone().into();
+        let to_record = || ToRecord {
+            recorder: Recorder::new(limit, self.capabilities),
+            tables: Arc::clone(&tables),
+            tables_unknown: analysis.reads_unknown_tables,
+            refetch: Arc::new(MysqlRefetch {
+                pool: self.pool.clone(),
+                baseline: Arc::clone(self.baseline),
+                state: self.state.clone(),
+                client_caps: self.capabilities,
+                request: request.clone(),
+                limit,
+            }),
+        };
+        composer
+            .lookup(key, policy, query_bytes, started, to_record)
+            .await
+    }
+
+    /// The analysis with its tables named with their database, when any is not.
+    async fn refine(&self, analysis: &Analysis) -> Option<Analysis> {
+        let database = self.state.database.as_deref();
+        if analysis.tables_read.iter().all(|table| table.contains('.')) {
+            return None;
+        }
+        let mut refined = analysis.clone();
+        let mut tables: Vec<String> = analysis
+            .tables_read
+            .iter()
+            .map(|table| qualified(table, database))
+            .collect();
+        tables.sort();
+        tables.dedup();
+        refined.tables_read = tables;
+        Some(refined)
+    }
+}
