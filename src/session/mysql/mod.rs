@@ -13,6 +13,7 @@
 //! the one this client's capabilities expect; [`session`] wires the parts together.
 
 mod caching;
+mod catalog;
 mod errno;
 mod handshake;
 mod lexical;
@@ -42,6 +43,8 @@ pub struct Shared {
     passwords: HashMap<String, String>,
     /// The live sessions, for KILL.
     sessions: Arc<sessions::Sessions>,
+    /// The origin's catalog, for the cache.
+    catalog: Arc<catalog::MysqlCatalog>,
 }
 
 impl Shared {
@@ -55,6 +58,7 @@ impl Shared {
                 .map(|user| (user.name.clone(), user.password.clone()))
                 .collect(),
             sessions: Arc::default(),
+            catalog: Arc::default(),
         }
     }
 

@@ -22,6 +22,7 @@ use crate::pool::mysql::{Baseline, MysqlPool, SessionState};
 use crate::session::mysql::Shared;
 use crate::session::{SessionContext, SessionError};
 use crate::session::mysql::caching::{self, MysqlRefetch, Request};
+use crate::session::mysql::catalog::qualified;
 use crate::session::mysql::recorder::{Recorder, Unstorable, unstorable};
 use crate::wire::mysql::response::Part;
 use crate::wire::mysql::status;
@@ -82,6 +83,7 @@ impl Session {
             baseline: &self.baseline,
             capabilities: self.capabilities,
             situation: self.situation(),
+            holds_connection: self.io.holds(),
         }
     }
 
@@ -121,7 +123,12 @@ impl Session {
         };
         let index = in_flight.completed;
         in_flight.completed += 1;
-        let writes = self.write_set(analysis.statement_writes.get(index));
+        let statement_writes = analysis.statement_writes.get(index);
+        if analysis.kind == crate::analyze::Kind::Ddl || statement_writes.is_none_or(|w| w.anything) {
+            // It may have created, changed or dropped a view, a function or a trigger.
+            self.ctx.protocol.catalog.schema_changed();
+        }
+        let writes = self.write_set(statement_writes);
         let control = analysis
             .statement_effects
             .get(index)
@@ -206,16 +213,13 @@ impl Session {
         if writes.anything || user_code {
             return WriteSet::Everything;
         }
+        let Some(snapshot) = self.ctx.protocol.catalog.known() else {
+            // Views and triggers unknown: any table may be behind the one written.
+            return WriteSet::Everything;
+        };
         let database = self.state.database.as_deref();
-        WriteSet::Tables(
-            writes
-                .tables
-                .iter()
-                .map(|table| qualified(table, database))
-                .collect(),
-        )
+        snapshot.write_set(writes.tables.iter().map(|table| qualified(table, database)))
     }
-
 }
 
 /// Takes one packet of the reply in flight into its recording: `written` is what
@@ -245,13 +249,6 @@ written: &[u8],
     }
 }
 
-/// `table` named with its database: `database.table` unless it names one.
-fn qualified(table: &str, database: Option<&str>) -> String {
-    match database {
-        Some(database) if !table.contains('.') => format!("{}.{table}", database.to_lowercase()),
-        _ => table.to_owned(),
-    }
-}
 
 /// The parameters of an execute in the key's form: statement id zero, types bound.
 pub(super) fn canonical_execute(payload: &[u8]) -> Bytes {
@@ -269,6 +266,8 @@ pub(super) struct Consult<'a> {
     baseline: &'a Arc<Baseline>,
     capabilities: u32,
     situation: Situation,
+    /// The client holds a connection: the catalog is read only on a free one.
+    holds_connection: bool,
 }
 
 impl Consult<'_> {
@@ -324,21 +323,35 @@ impl Consult<'_> {
             .await
     }
 
-    /// The analysis with its tables named with their database, when any is not.
+    /// The read as the origin's catalog shows it (see [`crate::session::mysql::catalog`]);
+    /// `None` when the catalog changes nothing, or the analysis is refused anyway.
     async fn refine(&self, analysis: &Analysis) -> Option<Analysis> {
-        let database = self.state.database.as_deref();
-        if analysis.tables_read.iter().all(|table| table.contains('.')) {
+        let may_be_cacheable = match analysis.status {
+            Status::Cacheable => true,
+            Status::Volatile => !analysis.catalog_names.volatile_anyway,
+            _ => false,
+        };
+        if !may_be_cacheable {
             return None;
         }
-        let mut refined = analysis.clone();
-        let mut tables: Vec<String> = analysis
-            .tables_read
-            .iter()
-            .map(|table| qualified(table, database))
-            .collect();
-        tables.sort();
-        tables.dedup();
-        refined.tables_read = tables;
-        Some(refined)
+        let catalog = &self.ctx.protocol.catalog;
+        let snapshot = match catalog
+            .current(self.pool, &self.ctx.analyzer, !self.holds_connection)
+            .await
+        {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                self.ctx
+                    .metrics
+                    .catalog_read_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                return Some(analysis.refused(
+                    Status::Volatile,
+                    format!("{error}: the views and functions it reads cannot be judged"),
+                ));
+            }
+        };
+        let rules = self.ctx.analyzer.analyzer().rules(Dialect::Mysql);
+        snapshot.refine(analysis, self.state.database.as_deref(), rules)
     }
 }
