@@ -665,7 +665,11 @@ mod tests {
 
     #[test]
     fn counters_render_with_the_documented_names() {
-        let metrics = DeploymentMetrics::new("shop", Protocol::Postgres, Store::new(1 << 20, 1 << 10, Clock::system()));
+        let metrics = DeploymentMetrics::new(
+            "shop",
+            Protocol::Postgres,
+            Store::new(1 << 20, 1 << 10, Clock::system()),
+        );
         metrics.record(CacheStatus::Hit, 10, 100, Duration::from_micros(50), false);
         metrics.record(CacheStatus::Hit, 10, 100, Duration::from_micros(70), false);
         metrics.record(CacheStatus::Miss, 10, 100, Duration::from_millis(3), true);

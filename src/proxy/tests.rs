@@ -87,7 +87,11 @@ impl Fixture {
     fn new(refreshed: &'static [u8]) -> Fixture {
         let clock = ManualClock::new();
         let store = Store::new(1 << 20, 1 << 16, clock.clock());
-        let metrics = Arc::new(DeploymentMetrics::new("d", crate::protocol::Protocol::Postgres, Arc::clone(&store)));
+        let metrics = Arc::new(DeploymentMetrics::new(
+            "d",
+            crate::protocol::Protocol::Postgres,
+            Arc::clone(&store),
+        ));
         Fixture {
             clock,
             store,

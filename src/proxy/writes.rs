@@ -239,7 +239,11 @@ mod tests {
             let store = Store::new(1 << 20, 1 << 16, clock.clock());
             Fixture {
                 generations: Generations::default(),
-                metrics: DeploymentMetrics::new("d", crate::protocol::Protocol::Postgres, Arc::clone(&store)),
+                metrics: DeploymentMetrics::new(
+                    "d",
+                    crate::protocol::Protocol::Postgres,
+                    Arc::clone(&store),
+                ),
             }
         }
 

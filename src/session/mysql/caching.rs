@@ -98,7 +98,12 @@ impl fmt::Debug for Request {
 
 impl Request {
     /// Its key, for a client in `state` with `capabilities`.
-    pub(super) fn key(&self, scope: KeyScope<'_>, state: &SessionState, capabilities: u32) -> CacheKey {
+    pub(super) fn key(
+        &self,
+        scope: KeyScope<'_>,
+        state: &SessionState,
+        capabilities: u32,
+    ) -> CacheKey {
         let mut key = KeyBuilder::new(scope);
         match self {
             Request::Text { sql } => key.part(tag::TEXT, sql),
@@ -376,9 +381,21 @@ mod tests {
     #[test]
     fn a_hit_is_numbered_from_the_command_with_the_sessions_flags() {
         // Stored inside autocommit, with "no index used" (0x20) from the origin.
-        let stored = entry(&[b"\x01", b"col", b"\xfe\0\0\x22\0", b"\x01a", b"\xfe\0\0\x22\0"]);
+        let stored = entry(&[
+            b"\x01",
+            b"col",
+            b"\xfe\0\0\x22\0",
+            b"\x01a",
+            b"\xfe\0\0\x22\0",
+        ]);
         let mut out = BytesMut::new();
-        write_hit(&mut out, 3, &stored, caps::PROTOCOL_41, status::AUTOCOMMIT | status::IN_TRANS);
+        write_hit(
+            &mut out,
+            3,
+            &stored,
+            caps::PROTOCOL_41,
+            status::AUTOCOMMIT | status::IN_TRANS,
+        );
         let sent = packets(out);
         let seqs: Vec<u8> = sent.iter().map(|(seq, _)| *seq).collect();
         assert_eq!(seqs, vec![4, 5, 6, 7, 8]);
@@ -411,15 +428,27 @@ mod tests {
             ..SessionState::default()
         };
         let base = text(b"SELECT 1").key(scope, &state, caps::DEPRECATE_EOF);
-        assert_eq!(base, text(b"SELECT 1").key(scope, &state, caps::DEPRECATE_EOF | caps::SSL));
-        assert_ne!(base, text(b"SELECT 2").key(scope, &state, caps::DEPRECATE_EOF));
+        assert_eq!(
+            base,
+            text(b"SELECT 1").key(scope, &state, caps::DEPRECATE_EOF | caps::SSL)
+        );
+        assert_ne!(
+            base,
+            text(b"SELECT 2").key(scope, &state, caps::DEPRECATE_EOF)
+        );
         assert_ne!(base, text(b"SELECT 1").key(scope, &state, 0));
         let mut other = state.clone();
         other.database = None;
-        assert_ne!(base, text(b"SELECT 1").key(scope, &other, caps::DEPRECATE_EOF));
+        assert_ne!(
+            base,
+            text(b"SELECT 1").key(scope, &other, caps::DEPRECATE_EOF)
+        );
         let mut zoned = state.clone();
         zoned.variables.insert("time_zone".into(), "+01:00".into());
-        assert_ne!(base, text(b"SELECT 1").key(scope, &zoned, caps::DEPRECATE_EOF));
+        assert_ne!(
+            base,
+            text(b"SELECT 1").key(scope, &zoned, caps::DEPRECATE_EOF)
+        );
         let binary = |execute: &'static [u8]| Request::Binary {
             sql: Bytes::from_static(b"SELECT ?"),
             statement: Bytes::from_static(b"shop\0SELECT ?"),

@@ -72,7 +72,12 @@ impl Snapshot {
     /// replaced by what they read (a view over volatile code is volatile), user
     /// functions the origin declares DETERMINISTIC no longer volatile. `None` when that
     /// changes nothing.
-    pub fn refine(&self, analysis: &Analysis, database: Option<&str>, rules: &Rules) -> Option<Analysis> {
+    pub fn refine(
+        &self,
+        analysis: &Analysis,
+        database: Option<&str>,
+        rules: &Rules,
+    ) -> Option<Analysis> {
         let qualified_already = analysis.tables_read.iter().all(|t| t.contains('.'));
         let unknown_functions = analysis
             .volatile_functions
@@ -156,7 +161,9 @@ impl Snapshot {
             return Ok(());
         };
         if depth >= VIEW_DEPTH {
-            return Err(format!("reads view {table}, nested deeper than {VIEW_DEPTH} views"));
+            return Err(format!(
+                "reads view {table}, nested deeper than {VIEW_DEPTH} views"
+            ));
         }
         if view.status != Status::Cacheable || !view.volatile_functions.is_empty() {
             return Err(format!(
@@ -168,7 +175,9 @@ impl Snapshot {
         refined.reads_unknown_tables |= view.reads_unknown_tables;
         for function in &view.functions {
             if !rules.is_builtin_function(function) {
-                return Err(format!("reads view {table}, which calls user function {function}"));
+                return Err(format!(
+                    "reads view {table}, which calls user function {function}"
+                ));
             }
         }
         for inner in &view.tables_read {
@@ -176,6 +185,24 @@ impl Snapshot {
             self.expand(&inner, tables, refined, rules, depth + 1)?;
         }
         Ok(())
+    }
+
+    /// Whether every function in `calls` is built in, or a user function the origin
+    /// declares as not modifying data (the declaration is trusted as its author wrote
+    /// it: MySQL does not enforce it).
+    pub fn calls_only_readers(
+        &self,
+        calls: &[String],
+        database: Option<&str>,
+        rules: &Rules,
+    ) -> bool {
+        calls.iter().all(|name| {
+            rules.is_builtin_function(name)
+                || self
+                    .functions
+                    .get(&qualified(name, database))
+                    .is_some_and(|declared| !declared.modifies)
+        })
     }
 
     /// What a write to `tables` (named with their database) reaches: the base tables
@@ -273,7 +300,8 @@ impl MysqlCatalog {
             if read_at.elapsed() >= pool.settings().catalog_max_age
                 && let Ok(guard) = Arc::clone(&self.reading).try_lock_owned()
             {
-                let (catalog, pool, analyzer) = (Arc::clone(self), pool.clone(), Arc::clone(analyzer));
+                let (catalog, pool, analyzer) =
+                    (Arc::clone(self), pool.clone(), Arc::clone(analyzer));
                 tokio::spawn(async move {
                     let _guard = guard;
                     if let Err(error) = catalog.read(&pool, &analyzer, true).await {
@@ -318,7 +346,9 @@ impl MysqlCatalog {
         let functions = query(FUNCTIONS_QUERY).await?;
         let triggers = query(TRIGGERS_QUERY).await?;
         let cascades = query(CASCADES_QUERY).await?;
-        let snapshot = Arc::new(Snapshot::from_rows(views, functions, triggers, cascades, analyzer));
+        let snapshot = Arc::new(Snapshot::from_rows(
+            views, functions, triggers, cascades, analyzer,
+        ));
         tracing::debug!(elapsed = ?started.elapsed(), views = snapshot.views.len(), "read the MySQL catalog");
         *self.latest.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((Arc::clone(&snapshot), started));
@@ -370,7 +400,11 @@ impl Snapshot {
                     (name(row), declared)
                 })
                 .collect(),
-            reaching: triggers.iter().chain(&cascades).map(|row| name(row)).collect(),
+            reaching: triggers
+                .iter()
+                .chain(&cascades)
+                .map(|row| name(row))
+                .collect(),
         }
     }
 }
@@ -394,7 +428,11 @@ mod tests {
     fn snapshot(memo: &AnalysisMemo) -> Snapshot {
         Snapshot::from_rows(
             vec![
-                row(&["shop", "totals", "select `shop`.`orders`.`id` AS `id` from `shop`.`orders`"]),
+                row(&[
+                    "shop",
+                    "totals",
+                    "select `shop`.`orders`.`id` AS `id` from `shop`.`orders`",
+                ]),
                 row(&["shop", "lucky", "select rand() AS `r` from `shop`.`orders`"]),
                 row(&["shop", "outer", "select `id` from `shop`.`totals`"]),
             ],
@@ -437,9 +475,18 @@ mod tests {
         let read = refined("SELECT shop.stock(1)", None);
         assert_eq!(read.status, Status::Cacheable);
         assert!(read.reads_unknown_tables);
-        assert_eq!(refined("SELECT roll(1)", Some("shop")).status, Status::Volatile);
-        assert_eq!(refined("SELECT tax(1), @x", Some("shop")).status, Status::Volatile);
-        assert_eq!(refined("SELECT missing(1)", Some("shop")).status, Status::Volatile);
+        assert_eq!(
+            refined("SELECT roll(1)", Some("shop")).status,
+            Status::Volatile
+        );
+        assert_eq!(
+            refined("SELECT tax(1), @x", Some("shop")).status,
+            Status::Volatile
+        );
+        assert_eq!(
+            refined("SELECT missing(1)", Some("shop")).status,
+            Status::Volatile
+        );
     }
 
     #[test]
@@ -461,7 +508,18 @@ mod tests {
                 "shop.totals".to_owned()
             ]))
         );
-        assert_eq!(snapshot.write_set(tables(&["shop.audited"])), WriteSet::Everything);
-        assert_eq!(snapshot.write_set(tables(&["shop.customers"])), WriteSet::Everything);
+        assert_eq!(
+            snapshot.write_set(tables(&["shop.audited"])),
+            WriteSet::Everything
+        );
+        let rules = memo.analyzer().rules(Dialect::Mysql);
+        let calls = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(snapshot.calls_only_readers(&calls(&["now", "tax"]), Some("shop"), rules));
+        assert!(!snapshot.calls_only_readers(&calls(&["tax"]), Some("other"), rules));
+        assert!(!snapshot.calls_only_readers(&calls(&["missing"]), Some("shop"), rules));
+        assert_eq!(
+            snapshot.write_set(tables(&["shop.customers"])),
+            WriteSet::Everything
+        );
     }
 }

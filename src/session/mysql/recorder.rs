@@ -111,9 +111,8 @@ impl Record for Recorder {
         }
         let mut rest = written;
         while let Some(header) = rest.get(..HEADER_LEN) {
-            let len = usize::from(header[0])
-                | usize::from(header[1]) << 8
-                | usize::from(header[2]) << 16;
+            let len =
+                usize::from(header[0]) | usize::from(header[1]) << 8 | usize::from(header[2]) << 16;
             let Some(payload) = rest.get(HEADER_LEN..HEADER_LEN + len) else {
                 self.state = State::Unusable;
                 return;
@@ -154,7 +153,9 @@ impl Record for Recorder {
                 segment
             })
             .collect();
-        let head = segments.first().and_then(|first| head_len(first, client_caps));
+        let head = segments
+            .first()
+            .and_then(|first| head_len(first, client_caps));
         match head {
             // The head, then the rows, then the terminator.
             Some(head) if segments.len() > head => Recorded::Complete {

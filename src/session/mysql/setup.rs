@@ -71,9 +71,9 @@ pub(super) async fn prepare(
     let outcome = tokio::time::timeout(INTERNAL_EXCHANGE, exchange)
         .await
         .unwrap_or(Err(ExchangeError::Timeout))?;
-    let prepared = outcome.prepared.ok_or(ExchangeError::Conn(
-        crate::conn::ConnError::TruncatedFrame,
-    ))?;
+    let prepared = outcome
+        .prepared
+        .ok_or(ExchangeError::Conn(crate::conn::ConnError::TruncatedFrame))?;
     Ok(OriginStatement {
         id: prepared.statement_id,
     })

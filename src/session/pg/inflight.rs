@@ -179,7 +179,6 @@ impl Requests {
     }
 }
 
-
 /// Extended-protocol messages already sent to the origin without their Sync (after a
 /// Flush, or beyond the batch bound): they belong to the request the next Sync ends.
 #[derive(Debug, Default)]

@@ -322,9 +322,15 @@ mod tests {
     #[test]
     fn status_flags_are_found_in_eof_and_ok_packets() {
         assert_eq!(status_offset(b"\xfe\x01\x00\x02\x00", false), Some(3));
-        assert_eq!(status_offset(b"\xfe\x00\x00\x02\x00\x00\x00", true), Some(3));
+        assert_eq!(
+            status_offset(b"\xfe\x00\x00\x02\x00\x00\x00", true),
+            Some(3)
+        );
         // Affected rows 300 (0xFC, two bytes), insert id 0.
-        assert_eq!(status_offset(b"\x00\xfc\x2c\x01\x00\x02\x00\x00\x00", true), Some(5));
+        assert_eq!(
+            status_offset(b"\x00\xfc\x2c\x01\x00\x02\x00\x00\x00", true),
+            Some(5)
+        );
         assert_eq!(status_offset(b"\xfe\x00", false), None);
     }
 

@@ -15,15 +15,15 @@ use super::{InFlight, Session};
 use crate::analyze::{Analysis, Dialect, Status, StringLiterals, Writes};
 use crate::cache::{CacheStatus, Entry, Generations, KeyScope};
 use crate::metrics::DeploymentMetrics;
+use crate::pool::mysql::{Baseline, MysqlPool, SessionState};
 use crate::protocol::TxnStatus;
 use crate::proxy::writes::{Control, Marking, WriteSet};
 use crate::proxy::{Composer, Consulted, Flight, Situation, ToRecord};
-use crate::pool::mysql::{Baseline, MysqlPool, SessionState};
 use crate::session::mysql::Shared;
-use crate::session::{SessionContext, SessionError};
 use crate::session::mysql::caching::{self, MysqlRefetch, Request};
 use crate::session::mysql::catalog::qualified;
 use crate::session::mysql::recorder::{Recorder, Unstorable, unstorable};
+use crate::session::{SessionContext, SessionError};
 use crate::wire::mysql::response::Part;
 use crate::wire::mysql::status;
 
@@ -124,7 +124,8 @@ impl Session {
         let index = in_flight.completed;
         in_flight.completed += 1;
         let statement_writes = analysis.statement_writes.get(index);
-        if analysis.kind == crate::analyze::Kind::Ddl || statement_writes.is_none_or(|w| w.anything) {
+        if analysis.kind == crate::analyze::Kind::Ddl || statement_writes.is_none_or(|w| w.anything)
+        {
             // It may have created, changed or dropped a view, a function or a trigger.
             self.ctx.protocol.catalog.schema_changed();
         }
@@ -205,19 +206,15 @@ impl Session {
         if writes.is_nothing() {
             return WriteSet::Nothing;
         }
-        let rules = self.ctx.analyzer.analyzer().rules(Dialect::Mysql);
-        let user_code = writes
-            .calls
-            .iter()
-            .any(|name| !rules.is_builtin_function(name));
-        if writes.anything || user_code {
-            return WriteSet::Everything;
-        }
         let Some(snapshot) = self.ctx.protocol.catalog.known() else {
-            // Views and triggers unknown: any table may be behind the one written.
+            // Views, triggers and functions unknown: anything may be behind the write.
             return WriteSet::Everything;
         };
+        let rules = self.ctx.analyzer.analyzer().rules(Dialect::Mysql);
         let database = self.state.database.as_deref();
+        if writes.anything || !snapshot.calls_only_readers(&writes.calls, database, rules) {
+            return WriteSet::Everything;
+        }
         snapshot.write_set(writes.tables.iter().map(|table| qualified(table, database)))
     }
 }
@@ -225,10 +222,10 @@ impl Session {
 /// Takes one packet of the reply in flight into its recording: `written` is what
 /// the client was sent for it.
 pub(super) fn record(
-metrics: &DeploymentMetrics,
-in_flight: &mut InFlight,
-part: &Part,
-written: &[u8],
+    metrics: &DeploymentMetrics,
+    in_flight: &mut InFlight,
+    part: &Part,
+    written: &[u8],
 ) {
     let Some(flight) = in_flight.flight.as_mut() else {
         return;
@@ -248,7 +245,6 @@ written: &[u8],
         Some(Unstorable::Shape(status)) => flight.not_stored(status),
     }
 }
-
 
 /// The parameters of an execute in the key's form: statement id zero, types bound.
 pub(super) fn canonical_execute(payload: &[u8]) -> Bytes {

@@ -9,13 +9,13 @@ use super::cache::canonical_execute;
 use super::{InFlight, Session, unknown_statement};
 use crate::cache::{CacheStatus, Entry};
 use crate::proxy::{Consulted, Flight};
-use crate::session::mysql::caching::Request;
-use crate::session::mysql::recorder::Recorder;
 use crate::session::SessionError;
 use crate::session::driver::Flow;
 use crate::session::error::{ClientError, ErrorKind};
+use crate::session::mysql::caching::Request;
 use crate::session::mysql::handshake::{Proof, authenticate, new_scramble};
 use crate::session::mysql::lexical::{self, Kill};
+use crate::session::mysql::recorder::Recorder;
 use crate::session::mysql::sessions::FIRST_ID;
 use crate::session::mysql::state;
 use crate::wire::mysql::command::{
@@ -203,7 +203,9 @@ impl Session {
             Ok(flight) => flight,
             Err(entry) => {
                 let query_bytes = packet.payload.len();
-                return self.serve_hit(packet.seq, &entry, query_bytes, started).await;
+                return self
+                    .serve_hit(packet.seq, &entry, query_bytes, started)
+                    .await;
             }
         };
         if let Err(error) = self.ready().await {
