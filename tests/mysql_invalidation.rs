@@ -131,6 +131,51 @@ async fn every_kind_of_write_reaches_the_reads_of_its_tables() {
     other.drop_now().await;
 }
 
+/// A statement's names resolve in the database it was prepared in, also after USE: it
+/// reads that database's table, and a write to it is read at once. (MariaDB switches to
+/// the statement's database and back for each such execute and reports the switch: the
+/// result is not stored, and the client is not pinned for it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_is_invalidated_by_writes_to_the_database_it_was_prepared_in() {
+    let db = MysqlDatabase::create("prepared_in").await;
+    let other = MysqlDatabase::create("prepared_other").await;
+    on_origin(
+        &db,
+        "CREATE TABLE t (id INT PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 1)",
+    )
+    .await;
+    on_origin(
+        &other,
+        "CREATE TABLE t (id INT PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 100)",
+    )
+    .await;
+    let proxy = Proxy::start(cached(&db, 3)).await;
+    let mut reader = proxy.mysql(&db.name).await;
+    let mut writer = proxy.mysql(&db.name).await;
+    let statement = reader.prep("SELECT n FROM t WHERE id = ?").await.unwrap();
+    reader
+        .query_drop(format!("USE {}", other.name))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let seen: Option<i64> = reader.exec_first(&statement, (1,)).await.unwrap();
+        assert_eq!(
+            seen,
+            Some(1),
+            "the table of the database it was prepared in"
+        );
+    }
+    assert_eq!(proxy.snapshot().pinned_sessions, 0);
+    writer.query_drop("UPDATE t SET n = 2").await.unwrap();
+    let seen: Option<i64> = reader.exec_first(&statement, (1,)).await.unwrap();
+    assert_eq!(seen, Some(2), "the write is read");
+    reader.disconnect().await.unwrap();
+    writer.disconnect().await.unwrap();
+    proxy.stop().await;
+    db.drop_now().await;
+    other.drop_now().await;
+}
+
 /// Inside a transaction a write is not visible to others until COMMIT, and once
 /// committed it is: the cached read before the commit stays until then, never after.
 /// A rolled-back write leaves the entry alone.

@@ -128,6 +128,15 @@ impl Request {
         key.finish()
     }
 
+    /// The database its unqualified names resolve in: the current one for a text, the
+    /// one it was prepared in for a statement.
+    pub(super) fn names_in<'a>(&'a self, state: &'a SessionState) -> Option<&'a str> {
+        match self {
+            Request::Text { .. } => state.database.as_deref(),
+            Request::Binary { context, .. } => context.database.as_deref(),
+        }
+    }
+
     fn weight(&self) -> usize {
         match self {
             Request::Text { sql } => sql.len(),

@@ -64,6 +64,8 @@ pub(super) struct InFlight {
     analysis: Option<Arc<Analysis>>,
     /// Statements of it that completed.
     completed: usize,
+    /// The database its unqualified names resolve in.
+    names_in: Option<String>,
     /// Its cache status and recording.
     flight: Option<Box<Flight<Recorder>>>,
 }
@@ -85,6 +87,7 @@ impl InFlight {
             origin_seq: 1,
             analysis: None,
             completed: 0,
+            names_in: None,
             flight: None,
         }
     }

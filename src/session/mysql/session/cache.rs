@@ -129,7 +129,7 @@ impl Session {
             // It may have created, changed or dropped a view, a function or a trigger.
             self.ctx.protocol.catalog.schema_changed();
         }
-        let writes = self.write_set(statement_writes);
+        let writes = self.write_set(statement_writes, in_flight.names_in.as_deref());
         let control = analysis
             .statement_effects
             .get(index)
@@ -147,7 +147,8 @@ impl Session {
         let mut writes = WriteSet::Nothing;
         if let Some(analysis) = &in_flight.analysis {
             for index in in_flight.completed..analysis.statement_writes.len().max(1) {
-                writes.add(&self.write_set(analysis.statement_writes.get(index)));
+                let statement = analysis.statement_writes.get(index);
+                writes.add(&self.write_set(statement, in_flight.names_in.as_deref()));
             }
         }
         writes
@@ -197,9 +198,9 @@ impl Session {
         self.publish_writes().await;
     }
 
-    /// What one statement's writes reach: its tables, named with the current database
-    /// where it names none; anything when it may call a function of the database's.
-    fn write_set(&self, writes: Option<&Writes>) -> WriteSet {
+    /// What one statement's writes reach: its tables, named with `database` where it
+    /// names none; anything when it may call a function of the database's that writes.
+    fn write_set(&self, writes: Option<&Writes>, database: Option<&str>) -> WriteSet {
         let Some(writes) = writes else {
             return WriteSet::Everything;
         };
@@ -211,7 +212,6 @@ impl Session {
             return WriteSet::Everything;
         };
         let rules = self.ctx.analyzer.analyzer().rules(Dialect::Mysql);
-        let database = self.state.database.as_deref();
         if writes.anything || !snapshot.calls_only_readers(&writes.calls, database, rules) {
             return WriteSet::Everything;
         }
@@ -278,7 +278,7 @@ impl Consult<'_> {
         let composer = caching::composer(self.ctx, self.pool, self.generations);
         let situation = self.situation;
         let refined = match composer.may_cache(situation) {
-            true => self.refine(analysis).await,
+            true => self.refine(analysis, &request).await,
             false => None,
         };
         let analysis = refined.as_ref().unwrap_or(analysis);
@@ -321,7 +321,7 @@ impl Consult<'_> {
 
     /// The read as the origin's catalog shows it (see [`crate::session::mysql::catalog`]);
     /// `None` when the catalog changes nothing, or the analysis is refused anyway.
-    async fn refine(&self, analysis: &Analysis) -> Option<Analysis> {
+    async fn refine(&self, analysis: &Analysis, request: &Request) -> Option<Analysis> {
         let may_be_cacheable = match analysis.status {
             Status::Cacheable => true,
             Status::Volatile => !analysis.catalog_names.volatile_anyway,
@@ -348,6 +348,6 @@ impl Consult<'_> {
             }
         };
         let rules = self.ctx.analyzer.analyzer().rules(Dialect::Mysql);
-        snapshot.refine(analysis, self.state.database.as_deref(), rules)
+        snapshot.refine(analysis, request.names_in(self.state), rules)
     }
 }

@@ -7,6 +7,7 @@ use bytes::{Buf, BytesMut};
 
 use super::cache::canonical_execute;
 use super::{InFlight, Session, unknown_statement};
+use crate::analyze::Status;
 use crate::cache::{CacheStatus, Entry};
 use crate::proxy::{Consulted, Flight};
 use crate::session::SessionError;
@@ -116,6 +117,7 @@ impl Session {
         }
         let analysis = self.analysis_of(&sql);
         let query_bytes = packet.payload.len();
+        let database = self.state.database.clone();
         let flight = match self
             .consulting()
             .consult(&analysis, Request::Text { sql }, query_bytes, started)
@@ -136,6 +138,7 @@ impl Session {
             in_flight.keeps_for_next = effects.keeps_for_next;
             in_flight.analysis = Some(analysis);
             in_flight.flight = Some(flight);
+            in_flight.names_in = database;
         })
         .await?;
         Ok(Flow::Continue)
@@ -217,15 +220,25 @@ impl Session {
             Err(Err(error)) => return self.reply_error(seq, &error).await,
         };
         payload[1..5].copy_from_slice(&origin.id.to_le_bytes());
-        let analysis = self.statements.get_mut(id).map(|statement| {
-            statement.long_data = false;
-            Arc::clone(&statement.analysis)
-        });
+        let (analysis, names_in) = match self.statements.get_mut(id) {
+            Some(statement) => {
+                statement.long_data = false;
+                let names_in = statement.context.database.clone();
+                (Some(Arc::clone(&statement.analysis)), names_in)
+            }
+            None => (None, None),
+        };
         let mut in_flight = InFlight::new(self.relay(Expect::Results, packet.seq));
+        // A plain read changes nothing in the session: what the origin reports after it
+        // is MariaDB switching to the statement's database and back.
+        in_flight.explained = analysis
+            .as_ref()
+            .is_some_and(|analysis| analysis.status == Status::Cacheable);
         in_flight.statement = true;
         in_flight.executes = Some((id, cursor));
         in_flight.analysis = analysis;
         in_flight.flight = Some(flight);
+        in_flight.names_in = names_in;
         self.send(&payload, in_flight).await
     }
 
