@@ -434,3 +434,35 @@ async fn views_are_judged_by_their_definitions() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+/// A client without a current database never runs in another client's: a connection
+/// that has one is not given to it (MySQL cannot go back to none), and what it reads is
+/// not cached (its connection's database would not be in the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_without_a_database_gets_none() {
+    let db = MysqlDatabase::create("nodb").await;
+    on_origin(&db, "CREATE TABLE t (n INT); INSERT INTO t VALUES (1)").await;
+    let mut deployment = cached(&db, 1);
+    deployment.origin.database = String::new();
+    let proxy = Proxy::start(deployment).await;
+    let mut user = mysql_async::Conn::new(proxy.mysql_opts(None))
+        .await
+        .unwrap();
+    user.query_drop(format!("USE {}", db.name)).await.unwrap();
+    let qualified = format!("SELECT n FROM {}.t", db.name);
+    let _: Option<i64> = user.query_first(&qualified).await.unwrap();
+    drop(user);
+    let mut none = mysql_async::Conn::new(proxy.mysql_opts(None))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let current: Option<Option<String>> = none.query_first("SELECT DATABASE()").await.unwrap();
+        assert_eq!(current, Some(None), "no database, as on a server");
+        let n: Option<i64> = none.query_first(&qualified).await.unwrap();
+        assert_eq!(n, Some(1));
+    }
+    assert_eq!(proxy.count("hit"), 0);
+    none.disconnect().await.unwrap();
+    proxy.stop().await;
+    db.drop_now().await;
+}

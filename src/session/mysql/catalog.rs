@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::setup;
 use crate::analyze::{Analysis, AnalysisMemo, Dialect, Rules, Status};
-use crate::pool::mysql::{ExchangeError, MysqlPool};
+use crate::pool::mysql::{Baseline, ExchangeError, MysqlPool, SessionState};
 use crate::proxy::writes::WriteSet;
 
 /// Views inside views are followed this deep; deeper is volatile.
@@ -292,6 +293,7 @@ impl MysqlCatalog {
         self: &Arc<Self>,
         pool: &MysqlPool,
         analyzer: &Arc<AnalysisMemo>,
+        baseline: &Arc<Baseline>,
         may_wait: bool,
     ) -> Result<Arc<Snapshot>, CatalogError> {
         if let Some((snapshot, read_at)) = self.latest()
@@ -300,11 +302,11 @@ impl MysqlCatalog {
             if read_at.elapsed() >= pool.settings().catalog_max_age
                 && let Ok(guard) = Arc::clone(&self.reading).try_lock_owned()
             {
-                let (catalog, pool, analyzer) =
-                    (Arc::clone(self), pool.clone(), Arc::clone(analyzer));
+                let (catalog, pool) = (Arc::clone(self), pool.clone());
+                let (analyzer, baseline) = (Arc::clone(analyzer), Arc::clone(baseline));
                 tokio::spawn(async move {
                     let _guard = guard;
-                    if let Err(error) = catalog.read(&pool, &analyzer, true).await {
+                    if let Err(error) = catalog.read(&pool, &analyzer, &baseline, true).await {
                         tracing::warn!(%error, "reading the MySQL catalog in the background failed");
                     }
                 });
@@ -315,13 +317,14 @@ impl MysqlCatalog {
         if let Some(snapshot) = self.known() {
             return Ok(snapshot);
         }
-        self.read(pool, analyzer, may_wait).await
+        self.read(pool, analyzer, baseline, may_wait).await
     }
 
     async fn read(
         &self,
         pool: &MysqlPool,
         analyzer: &AnalysisMemo,
+        baseline: &Baseline,
         may_wait: bool,
     ) -> Result<Arc<Snapshot>, CatalogError> {
         let started = Instant::now();
@@ -334,6 +337,23 @@ impl MysqlCatalog {
         };
         let mut checkout = checkout.map_err(|e| CatalogError::Connection(e.to_string()))?;
         let conn = checkout.conn();
+        // A fresh connection's settings (another client's character_set_results would
+        // change the definitions' bytes).
+        let fresh = SessionState {
+            database: conn.session.database.clone(),
+            multi_statements: conn.session.multi_statements,
+            ..SessionState::default()
+        };
+        match setup::bring(conn, &fresh, baseline).await {
+            Ok(true) => {}
+            Ok(false) => {
+                conn.keep_from_others();
+                return Err(CatalogError::Connection(
+                    "the connection holds a setting that cannot be put back".to_owned(),
+                ));
+            }
+            Err(failed) => return Err(CatalogError::Read(failed.error.to_string())),
+        }
         let mut query = async |sql: &'static str| {
             let read = conn.link.query("the catalog", sql);
             match tokio::time::timeout(Duration::from_secs(15), read).await {

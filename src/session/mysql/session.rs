@@ -238,7 +238,9 @@ impl Session {
 
     /// Makes sure the client holds a connection whose session state is the client's.
     async fn ready(&mut self) -> Result<(), ClientError> {
-        for _ in 0..2 {
+        // Each connection that cannot serve the client is closed: at worst every idle
+        // one, then a fresh one opens.
+        for _ in 0..=self.io.pool.settings().max_size {
             let fresh = self
                 .io
                 .hold(false)

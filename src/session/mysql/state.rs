@@ -66,7 +66,10 @@ pub fn statement_key(sql: &[u8], state: &SessionState, baseline: &Baseline) -> B
 /// in to prepare a statement as the client prepared it under `context`.
 pub fn with_parse_context(state: &SessionState, context: &SessionState) -> SessionState {
     let mut out = state.clone();
-    out.database = context.database.clone();
+    // Prepared without a database, its names are qualified: any database will do.
+    if context.database.is_some() {
+        out.database = context.database.clone();
+    }
     for name in PARSE_VARIABLES {
         match context.variables.get(name) {
             Some(value) => out.variables.insert(name.to_owned(), value.clone()),
@@ -215,17 +218,21 @@ impl Step {
 
 /// The steps from `conn`'s state to `want`, none when they match. A variable either
 /// side lacks has its fresh-connection value; one the baseline lacks too cannot be put
-/// back, which `None` says (the connection must not serve this client).
+/// back, nor can a connection with a current database serve a client without one,
+/// which `None` says (the connection must not serve this client).
 pub fn steps<'a>(
     conn: &'a SessionState,
     want: &'a SessionState,
     baseline: &'a Baseline,
 ) -> Option<Vec<Step>> {
     let mut steps = Vec::new();
-    if let Some(database) = &want.database
-        && conn.database.as_ref() != Some(database)
-    {
-        steps.push(Step::UseDatabase(database.clone()));
+    match (&want.database, &conn.database) {
+        (Some(database), current) if current.as_ref() != Some(database) => {
+            steps.push(Step::UseDatabase(database.clone()));
+        }
+        // MySQL has no way back to no database (short of COM_CHANGE_USER).
+        (None, Some(_)) => return None,
+        _ => {}
     }
     let names: std::collections::BTreeSet<&'a String> =
         conn.variables.keys().chain(want.variables.keys()).collect();
@@ -285,6 +292,21 @@ mod tests {
             name: Bytes::from_static(name.as_bytes()),
             value: Bytes::from_static(value.as_bytes()),
         }
+    }
+
+    #[test]
+    fn a_connection_with_a_database_cannot_serve_a_client_without_one() {
+        let baseline = baseline();
+        let none = SessionState::default();
+        let in_shop = SessionState {
+            database: Some("shop".into()),
+            ..SessionState::default()
+        };
+        assert_eq!(steps(&in_shop, &none, &baseline), None);
+        assert_eq!(
+            steps(&none, &in_shop, &baseline),
+            Some(vec![Step::UseDatabase("shop".into())])
+        );
     }
 
     #[test]

@@ -330,9 +330,21 @@ impl Consult<'_> {
         if !may_be_cacheable {
             return None;
         }
+        if request.names_in(self.state).is_none() {
+            // The origin connection may be in another client's database: what it
+            // answers for this session cannot be told from what it answers for that.
+            return Some(
+                analysis.refused(Status::Uncacheable, "the session has no current database"),
+            );
+        }
         let catalog = &self.ctx.protocol.catalog;
         let snapshot = match catalog
-            .current(self.pool, &self.ctx.analyzer, !self.holds_connection)
+            .current(
+                self.pool,
+                &self.ctx.analyzer,
+                self.baseline,
+                !self.holds_connection,
+            )
             .await
         {
             Ok(snapshot) => snapshot,
