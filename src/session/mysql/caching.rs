@@ -76,7 +76,7 @@ pub(super) enum Request {
         /// What it is on a connection ([`state::statement_key`]).
         statement: Bytes,
         /// The state it was prepared under.
-        context: SessionState,
+        context: Arc<SessionState>,
         /// The execute, parameter types bound, statement id zero.
         execute: Bytes,
     },
@@ -461,7 +461,7 @@ mod tests {
         let binary = |execute: &'static [u8]| Request::Binary {
             sql: Bytes::from_static(b"SELECT ?"),
             statement: Bytes::from_static(b"shop\0SELECT ?"),
-            context: state.clone(),
+            context: Arc::new(state.clone()),
             execute: Bytes::from_static(execute),
         };
         // The statement id (bytes 1..5) is not part of the key; the parameters are.

@@ -117,6 +117,8 @@ pub(super) struct Session {
     generations: Arc<Generations>,
     /// The client's writes on their way to it.
     writes: PendingWrites,
+    /// Its reads as the catalog judged them.
+    judgements: std::sync::Mutex<cache::Judgements>,
 }
 
 /// Serves an admitted client until it leaves.
@@ -166,6 +168,7 @@ pub(super) async fn serve(
             Some(_) => PendingWrites::published(),
             None => PendingWrites::default(),
         },
+        judgements: Default::default(),
     };
     // A database the client named is checked now, as a server does at login.
     if named && let Err(error) = session.ready().await {

@@ -23,7 +23,7 @@ pub struct ClientStatement {
     pub key: Bytes,
     /// The session state it was prepared under: its database and parse settings are
     /// the ones it is prepared with on every connection.
-    pub context: SessionState,
+    pub context: Arc<SessionState>,
     /// Parameters.
     pub params: u16,
     /// The parameter types of its last execute that bound them.
@@ -48,7 +48,7 @@ impl ClientStatements {
         sql: Bytes,
         analysis: Arc<Analysis>,
         key: Bytes,
-        context: SessionState,
+        context: Arc<SessionState>,
     ) -> u32 {
         self.next_id = self.next_id.wrapping_add(1).max(1);
         self.by_id.insert(
@@ -106,7 +106,7 @@ mod tests {
         let sql = Bytes::from_static(b"SELECT 1");
         let analyzer = crate::analyze::Analyzer::with_builtin_rules(Default::default());
         let analysis = Arc::new(analyzer.analyze(crate::analyze::Dialect::Mysql, "SELECT 1"));
-        let state = SessionState::default;
+        let state = || Arc::new(SessionState::default());
         let a = statements.add(sql.clone(), Arc::clone(&analysis), sql.clone(), state());
         let b = statements.add(sql.clone(), analysis, sql, state());
         assert_ne!(a, b);

@@ -5,8 +5,9 @@
 //! A request is looked up only when the client is outside a transaction with autocommit
 //! on, and not pinned (it may read its own temporary tables or user variables).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,7 +22,7 @@ use crate::proxy::writes::{Control, Marking, WriteSet};
 use crate::proxy::{Composer, Consulted, Flight, Situation, ToRecord};
 use crate::session::mysql::Shared;
 use crate::session::mysql::caching::{self, MysqlRefetch, Request};
-use crate::session::mysql::catalog::qualified;
+use crate::session::mysql::catalog::{Snapshot, qualified};
 use crate::session::mysql::recorder::{Recorder, Unstorable, unstorable};
 use crate::session::{SessionContext, SessionError};
 use crate::wire::mysql::response::Part;
@@ -84,6 +85,7 @@ impl Session {
             capabilities: self.capabilities,
             situation: self.situation(),
             holds_connection: self.io.holds(),
+            judgements: &self.judgements,
         }
     }
 
@@ -264,24 +266,74 @@ pub(super) struct Consult<'a> {
     situation: Situation,
     /// The client holds a connection: the catalog is read only on a free one.
     holds_connection: bool,
+    judgements: &'a Mutex<Judgements>,
+}
+
+/// A read as the catalog judged it, and the tables it reads.
+#[derive(Clone)]
+struct Judged {
+    analysis: Arc<Analysis>,
+    tables: Arc<[String]>,
+}
+
+/// How many judgements a session keeps; past that it starts over.
+const JUDGEMENTS: usize = 256;
+
+/// The session's judged reads, by the analysis of their text (kept alive here, so its
+/// address names it), the database their names resolve in and the catalog snapshot.
+#[derive(Default)]
+pub(super) struct Judgements {
+    by_analysis: HashMap<usize, (Arc<Analysis>, String, Arc<Snapshot>, Judged)>,
+}
+
+impl Judgements {
+    fn get(
+        &self,
+        analysis: &Arc<Analysis>,
+        database: &str,
+        snapshot: &Arc<Snapshot>,
+    ) -> Option<Judged> {
+        let (_, known_database, known_snapshot, judged) =
+            self.by_analysis.get(&(Arc::as_ptr(analysis) as usize))?;
+        (known_database == database && Arc::ptr_eq(known_snapshot, snapshot))
+            .then(|| judged.clone())
+    }
+
+    fn insert(
+        &mut self,
+        analysis: &Arc<Analysis>,
+        database: &str,
+        snapshot: Arc<Snapshot>,
+        judged: Judged,
+    ) {
+        if self.by_analysis.len() >= JUDGEMENTS {
+            self.by_analysis.clear();
+        }
+        let entry = (Arc::clone(analysis), database.to_owned(), snapshot, judged);
+        self.by_analysis
+            .insert(Arc::as_ptr(analysis) as usize, entry);
+    }
 }
 
 impl Consult<'_> {
     /// Decides a request's status and, for a cacheable one, looks it up.
     pub(super) async fn consult(
         &self,
-        analysis: &Analysis,
+        analysis: &Arc<Analysis>,
         request: Request,
         query_bytes: usize,
         started: Instant,
     ) -> Consulted<Recorder> {
         let composer = caching::composer(self.ctx, self.pool, self.generations);
         let situation = self.situation;
-        let refined = match composer.may_cache(situation) {
-            true => self.refine(analysis, &request).await,
-            false => None,
+        let judged = match composer.may_cache(situation) {
+            true => self.judge(analysis, &request).await,
+            false => Judged {
+                analysis: Arc::clone(analysis),
+                tables: Arc::from([]),
+            },
         };
-        let analysis = refined.as_ref().unwrap_or(analysis);
+        let analysis = &judged.analysis;
         let policy = match composer.decide(analysis, situation) {
             Ok(policy) => policy,
             Err(status) => {
@@ -300,10 +352,9 @@ impl Consult<'_> {
         };
         let key = request.key(scope, self.state, self.capabilities);
         let limit = deployment.cache.max_result_bytes;
-        let tables: Arc<[String]> = analysis.tables_read.clone().into();
         let to_record = || ToRecord {
             recorder: Recorder::new(limit, self.capabilities),
-            tables: Arc::clone(&tables),
+            tables: Arc::clone(&judged.tables),
             tables_unknown: analysis.reads_unknown_tables,
             refetch: Arc::new(MysqlRefetch {
                 pool: self.pool.clone(),
@@ -319,24 +370,32 @@ impl Consult<'_> {
             .await
     }
 
-    /// The read as the origin's catalog shows it (see [`crate::session::mysql::catalog`]);
-    /// `None` when the catalog changes nothing, or the analysis is refused anyway.
-    async fn refine(&self, analysis: &Analysis, request: &Request) -> Option<Analysis> {
+    /// The read as the origin's catalog shows it (see [`crate::session::mysql::catalog`]),
+    /// with the tables it reads; judged once per text, database and catalog snapshot in
+    /// a session, so that a hit does not judge its text again.
+    async fn judge(&self, analysis: &Arc<Analysis>, request: &Request) -> Judged {
+        let unjudged = || Judged {
+            analysis: Arc::clone(analysis),
+            tables: analysis.tables_read.clone().into(),
+        };
         let may_be_cacheable = match analysis.status {
             Status::Cacheable => true,
             Status::Volatile => !analysis.catalog_names.volatile_anyway,
             _ => false,
         };
         if !may_be_cacheable {
-            return None;
+            return unjudged();
         }
-        if request.names_in(self.state).is_none() {
+        let Some(database) = request.names_in(self.state) else {
             // The origin connection may be in another client's database: what it
             // answers for this session cannot be told from what it answers for that.
-            return Some(
-                analysis.refused(Status::Uncacheable, "the session has no current database"),
-            );
-        }
+            let refused =
+                analysis.refused(Status::Uncacheable, "the session has no current database");
+            return Judged {
+                analysis: Arc::new(refused),
+                tables: Arc::from([]),
+            };
+        };
         let catalog = &self.ctx.protocol.catalog;
         let snapshot = match catalog
             .current(
@@ -353,13 +412,29 @@ impl Consult<'_> {
                     .metrics
                     .catalog_read_failures
                     .fetch_add(1, Ordering::Relaxed);
-                return Some(analysis.refused(
+                let refused = analysis.refused(
                     Status::Volatile,
                     format!("{error}: the views and functions it reads cannot be judged"),
-                ));
+                );
+                return Judged {
+                    analysis: Arc::new(refused),
+                    tables: Arc::from([]),
+                };
             }
         };
+        let mut judgements = self.judgements.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(known) = judgements.get(analysis, database, &snapshot) {
+            return known;
+        }
         let rules = self.ctx.analyzer.analyzer().rules(Dialect::Mysql);
-        snapshot.refine(analysis, request.names_in(self.state), rules)
+        let judged = match snapshot.refine(analysis, Some(database), rules) {
+            Some(refined) => Judged {
+                tables: refined.tables_read.clone().into(),
+                analysis: Arc::new(refined),
+            },
+            None => unjudged(),
+        };
+        judgements.insert(analysis, database, snapshot, judged.clone());
+        judged
     }
 }

@@ -165,7 +165,9 @@ impl Session {
         let sql = packet.payload.slice(1..);
         let key = state::statement_key(&sql, &self.state, &self.baseline);
         let analysis = self.analysis_of(&sql);
-        let id = self.statements.add(sql, analysis, key, self.state.clone());
+        let id = self
+            .statements
+            .add(sql, analysis, key, Arc::new(self.state.clone()));
         self.forward(packet, Expect::Prepare, |in_flight| {
             in_flight.prepares = Some(id);
             in_flight.relay.set_statement_id(id);
