@@ -6,39 +6,22 @@ mod common;
 
 use std::time::Duration;
 
-use common::mysql::{MysqlDatabase, RawMysql, mysql_deployment};
-use common::{Proxy, small_pool};
+use common::Proxy;
+use common::mysql::{MysqlDatabase, RawMysql, cached_mysql_deployment};
 use mysql_async::prelude::Queryable;
 use warpdrive::clock::ManualClock;
-use warpdrive::config::Deployment;
 use warpdrive::wire::mysql::caps;
 use warpdrive::wire::mysql::response::Expect;
-
-/// A deployment in front of `db` with the cache on.
-fn cached(db: &MysqlDatabase, max_size: usize) -> Deployment {
-    let mut deployment = mysql_deployment(&db.name, small_pool(max_size));
-    deployment.cache.enabled = true;
-    deployment
-}
-
-async fn on_origin(db: &MysqlDatabase, sql: &str) {
-    let mut direct = db.direct().await;
-    direct.query_drop(sql).await.expect("on the origin");
-    direct.disconnect().await.expect("disconnect");
-}
 
 /// Fresh, stale (served while one refresh runs), then expired, for COM_QUERY and for
 /// COM_STMT_EXECUTE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_then_stale_then_expired_text_and_binary() {
     let db = MysqlDatabase::create("fresh").await;
-    on_origin(
-        &db,
-        "CREATE TABLE v (id INT PRIMARY KEY, n INT); INSERT INTO v VALUES (1, 1)",
-    )
-    .await;
+    db.run("CREATE TABLE v (id INT PRIMARY KEY, n INT); INSERT INTO v VALUES (1, 1)")
+        .await;
     let manual = ManualClock::new();
-    let proxy = Proxy::start_with_clock(cached(&db, 2), manual.clock()).await;
+    let proxy = Proxy::start_with_clock(cached_mysql_deployment(&db, 2), manual.clock()).await;
     let mut client = proxy.mysql(&db.name).await;
     let text = "SELECT n FROM v WHERE id = 1";
     let binary = "SELECT n FROM v WHERE id = ?";
@@ -56,7 +39,7 @@ async fn fresh_then_stale_then_expired_text_and_binary() {
     }
     assert_eq!(reads!(), (1, 1));
     let misses = proxy.count("miss");
-    on_origin(&db, "UPDATE v SET n = 2").await;
+    db.run("UPDATE v SET n = 2").await;
     manual.advance(Duration::from_secs(59));
     assert_eq!(
         reads!(),
@@ -72,7 +55,7 @@ async fn fresh_then_stale_then_expired_text_and_binary() {
     .await;
     assert_eq!(reads!(), (2, 2), "refreshed in the background");
     assert_eq!(proxy.snapshot().stale_served, 2);
-    on_origin(&db, "UPDATE v SET n = 3").await;
+    db.run("UPDATE v SET n = 3").await;
     manual.advance(Duration::from_secs(80));
     assert_eq!(reads!(), (3, 3), "expired: asked again");
     assert_eq!(proxy.count("miss"), misses + 2);
@@ -85,12 +68,9 @@ async fn fresh_then_stale_then_expired_text_and_binary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_status_is_reached_and_counted() {
     let db = MysqlDatabase::create("statuses").await;
-    on_origin(
-        &db,
-        "CREATE TABLE t (n INT); INSERT INTO t VALUES (1); CREATE TABLE private (n INT)",
-    )
-    .await;
-    let mut deployment = cached(&db, 2);
+    db.run("CREATE TABLE t (n INT); INSERT INTO t VALUES (1); CREATE TABLE private (n INT)")
+        .await;
+    let mut deployment = cached_mysql_deployment(&db, 2);
     deployment.cache.max_result_bytes = 4096;
     deployment
         .cache
@@ -156,7 +136,7 @@ async fn every_status_is_reached_and_counted() {
     client.disconnect().await.unwrap();
     proxy.stop().await;
 
-    let mut off = cached(&db, 1);
+    let mut off = cached_mysql_deployment(&db, 1);
     off.cache.enabled = false;
     let proxy = Proxy::start(off).await;
     let mut client = proxy.mysql(&db.name).await;
@@ -176,8 +156,9 @@ async fn every_status_is_reached_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_may_not_be_stored_never_is() {
     let db = MysqlDatabase::create("unstored").await;
-    on_origin(&db, "CREATE TABLE t (n INT); INSERT INTO t VALUES (1), (2)").await;
-    let proxy = Proxy::start(cached(&db, 2)).await;
+    db.run("CREATE TABLE t (n INT); INSERT INTO t VALUES (1), (2)")
+        .await;
+    let proxy = Proxy::start(cached_mysql_deployment(&db, 2)).await;
     let mut client = proxy.mysql(&db.name).await;
     let entries = || proxy.snapshot().entries;
     for _ in 0..2 {
@@ -241,8 +222,7 @@ async fn what_may_not_be_stored_never_is() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hit_is_byte_for_byte_the_miss() {
     let db = MysqlDatabase::create("bytes").await;
-    on_origin(
-        &db,
+    db.run(
         "CREATE TABLE typed (
             id INT PRIMARY KEY, tiny TINYINT, small SMALLINT UNSIGNED, big BIGINT,
             dec_col DECIMAL(10,3), f FLOAT, d DOUBLE, s VARCHAR(20), c CHAR(3),
@@ -256,7 +236,7 @@ async fn a_hit_is_byte_for_byte_the_miss() {
              NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
     )
     .await;
-    let proxy = Proxy::start(cached(&db, 2)).await;
+    let proxy = Proxy::start(cached_mysql_deployment(&db, 2)).await;
     let sql = "SELECT * FROM typed ORDER BY id";
     for extra in [0, caps::DEPRECATE_EOF] {
         let mut raw = RawMysql::login(proxy.addr, Some(&db.name), extra).await;
@@ -290,13 +270,12 @@ async fn a_hit_is_byte_for_byte_the_miss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_share_a_statements_entries_by_its_parameters() {
     let db = MysqlDatabase::create("shared").await;
-    on_origin(
-        &db,
+    db.run(
         "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(10));
          INSERT INTO items VALUES (1, 'one'), (2, 'two'), (3, 'three'), (4, 'four')",
     )
     .await;
-    let proxy = Proxy::start(cached(&db, 2)).await;
+    let proxy = Proxy::start(cached_mysql_deployment(&db, 2)).await;
     let sql = "SELECT name FROM items WHERE id = ?";
     let mut clients = Vec::new();
     for index in 0..3 {
@@ -351,15 +330,14 @@ async fn clients_share_a_statements_entries_by_its_parameters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stampede_reaches_the_origin_once() {
     let db = MysqlDatabase::create("stampede").await;
-    on_origin(
-        &db,
+    db.run(
         // Not `slow`: MariaDB notes that it shadows a native function, and a result
         // with a note is not stored.
         "CREATE FUNCTION pause_then(x INT) RETURNS INT DETERMINISTIC NO SQL
          BEGIN DO SLEEP(0.5); RETURN x; END",
     )
     .await;
-    let proxy = Proxy::start(cached(&db, 4)).await;
+    let proxy = Proxy::start(cached_mysql_deployment(&db, 4)).await;
     let mut clients = Vec::new();
     for _ in 0..100 {
         clients.push(proxy.mysql(&db.name).await);
@@ -391,8 +369,7 @@ async fn a_stampede_reaches_the_origin_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_are_judged_by_their_definitions() {
     let db = MysqlDatabase::create("views").await;
-    on_origin(
-        &db,
+    db.run(
         "CREATE TABLE prices (id INT PRIMARY KEY, cents INT);
          INSERT INTO prices VALUES (1, 100);
          CREATE VIEW euros AS SELECT id, cents / 100 AS euros FROM prices;
@@ -400,7 +377,7 @@ async fn views_are_judged_by_their_definitions() {
          CREATE VIEW outer_view AS SELECT * FROM euros",
     )
     .await;
-    let proxy = Proxy::start(cached(&db, 2)).await;
+    let proxy = Proxy::start(cached_mysql_deployment(&db, 2)).await;
     let mut client = proxy.mysql(&db.name).await;
     let volatile = proxy.count("volatile");
     client.query_drop("SELECT r FROM lucky").await.unwrap();
@@ -441,8 +418,9 @@ async fn views_are_judged_by_their_definitions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_without_a_database_gets_none() {
     let db = MysqlDatabase::create("nodb").await;
-    on_origin(&db, "CREATE TABLE t (n INT); INSERT INTO t VALUES (1)").await;
-    let mut deployment = cached(&db, 1);
+    db.run("CREATE TABLE t (n INT); INSERT INTO t VALUES (1)")
+        .await;
+    let mut deployment = cached_mysql_deployment(&db, 1);
     deployment.origin.database = String::new();
     let proxy = Proxy::start(deployment).await;
     let mut user = mysql_async::Conn::new(proxy.mysql_opts(None))

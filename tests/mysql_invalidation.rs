@@ -7,26 +7,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::mysql::{MysqlDatabase, mysql_deployment};
+use common::Proxy;
+use common::mysql::{MysqlDatabase, cached_mysql_deployment};
 use common::tier::{Prefix, REDIS, until_up};
-use common::{Proxy, small_pool};
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use warpdrive::cache::tier::Consistency;
 use warpdrive::clock::ManualClock;
-use warpdrive::config::Deployment;
-
-fn cached(db: &MysqlDatabase, max_size: usize) -> Deployment {
-    let mut deployment = mysql_deployment(&db.name, small_pool(max_size));
-    deployment.cache.enabled = true;
-    deployment
-}
-
-async fn on_origin(db: &MysqlDatabase, sql: &str) {
-    let mut direct = db.direct().await;
-    direct.query_drop(sql).await.expect("on the origin");
-    direct.disconnect().await.expect("disconnect");
-}
 
 async fn count(client: &mut Conn, sql: &str) -> i64 {
     client
@@ -43,14 +30,13 @@ async fn count(client: &mut Conn, sql: &str) -> i64 {
 async fn every_kind_of_write_reaches_the_reads_of_its_tables() {
     let db = MysqlDatabase::create("writes").await;
     let other = MysqlDatabase::create("writes_other").await;
-    on_origin(
-        &db,
+    db.run(
         "CREATE TABLE t (id INT PRIMARY KEY, n INT);
          CREATE TABLE u (id INT PRIMARY KEY, n INT);
          INSERT INTO t VALUES (1, 1); INSERT INTO u VALUES (1, 1)",
     )
     .await;
-    let proxy = Proxy::start(cached(&db, 3)).await;
+    let proxy = Proxy::start(cached_mysql_deployment(&db, 3)).await;
     let path = std::env::temp_dir().join(format!("{}.tsv", db.name));
     std::fs::write(&path, "100\t1\n101\t1\n").expect("file");
     let handler = mysql_async::WhiteListFsHandler::new([path.clone()]);
@@ -139,17 +125,12 @@ async fn every_kind_of_write_reaches_the_reads_of_its_tables() {
 async fn a_statement_is_invalidated_by_writes_to_the_database_it_was_prepared_in() {
     let db = MysqlDatabase::create("prepared_in").await;
     let other = MysqlDatabase::create("prepared_other").await;
-    on_origin(
-        &db,
-        "CREATE TABLE t (id INT PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 1)",
-    )
-    .await;
-    on_origin(
-        &other,
-        "CREATE TABLE t (id INT PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 100)",
-    )
-    .await;
-    let proxy = Proxy::start(cached(&db, 3)).await;
+    db.run("CREATE TABLE t (id INT PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 1)")
+        .await;
+    other
+        .run("CREATE TABLE t (id INT PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 100)")
+        .await;
+    let proxy = Proxy::start(cached_mysql_deployment(&db, 3)).await;
     let mut reader = proxy.mysql(&db.name).await;
     let mut writer = proxy.mysql(&db.name).await;
     let statement = reader.prep("SELECT n FROM t WHERE id = ?").await.unwrap();
@@ -182,12 +163,9 @@ async fn a_statement_is_invalidated_by_writes_to_the_database_it_was_prepared_in
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_in_a_transaction_is_fresh_at_commit() {
     let db = MysqlDatabase::create("commit").await;
-    on_origin(
-        &db,
-        "CREATE TABLE t (id INT PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 1)",
-    )
-    .await;
-    let proxy = Proxy::start(cached(&db, 3)).await;
+    db.run("CREATE TABLE t (id INT PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 1)")
+        .await;
+    let proxy = Proxy::start(cached_mysql_deployment(&db, 3)).await;
     let mut writer = proxy.mysql(&db.name).await;
     let mut reader = proxy.mysql(&db.name).await;
     let read = "SELECT n FROM t WHERE id = 1";
@@ -243,13 +221,10 @@ fn pick(n: u32) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_through_one_instance_is_fresh_on_another() {
     let db = MysqlDatabase::create("tier").await;
-    on_origin(
-        &db,
-        "CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10)); INSERT INTO t VALUES (1, 'one')",
-    )
-    .await;
+    db.run("CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(10)); INSERT INTO t VALUES (1, 'one')")
+        .await;
     let prefix = Prefix::new("mysql-write");
-    let mut deployment = cached(&db, 3);
+    let mut deployment = cached_mysql_deployment(&db, 3);
     deployment.cache.upstream = Some(prefix.tier(REDIS, Consistency::Fast));
     let a = Proxy::start(deployment.clone()).await;
     let b = Proxy::start(deployment).await;
@@ -318,12 +293,13 @@ impl History {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_random_mix_reads_every_write_before_it() {
     let db = MysqlDatabase::create("mix").await;
-    on_origin(&db, "CREATE TABLE k (id INT PRIMARY KEY, n INT)").await;
+    db.run("CREATE TABLE k (id INT PRIMARY KEY, n INT)").await;
     for caching in [true, false] {
-        on_origin(&db, "REPLACE INTO k VALUES (1, 0), (2, 0), (3, 0), (4, 0)").await;
+        db.run("REPLACE INTO k VALUES (1, 0), (2, 0), (3, 0), (4, 0)")
+            .await;
         let manual = ManualClock::new();
         // A connection per client: a writer stays on its own for its next statement.
-        let mut deployment = cached(&db, 5);
+        let mut deployment = cached_mysql_deployment(&db, 5);
         deployment.cache.enabled = caching;
         let bound = deployment.cache.max_age + deployment.cache.stale_while_revalidate;
         let proxy = Proxy::start_with_clock(deployment, manual.clock()).await;

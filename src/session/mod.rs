@@ -131,6 +131,31 @@ impl<P> SessionContext<P> {
     pub fn generations(&self, database: &str) -> Arc<Generations> {
         self.clocks.of(database)
     }
+
+    /// The deployment's cache, as requests on origin `database` (its write clock
+    /// `generations`) see it; a background refresh may take `refresh_deadline`.
+    pub(crate) fn composer<'a>(
+        &'a self,
+        database: &'a str,
+        generations: &'a Arc<Generations>,
+        refresh_deadline: std::time::Duration,
+    ) -> crate::proxy::Composer<'a> {
+        crate::proxy::Composer {
+            upstream: self
+                .tier
+                .as_ref()
+                .map(|tier| crate::proxy::Upstream { tier, database }),
+            store: &self.cache,
+            settings: &self.deployment.cache,
+            metrics: &self.metrics,
+            refresh_deadline,
+            generations: self
+                .deployment
+                .cache
+                .invalidate_on_write
+                .then_some(generations),
+        }
+    }
 }
 
 /// Turns a client's plain connection into TLS, warpdrive as the server, once it asked

@@ -57,6 +57,13 @@ impl MysqlDatabase {
             .expect("direct connection")
     }
 
+    /// Runs `sql` on the origin directly, not through warpdrive.
+    pub async fn run(&self, sql: &str) {
+        let mut direct = self.direct().await;
+        direct.query_drop(sql).await.expect("SQL on the origin");
+        direct.disconnect().await.expect("disconnect");
+    }
+
     pub async fn drop_now(mut self) {
         let mut admin = Conn::new(direct_opts(None))
             .await
@@ -98,6 +105,13 @@ pub fn mysql_deployment(database: &str, pool: PoolSettings) -> Deployment {
         name: MYSQL_USER.to_owned(),
         password: PASSWORD.to_owned(),
     }];
+    deployment
+}
+
+/// A deployment in front of `db` with the cache on.
+pub fn cached_mysql_deployment(db: &MysqlDatabase, max_size: usize) -> Deployment {
+    let mut deployment = mysql_deployment(&db.name, super::small_pool(max_size));
+    deployment.cache.enabled = true;
     deployment
 }
 

@@ -34,7 +34,7 @@ use crate::cache::{
 };
 use crate::conn::ConnError;
 use crate::pool::mysql::{Baseline, ExchangeError, MysqlConn, MysqlPool, SessionState, txn_status};
-use crate::proxy::{Composer, Record, Upstream};
+use crate::proxy::{Composer, Record};
 use crate::session::SessionContext;
 use crate::wire::mysql::command::{code, with_statement_id};
 use crate::wire::mysql::reply::status_offset;
@@ -153,21 +153,7 @@ pub(super) fn composer<'a>(
     pool: &'a MysqlPool,
     generations: &'a Arc<Generations>,
 ) -> Composer<'a> {
-    Composer {
-        upstream: ctx.tier.as_ref().map(|tier| Upstream {
-            tier,
-            database: CLOCK,
-        }),
-        store: &ctx.cache,
-        settings: &ctx.deployment.cache,
-        metrics: &ctx.metrics,
-        refresh_deadline: pool.settings().max_query_duration,
-        generations: ctx
-            .deployment
-            .cache
-            .invalidate_on_write
-            .then_some(generations),
-    }
+    ctx.composer(CLOCK, generations, pool.settings().max_query_duration)
 }
 
 /// The flags a hit's EOF and OK packets carry: the stored result's, with the client's

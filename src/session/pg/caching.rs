@@ -27,7 +27,7 @@ use super::request::{PgRefetch, Request};
 use crate::analyze::Analysis;
 use crate::cache::{Entry, Generations, KeyScope};
 use crate::pool::pg::PgPool;
-use crate::proxy::{self, Composer, Situation, ToRecord, Upstream};
+use crate::proxy::{self, Composer, Situation, ToRecord};
 use crate::session::SessionContext;
 use crate::session::settings::SettingMap;
 use crate::wire::pg::backend::TransactionStatus;
@@ -40,22 +40,8 @@ pub(super) fn composer<'a>(
     pool: &'a PgPool,
     generations: &'a Arc<Generations>,
 ) -> Composer<'a> {
-    let upstream = ctx.tier.as_ref().map(|tier| Upstream {
-        tier,
-        database: &pool.target().target.database,
-    });
-    Composer {
-        upstream,
-        store: &ctx.cache,
-        settings: &ctx.deployment.cache,
-        metrics: &ctx.metrics,
-        refresh_deadline: pool.settings().max_query_duration,
-        generations: ctx
-            .deployment
-            .cache
-            .invalidate_on_write
-            .then_some(generations),
-    }
+    let database = &pool.target().target.database;
+    ctx.composer(database, generations, pool.settings().max_query_duration)
 }
 
 /// A client's request as the cache sees it.
