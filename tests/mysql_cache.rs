@@ -444,3 +444,90 @@ async fn a_session_without_a_database_gets_none() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+/// Lifetimes and policy as for PostgreSQL: empty results live empty_max_age, a table
+/// rule and a fingerprint rule and a hint set their own, stable functions follow
+/// stable_functions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_hints_empty_results_and_stable_functions() {
+    use warpdrive::analyze::StableFunctions;
+    use warpdrive::config::CacheRule;
+    let db = MysqlDatabase::create("lifetimes").await;
+    db.run(
+        "CREATE TABLE t (n INT); INSERT INTO t VALUES (1);
+         CREATE TABLE prices (p INT); INSERT INTO prices VALUES (10)",
+    )
+    .await;
+    let mut deployment = cached_mysql_deployment(&db, 2);
+    deployment.cache.max_age = Duration::from_secs(60);
+    deployment.cache.stale_while_revalidate = Duration::ZERO;
+    deployment.cache.empty_max_age = Some(Duration::from_secs(5));
+    deployment.cache.stable_functions = StableFunctions::Bypass;
+    let rule = |tables: Vec<String>, fingerprint: Option<String>, seconds: u64| CacheRule {
+        tables,
+        fingerprint,
+        enabled: None,
+        max_age: Some(Duration::from_secs(seconds)),
+        stale_while_revalidate: None,
+    };
+    deployment
+        .cache
+        .rules
+        .push(rule(vec!["prices".into()], None, 2));
+    let by_shape = "SELECT n FROM t WHERE n < 100";
+    let fingerprint = warpdrive::analyze::Analyzer::with_builtin_rules(Default::default())
+        .analyze(warpdrive::analyze::Dialect::Mysql, by_shape)
+        .fingerprint;
+    deployment
+        .cache
+        .rules
+        .push(rule(Vec::new(), Some(fingerprint), 4));
+    let manual = ManualClock::new();
+    let proxy = Proxy::start_with_clock(deployment, manual.clock()).await;
+    let mut client = proxy.mysql(&db.name).await;
+    let empty = "SELECT n FROM t WHERE n = 42";
+    let hinted = "/* warpdrive: max_age=3 */ SELECT n FROM t";
+    let reads = [
+        empty,
+        "SELECT n FROM t",
+        "SELECT p FROM prices",
+        hinted,
+        by_shape,
+    ];
+    for sql in reads {
+        let rows: Vec<i64> = client.query(sql).await.unwrap();
+        assert_eq!(rows.len(), usize::from(sql != empty), "{sql}");
+    }
+    db.run("INSERT INTO t VALUES (42); INSERT INTO prices VALUES (20)")
+        .await;
+    // The rows each read returns: the origin's now, or the cached ones.
+    macro_rules! read {
+        ($sql:expr) => {
+            client.query::<i64, _>($sql).await.unwrap().len()
+        };
+    }
+    manual.advance(Duration::from_secs(1));
+    assert_eq!(read!(empty), 0, "empty, fresh");
+    assert_eq!(read!("SELECT p FROM prices"), 1, "rule: fresh for 2 s");
+    assert_eq!(read!(hinted), 1, "hint: fresh for 3 s");
+    manual.advance(Duration::from_secs(2));
+    assert_eq!(read!("SELECT p FROM prices"), 2, "rule: expired at 2 s");
+    assert_eq!(read!(by_shape), 1, "fingerprint rule: fresh for 4 s");
+    manual.advance(Duration::from_secs(1));
+    assert_eq!(read!(hinted), 2, "hint: expired at 3 s");
+    assert_eq!(read!(empty), 0, "empty: fresh until 5 s");
+    assert_eq!(read!(by_shape), 2, "fingerprint rule: expired at 4 s");
+    manual.advance(Duration::from_secs(2));
+    assert_eq!(read!(empty), 1, "empty: expired at 5 s");
+    assert_eq!(read!("SELECT n FROM t"), 1, "max_age: still fresh at 6 s");
+    let volatile = proxy.count("volatile");
+    client.query_drop("SELECT NOW()").await.unwrap();
+    assert_eq!(
+        proxy.count("volatile"),
+        volatile + 1,
+        "stable_functions = bypass"
+    );
+    client.disconnect().await.unwrap();
+    proxy.stop().await;
+    db.drop_now().await;
+}
