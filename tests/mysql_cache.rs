@@ -407,6 +407,11 @@ async fn views_are_judged_by_their_definitions() {
     let volatile = proxy.count("volatile");
     client.query_drop("SELECT u FROM later").await.unwrap();
     assert_eq!(proxy.count("volatile"), volatile + 1);
+    assert_eq!(
+        proxy.snapshot().catalog_reads,
+        2,
+        "read for the first read, again after the DDL"
+    );
     client.disconnect().await.unwrap();
     proxy.stop().await;
     db.drop_now().await;

@@ -18,6 +18,7 @@ use bytes::Bytes;
 
 use super::setup;
 use crate::analyze::{Analysis, AnalysisMemo, Dialect, Rules, Status};
+use crate::metrics::DeploymentMetrics;
 use crate::pool::mysql::{Baseline, ExchangeError, MysqlPool, SessionState};
 use crate::proxy::writes::WriteSet;
 
@@ -294,6 +295,7 @@ impl MysqlCatalog {
         pool: &MysqlPool,
         analyzer: &Arc<AnalysisMemo>,
         baseline: &Arc<Baseline>,
+        metrics: &Arc<DeploymentMetrics>,
         may_wait: bool,
     ) -> Result<Arc<Snapshot>, CatalogError> {
         if let Some((snapshot, read_at)) = self.latest()
@@ -304,9 +306,14 @@ impl MysqlCatalog {
             {
                 let (catalog, pool) = (Arc::clone(self), pool.clone());
                 let (analyzer, baseline) = (Arc::clone(analyzer), Arc::clone(baseline));
+                let metrics = Arc::clone(metrics);
                 tokio::spawn(async move {
                     let _guard = guard;
-                    if let Err(error) = catalog.read(&pool, &analyzer, &baseline, true).await {
+                    let read = catalog.read(&pool, &analyzer, &baseline, &metrics, true);
+                    if let Err(error) = read.await {
+                        metrics
+                            .catalog_read_failures
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%error, "reading the MySQL catalog in the background failed");
                     }
                 });
@@ -317,7 +324,7 @@ impl MysqlCatalog {
         if let Some(snapshot) = self.known() {
             return Ok(snapshot);
         }
-        self.read(pool, analyzer, baseline, may_wait).await
+        self.read(pool, analyzer, baseline, metrics, may_wait).await
     }
 
     async fn read(
@@ -325,9 +332,11 @@ impl MysqlCatalog {
         pool: &MysqlPool,
         analyzer: &AnalysisMemo,
         baseline: &Baseline,
+        metrics: &DeploymentMetrics,
         may_wait: bool,
     ) -> Result<Arc<Snapshot>, CatalogError> {
         let started = Instant::now();
+        metrics.catalog_reads.fetch_add(1, Ordering::Relaxed);
         self.changed.store(false, Ordering::Release);
         let checkout = match may_wait {
             true => pool.checkout().await,

@@ -402,6 +402,7 @@ impl Consult<'_> {
                 self.pool,
                 &self.ctx.analyzer,
                 self.baseline,
+                &self.ctx.metrics,
                 !self.holds_connection,
             )
             .await
