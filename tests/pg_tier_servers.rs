@@ -116,6 +116,67 @@ async fn writes_while_redis_was_away_are_not_served_stale_after_it_returns() {
     db.drop_now().await;
 }
 
+/// A write whose announcement Redis refused (here: out of memory, so it takes no write
+/// but still answers reads) keeps its instance off the entries Redis holds for that
+/// database until the announcement is made: the writer never reads what another
+/// instance stored before the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_redis_did_not_hear_of_keeps_the_writer_off_older_entries() {
+    let redis = OwnRedis::start();
+    let db = table("tierunheard").await;
+    let prefix = Prefix::new("unheard");
+    let deployment = tiered(&db, prefix.tier(&redis.url(), Consistency::Fast));
+    let a = instance(deployment.clone()).await;
+    let b = instance(deployment).await;
+    let (on_a, on_b) = (a.connect(&db.name).await, b.connect(&db.name).await);
+    let sql = "SELECT v FROM t WHERE id = 1";
+    assert_eq!(read(&on_b, sql).await.as_deref(), Some("one"));
+    let mut connection = redis_connection(&redis.url()).await;
+    let pattern = format!("{{{}:*:e:*", prefix.0);
+    for _ in 0..250 {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut connection)
+            .await
+            .expect("KEYS");
+        if !keys.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let memory = |limit: &'static str| {
+        let mut connection = connection.clone();
+        async move {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg(limit)
+                .query_async(&mut connection)
+                .await
+                .expect("CONFIG SET maxmemory");
+        }
+    };
+    memory("1").await;
+    on_a.batch_execute("UPDATE t SET v = 'two' WHERE id = 1")
+        .await
+        .expect("update");
+    assert_eq!(
+        read(&on_a, sql).await.as_deref(),
+        Some("two"),
+        "the writer read an entry from before its write"
+    );
+    memory("0").await;
+    on_a.batch_execute("UPDATE t SET v = 'three' WHERE id = 1")
+        .await
+        .expect("update");
+    assert_eq!(read(&on_a, sql).await.as_deref(), Some("three"));
+    until_reads(&on_b, sql, "three").await;
+    drop((on_a, on_b));
+    a.stop().await;
+    b.stop().await;
+    db.drop_now().await;
+}
+
 /// `rediss://` with the server's CA given by `upstream_ca`: the tier connects over TLS
 /// and instances share entries through it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

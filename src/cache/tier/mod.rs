@@ -31,7 +31,7 @@ mod link;
 mod servers;
 mod supervisor;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -184,7 +184,7 @@ pub struct Tier {
     clocks: Arc<Clocks>,
     stats: TierStats,
     /// Databases written while Redis could not be told.
-    dirty: Mutex<BTreeSet<String>>,
+    owed: Owed,
     /// Databases looked up: those whose entries this instance may hold.
     databases: Mutex<BTreeSet<String>>,
     /// Databases listed in Redis as holding entries.
@@ -203,7 +203,7 @@ impl Tier {
             servers,
             clocks,
             stats: TierStats::default(),
-            dirty: Mutex::default(),
+            owed: Owed::default(),
             databases: Mutex::default(),
             registered: Mutex::default(),
             last_log: Mutex::new(None),
@@ -245,6 +245,9 @@ impl Tier {
         tables_unknown: bool,
     ) -> Fetched {
         self.note_database(database);
+        if !self.heard_all_writes(database).await {
+            return Fetched::Unavailable;
+        }
         let keys = self.keys(database);
         let stamp_keys = keys.stamp(tables);
         let entry_key = keys.entry(key);
@@ -417,26 +420,46 @@ impl Tier {
 
     /// A write through this instance completed: its generations are incremented and
     /// the other instances told. When Redis does not answer, the database is
-    /// remembered, and everything in it invalidated once Redis answers again.
+    /// remembered, and everything in it invalidated once Redis answers again (at the
+    /// next write, reconnection or lookup of that database).
     pub async fn mark(&self, database: &str, written: Written<'_>) {
-        let owed: BTreeSet<String> =
-            std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut unsent = BTreeSet::new();
-        if !self.announce(database, written, false).await {
-            unsent.insert(database.to_owned());
+        let owed = self.owed.all();
+        // An earlier write Redis did not hear of is covered with this one.
+        let (written, seen) = match owed.get(database) {
+            Some(&seen) => (Written::Everything, Some(seen)),
+            None => (written, None),
+        };
+        match self.announce(database, written, false).await {
+            true => seen
+                .into_iter()
+                .for_each(|seen| self.owed.settle(database, seen)),
+            false => self.owed.owe(database),
         }
         // One round trip per database: on a cluster each lives in its own slot.
-        for other in owed.into_iter().filter(|other| other != database) {
-            if !self.announce(&other, Written::Everything, false).await {
-                unsent.insert(other);
+        for (other, seen) in owed.into_iter().filter(|(other, _)| other != database) {
+            if self.announce(&other, Written::Everything, false).await {
+                self.owed.settle(&other, seen);
             }
         }
-        if !unsent.is_empty() {
-            self.dirty
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(unsent);
+    }
+
+    /// Whether Redis may be asked for `database`'s entries: not while a write of this
+    /// instance to it is unheard of there (an entry stored before the write would look
+    /// current), unless announcing it now succeeds.
+    async fn heard_all_writes(&self, database: &str) -> bool {
+        let Some(seen) = self.owed.of(database) else {
+            return true;
+        };
+        if !self.announce(database, Written::Everything, false).await {
+            return false;
         }
+        self.owed.settle(database, seen);
+        true
+    }
+
+    /// A database with writes Redis has not heard of, if any.
+    pub(super) fn first_owed(&self) -> Option<String> {
+        self.owed.all().into_keys().next()
     }
 
     /// Increments the generations `written` reaches in `database` and publishes the
@@ -629,6 +652,37 @@ impl Tier {
             Ok(Ok(connected)) => Ok(connected),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!("no answer within {:?}", CONNECT_TIMEOUT * 2)),
+        }
+    }
+}
+
+/// Databases written while Redis could not be told, each with a count of the writes
+/// owed, so that an announcement settles only what was owed when it was sent (a write
+/// that fails meanwhile stays owed).
+#[derive(Default)]
+struct Owed(Mutex<BTreeMap<String, u64>>);
+
+impl Owed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn all(&self) -> BTreeMap<String, u64> {
+        self.lock().clone()
+    }
+
+    fn of(&self, database: &str) -> Option<u64> {
+        self.lock().get(database).copied()
+    }
+
+    fn owe(&self, database: &str) {
+        *self.lock().entry(database.to_owned()).or_default() += 1;
+    }
+
+    fn settle(&self, database: &str, seen: u64) {
+        let mut owed = self.lock();
+        if owed.get(database) == Some(&seen) {
+            owed.remove(database);
         }
     }
 }

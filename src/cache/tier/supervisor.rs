@@ -31,12 +31,7 @@ pub(super) async fn supervise(tier: Weak<Tier>, broken: Arc<tokio::sync::Notify>
                 // Subscribed first, then forgotten: no notice falls in between.
                 live.forget_everything(!first);
                 live.link.up(connection);
-                let owed = live
-                    .dirty
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .pop_first();
-                if let Some(database) = owed {
+                if let Some(database) = live.first_owed() {
                     live.mark(&database, Written::Everything).await;
                 }
                 if !first {
