@@ -36,14 +36,10 @@ impl Session {
         caching::composer(&self.ctx, &self.io.pool, &self.generations)
     }
 
-    /// Where the client stands: autocommit off counts as a transaction.
+    /// Where the client stands.
     fn situation(&self) -> Situation {
-        let txn = match self.status & status::AUTOCOMMIT {
-            0 => TxnStatus::InTransaction,
-            _ => crate::pool::mysql::txn_status(self.status),
-        };
         Situation {
-            txn,
+            txn: transaction_of(self.status),
             pinned: self.io.pinned().is_some(),
             behind_others: false,
         }
@@ -159,12 +155,8 @@ impl Session {
     /// The reply ended with the client's transaction `txn`: its result is stored if it
     /// may be, it is counted, and what committed is marked, then told to the tier.
     pub(super) async fn request_ended(&mut self, in_flight: &mut InFlight, status: u16) {
-        let txn = match status & status::AUTOCOMMIT {
-            0 => TxnStatus::InTransaction,
-            _ => crate::pool::mysql::txn_status(status),
-        };
         if let Some(flight) = in_flight.flight.take() {
-            self.composer().finish(*flight, txn);
+            self.composer().finish(*flight, transaction_of(status));
         }
         if in_flight.analysis.is_some() {
             let marking = Marking {
@@ -245,6 +237,15 @@ pub(super) fn record(
             flight.not_stored(CacheStatus::Miss);
         }
         Some(Unstorable::Shape(status)) => flight.not_stored(status),
+    }
+}
+
+/// The client's transaction as the cache sees it from the status flags: autocommit off
+/// counts as a transaction (every statement opens one).
+fn transaction_of(flags: u16) -> TxnStatus {
+    match flags & status::AUTOCOMMIT {
+        0 => TxnStatus::InTransaction,
+        _ => crate::pool::mysql::txn_status(flags),
     }
 }
 
