@@ -105,45 +105,72 @@ async fn sysbench_read_only_and_point_select_run_without_errors() {
     db.drop_now().await;
 }
 
+/// Through a cached deployment as well: every read the program checks is answered
+/// right, repeats from the cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pymysql_runs_its_program() {
-    let db = MysqlDatabase::create("pymysql").await;
-    let other = MysqlDatabase::create("pymysql_other").await;
-    let proxy = Proxy::start(mysql_deployment(&db.name, small_pool(2))).await;
-    let script = drivers_dir().join("pymysql_smoke.py");
-    let (ok, output) = run(
-        "python3",
-        vec![
-            script.display().to_string(),
-            proxy.addr.port().to_string(),
-            db.name.clone(),
-            other.name.clone(),
-            PASSWORD.to_owned(),
-        ],
-    )
-    .await;
-    assert!(ok && output.trim_end().ends_with("ok"), "{output}");
-    proxy.stop().await;
-    other.drop_now().await;
-    db.drop_now().await;
+    for caching in [false, true] {
+        let db = MysqlDatabase::create("pymysql").await;
+        let other = MysqlDatabase::create("pymysql_other").await;
+        let mut deployment = mysql_deployment(&db.name, small_pool(2));
+        deployment.cache.enabled = caching;
+        let proxy = Proxy::start(deployment).await;
+        let script = drivers_dir().join("pymysql_smoke.py");
+        let (ok, output) = run(
+            "python3",
+            vec![
+                script.display().to_string(),
+                proxy.addr.port().to_string(),
+                db.name.clone(),
+                other.name.clone(),
+                PASSWORD.to_owned(),
+            ],
+        )
+        .await;
+        assert!(
+            ok && output.trim_end().ends_with("ok"),
+            "caching {caching}: {output}"
+        );
+        assert_eq!(
+            proxy.count("hit") > 0,
+            caching,
+            "hits with caching {caching}"
+        );
+        proxy.stop().await;
+        other.drop_now().await;
+        db.drop_now().await;
+    }
 }
 
+/// Through a cached deployment as well, as for PyMySQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql2_runs_its_program_with_text_queries_and_execute() {
-    let db = MysqlDatabase::create("mysql2").await;
-    let proxy = Proxy::start(mysql_deployment(&db.name, small_pool(2))).await;
-    let script = drivers_dir().join("mysql2_smoke.js");
-    let (ok, output) = run(
-        "node",
-        vec![
-            script.display().to_string(),
-            proxy.addr.port().to_string(),
-            db.name.clone(),
-            PASSWORD.to_owned(),
-        ],
-    )
-    .await;
-    assert!(ok && output.trim_end().ends_with("ok"), "{output}");
-    proxy.stop().await;
-    db.drop_now().await;
+    for caching in [false, true] {
+        let db = MysqlDatabase::create("mysql2").await;
+        let mut deployment = mysql_deployment(&db.name, small_pool(2));
+        deployment.cache.enabled = caching;
+        let proxy = Proxy::start(deployment).await;
+        let script = drivers_dir().join("mysql2_smoke.js");
+        let (ok, output) = run(
+            "node",
+            vec![
+                script.display().to_string(),
+                proxy.addr.port().to_string(),
+                db.name.clone(),
+                PASSWORD.to_owned(),
+            ],
+        )
+        .await;
+        assert!(
+            ok && output.trim_end().ends_with("ok"),
+            "caching {caching}: {output}"
+        );
+        assert_eq!(
+            proxy.count("hit") > 0,
+            caching,
+            "hits with caching {caching}"
+        );
+        proxy.stop().await;
+        db.drop_now().await;
+    }
 }
