@@ -536,3 +536,24 @@ async fn rules_hints_empty_results_and_stable_functions() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+/// The active role changes what a session may read, and the origin reports no change
+/// for it: SET ROLE pins the client, whose reads then bypass the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_role_pins_the_client_and_bypasses_the_cache() {
+    let db = MysqlDatabase::create("role").await;
+    db.run("CREATE TABLE t (n INT); INSERT INTO t VALUES (1)")
+        .await;
+    let proxy = Proxy::start(cached_mysql_deployment(&db, 2)).await;
+    let mut client = proxy.mysql(&db.name).await;
+    client.query_drop("SELECT n FROM t").await.unwrap();
+    client.query_drop("SET ROLE NONE").await.unwrap();
+    assert_eq!(proxy.snapshot().pinned_sessions, 1);
+    let bypassed = proxy.snapshot().pinned_bypasses;
+    client.query_drop("SELECT n FROM t").await.unwrap();
+    assert_eq!(proxy.snapshot().pinned_bypasses, bypassed + 1);
+    assert_eq!(proxy.count("hit"), 0);
+    client.disconnect().await.unwrap();
+    proxy.stop().await;
+    db.drop_now().await;
+}

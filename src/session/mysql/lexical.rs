@@ -214,6 +214,10 @@ fn read_statement(statement: &[Token], effects: &mut Effects) {
             pin("FLUSH TABLES WITH READ LOCK")
         }
         (Some(Token::Word(w)), _) if w == b"HANDLER" => pin("HANDLER"),
+        // The active role changes what the session may read, and no report says so.
+        (Some(Token::Word(w)), Some(Token::Word(v))) if w == b"SET" && v == b"ROLE" => {
+            pin("SET ROLE")
+        }
         // An XA transaction can outlive the connection's view of it (XA END, PREPARE).
         (Some(Token::Word(w)), _) if w == b"XA" => pin("XA transactions"),
         (Some(Token::Word(w)), Some(Token::Word(v)))
@@ -277,6 +281,9 @@ mod tests {
         );
         assert_eq!(pins("SELECT 1; SET @y = 2"), Some("user variables"));
         assert_eq!(pins("XA START 'x'"), Some("XA transactions"));
+        assert_eq!(pins("SET ROLE reporting"), Some("SET ROLE"));
+        assert_eq!(pins("set role NONE"), Some("SET ROLE"));
+        assert_eq!(pins("SET DEFAULT ROLE r FOR u"), None);
         assert_eq!(
             pins("/*!40101 SET @saved = @@sql_mode */"),
             Some("user variables")
