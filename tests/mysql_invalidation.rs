@@ -376,3 +376,62 @@ async fn a_random_mix_reads_every_write_before_it() {
     }
     db.drop_now().await;
 }
+
+/// MySQL writes the proxy must not take for unwritten: a BEGIN that commits the open
+/// transaction, a ROLLBACK that cannot undo a non-transactional table, a statement that
+/// fails after writing some rows, and a write after USE in the same multi-statement
+/// text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_mysql_keeps_despite_an_error_a_rollback_or_a_use_are_read() {
+    let db = MysqlDatabase::create("kept").await;
+    let other = MysqlDatabase::create("kept_other").await;
+    db.run(
+        "CREATE TABLE t (id INT PRIMARY KEY, n INT) ENGINE=InnoDB; INSERT INTO t VALUES (1, 1);
+         CREATE TABLE m (id INT PRIMARY KEY) ENGINE=MyISAM; INSERT INTO m VALUES (1)",
+    )
+    .await;
+    other
+        .run("CREATE TABLE t (id INT PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 1)")
+        .await;
+    let proxy = Proxy::start(cached_mysql_deployment(&db, 3)).await;
+    let mut writer = proxy.mysql(&db.name).await;
+    let mut reader = proxy.mysql(&db.name).await;
+    let mut direct = db.direct().await;
+    for (write, read) in [
+        (
+            "BEGIN; UPDATE t SET n = 2; BEGIN; ROLLBACK",
+            "SELECT n FROM t",
+        ),
+        (
+            "BEGIN; INSERT INTO m VALUES (2); ROLLBACK",
+            "SELECT COUNT(*) FROM m",
+        ),
+        ("INSERT INTO m VALUES (3), (1)", "SELECT COUNT(*) FROM m"),
+    ] {
+        let _ = count(&mut reader, read).await;
+        let _ = count(&mut reader, read).await;
+        // The pieces one at a time, as a client sends them; an error is expected.
+        for statement in write.split("; ") {
+            let _ = writer.query_drop(statement).await;
+        }
+        let want = count(&mut direct, read).await;
+        assert_eq!(count(&mut reader, read).await, want, "after {write}");
+    }
+    // USE inside a multi-statement text: the UPDATE writes the other database's table.
+    let other_read = format!("SELECT n FROM {}.t", other.name);
+    let mut in_other = proxy.mysql(&other.name).await;
+    assert_eq!(count(&mut in_other, "SELECT n FROM t").await, 1);
+    assert_eq!(count(&mut reader, &other_read).await, 1);
+    writer
+        .query_drop(format!("USE {}; UPDATE t SET n = 9", other.name))
+        .await
+        .unwrap();
+    assert_eq!(count(&mut in_other, "SELECT n FROM t").await, 9);
+    assert_eq!(count(&mut reader, &other_read).await, 9);
+    for client in [writer, reader, direct, in_other] {
+        client.disconnect().await.unwrap();
+    }
+    proxy.stop().await;
+    db.drop_now().await;
+    other.drop_now().await;
+}

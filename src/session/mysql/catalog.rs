@@ -10,7 +10,7 @@
 //! ([`Snapshot::refine`], [`Snapshot::write_set`]) and tested without a server.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -249,17 +249,26 @@ pub enum CatalogError {
 
 /// A deployment's snapshot of the catalog, and when it must be read again.
 pub struct MysqlCatalog {
-    latest: Mutex<Option<(Arc<Snapshot>, Instant)>>,
-    /// DDL went through warpdrive since the latest read.
-    changed: AtomicBool,
+    /// The latest snapshot, when it was read, and the count of schema changes it saw.
+    latest: Mutex<Option<Latest>>,
+    /// Schema changes through warpdrive so far: a snapshot read before the last one
+    /// is not used.
+    changes: AtomicU64,
     reading: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Clone)]
+struct Latest {
+    snapshot: Arc<Snapshot>,
+    read_at: Instant,
+    changes: u64,
 }
 
 impl Default for MysqlCatalog {
     fn default() -> Self {
         MysqlCatalog {
             latest: Mutex::new(None),
-            changed: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
             reading: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -268,28 +277,29 @@ impl Default for MysqlCatalog {
 impl MysqlCatalog {
     /// DDL went through warpdrive: the next use reads the catalog again.
     pub fn schema_changed(&self) {
-        self.changed.store(true, Ordering::Release);
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn latest(&self) -> Option<(Arc<Snapshot>, Instant)> {
-        self.latest
+    /// The latest snapshot, unless a schema change went through since it was read.
+    fn usable(&self) -> Option<Latest> {
+        let latest = self
+            .latest
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone()?;
+        (latest.changes == self.changes.load(Ordering::Acquire)).then_some(latest)
     }
 
     /// The snapshot as last read, when there is one and no DDL went through since.
     pub fn known(&self) -> Option<Arc<Snapshot>> {
-        match self.changed.load(Ordering::Acquire) {
-            true => None,
-            false => self.latest().map(|(snapshot, _)| snapshot),
-        }
+        self.usable().map(|latest| latest.snapshot)
     }
 
     /// A snapshot to judge by: the latest, refreshed in the background once it is
     /// `max_age` old; read now when there is none or DDL went through since.
-    /// `may_wait` says whether the asker may wait for a pooled connection (it holds
-    /// none itself).
+    /// `may_wait` says whether the asker may wait for a pooled connection and for
+    /// another asker's read (it holds no connection itself: waiting while holding one
+    /// could wait for its own).
     pub async fn current(
         self: &Arc<Self>,
         pool: &MysqlPool,
@@ -298,10 +308,8 @@ impl MysqlCatalog {
         metrics: &Arc<DeploymentMetrics>,
         may_wait: bool,
     ) -> Result<Arc<Snapshot>, CatalogError> {
-        if let Some((snapshot, read_at)) = self.latest()
-            && !self.changed.load(Ordering::Acquire)
-        {
-            if read_at.elapsed() >= pool.settings().catalog_max_age
+        if let Some(latest) = self.usable() {
+            if latest.read_at.elapsed() >= pool.settings().catalog_max_age
                 && let Ok(guard) = Arc::clone(&self.reading).try_lock_owned()
             {
                 let (catalog, pool) = (Arc::clone(self), pool.clone());
@@ -318,11 +326,16 @@ impl MysqlCatalog {
                     }
                 });
             }
-            return Ok(snapshot);
+            return Ok(latest.snapshot);
         }
-        let _reading = self.reading.lock().await;
-        if let Some(snapshot) = self.known() {
-            return Ok(snapshot);
+        let _reading = match may_wait {
+            true => self.reading.lock().await,
+            false => self.reading.try_lock().map_err(|_| {
+                CatalogError::Connection("another session is reading the catalog".to_owned())
+            })?,
+        };
+        if let Some(latest) = self.usable() {
+            return Ok(latest.snapshot);
         }
         self.read(pool, analyzer, baseline, metrics, may_wait).await
     }
@@ -337,7 +350,8 @@ impl MysqlCatalog {
     ) -> Result<Arc<Snapshot>, CatalogError> {
         let started = Instant::now();
         metrics.catalog_reads.fetch_add(1, Ordering::Relaxed);
-        self.changed.store(false, Ordering::Release);
+        // A change during the read makes the next use read again.
+        let changes = self.changes.load(Ordering::Acquire);
         let checkout = match may_wait {
             true => pool.checkout().await,
             false => pool.checkout_if_free().await.ok_or_else(|| {
@@ -379,8 +393,11 @@ impl MysqlCatalog {
             views, functions, triggers, cascades, analyzer,
         ));
         tracing::debug!(elapsed = ?started.elapsed(), views = snapshot.views.len(), "read the MySQL catalog");
-        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((Arc::clone(&snapshot), started));
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(Latest {
+            snapshot: Arc::clone(&snapshot),
+            read_at: started,
+            changes,
+        });
         Ok(snapshot)
     }
 }

@@ -64,7 +64,8 @@ pub(super) struct InFlight {
     analysis: Option<Arc<Analysis>>,
     /// Statements of it that completed.
     completed: usize,
-    /// The database its unqualified names resolve in.
+    /// The database a statement's unqualified names resolve in (the one it was
+    /// prepared in); for a text, the current one.
     names_in: Option<String>,
     /// Its cache status and recording.
     flight: Option<Box<Flight<Recorder>>>,

@@ -114,8 +114,10 @@ impl Session {
     }
 
     /// One statement of the request in flight completed (an OK, or the end of a result
-    /// set): what it wrote is marked, or kept until its transaction ends.
-    pub(super) fn statement_completed(&mut self, in_flight: &mut InFlight) {
+    /// set), or `failed` (an ERR): what it wrote is marked, or kept until its
+    /// transaction ends. A failed statement is marked too: a stored procedure commits
+    /// as it goes, and a non-transactional table keeps the rows written before an error.
+    pub(super) fn statement_completed(&mut self, in_flight: &mut InFlight, failed: bool) {
         let Some(analysis) = in_flight.analysis.clone() else {
             return;
         };
@@ -127,11 +129,17 @@ impl Session {
             // It may have created, changed or dropped a view, a function or a trigger.
             self.ctx.protocol.catalog.schema_changed();
         }
-        let writes = self.write_set(statement_writes, in_flight.names_in.as_deref());
-        let control = analysis
-            .statement_effects
-            .get(index)
-            .map_or(Control::None, |effects| Control::of(effects, false));
+        // A statement's names resolve in the database it was prepared in; a text's in
+        // the current one, as an earlier USE in the same text left it.
+        let database = in_flight
+            .names_in
+            .as_deref()
+            .or(self.state.database.as_deref());
+        let writes = self.write_set(statement_writes, database);
+        let control = match analysis.statement_effects.get(index) {
+            Some(effects) if !failed => ends_block_with_its_writes(Control::of(effects, false)),
+            _ => Control::None,
+        };
         let marking = Marking {
             generations: &self.generations,
             metrics: &self.ctx.metrics,
@@ -144,9 +152,13 @@ impl Session {
     pub(super) fn writes_in_flight(&self, in_flight: &InFlight) -> WriteSet {
         let mut writes = WriteSet::Nothing;
         if let Some(analysis) = &in_flight.analysis {
+            let database = in_flight
+                .names_in
+                .as_deref()
+                .or(self.state.database.as_deref());
             for index in in_flight.completed..analysis.statement_writes.len().max(1) {
                 let statement = analysis.statement_writes.get(index);
-                writes.add(&self.write_set(statement, in_flight.names_in.as_deref()));
+                writes.add(&self.write_set(statement, database));
             }
         }
         writes
@@ -237,6 +249,24 @@ pub(super) fn record(
             flight.not_stored(CacheStatus::Miss);
         }
         Some(Unstorable::Shape(status)) => flight.not_stored(status),
+    }
+}
+
+/// How a MySQL statement moves the client's transaction, for its writes: BEGIN commits
+/// a transaction that is open, and a ROLLBACK leaves the writes to non-transactional
+/// tables (MyISAM, Aria, MEMORY) in place, so both end the block with its writes
+/// marked (a rolled-back write costs misses, never a stale read).
+fn ends_block_with_its_writes(control: Control) -> Control {
+    match control {
+        Control::Begin => Control::Commit {
+            committed: true,
+            chain: true,
+        },
+        Control::Rollback { chain } => Control::Commit {
+            committed: true,
+            chain,
+        },
+        other => other,
     }
 }
 

@@ -117,7 +117,6 @@ impl Session {
         }
         let analysis = self.analysis_of(&sql);
         let query_bytes = packet.payload.len();
-        let database = self.state.database.clone();
         let flight = match self
             .consulting()
             .consult(&analysis, Request::Text { sql }, query_bytes, started)
@@ -138,7 +137,6 @@ impl Session {
             in_flight.keeps_for_next = effects.keeps_for_next;
             in_flight.analysis = Some(analysis);
             in_flight.flight = Some(flight);
-            in_flight.names_in = database;
         })
         .await?;
         Ok(Flow::Continue)

@@ -35,8 +35,8 @@ impl Session {
         };
         let written = &self.io.client.out[before..];
         record(&self.ctx.metrics, &mut in_flight, &part, written);
-        if in_flight.statement && matches!(part, Part::Ok(_) | Part::End(_)) {
-            self.statement_completed(&mut in_flight);
+        if in_flight.statement && matches!(part, Part::Ok(_) | Part::End(_) | Part::Err) {
+            self.statement_completed(&mut in_flight, matches!(part, Part::Err));
         }
         match &part {
             Part::Ok(ok) | Part::End(Terminator::Ok(ok)) => self.take_in(ok, &mut in_flight),
