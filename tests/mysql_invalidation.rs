@@ -122,7 +122,7 @@ async fn every_kind_of_write_reaches_the_reads_of_its_tables() {
 /// the statement's database and back for each such execute and reports the switch: the
 /// result is not stored, and the client is not pinned for it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_statement_is_invalidated_by_writes_to_the_database_it_was_prepared_in() {
+async fn a_statement_reads_the_database_it_was_prepared_in_after_use() {
     let db = MysqlDatabase::create("prepared_in").await;
     let other = MysqlDatabase::create("prepared_other").await;
     db.run("CREATE TABLE t (id INT PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 1)")

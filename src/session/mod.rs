@@ -132,6 +132,18 @@ impl<P> SessionContext<P> {
         self.clocks.of(database)
     }
 
+    /// Where writes to the origin database whose clock is `generations` are marked,
+    /// counted on this deployment.
+    pub(crate) fn marking<'a>(
+        &'a self,
+        generations: &'a Generations,
+    ) -> crate::proxy::writes::Marking<'a> {
+        crate::proxy::writes::Marking {
+            generations,
+            metrics: &self.metrics,
+        }
+    }
+
     /// The deployment's cache, as requests on origin `database` (its write clock
     /// `generations`) see it; a background refresh may take `refresh_deadline`.
     pub(crate) fn composer<'a>(

@@ -77,7 +77,8 @@ pub(super) enum Request {
         statement: Bytes,
         /// The state it was prepared under.
         context: Arc<SessionState>,
-        /// The execute, parameter types bound, statement id zero.
+        /// The execute, parameter types bound (its statement id is the client's: not part
+        /// of the key, and replaced wherever it is sent).
         execute: Bytes,
     },
 }
@@ -113,10 +114,9 @@ impl Request {
                 .part(tag::STATEMENT, statement)
                 .part(tag::PARAMETERS, execute.get(5..).unwrap_or_default()),
         };
-        match &state.database {
-            Some(database) => key.part(tag::DATABASE, database.as_bytes()),
-            None => key.part(tag::DATABASE, &[]).part(tag::DATABASE, &[]),
-        };
+        // No database is "" (MySQL has no database of that name).
+        let database = state.database.as_deref().unwrap_or_default();
+        key.part(tag::DATABASE, database.as_bytes());
         for (name, value) in &state.variables {
             key.part(tag::VARIABLE, name.as_bytes())
                 .part(tag::VARIABLE, value.as_bytes());

@@ -24,7 +24,7 @@ use crate::analyze::SessionEffect;
 use crate::cache::Generations;
 use crate::cancel::CancelHandle;
 use crate::pool::pg::{PgOrigin, PgPooledConn};
-use crate::proxy::writes::{Marking, PendingWrites};
+use crate::proxy::writes::PendingWrites;
 use crate::session::SessionContext;
 use crate::session::driver::Driver;
 use crate::session::error::{ClientError, ErrorKind};
@@ -141,10 +141,7 @@ impl Replies<'_> {
             Event::Failed => self.requests.note_failure(),
             Event::Completed { rolled_back } => {
                 let (control, written) = self.requests.note_completed(rolled_back);
-                let marking = Marking {
-                    generations: self.generations,
-                    metrics: &self.ctx.metrics,
-                };
+                let marking = self.ctx.marking(self.generations);
                 self.writes.completed(control, &written, marking);
             }
             Event::Undo { undo, skipped } => self.statements.undo(undo, skipped, self.io.origin()),
@@ -163,10 +160,7 @@ impl Replies<'_> {
     fn on_ready(&mut self, status: TransactionStatus) {
         let composer = composer(self.ctx, &self.io.pool, self.generations);
         let finished = self.requests.finish(&composer, status.into());
-        let marking = Marking {
-            generations: self.generations,
-            metrics: &self.ctx.metrics,
-        };
+        let marking = self.ctx.marking(self.generations);
         self.writes.ready(status.into(), marking);
         *self.status = status;
         let awaits_origin = self.relay.awaits_origin();

@@ -27,15 +27,14 @@ use super::translate::{StatementReader, Translator, let_go_of_databases};
 use super::{INPUT_DRY, Session, release};
 use crate::analyze::{Analysis, Dialect, Writes};
 use crate::cache::CacheStatus;
-use crate::cache::Generations;
 use crate::cancel::CancelTarget;
 use crate::conn::{ConnError, FLUSH_THRESHOLD};
 use crate::pool::pg::PgOrigin;
-use crate::proxy::writes::{Marking, WriteSet};
+use crate::proxy::writes::WriteSet;
 use crate::proxy::{Composer, Situation};
+use crate::session::SessionError;
 use crate::session::driver::{CANCEL_GRACE, Driver, Flow, Frontend};
 use crate::session::error::{ClientError, ErrorKind};
-use crate::session::{SessionContext, SessionError};
 use crate::wire::pg::backend::{BackendMessage, ErrorFields, TransactionStatus, tag};
 use crate::wire::pg::frontend::FrontendMessage;
 use crate::wire::pg::{Frame, PgFraming, WireError, encode};
@@ -625,7 +624,7 @@ impl Session {
         if self.relay.awaits_origin() || self.requests.unsynced.sent {
             let in_flight = self.requests.writes_in_flight();
             self.writes
-                .lost(&in_flight, marking(&self.generations, &self.ctx));
+                .lost(&in_flight, self.ctx.marking(&self.generations));
         }
         if let Some(tier) = &self.ctx.tier {
             self.writes.publish(tier, &self.database).await;
@@ -649,7 +648,7 @@ impl Session {
         self.cancel.set_target(None);
         let in_flight = self.requests.writes_in_flight();
         self.writes
-            .lost(&in_flight, marking(&self.generations, &self.ctx));
+            .lost(&in_flight, self.ctx.marking(&self.generations));
         self.relay = Relay::default();
         self.requests.abandon(&caching::composer(
             &self.ctx,
@@ -673,13 +672,5 @@ impl Session {
         }
         self.io.client.flush().await?;
         Ok(())
-    }
-}
-
-/// Where this session's writes are marked.
-fn marking<'a>(generations: &'a Generations, ctx: &'a SessionContext) -> Marking<'a> {
-    Marking {
-        generations,
-        metrics: &ctx.metrics,
     }
 }

@@ -10,15 +10,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use super::{InFlight, Session};
 use crate::analyze::{Analysis, Dialect, Status, StringLiterals, Writes};
 use crate::cache::{CacheStatus, Entry, Generations, KeyScope};
 use crate::metrics::DeploymentMetrics;
 use crate::pool::mysql::{Baseline, MysqlPool, SessionState};
 use crate::protocol::TxnStatus;
-use crate::proxy::writes::{Control, Marking, WriteSet};
+use crate::proxy::writes::{Control, WriteSet};
 use crate::proxy::{Composer, Consulted, Flight, Situation, ToRecord};
 use crate::session::mysql::Shared;
 use crate::session::mysql::caching::{self, MysqlRefetch, Request};
@@ -129,22 +127,23 @@ impl Session {
             // It may have created, changed or dropped a view, a function or a trigger.
             self.ctx.protocol.catalog.schema_changed();
         }
-        // A statement's names resolve in the database it was prepared in; a text's in
-        // the current one, as an earlier USE in the same text left it.
-        let database = in_flight
-            .names_in
-            .as_deref()
-            .or(self.state.database.as_deref());
-        let writes = self.write_set(statement_writes, database);
+        let writes = self.write_set(statement_writes, self.names_in(in_flight));
         let control = match analysis.statement_effects.get(index) {
             Some(effects) if !failed => ends_block_with_its_writes(Control::of(effects, false)),
             _ => Control::None,
         };
-        let marking = Marking {
-            generations: &self.generations,
-            metrics: &self.ctx.metrics,
-        };
+        let marking = self.ctx.marking(&self.generations);
         self.writes.completed(control, &writes, marking);
+    }
+
+    /// The database the request's unqualified names resolve in: a statement's, the one
+    /// it was prepared in; a text's, the current one (as an earlier USE in the same
+    /// text left it).
+    fn names_in<'a>(&'a self, in_flight: &'a InFlight) -> Option<&'a str> {
+        in_flight
+            .names_in
+            .as_deref()
+            .or(self.state.database.as_deref())
     }
 
     /// What the statements of the request in flight that did not complete may have
@@ -152,10 +151,7 @@ impl Session {
     pub(super) fn writes_in_flight(&self, in_flight: &InFlight) -> WriteSet {
         let mut writes = WriteSet::Nothing;
         if let Some(analysis) = &in_flight.analysis {
-            let database = in_flight
-                .names_in
-                .as_deref()
-                .or(self.state.database.as_deref());
+            let database = self.names_in(in_flight);
             for index in in_flight.completed..analysis.statement_writes.len().max(1) {
                 let statement = analysis.statement_writes.get(index);
                 writes.add(&self.write_set(statement, database));
@@ -171,10 +167,7 @@ impl Session {
             self.composer().finish(*flight, transaction_of(status));
         }
         if in_flight.analysis.is_some() {
-            let marking = Marking {
-                generations: &self.generations,
-                metrics: &self.ctx.metrics,
-            };
+            let marking = self.ctx.marking(&self.generations);
             self.writes
                 .ready(crate::pool::mysql::txn_status(status), marking);
         }
@@ -193,10 +186,7 @@ impl Session {
     /// marked, and its flight ends failed.
     pub(super) async fn request_lost(&mut self, in_flight: &mut InFlight) {
         let doubtful = self.writes_in_flight(in_flight);
-        let marking = Marking {
-            generations: &self.generations,
-            metrics: &self.ctx.metrics,
-        };
+        let marking = self.ctx.marking(&self.generations);
         self.writes.lost(&doubtful, marking);
         if let Some(flight) = in_flight.flight.take() {
             self.composer().abandon(*flight);
@@ -279,13 +269,6 @@ fn transaction_of(flags: u16) -> TxnStatus {
     }
 }
 
-/// The parameters of an execute in the key's form: statement id zero, types bound.
-pub(super) fn canonical_execute(payload: &[u8]) -> Bytes {
-    let mut execute = payload.to_vec();
-    execute[1..5].copy_from_slice(&[0; 4]);
-    Bytes::from(execute)
-}
-
 /// A request's view of its session, for the cache.
 pub(super) struct Consult<'a> {
     ctx: &'a SessionContext<Shared>,
@@ -305,6 +288,16 @@ pub(super) struct Consult<'a> {
 struct Judged {
     analysis: Arc<Analysis>,
     tables: Arc<[String]>,
+}
+
+impl Judged {
+    /// `analysis` refused with `status`, for `why`: no table of it is looked at.
+    fn refused(analysis: &Analysis, status: Status, why: impl Into<String>) -> Judged {
+        Judged {
+            analysis: Arc::new(analysis.refused(status, why)),
+            tables: Arc::from([]),
+        }
+    }
 }
 
 /// How many judgements a session keeps; past that it starts over.
@@ -420,12 +413,11 @@ impl Consult<'_> {
         let Some(database) = request.names_in(self.state) else {
             // The origin connection may be in another client's database: what it
             // answers for this session cannot be told from what it answers for that.
-            let refused =
-                analysis.refused(Status::Uncacheable, "the session has no current database");
-            return Judged {
-                analysis: Arc::new(refused),
-                tables: Arc::from([]),
-            };
+            return Judged::refused(
+                analysis,
+                Status::Uncacheable,
+                "the session has no current database",
+            );
         };
         let catalog = &self.ctx.protocol.catalog;
         let snapshot = match catalog
@@ -444,14 +436,8 @@ impl Consult<'_> {
                     .metrics
                     .catalog_read_failures
                     .fetch_add(1, Ordering::Relaxed);
-                let refused = analysis.refused(
-                    Status::Volatile,
-                    format!("{error}: the views and functions it reads cannot be judged"),
-                );
-                return Judged {
-                    analysis: Arc::new(refused),
-                    tables: Arc::from([]),
-                };
+                let why = format!("{error}: the views and functions it reads cannot be judged");
+                return Judged::refused(analysis, Status::Volatile, why);
             }
         };
         let mut judgements = self.judgements.lock().unwrap_or_else(|p| p.into_inner());

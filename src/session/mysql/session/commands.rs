@@ -3,9 +3,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes};
 
-use super::cache::canonical_execute;
 use super::{InFlight, Session, unknown_statement};
 use crate::analyze::Status;
 use crate::cache::{CacheStatus, Entry};
@@ -191,13 +190,13 @@ impl Session {
         }
         statement.cursor_open = false;
         let (params, bound) = (statement.params, statement.param_types.clone());
-        let mut payload = BytesMut::from(&packet.payload[..]);
+        let mut payload = packet.payload.clone();
         if execute.param_types.is_none()
             && params > 0
             && let Some(types) = bound
         {
             match execute_binding(&payload, params, &types) {
-                Ok(rebound) => payload = rebound,
+                Ok(rebound) => payload = rebound.freeze(),
                 Err(error) => return self.malformed(seq, error).await,
             }
         }
@@ -219,7 +218,7 @@ impl Session {
             Err(Ok(refusal)) => return self.send_to_client(seq, &refusal).await,
             Err(Err(error)) => return self.reply_error(seq, &error).await,
         };
-        payload[1..5].copy_from_slice(&origin.id.to_le_bytes());
+        let payload = with_statement_id(&payload, origin.id);
         let (analysis, names_in) = match self.statements.get_mut(id) {
             Some(statement) => {
                 statement.long_data = false;
@@ -249,7 +248,7 @@ impl Session {
         &mut self,
         id: u32,
         cursor: bool,
-        payload: &[u8],
+        payload: &Bytes,
         started: Instant,
     ) -> Result<Box<Flight<Recorder>>, Arc<Entry>> {
         let Some(statement) = self.statements.get_mut(id).map(|s| s.clone()) else {
@@ -266,7 +265,7 @@ impl Session {
             sql: statement.sql,
             statement: statement.key,
             context: statement.context,
-            execute: canonical_execute(payload),
+            execute: payload.clone(),
         };
         match self
             .consulting()
