@@ -105,28 +105,27 @@ async fn sysbench_read_only_and_point_select_run_without_errors() {
     db.drop_now().await;
 }
 
-/// Through a cached deployment as well: every read the program checks is answered
-/// right, repeats from the cache.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pymysql_runs_its_program() {
+/// Runs a driver's program (`program script port database [other] password`) through
+/// warpdrive with caching off, then on (every read the program checks is answered
+/// right, repeats from the cache).
+async fn runs_with_and_without_cache(tag: &str, program: &'static str, script: &str, other: bool) {
     for caching in [false, true] {
-        let db = MysqlDatabase::create("pymysql").await;
-        let other = MysqlDatabase::create("pymysql_other").await;
+        let db = MysqlDatabase::create(tag).await;
+        let other = match other {
+            true => Some(MysqlDatabase::create(&format!("{tag}_other")).await),
+            false => None,
+        };
         let mut deployment = mysql_deployment(&db.name, small_pool(2));
         deployment.cache.enabled = caching;
         let proxy = Proxy::start(deployment).await;
-        let script = drivers_dir().join("pymysql_smoke.py");
-        let (ok, output) = run(
-            "python3",
-            vec![
-                script.display().to_string(),
-                proxy.addr.port().to_string(),
-                db.name.clone(),
-                other.name.clone(),
-                PASSWORD.to_owned(),
-            ],
-        )
-        .await;
+        let mut args = vec![
+            drivers_dir().join(script).display().to_string(),
+            proxy.addr.port().to_string(),
+            db.name.clone(),
+        ];
+        args.extend(other.as_ref().map(|other| other.name.clone()));
+        args.push(PASSWORD.to_owned());
+        let (ok, output) = run(program, args).await;
         assert!(
             ok && output.trim_end().ends_with("ok"),
             "caching {caching}: {output}"
@@ -137,40 +136,19 @@ async fn pymysql_runs_its_program() {
             "hits with caching {caching}"
         );
         proxy.stop().await;
-        other.drop_now().await;
+        if let Some(other) = other {
+            other.drop_now().await;
+        }
         db.drop_now().await;
     }
 }
 
-/// Through a cached deployment as well, as for PyMySQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymysql_runs_its_program() {
+    runs_with_and_without_cache("pymysql", "python3", "pymysql_smoke.py", true).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql2_runs_its_program_with_text_queries_and_execute() {
-    for caching in [false, true] {
-        let db = MysqlDatabase::create("mysql2").await;
-        let mut deployment = mysql_deployment(&db.name, small_pool(2));
-        deployment.cache.enabled = caching;
-        let proxy = Proxy::start(deployment).await;
-        let script = drivers_dir().join("mysql2_smoke.js");
-        let (ok, output) = run(
-            "node",
-            vec![
-                script.display().to_string(),
-                proxy.addr.port().to_string(),
-                db.name.clone(),
-                PASSWORD.to_owned(),
-            ],
-        )
-        .await;
-        assert!(
-            ok && output.trim_end().ends_with("ok"),
-            "caching {caching}: {output}"
-        );
-        assert_eq!(
-            proxy.count("hit") > 0,
-            caching,
-            "hits with caching {caching}"
-        );
-        proxy.stop().await;
-        db.drop_now().await;
-    }
+    runs_with_and_without_cache("mysql2", "node", "mysql2_smoke.js", false).await;
 }
