@@ -557,3 +557,37 @@ async fn set_role_pins_the_client_and_bypasses_the_cache() {
     proxy.stop().await;
     db.drop_now().await;
 }
+
+/// DDL straight at the origin is seen once the catalog is re-read in the background,
+/// after `pool.catalog_max_age`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_is_read_again_after_catalog_max_age() {
+    let db = MysqlDatabase::create("catalog_age").await;
+    db.run("CREATE TABLE t (n INT); INSERT INTO t VALUES (1)")
+        .await;
+    let mut deployment = cached_mysql_deployment(&db, 2);
+    deployment.pool.catalog_max_age = Duration::from_millis(200);
+    let proxy = Proxy::start(deployment).await;
+    let mut client = proxy.mysql(&db.name).await;
+    client.query_drop("SELECT n FROM t").await.unwrap();
+    assert_eq!(proxy.snapshot().catalog_reads, 1);
+    db.run("CREATE VIEW lucky AS SELECT RAND() AS r FROM t")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Old enough: this read starts a read of the catalog in the background.
+    client.query_drop("SELECT n FROM t").await.unwrap();
+    common::eventually("the background read", || {
+        proxy.snapshot().catalog_reads == 2
+    })
+    .await;
+    let volatile = proxy.count("volatile");
+    client.query_drop("SELECT r FROM lucky").await.unwrap();
+    assert_eq!(
+        proxy.count("volatile"),
+        volatile + 1,
+        "the new view is known"
+    );
+    client.disconnect().await.unwrap();
+    proxy.stop().await;
+    db.drop_now().await;
+}

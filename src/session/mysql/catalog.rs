@@ -349,7 +349,6 @@ impl MysqlCatalog {
         may_wait: bool,
     ) -> Result<Arc<Snapshot>, CatalogError> {
         let started = Instant::now();
-        metrics.catalog_reads.fetch_add(1, Ordering::Relaxed);
         // A change during the read makes the next use read again.
         let changes = self.changes.load(Ordering::Acquire);
         let checkout = match may_wait {
@@ -398,6 +397,7 @@ impl MysqlCatalog {
             read_at: started,
             changes,
         });
+        metrics.catalog_reads.fetch_add(1, Ordering::Relaxed);
         Ok(snapshot)
     }
 }
